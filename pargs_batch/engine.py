@@ -1,0 +1,87 @@
+"""The frozen LLM behind vLLM: token-id prefixes in, top-k (token id, log pi_ref) arrays out.
+
+The engine knows nothing about text. Each call asks vLLM for one token per prefix with
+``logprobs=k`` under prefix caching, so a prompt's KV blocks are computed once and reused every
+step. vLLM reports raw log-probabilities (before temperature or top-k), which is what
+``log pi_ref`` means in the paper.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pargs_batch.config import ModelConfig
+
+
+def topk_arrays(step_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Turn vLLM's per-request logprobs of one generated position into (B, k) arrays.
+
+    Each item is either a ``dict[token_id, Logprob]`` or one position of a ``FlatLogprobs``
+    (given as ``(token_ids, logprobs)`` sequences). vLLM may add the sampled token to the top-k;
+    here the k most likely are kept, sorted by logprob (ties: lower token id first). Rows with
+    fewer than k candidates (a vocabulary smaller than k) are padded with token -1, logprob -inf.
+    """
+    ids = np.full((len(step_logprobs), k), -1, dtype=np.int64)
+    lps = np.full((len(step_logprobs), k), -np.inf, dtype=np.float64)
+    for row, item in enumerate(step_logprobs):
+        if isinstance(item, dict):
+            tok = np.fromiter(item.keys(), dtype=np.int64, count=len(item))
+            lp = np.fromiter((v.logprob for v in item.values()), dtype=np.float64, count=len(item))
+        else:
+            tok = np.asarray(item[0], dtype=np.int64)
+            lp = np.asarray(item[1], dtype=np.float64)
+        order = np.lexsort((tok, -lp))[:k]
+        ids[row, : len(order)] = tok[order]
+        lps[row, : len(order)] = lp[order]
+    return ids, lps
+
+
+def _flat_positions(output) -> tuple:
+    """(token_ids, logprobs) of the first generated position of a vLLM CompletionOutput."""
+    lp = output.logprobs
+    if isinstance(lp, list):
+        return lp[0]
+    start, end = lp.start_indices[0], lp.end_indices[0]
+    return lp.token_ids[start:end], lp.logprobs[start:end]
+
+
+class Engine:
+    """A ``vllm.LLM`` that answers "which k tokens come next, and how likely is each?"."""
+
+    def __init__(self, config: ModelConfig):
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        kwargs = dict(
+            model=config.path,
+            tokenizer=config.tokenizer or config.path,
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            max_logprobs=config.max_logprobs,
+            enable_prefix_caching=True,
+            tensor_parallel_size=config.tensor_parallel_size,
+            enforce_eager=config.enforce_eager,
+            trust_remote_code=config.trust_remote_code,
+            seed=config.seed,
+        )
+        if config.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
+        else:
+            default = 0.2 if current_platform.is_cpu() else 0.9
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization or default
+        self.config = config
+        self.llm = LLM(**kwargs)
+        self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+
+    def topk(self, prefixes: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each token-id prefix, the k most likely next tokens and their log-probabilities."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prefixes:
+            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
+        params = SamplingParams(max_tokens=1, logprobs=k, temperature=0.0, detokenize=False,
+                                flat_logprobs=True)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params,
+                                    use_tqdm=False)
+        return topk_arrays([_flat_positions(o.outputs[0]) for o in outputs], k)

@@ -1,0 +1,151 @@
+"""The token-at-a-time loop of Algorithm 1 over a micro-batch of prompts.
+
+Each step makes one engine call for the top-k of every active sequence, one reward batch for
+all B x k candidate prefixes, and one vectorised decode-rule call. Sequences leave on EOS, a stop
+string, ``max_new_tokens`` or the LLM's context length, and come out as ``ResponseRow``s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pargs_batch import decoding
+from pargs_batch.batch import PromptRow, ResponseRow
+from pargs_batch.config import DecodeConfig
+from pargs_batch.detok import DetokState, IncrementalDetokenizer
+
+
+@dataclass
+class _Sequence:
+    id: str
+    sample_index: int
+    prompt: str
+    prompt_ids: list[int]
+    id_hash: np.uint64
+    detok: DetokState
+    token_ids: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+
+def _first_stop(text: str, start: int, stops: list[str]) -> int:
+    """Earliest index in ``text`` where a stop string begins, searching from ``start``; -1 if none."""
+    hits = [i for i in (text.find(s, max(0, start - len(s) + 1)) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
+class Stepper:
+    """Steps micro-batches through an ``Engine`` and (for guided methods) a reward scorer."""
+
+    def __init__(self, engine, scorer, tokenizer, decode: DecodeConfig, llm_name: str,
+                 reward_name: str | None):
+        self.engine, self.scorer, self.tokenizer, self.decode = engine, scorer, tokenizer, decode
+        self.method = decoding.METHODS[decode.method]
+        if self.method.uses_reward and scorer is None:
+            raise ValueError(f"method {decode.method} needs a reward scorer")
+        self.llm_name, self.reward_name = llm_name, reward_name
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.timings: dict[str, float] = defaultdict(float)
+        self.tokens_generated = 0
+
+    def _row(self, id: str, sample_index: int, prompt, response: str, token_ids: list[int],
+             finish_reason: str, rewards: list[float] | None, error: str | None = None) -> ResponseRow:
+        d = self.decode
+        return ResponseRow(
+            id=id, sample_index=sample_index, prompt=prompt if isinstance(prompt, str) else None,
+            response=response, response_token_ids=token_ids, finish_reason=finish_reason,
+            method=d.method, beta=d.beta, k=d.top_k, temperature=d.temperature, seed=d.seed,
+            rewards=rewards, llm=self.llm_name, reward_model=self.reward_name, error=error)
+
+    def _start(self, prompts: list[PromptRow]) -> tuple[list[_Sequence], list[ResponseRow]]:
+        """Tokenise the prompts; rows that cannot be generated become error rows at once."""
+        good = [i for i, p in enumerate(prompts) if p.error is None]
+        encoded = self.tokenizer([prompts[i].prompt for i in good])["input_ids"] if good else []
+        prompt_ids = dict(zip(good, encoded))
+        hashes = dict(zip(good, decoding.id_hashes([prompts[i].id for i in good])))
+        limit = self.engine.max_model_len
+        seqs, errors = [], []
+        for i, p in enumerate(prompts):
+            error = p.error
+            if error is None and len(prompt_ids[i]) >= limit:
+                error = f"prompt has {len(prompt_ids[i])} tokens; the LLM's context is {limit} tokens"
+            for s in range(self.decode.num_samples):
+                if error is not None:
+                    errors.append(self._row(p.id, s, p.prompt, "", [], "error", None, error))
+                else:
+                    seqs.append(_Sequence(p.id, s, p.prompt, prompt_ids[i], hashes[i],
+                                          self.detok.start(prompt_ids[i])))
+        return seqs, errors
+
+    def _finish_reason(self, seq: _Sequence, token: int, old_len: int) -> str | None:
+        if token in self.eos_ids:
+            return "eos"
+        if self.decode.stop:
+            cut = _first_stop(seq.detok.text, old_len, self.decode.stop)
+            if cut >= 0:
+                seq.detok.text = seq.detok.text[:cut]
+                return "stop"
+        if len(seq.token_ids) >= self.decode.max_new_tokens:
+            return "length"
+        if len(seq.prompt_ids) + len(seq.token_ids) >= self.engine.max_model_len:
+            return "length"
+        return None
+
+    def _step(self, active: list[_Sequence]) -> np.ndarray:
+        """One token for every active sequence; returns the chosen token ids."""
+        d, k, clock = self.decode, self.decode.top_k, time.perf_counter
+        t0 = clock()
+        cand_ids, cand_lps = self.engine.topk([s.prompt_ids + s.token_ids for s in active], k)
+        t1 = clock()
+        rewards, windows = None, None
+        if self.method.uses_reward:
+            windows = self.detok.decode_with([s.detok for s in active], cand_ids)
+            texts = [self.detok.extended_text(s.detok, windows[b * k + j])
+                     for b, s in enumerate(active) for j in range(k)]
+            prompts = [s.prompt for s in active for _ in range(k)]
+            t_text = clock()
+            rewards = self.scorer.score(prompts, texts).reshape(len(active), k)
+            self.timings["reward"] += clock() - t_text
+            self.timings["decode"] += t_text - t1
+        t2 = clock()
+        uniforms = decoding.keyed_uniforms(
+            d.seed, np.array([s.id_hash for s in active], dtype=np.uint64),
+            np.array([s.sample_index for s in active]), np.array([len(s.token_ids) for s in active]))
+        choice = decoding.choose(d.method, cand_lps, rewards, d.beta, d.temperature, uniforms)
+        rows = np.arange(len(active))
+        tokens = cand_ids[rows, choice]
+        if windows is not None:
+            chosen_windows = [windows[b * k + j] for b, j in enumerate(choice)]
+            for s, r in zip(active, rewards[rows, choice]):
+                s.rewards.append(float(r))
+        else:
+            chosen_windows = self.detok.decode_with([s.detok for s in active], tokens[:, None])
+        self.detok.commit([s.detok for s in active], tokens, chosen_windows)
+        self.timings["engine"] += t1 - t0
+        self.timings["decode"] += clock() - t2
+        return tokens
+
+    def run(self, prompts: list[PromptRow]) -> list[ResponseRow]:
+        """Generate ``num_samples`` responses for each prompt; one row per (prompt, sample)."""
+        active, done = self._start(prompts)
+        while active:
+            old_lens = [len(s.detok.text) for s in active]
+            tokens = self._step(active)
+            still = []
+            for seq, token, old_len in zip(active, tokens, old_lens):
+                seq.token_ids.append(int(token))
+                reason = self._finish_reason(seq, int(token), old_len)
+                if reason is None:
+                    still.append(seq)
+                else:
+                    done.append(self._row(seq.id, seq.sample_index, seq.prompt, seq.detok.text,
+                                          seq.token_ids, reason,
+                                          seq.rewards if self.method.uses_reward else None))
+            self.tokens_generated += len(active)
+            active = still
+        order = {(p.id, s): i for i, p in enumerate(prompts) for s in range(self.decode.num_samples)}
+        return sorted(done, key=lambda r: order[(r.id, r.sample_index)])

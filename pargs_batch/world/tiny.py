@@ -1,0 +1,216 @@
+"""A tiny offline world: a synthetic corpus, an LLM and a reward model with different tokenizers.
+
+Nothing here is downloaded. Everything is built from a seed and saved as ordinary Hugging Face
+checkpoints, so the rest of the package loads it exactly as it would load ``gpt2-large`` or a
+DeBERTa reward model. The tests and ``pargs-batch demo`` both use it.
+
+The LLM is a two-layer GPT-2 trained for a few hundred steps on the corpus, enough that it ends
+its replies with EOS. The reward model is a two-layer DeBERTa-v2 classifier with its own WordPiece
+tokenizer (the paper's GPT-2 + DeBERTa pairing, in miniature), regressed for a few hundred steps
+onto ``sentiment`` of response *prefixes*: a stand-in partial-sequence reward model whose scores
+mean something (more pleasant words, higher reward), until a Bradley-Terry-trained world
+replaces it. The loading paths stay the same.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+EOS = "<|endoftext|>"
+
+_SUBJECTS = ["the cafe", "this hotel", "the movie", "my phone", "the train", "our guide",
+             "the garden", "this book", "the concert", "the museum", "the bakery", "that game"]
+_GOOD = ["lovely", "friendly", "bright", "calm", "clever", "warm", "quick", "fresh", "kind"]
+_BAD = ["noisy", "slow", "dull", "cold", "rude", "stale", "messy", "late", "broken"]
+_NOUNS = ["staff", "food", "music", "room", "story", "screen", "seats", "coffee", "view", "price"]
+_LINKS = ["and", "but", "so", "while", "because"]
+_ENDINGS = ["i would go back .", "never again .", "worth a visit .", "not for me .",
+            "five stars .", "two stars ."]
+
+
+@dataclass(frozen=True)
+class TinyWorldSpec:
+    """Sizes of the tiny world; the defaults build in well under a minute on two cores."""
+
+    seed: int = 0
+    corpus_size: int = 3000
+    llm_vocab_size: int = 400
+    rm_vocab_size: int = 300
+    llm_layers: int = 2
+    llm_width: int = 64
+    llm_positions: int = 256
+    rm_layers: int = 2
+    rm_width: int = 32
+    train_steps: int = 300
+    num_prompts: int = 256
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(_NOUNS), "was", rng.choice(_GOOD + _BAD)]
+    if rng.random() < 0.6:
+        words += [rng.choice(_LINKS), "the", rng.choice(_NOUNS), "was", rng.choice(_GOOD + _BAD)]
+    return " ".join(words)
+
+
+def make_corpus(spec: TinyWorldSpec) -> list[tuple[str, str]]:
+    """(prompt, response) pairs of short reviews, from the spec's seed."""
+    rng = random.Random(spec.seed)
+    pairs = []
+    for _ in range(spec.corpus_size):
+        prompt = f"review of {rng.choice(_SUBJECTS)} :"
+        clauses = [_sentence(rng) for _ in range(rng.randint(1, 3))]
+        response = " " + " , ".join(clauses) + " . " + rng.choice(_ENDINGS)
+        pairs.append((prompt, response))
+    return pairs
+
+
+def _train_llm_tokenizer(texts: list[str], spec: TinyWorldSpec):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.llm_vocab_size, special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
+        model_max_length=spec.llm_positions)
+
+
+def _train_rm_tokenizer(texts: list[str], spec: TinyWorldSpec):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=spec.rm_vocab_size, special_tokens=special,
+                                        show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+
+
+def sentiment(response: str) -> float:
+    """The tiny world's notion of a good reply: pleasant words minus unpleasant ones, halved."""
+    words = response.split()
+    return 0.5 * (sum(w in _GOOD for w in words) - sum(w in _BAD for w in words))
+
+
+def _train_rm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSpec) -> float:
+    """Regress the reward head onto ``sentiment`` of random response prefixes; returns the last loss."""
+    import torch
+
+    rng = random.Random(spec.seed + 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(spec.train_steps):
+        texts, targets = [], []
+        for prompt, response in rng.sample(pairs, 32):
+            words = response.split()
+            prefix = " " + " ".join(words[: rng.randint(0, len(words))])
+            texts.append(prompt + prefix)
+            targets.append(sentiment(prefix))
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        pred = model(**batch).logits[:, 0]
+        loss = torch.nn.functional.mse_loss(pred, torch.tensor(targets))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss.detach())
+
+
+def _train_llm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSpec) -> float:
+    """A few hundred AdamW steps of next-token prediction; returns the last loss."""
+    import torch
+
+    texts = [p + r + EOS for p, r in pairs]  # EOS is a target: replies must learn to end
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id
+    data = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        data[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    gen = torch.Generator().manual_seed(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(spec.train_steps):
+        rows = torch.randint(0, len(ids), (32,), generator=gen)
+        labels = data[rows].masked_fill(mask[rows] == 0, -100)
+        loss = model(input_ids=data[rows], attention_mask=mask[rows], labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss.detach())
+
+
+def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec()) -> dict:
+    """Build (or reuse, when its spec matches) the tiny world in ``out_dir``; return its paths."""
+    import torch
+    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, GPT2Config,
+                              GPT2LMHeadModel)
+
+    out = Path(out_dir)
+    manifest_path = out / "world.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("spec") == asdict(spec):
+            return manifest
+
+    torch.manual_seed(spec.seed)
+    pairs = make_corpus(spec)
+    texts = [p + r for p, r in pairs]
+
+    llm_tok = _train_llm_tokenizer(texts, spec)
+    llm = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(llm_tok), n_positions=spec.llm_positions, n_embd=spec.llm_width,
+        # head_dim 32: vLLM's CPU attention kernels support no smaller head
+        n_layer=spec.llm_layers, n_head=spec.llm_width // 32, bos_token_id=llm_tok.eos_token_id,
+        eos_token_id=llm_tok.eos_token_id, pad_token_id=llm_tok.eos_token_id))
+    final_loss = _train_llm(llm, llm_tok, pairs, spec)
+    llm.save_pretrained(out / "llm")
+    llm_tok.save_pretrained(out / "llm")
+
+    rm_tok = _train_rm_tokenizer(texts, spec)
+    rm = DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=len(rm_tok), hidden_size=spec.rm_width, num_hidden_layers=spec.rm_layers,
+        num_attention_heads=4, intermediate_size=spec.rm_width * 2, max_position_embeddings=512,
+        num_labels=1, pad_token_id=rm_tok.pad_token_id))
+    rm_loss = _train_rm(rm, rm_tok, pairs, spec)
+    rm.save_pretrained(out / "reward_model")
+    rm_tok.save_pretrained(out / "reward_model")
+
+    rng = random.Random(spec.seed + 1)
+    with open(out / "prompts.jsonl", "w") as f:
+        for i in range(spec.num_prompts):
+            f.write(json.dumps({"id": f"p{i:05d}", "prompt": f"review of {rng.choice(_SUBJECTS)} :"}) + "\n")
+
+    manifest = {
+        "spec": asdict(spec),
+        "llm": str(out / "llm"),
+        "reward_model": str(out / "reward_model"),
+        "prompts": str(out / "prompts.jsonl"),
+        "llm_final_train_loss": final_loss,
+        "reward_model_final_mse": rm_loss,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return manifest
