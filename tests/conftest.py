@@ -1,0 +1,67 @@
+"""Session fixtures: the tiny world is built once, one vLLM engine and one reward scorer shared."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    from pargs_batch.world.tiny import build_tiny_world
+
+    return build_tiny_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="session")
+def model_config(world):
+    from pargs_batch.config import ModelConfig
+
+    return ModelConfig(path=world["llm"], dtype="float32", max_model_len=256,
+                       kv_cache_memory_bytes=64 << 20)
+
+
+@pytest.fixture(scope="session")
+def engine(model_config):
+    from pargs_batch.engine import Engine
+
+    return Engine(model_config)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(world):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(world["llm"])
+
+
+@pytest.fixture(scope="session")
+def scorer(world):
+    from pargs_batch.config import RewardConfig
+    from pargs_batch.reward import HFRewardScorer
+
+    return HFRewardScorer(RewardConfig(path=world["reward_model"], batch_size=16))
+
+
+@pytest.fixture(scope="session")
+def models(engine, tokenizer, scorer):
+    return engine, tokenizer, scorer
+
+
+def base_config(world, tmp_path, **sections) -> dict:
+    """A generate config dict on the tiny world; ``sections`` update single keys per section."""
+    cfg = {
+        "model": {"path": world["llm"], "dtype": "float32", "max_model_len": 256,
+                  "kv_cache_memory_bytes": 64 << 20},
+        "reward": {"path": world["reward_model"], "batch_size": 16},
+        "decode": {"method": "pargs", "beta": 2.0, "top_k": 10, "max_new_tokens": 16, "seed": 0,
+                   "micro_batch_size": 64},
+        "data": {"source": world["prompts"], "id_column": "id", "limit": 32},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    for section, values in sections.items():
+        cfg[section].update(values)
+    return cfg
