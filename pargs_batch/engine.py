@@ -17,8 +17,9 @@ def topk_arrays(step_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Turn vLLM's per-request logprobs of one generated position into (B, k) arrays.
 
     Each item is either a ``dict[token_id, Logprob]`` or one position of a ``FlatLogprobs``
-    (given as ``(token_ids, logprobs)`` sequences). vLLM may add the sampled token to the top-k;
-    here the k most likely are kept, sorted by logprob (ties: lower token id first). Rows with
+    (given as ``(token_ids, logprobs)`` sequences). vLLM adds the sampled token to the top-k
+    (listing it twice in the flat form when it is also among them); here the k most likely
+    distinct tokens are kept, sorted by logprob (ties: lower token id first). Rows with
     fewer than k candidates (a vocabulary smaller than k) are padded with token -1, logprob -inf.
     """
     ids = np.full((len(step_logprobs), k), -1, dtype=np.int64)
@@ -30,6 +31,9 @@ def topk_arrays(step_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
         else:
             tok = np.asarray(item[0], dtype=np.int64)
             lp = np.asarray(item[1], dtype=np.float64)
+            # the flat form lists the sampled token and then the top-k, which may repeat it
+            _, first = np.unique(tok, return_index=True)
+            tok, lp = tok[first], lp[first]
         order = np.lexsort((tok, -lp))[:k]
         ids[row, : len(order)] = tok[order]
         lps[row, : len(order)] = lp[order]
