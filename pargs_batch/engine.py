@@ -89,3 +89,7 @@ class Engine:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params,
                                     use_tqdm=False)
         return topk_arrays([_flat_positions(o.outputs[0]) for o in outputs], k)
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()

@@ -28,7 +28,9 @@ def model_config(world):
 def engine(model_config):
     from pargs_batch.engine import Engine
 
-    return Engine(model_config)
+    engine = Engine(model_config)
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")
