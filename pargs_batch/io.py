@@ -74,7 +74,7 @@ class PromptSource:
 
         try:
             return datasets.load_dataset(config.source, config.subset, split=config.split)
-        except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
             raise ConfigError("data.source", config.source,
                               f"could not load it as a Hugging Face dataset ({e.__class__.__name__})") from None
 

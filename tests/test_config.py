@@ -76,11 +76,21 @@ def test_yaml_and_dotted_overrides(world, tmp_path):
     assert config.model.path == world["llm"]
 
 
-def test_hub_ids_are_accepted_without_touching_the_network():
+def test_hub_ids_are_accepted_without_touching_the_network(monkeypatch):
     from pargs_batch.config import ModelConfig
 
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     assert ModelConfig(path="openai-community/gpt2-large").path == "openai-community/gpt2-large"
     assert ModelConfig(path="gpt2").path == "gpt2"
+
+
+def test_offline_hub_ids_must_be_in_the_local_cache(monkeypatch, tmp_path):
+    from pargs_batch.config import ModelConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match="model.path='org/uncached-model'.*HF_HUB_OFFLINE=1"):
+        ModelConfig(path="org/uncached-model")
 
 
 def run_cli(*args, timeout=60):
