@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -13,7 +14,7 @@ def _generate(args) -> int:
 
     config = load_config(GenerateConfig, args.config, args.overrides)
     summary = run_generate(config, progress=not args.no_progress)
-    print(json.dumps(summary, indent=2))
+    print("summary: " + json.dumps(summary))
     return 0
 
 
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from pargs_batch.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    # vLLM's per-request INFO lines drown the progress bar; VLLM_LOGGING_LEVEL=INFO brings them back
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         return args.func(args)
     except ConfigError as e:

