@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,10 +121,13 @@ class RewardConfig:
         _one_of("reward.dtype", self.dtype, ["float32", "float16", "bfloat16"])
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError("reward.device", self.device, "expected auto, cpu, cuda or cuda:N")
-        head, sep, tail = self.template.partition("{response}")
-        if not sep or "{prompt}" not in head or "{response}" in tail or "{" in tail.replace("{{", ""):
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+        except ValueError:
+            fields = []
+        if fields != ["prompt", "response"]:
             raise ConfigError("reward.template", self.template,
-                              "must contain {prompt} followed by {response}, once each")
+                              "must contain {prompt} followed by {response}, once each, and no other field")
 
 
 @dataclass
@@ -137,6 +141,7 @@ class DecodeConfig:
     max_new_tokens: int = _help("response length limit in tokens", 64)
     num_samples: int = _help("responses per prompt (n)", 1)
     stop: list[str] = _help("strings that end a response (not included in it)", factory=list)
+    ignore_eos: bool = _help("keep going past EOS until max_new_tokens (for benchmarks)", False)
     seed: int = _help("seed of the per-(prompt, sample, step) random draws", 0)
     micro_batch_size: int = _help("prompts stepped together through engine and reward model", 64)
 

@@ -82,7 +82,7 @@ class Stepper:
         return seqs, errors
 
     def _finish_reason(self, seq: _Sequence, token: int, old_len: int) -> str | None:
-        if token in self.eos_ids:
+        if token in self.eos_ids and not self.decode.ignore_eos:
             return "eos"
         if self.decode.stop:
             cut = _first_stop(seq.detok.text, old_len, self.decode.stop)

@@ -33,6 +33,8 @@ def bad(world, tmp_path, section, key, value):
     ("model", "dtype", "int3", "expected one of"),
     ("reward", "path", "./missing-rm", "no such directory"),
     ("reward", "template", "{response} then {prompt}", "{prompt} followed by {response}"),
+    ("reward", "template", "{system} {prompt}{response}", "no other field"),
+    ("reward", "template", "{prompt}", "{prompt} followed by {response}"),
     ("reward", "device", "tpu", "expected auto, cpu, cuda"),
     ("data", "source", "missing.jsonl", "no such file"),
     ("output", "compression", "lz5", "expected one of"),

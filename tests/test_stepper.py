@@ -100,3 +100,10 @@ def test_bad_rows_get_an_error_and_the_rest_complete(world, tmp_path, models):
         long = by_id[("long", sample)]
         assert long["finish_reason"] == "error" and "the LLM's context is 256 tokens" in long["error"]
         assert long["num_tokens"] == 0 and long["response"] == ""
+
+
+def test_ignore_eos_runs_to_max_new_tokens(world, tmp_path, models):
+    rows, summary = generate(world, tmp_path, models, data={"limit": 4},
+                             decode={"ignore_eos": True, "max_new_tokens": 40})
+    assert all(r["finish_reason"] == "length" and r["num_tokens"] == 40 for r in rows)
+    assert summary["tokens"] == 160
