@@ -30,7 +30,7 @@ class ConfigError(ValueError):
         super().__init__(f"config error: {key}={value!r} is not allowed: {allowed}")
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+def option(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": text})
     return field(default=default, metadata={"help": text})
@@ -55,14 +55,14 @@ def check_model_path(key: str, path: str) -> None:
             raise ConfigError(key, path, "not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
 
 
-def _positive(key: str, value: int | float | None, allow_zero: bool = False) -> None:
+def positive(key: str, value: int | float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, value, "must be >= 0" if allow_zero else "must be > 0")
 
 
-def _one_of(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
+def one_of(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
     allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(key, value, "expected one of " + ", ".join(map(str, allowed)))
@@ -72,28 +72,28 @@ def _one_of(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
 class ModelConfig:
     """The frozen LLM, served by vLLM."""
 
-    path: str = _help("local checkpoint directory or Hugging Face hub id of the LLM", "")
-    tokenizer: str | None = _help("tokenizer directory or hub id; defaults to `path`", None)
-    dtype: str = _help("weights dtype: auto, float32, float16, bfloat16", "auto")
-    max_model_len: int | None = _help("context length in tokens; defaults to the model's", None)
-    max_logprobs: int = _help("largest top-k the engine will return (vLLM max_logprobs)", 20)
-    gpu_memory_utilization: float | None = _help(
+    path: str = option("local checkpoint directory or Hugging Face hub id of the LLM", "")
+    tokenizer: str | None = option("tokenizer directory or hub id; defaults to `path`", None)
+    dtype: str = option("weights dtype: auto, float32, float16, bfloat16", "auto")
+    max_model_len: int | None = option("context length in tokens; defaults to the model's", None)
+    max_logprobs: int = option("largest top-k the engine will return (vLLM max_logprobs)", 20)
+    gpu_memory_utilization: float | None = option(
         "share of device memory vLLM may use (on CPU: share of RAM for the KV cache); "
         "default 0.9 on GPU, 0.2 on CPU", None)
-    kv_cache_memory_bytes: int | None = _help(
+    kv_cache_memory_bytes: int | None = option(
         "fixed KV-cache size in bytes; overrides gpu_memory_utilization", None)
-    tensor_parallel_size: int = _help("GPUs per engine (vLLM tensor parallelism)", 1)
-    enforce_eager: bool = _help("skip CUDA graphs / compilation (faster start, slower steps)", False)
-    trust_remote_code: bool = _help("allow model code from the hub", False)
-    seed: int = _help("engine seed (decoding draws use decode.seed, not this)", 0)
+    tensor_parallel_size: int = option("GPUs per engine (vLLM tensor parallelism)", 1)
+    enforce_eager: bool = option("skip CUDA graphs / compilation (faster start, slower steps)", False)
+    trust_remote_code: bool = option("allow model code from the hub", False)
+    seed: int = option("engine seed (decoding draws use decode.seed, not this)", 0)
 
     def __post_init__(self):
         check_model_path("model.path", self.path)
-        _one_of("model.dtype", self.dtype, ["auto", "float32", "float16", "bfloat16"])
-        _positive("model.max_model_len", self.max_model_len)
-        _positive("model.max_logprobs", self.max_logprobs)
-        _positive("model.kv_cache_memory_bytes", self.kv_cache_memory_bytes)
-        _positive("model.tensor_parallel_size", self.tensor_parallel_size)
+        one_of("model.dtype", self.dtype, ["auto", "float32", "float16", "bfloat16"])
+        positive("model.max_model_len", self.max_model_len)
+        positive("model.max_logprobs", self.max_logprobs)
+        positive("model.kv_cache_memory_bytes", self.kv_cache_memory_bytes)
+        positive("model.tensor_parallel_size", self.tensor_parallel_size)
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("model.gpu_memory_utilization", self.gpu_memory_utilization,
                               "must be in (0, 1]")
@@ -103,22 +103,22 @@ class ModelConfig:
 class RewardConfig:
     """The reward model that scores every candidate prefix."""
 
-    path: str = _help("checkpoint directory or hub id of a sequence-classification reward model", "")
-    backend: str = _help("scorer: hf (any AutoModelForSequenceClassification, own tokenizer)", "hf")
-    template: str = _help("how prompt and response prefix are joined for the reward model",
+    path: str = option("checkpoint directory or hub id of a sequence-classification reward model", "")
+    backend: str = option("scorer: hf (any AutoModelForSequenceClassification, own tokenizer)", "hf")
+    template: str = option("how prompt and response prefix are joined for the reward model",
                           "{prompt}{response}")
-    batch_size: int = _help("candidates per reward-model forward pass (length-sorted)", 64)
-    max_length: int | None = _help("reward-model input limit in tokens; defaults to the model's", None)
-    device: str = _help("torch device: auto (cuda if available), cpu, cuda, cuda:N", "auto")
-    dtype: str = _help("reward-model dtype: float32, float16, bfloat16", "float32")
+    batch_size: int = option("candidates per reward-model forward pass (length-sorted)", 64)
+    max_length: int | None = option("reward-model input limit in tokens; defaults to the model's", None)
+    device: str = option("torch device: auto (cuda if available), cpu, cuda, cuda:N", "auto")
+    dtype: str = option("reward-model dtype: float32, float16, bfloat16", "float32")
 
     def __post_init__(self):
         if self.path:
             check_model_path("reward.path", self.path)
-        _one_of("reward.backend", self.backend, ["hf"])
-        _positive("reward.batch_size", self.batch_size)
-        _positive("reward.max_length", self.max_length)
-        _one_of("reward.dtype", self.dtype, ["float32", "float16", "bfloat16"])
+        one_of("reward.backend", self.backend, ["hf"])
+        positive("reward.batch_size", self.batch_size)
+        positive("reward.max_length", self.max_length)
+        one_of("reward.dtype", self.dtype, ["float32", "float16", "bfloat16"])
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError("reward.device", self.device, "expected auto, cpu, cuda or cuda:N")
         try:
@@ -134,26 +134,26 @@ class RewardConfig:
 class DecodeConfig:
     """The decoding rule of the paper's Algorithm 1 and its stopping conditions."""
 
-    method: str = _help("topk, args, pargs-greedy or pargs", "pargs")
-    beta: float = _help("reward weight: score = log pi_ref + beta * r", 1.0)
-    top_k: int = _help("candidates per step (k)", 10)
-    temperature: float = _help("divides the scores before sampling (sampling methods only)", 1.0)
-    max_new_tokens: int = _help("response length limit in tokens", 64)
-    num_samples: int = _help("responses per prompt (n)", 1)
-    stop: list[str] = _help("strings that end a response (not included in it)", factory=list)
-    ignore_eos: bool = _help("keep going past EOS until max_new_tokens (for benchmarks)", False)
-    seed: int = _help("seed of the per-(prompt, sample, step) random draws", 0)
-    micro_batch_size: int = _help("prompts stepped together through engine and reward model", 64)
+    method: str = option("topk, args, pargs-greedy or pargs", "pargs")
+    beta: float = option("reward weight: score = log pi_ref + beta * r", 1.0)
+    top_k: int = option("candidates per step (k)", 10)
+    temperature: float = option("divides the scores before sampling (sampling methods only)", 1.0)
+    max_new_tokens: int = option("response length limit in tokens", 64)
+    num_samples: int = option("responses per prompt (n)", 1)
+    stop: list[str] = option("strings that end a response (not included in it)", factory=list)
+    ignore_eos: bool = option("keep going past EOS until max_new_tokens (for benchmarks)", False)
+    seed: int = option("seed of the per-(prompt, sample, step) random draws", 0)
+    micro_batch_size: int = option("prompts stepped together through engine and reward model", 64)
 
     def __post_init__(self):
-        _one_of("decode.method", self.method, METHODS)
-        _positive("decode.beta", self.beta, allow_zero=True)
+        one_of("decode.method", self.method, METHODS)
+        positive("decode.beta", self.beta, allow_zero=True)
         if self.top_k < 1:
             raise ConfigError("decode.top_k", self.top_k, "must be >= 1")
-        _positive("decode.temperature", self.temperature)
-        _positive("decode.max_new_tokens", self.max_new_tokens)
-        _positive("decode.num_samples", self.num_samples)
-        _positive("decode.micro_batch_size", self.micro_batch_size)
+        positive("decode.temperature", self.temperature)
+        positive("decode.max_new_tokens", self.max_new_tokens)
+        positive("decode.num_samples", self.num_samples)
+        positive("decode.micro_batch_size", self.micro_batch_size)
         if any(not s for s in self.stop):
             raise ConfigError("decode.stop", self.stop, "stop strings must be non-empty")
 
@@ -162,12 +162,12 @@ class DecodeConfig:
 class DataConfig:
     """Where prompts come from."""
 
-    source: str = _help("a .jsonl or .parquet file, or a Hugging Face dataset name", "")
-    subset: str | None = _help("dataset configuration name (Hugging Face datasets only)", None)
-    split: str = _help("dataset split (Hugging Face datasets only)", "train")
-    prompt_column: str = _help("column holding the prompt text", "prompt")
-    id_column: str | None = _help("column holding a stable row id; default: the row index", None)
-    limit: int | None = _help("use only the first N rows", None)
+    source: str = option("a .jsonl or .parquet file, or a Hugging Face dataset name", "")
+    subset: str | None = option("dataset configuration name (Hugging Face datasets only)", None)
+    split: str = option("dataset split (Hugging Face datasets only)", "train")
+    prompt_column: str = option("column holding the prompt text", "prompt")
+    id_column: str | None = option("column holding a stable row id; default: the row index", None)
+    limit: int | None = option("use only the first N rows", None)
 
     def __post_init__(self):
         if not self.source:
@@ -175,30 +175,30 @@ class DataConfig:
         local = self.source.endswith((".jsonl", ".json", ".parquet"))
         if local and not os.path.exists(self.source):
             raise ConfigError("data.source", self.source, "no such file")
-        _positive("data.limit", self.limit)
+        positive("data.limit", self.limit)
 
 
 @dataclass
 class OutputConfig:
     """Where and how the Parquet output is written."""
 
-    path: str = _help("output directory (one Parquet shard per micro-batch)", "outputs/run")
-    overwrite: bool = _help("replace an existing non-empty output directory", False)
-    compression: str = _help("Parquet compression: zstd, snappy, gzip, none", "zstd")
+    path: str = option("output directory (one Parquet shard per micro-batch)", "outputs/run")
+    overwrite: bool = option("replace an existing non-empty output directory", False)
+    compression: str = option("Parquet compression: zstd, snappy, gzip, none", "zstd")
 
     def __post_init__(self):
-        _one_of("output.compression", self.compression, ["zstd", "snappy", "gzip", "none"])
+        one_of("output.compression", self.compression, ["zstd", "snappy", "gzip", "none"])
 
 
 @dataclass
 class GenerateConfig:
     """Everything `pargs-batch generate` needs."""
 
-    model: ModelConfig = _help("the frozen LLM", factory=ModelConfig)
-    reward: RewardConfig = _help("the guidance reward model", factory=RewardConfig)
-    decode: DecodeConfig = _help("the decoding rule", factory=DecodeConfig)
-    data: DataConfig = _help("the prompts", factory=DataConfig)
-    output: OutputConfig = _help("the Parquet output", factory=OutputConfig)
+    model: ModelConfig = option("the frozen LLM", factory=ModelConfig)
+    reward: RewardConfig = option("the guidance reward model", factory=RewardConfig)
+    decode: DecodeConfig = option("the decoding rule", factory=DecodeConfig)
+    data: DataConfig = option("the prompts", factory=DataConfig)
+    output: OutputConfig = option("the Parquet output", factory=OutputConfig)
 
     def __post_init__(self):
         if self.decode.top_k > self.model.max_logprobs:
