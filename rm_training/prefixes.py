@@ -57,7 +57,8 @@ def prefix_pairs(chosen: str, rejected: str, tokenizer, strategy: str = "every",
     """The prefix pairs of one triple's two responses, and how many identical pairs were skipped.
 
     Prefixes are cut at reward-model token boundaries but kept as text, so the reward model sees
-    them exactly as it will at decoding time (prompt + response prefix, re-tokenised).
+    them exactly as it will at decoding time (prompt + response prefix, re-tokenised). A cut inside
+    a character (byte-level tokens can split one) is rounded up to the character's end.
     """
     c_ends, r_ends = token_ends(tokenizer, chosen), token_ends(tokenizer, rejected)
     longest = max(len(c_ends), len(r_ends))

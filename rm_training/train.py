@@ -265,7 +265,8 @@ def train(cfg: TrainConfig) -> dict:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     trainer = make_trainer(cfg, model, tokenizer, train_ds, eval_ds)
-    before = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+    # (under DeepSpeed an evaluation before training would leave the engine in inference mode)
+    before = trainer.evaluate()["eval_loss"] if eval_ds is not None and not cfg.training.deepspeed else None
     fit_start = time.perf_counter()
     result = trainer.train()
     fit_seconds = time.perf_counter() - fit_start
@@ -274,6 +275,11 @@ def train(cfg: TrainConfig) -> dict:
     if not trainer.is_world_process_zero():
         return {}
     tokenizer.save_pretrained(cfg.training.output_dir)
+    if cfg.training.deepspeed:
+        # training is over: let from_pretrained load whole weights again (not ZeRO-3 partitions)
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
 
     pairs_seen = len(train_ds) * cfg.training.num_train_epochs if cfg.training.max_steps < 0 else \
         result.global_step * cfg.training.per_device_train_batch_size * cfg.training.gradient_accumulation_steps
@@ -282,6 +288,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_pairs": len(train_ds), "identical_prefix_pairs_skipped": identical,
         "eval_pairs": len(eval_ds) if eval_ds is not None else 0,
         "steps": result.global_step, "train_loss": result.training_loss,
+        "deepspeed_zero_stage": _zero_stage(trainer),
         "eval_loss_before": before, "eval_loss_after": after,
         "train_seconds": round(fit_seconds, 2), "pairs_per_second": round(pairs_seen / fit_seconds, 1),
         **evaluate_checkpoint(cfg, cfg.training.output_dir, held, tokenizer),
@@ -291,6 +298,11 @@ def train(cfg: TrainConfig) -> dict:
     Path(cfg.training.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
+
+
+def _zero_stage(trainer) -> int | None:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return plugin.zero_stage if plugin is not None else None
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
@@ -303,8 +315,9 @@ def print_summary(s: dict) -> None:
     print(f"\n{s['mode']} reward model -> {s['config']['training']['output_dir']}")
     print(f"  pairs: {s['train_pairs']} train, {s['eval_pairs']} held out; {s['steps']} updates, "
           f"{s['pairs_per_second']} pairs/s, {s['train_seconds']} s")
-    if s.get("eval_loss_before") is not None:
-        print(f"  held-out loss: {s['eval_loss_before']:.4f} -> {s['eval_loss_after']:.4f}")
+    if s.get("eval_loss_after") is not None:
+        before = f"{s['eval_loss_before']:.4f} -> " if s.get("eval_loss_before") is not None else ""
+        print(f"  held-out loss: {before}{s['eval_loss_after']:.4f}")
     if "pairwise_accuracy" in s:
         print(f"  held-out pairwise accuracy (whole responses): {s['pairwise_accuracy']:.3f}")
     for name, b in s.get("prefix_accuracy", {}).items():

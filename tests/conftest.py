@@ -70,3 +70,15 @@ def base_config(world, tmp_path, **sections) -> dict:
     for section, values in sections.items():
         cfg[section].update(values)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def preference_file(world):
+    """300 (prompt, chosen, rejected) triples of the tiny corpus: the pleasanter reply is chosen."""
+    return world["preferences"]
+
+
+@pytest.fixture(scope="session")
+def fresh_deberta(world):
+    """An untrained DeBERTa-v2 reward model with the world's reward tokenizer."""
+    return world["reward_model_init"]

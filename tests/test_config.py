@@ -71,8 +71,9 @@ def test_yaml_and_dotted_overrides(world, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(base_config(world, tmp_path)))
     config = load_config(GenerateConfig, path, ["decode.beta=3", "decode.stop=['.', '!']",
-                                                "data.limit=null"])
+                                                "data.limit=null", "decode.temperature=7e-1"])
     assert config.decode.beta == 3.0 and isinstance(config.decode.beta, float)
+    assert config.decode.temperature == 0.7
     assert config.decode.stop == [".", "!"]
     assert config.data.limit is None
     assert config.model.path == world["llm"]

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 EOS = "<|endoftext|>"
+WORLD_VERSION = 2  # bump when the files a world holds change, so cached worlds are rebuilt
 
 _SUBJECTS = ["the cafe", "this hotel", "the movie", "my phone", "the train", "our guide",
              "the garden", "this book", "the concert", "the museum", "the bakery", "that game"]
@@ -65,6 +66,25 @@ def make_corpus(spec: TinyWorldSpec) -> list[tuple[str, str]]:
         response = " " + " , ".join(clauses) + " . " + rng.choice(_ENDINGS)
         pairs.append((prompt, response))
     return pairs
+
+
+def write_preferences(path: str | Path, spec: TinyWorldSpec, num_triples: int = 300) -> Path:
+    """(prompt, chosen, rejected) triples of corpus replies to one prompt, the pleasanter one chosen."""
+    corpus = make_corpus(TinyWorldSpec(corpus_size=2000, seed=spec.seed + 5))
+    by_prompt: dict[str, list[str]] = {}
+    for prompt, response in corpus:
+        by_prompt.setdefault(prompt, []).append(response)
+    rng, rows = random.Random(spec.seed), []
+    for prompt, responses in by_prompt.items():
+        for _ in range(60):
+            a, b = rng.sample(responses, 2)
+            if sentiment(a) != sentiment(b):
+                chosen, rejected = (a, b) if sentiment(a) > sentiment(b) else (b, a)
+                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    rng.shuffle(rows)
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:num_triples]))
+    return path
 
 
 def _train_llm_tokenizer(texts: list[str], spec: TinyWorldSpec):
@@ -173,7 +193,7 @@ def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec())
     manifest_path = out / "world.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("spec") == asdict(spec):
+        if manifest.get("spec") == asdict(spec) and manifest.get("version") == WORLD_VERSION:
             return manifest
 
     torch.manual_seed(spec.seed)
@@ -195,6 +215,8 @@ def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec())
         vocab_size=len(rm_tok), hidden_size=spec.rm_width, num_hidden_layers=spec.rm_layers,
         num_attention_heads=4, intermediate_size=spec.rm_width * 2, max_position_embeddings=512,
         num_labels=1, pad_token_id=rm_tok.pad_token_id))
+    rm.save_pretrained(out / "reward_model_init")  # untrained: a starting point for rm_training
+    rm_tok.save_pretrained(out / "reward_model_init")
     rm_loss = _train_rm(rm, rm_tok, pairs, spec)
     rm.save_pretrained(out / "reward_model")
     rm_tok.save_pretrained(out / "reward_model")
@@ -204,11 +226,16 @@ def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec())
         for i in range(spec.num_prompts):
             f.write(json.dumps({"id": f"p{i:05d}", "prompt": f"review of {rng.choice(_SUBJECTS)} :"}) + "\n")
 
+    write_preferences(out / "preferences.jsonl", spec)
+
     manifest = {
+        "version": WORLD_VERSION,
         "spec": asdict(spec),
         "llm": str(out / "llm"),
         "reward_model": str(out / "reward_model"),
         "prompts": str(out / "prompts.jsonl"),
+        "reward_model_init": str(out / "reward_model_init"),
+        "preferences": str(out / "preferences.jsonl"),
         "llm_final_train_loss": final_loss,
         "reward_model_final_mse": rm_loss,
     }
