@@ -12,7 +12,8 @@ def _generate(args) -> int:
     from pargs_batch.config import GenerateConfig, load_config
     from pargs_batch.generate import run_generate
 
-    config = load_config(GenerateConfig, args.config, args.overrides)
+    overrides = args.overrides + (["output.overwrite=true"] if args.overwrite else [])
+    config = load_config(GenerateConfig, args.config, overrides)
     summary = run_generate(config, progress=not args.no_progress)
     print("summary: " + json.dumps(summary))
     return 0
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--config", help="YAML config file (see jobs/configs/)")
     gen.add_argument("overrides", nargs="*", metavar="key=value",
                      help="dotted overrides, e.g. decode.beta=2.0 output.path=outputs/x")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace the output directory (otherwise a rerun resumes it)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gen.set_defaults(func=_generate)
 

@@ -190,6 +190,45 @@ class OutputConfig:
         one_of("output.compression", self.compression, ["zstd", "snappy", "gzip", "none"])
 
 
+RESOURCE_KEYS = ("num_cpus", "num_gpus")
+
+
+def _resources(key: str, value: dict) -> None:
+    for name, amount in value.items():
+        if name not in RESOURCE_KEYS:
+            raise ConfigError(f"{key}.{name}", amount, "expected num_cpus or num_gpus")
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount < 0:
+            raise ConfigError(f"{key}.{name}", amount, "expected a number >= 0 (fractions share a device)")
+
+
+@dataclass
+class RayConfig:
+    """The Ray pool: decode workers (one vLLM engine each) paired with reward-model actors."""
+
+    enabled: bool = option("run on Ray (false: everything in this process, no Ray)", True)
+    address: str | None = option("cluster to join ('auto', 'ray://host:10001'); default: RAY_ADDRESS "
+                                 "when set (as under `ray job submit`), else a local Ray", None)
+    num_workers: int = option("decode workers, each owning one vLLM engine", 1)
+    num_reward_actors: int | None = option("reward-model actors (<= num_workers, shared round-robin); "
+                                           "default: one per worker", None)
+    engine_resources: dict = option("Ray resources of each decode worker", factory=lambda: {"num_cpus": 1, "num_gpus": 0})
+    reward_resources: dict = option("Ray resources of each reward actor (num_gpus: 0.25 shares a GPU)",
+                                    factory=lambda: {"num_cpus": 1, "num_gpus": 0})
+    inflight_per_worker: int = option("micro-batches in flight per worker (>= 2 overlaps engine and reward)", 2)
+    max_retries: int = option("restarts of a dead actor and retries of its micro-batches before error rows", 2)
+
+    def __post_init__(self):
+        positive("ray.num_workers", self.num_workers)
+        positive("ray.num_reward_actors", self.num_reward_actors)
+        if self.num_reward_actors is not None and self.num_reward_actors > self.num_workers:
+            raise ConfigError("ray.num_reward_actors", self.num_reward_actors,
+                              f"must be <= ray.num_workers ({self.num_workers})")
+        _resources("ray.engine_resources", self.engine_resources)
+        _resources("ray.reward_resources", self.reward_resources)
+        positive("ray.inflight_per_worker", self.inflight_per_worker)
+        positive("ray.max_retries", self.max_retries, allow_zero=True)
+
+
 @dataclass
 class GenerateConfig:
     """Everything `pargs-batch generate` needs."""
@@ -199,6 +238,7 @@ class GenerateConfig:
     decode: DecodeConfig = option("the decoding rule", factory=DecodeConfig)
     data: DataConfig = option("the prompts", factory=DataConfig)
     output: OutputConfig = option("the Parquet output", factory=OutputConfig)
+    ray: RayConfig = option("the Ray pool", factory=RayConfig)
 
     def __post_init__(self):
         if self.decode.top_k > self.model.max_logprobs:
@@ -213,6 +253,16 @@ class GenerateConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def identity(self) -> dict:
+        """What decides the outputs: the config less the pool, the micro-batch size and the output.
+
+        A rerun into the same directory must match it; the rest may change between runs."""
+        d = self.to_dict()
+        for key in ("ray", "output"):
+            d.pop(key)
+        d["decode"].pop("micro_batch_size")
+        return d
 
 
 def _is_optional(tp: Any) -> tuple[bool, Any]:
@@ -247,6 +297,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(key, value, "expected a string")
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, value, "expected a mapping")
+        return value
     if typing.get_origin(tp) is list:
         if isinstance(value, str):
             value = [value]

@@ -22,6 +22,7 @@ def demo_config(world: dict, method: str, out_dir: Path, num_prompts: int, beta:
                    "seed": 0, "micro_batch_size": 64},
         "data": {"source": world["prompts"], "id_column": "id", "limit": num_prompts},
         "output": {"path": str(out_dir / method), "overwrite": True},
+        "ray": {"enabled": False},  # one process shares one engine across the methods
     }
 
 

@@ -8,8 +8,9 @@ when the source is opened, before any model loads.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pargs_batch.batch import PromptRow, ResponseRow, to_table
-from pargs_batch.config import ConfigError, DataConfig, OutputConfig
+from pargs_batch.config import ConfigError, DataConfig
 
 
 def prompt_error(prompt: Any) -> str | None:
@@ -79,28 +80,47 @@ class PromptSource:
                               f"could not load it as a Hugging Face dataset ({e.__class__.__name__})") from None
 
     def _records(self) -> Iterator[dict]:
+        """Records read in this process (the local path)."""
         if self.kind == "jsonl":
             with open(self.config.source) as f:
-                for n, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        record = {"__error__": f"line {n + 1} is not valid JSON"}
-                    yield record if isinstance(record, dict) else {"__error__": f"line {n + 1} is not an object"}
+                yield from (parse_json_line(line) for line in f if line.strip())
         elif self.kind == "parquet":
             for batch in pq.ParquetFile(self.config.source).iter_batches(batch_size=1024):
                 yield from batch.to_pylist()
         else:
             yield from self.dataset
 
-    def batches(self, size: int) -> Iterator[list[PromptRow]]:
-        """Micro-batches of ``size`` prompt rows, each with a stable id."""
+    def ray_records(self) -> Iterator[dict]:
+        """The same records, streamed by Ray Data (order preserved, so row-index ids stay stable)."""
+        import ray
+
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        if self.kind == "jsonl":  # lines as text: one bad line must not fail the whole read
+            ds = ray.data.read_text(self.config.source)
+        elif self.kind == "parquet":
+            ds = ray.data.read_parquet(self.config.source)
+        elif os.path.exists(self.config.source) or os.environ.get("HF_HUB_OFFLINE") == "1":
+            # from_huggingface would first ask the hub for Parquet files of this dataset
+            ds = ray.data.from_arrow(self.dataset.with_format("arrow")[:])
+        else:
+            ds = ray.data.from_huggingface(self.dataset)
+        if self.config.limit is not None:
+            ds = ds.limit(self.config.limit)
+        for batch in ds.iter_batches(batch_size=1024, batch_format="pyarrow"):
+            for record in batch.to_pylist():
+                if self.kind != "jsonl":
+                    yield record
+                elif record["text"].strip():
+                    yield parse_json_line(record["text"])
+
+    def batches(self, size: int, records: Iterator[dict] | None = None,
+                skip: Callable[[str], bool] = lambda row_id: False) -> Iterator[list[PromptRow]]:
+        """Micro-batches of ``size`` prompt rows, each with a stable id; ids for which ``skip``
+        is true (finished in an earlier run) are left out."""
         c = self.config
         seen: set[str] = set()
         batch: list[PromptRow] = []
-        for index, record in enumerate(self._records()):
+        for index, record in enumerate(self._records() if records is None else records):
             if c.limit is not None and index >= c.limit:
                 break
             raw_id = record.get(c.id_column) if c.id_column else index
@@ -112,12 +132,22 @@ class PromptSource:
             elif row_id in seen:
                 error = error or f"duplicate id {row_id!r}"
             seen.add(row_id)
+            if skip(row_id):
+                continue
             batch.append(PromptRow(row_id, prompt, error))
             if len(batch) == size:
                 yield batch
                 batch = []
         if batch:
             yield batch
+
+
+def parse_json_line(line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return {"__error__": "not valid JSON"}
+    return record if isinstance(record, dict) else {"__error__": "not a JSON object"}
 
 
 def package_versions() -> dict[str, str]:
@@ -130,37 +160,103 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def prepare_output_dir(config: OutputConfig) -> Path:
-    """The output directory, created; a non-empty one is refused unless ``output.overwrite``."""
-    out = Path(config.path)
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise ConfigError("output.path", config.path,
-                              "directory is not empty; set output.overwrite=true to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+MANIFEST = "manifest.jsonl"
+RUN_FILE = "run.json"
 
 
-class ShardWriter:
-    """Writes each finished micro-batch as its own Parquet shard, with the run's metadata."""
+class RunDir:
+    """An output directory: Parquet shards, a manifest of finished rows, and the run's identity.
 
-    def __init__(self, out_dir: Path, config_json: str, compression: str = "zstd"):
-        self.out_dir = out_dir
-        self.metadata = {"pargs_batch.config": config_json,
-                         "pargs_batch.versions": json.dumps(package_versions())}
+    A shard is written to a temporary name and renamed, then its (id, sample_index) pairs are
+    appended to ``manifest.jsonl`` and synced: a row counts as finished only once both happened.
+    Opening the directory again resumes: shards the manifest does not list (a crash between the
+    two steps) are removed, and ``is_finished`` says which prompts to skip. A directory holding a
+    run with a different identity (the config, less what cannot change outputs) is refused unless
+    ``overwrite``.
+    """
+
+    def __init__(self, path: str | Path, identity: dict, metadata: dict[str, str],
+                 compression: str = "zstd", overwrite: bool = False):
+        self.path = Path(path)
+        self.metadata = metadata
         self.compression = None if compression == "none" else compression
-        self.shards = 0
-        self.rows = 0
+        if self.path.exists() and any(self.path.iterdir()):
+            if overwrite:
+                shutil.rmtree(self.path)
+            else:
+                self._check_identity(identity)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / RUN_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
+        self.finished: set[tuple[str, int]] = set()
+        listed = self._read_manifest()
+        for stale in self.path.glob("shard-*.parquet*"):
+            if stale.name not in listed:
+                stale.unlink()
+        numbers = [int(name[6:11]) for name in listed]
+        self.next_shard = max(numbers) + 1 if numbers else 0
+        self.resumed_rows = len(self.finished)
+        self.shards = self.rows = 0
+
+    def _check_identity(self, identity: dict) -> None:
+        run_file = self.path / RUN_FILE
+        if not run_file.exists():
+            raise ConfigError("output.path", str(self.path),
+                              "directory is not empty and holds no run; pass --overwrite to replace it")
+        old = json.loads(run_file.read_text())
+        if old != identity:
+            changed = sorted(_diff_keys(old, identity))
+            raise ConfigError("output.path", str(self.path),
+                              f"holds a run with a different config ({'; '.join(changed[:5])}); "
+                              "pass --overwrite to replace it or choose another output.path")
+
+    def _read_manifest(self) -> set[str]:
+        manifest = self.path / MANIFEST
+        if not manifest.exists():
+            return set()
+        listed, good = set(), []
+        lines = manifest.read_text().splitlines()
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash: that shard is not finished
+            listed.add(entry["shard"])
+            self.finished.update((i, s) for i, s in entry["rows"])
+            good.append(line)
+        if len(good) != len(lines):
+            manifest.write_text("".join(x + "\n" for x in good))
+        return listed
+
+    def is_finished(self, row_id: str) -> bool:
+        """Whether a prompt's rows were written by an earlier run (all its samples share a shard)."""
+        return (row_id, 0) in self.finished
 
     def write(self, rows: list[ResponseRow]) -> Path:
-        path = self.out_dir / f"shard-{self.shards:05d}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
+        name = f"shard-{self.next_shard:05d}.parquet"
+        path, tmp = self.path / name, self.path / (name + ".tmp")
         pq.write_table(to_table(rows, self.metadata), tmp, compression=self.compression)
-        tmp.rename(path)  # a shard is either whole or absent
+        tmp.rename(path)
+        pairs = [[r.id, r.sample_index] for r in rows]
+        with open(self.path / MANIFEST, "a") as f:
+            f.write(json.dumps({"shard": name, "rows": pairs}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.finished.update((i, s) for i, s in pairs)
+        self.next_shard += 1
         self.shards += 1
         self.rows += len(rows)
         return path
+
+
+def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _diff_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return keys
 
 
 def read_output(path: str | Path):

@@ -37,6 +37,24 @@ def _first_stop(text: str, start: int, stops: list[str]) -> int:
     return min(hits) if hits else -1
 
 
+def response_row(decode: DecodeConfig, llm_name: str, reward_name: str | None, id: str, sample_index: int,
+                 prompt, response: str, token_ids: list[int], finish_reason: str,
+                 rewards: list[float] | None, error: str | None = None) -> ResponseRow:
+    """One output row; a prompt that is not a string is stored as null."""
+    return ResponseRow(
+        id=id, sample_index=sample_index, prompt=prompt if isinstance(prompt, str) else None,
+        response=response, response_token_ids=token_ids, finish_reason=finish_reason,
+        method=decode.method, beta=decode.beta, k=decode.top_k, temperature=decode.temperature,
+        seed=decode.seed, rewards=rewards, llm=llm_name, reward_model=reward_name, error=error)
+
+
+def error_rows(prompts: list[PromptRow], decode: DecodeConfig, llm_name: str, reward_name: str | None,
+               error: str) -> list[ResponseRow]:
+    """Rows for prompts that could not be generated at all (every sample)."""
+    return [response_row(decode, llm_name, reward_name, p.id, s, p.prompt, "", [], "error", None, error)
+            for p in prompts for s in range(decode.num_samples)]
+
+
 class Stepper:
     """Steps micro-batches through an ``Engine`` and (for guided methods) a reward scorer."""
 
@@ -54,12 +72,8 @@ class Stepper:
 
     def _row(self, id: str, sample_index: int, prompt, response: str, token_ids: list[int],
              finish_reason: str, rewards: list[float] | None, error: str | None = None) -> ResponseRow:
-        d = self.decode
-        return ResponseRow(
-            id=id, sample_index=sample_index, prompt=prompt if isinstance(prompt, str) else None,
-            response=response, response_token_ids=token_ids, finish_reason=finish_reason,
-            method=d.method, beta=d.beta, k=d.top_k, temperature=d.temperature, seed=d.seed,
-            rewards=rewards, llm=self.llm_name, reward_model=self.reward_name, error=error)
+        return response_row(self.decode, self.llm_name, self.reward_name, id, sample_index, prompt,
+                            response, token_ids, finish_reason, rewards, error)
 
     def _start(self, prompts: list[PromptRow]) -> tuple[list[_Sequence], list[ResponseRow]]:
         """Tokenise the prompts; rows that cannot be generated become error rows at once."""

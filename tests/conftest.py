@@ -66,6 +66,7 @@ def base_config(world, tmp_path, **sections) -> dict:
                    "micro_batch_size": 64},
         "data": {"source": world["prompts"], "id_column": "id", "limit": 32},
         "output": {"path": str(tmp_path / "out")},
+        "ray": {"enabled": False},
     }
     for section, values in sections.items():
         cfg[section].update(values)
@@ -82,3 +83,14 @@ def preference_file(world):
 def fresh_deberta(world):
     """An untrained DeBERTa-v2 reward model with the world's reward tokenizer."""
     return world["reward_model_init"]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with two CPUs, shared by the tests that need one."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}})
+    yield ray
+    ray.shutdown()
