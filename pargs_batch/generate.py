@@ -44,7 +44,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
     metadata = {"pargs_batch.config": config.to_json(), "pargs_batch.versions": json.dumps(package_versions())}
     run = RunDir(config.output.path, config.identity(), metadata, config.output.compression,
                  overwrite=config.output.overwrite)
-    records = None
+    records, started = None, time.perf_counter()
     if models is not None:
         pool = LocalPool(DecodeWorker.from_models(config, *models))
     elif config.ray.enabled:
@@ -54,6 +54,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
     else:
         pool = LocalPool(DecodeWorker(config))
 
+    startup = time.perf_counter() - started
     stats, errors = new_stats(), 0
     llm, rm = config.model.path, config.reward.path or None
     bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress, dynamic_ncols=True)
@@ -92,6 +93,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
         "error_rows": errors,
         "shards": run.shards,
         "tokens": stats["tokens"],
+        "startup_s": round(startup, 3),
         "wall_s": round(wall, 3),
         "tokens_per_s": round(stats["tokens"] / wall, 1) if wall > 0 else 0.0,
         "phase_s": {k: round(v, 3) for k, v in sorted(stats["phase_s"].items())},

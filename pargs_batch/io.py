@@ -95,10 +95,11 @@ class PromptSource:
         import ray
 
         ray.data.DataContext.get_current().execution_options.preserve_order = True
+        # reading prompts is light; needing no CPU, it never waits behind actors holding them all
         if self.kind == "jsonl":  # lines as text: one bad line must not fail the whole read
-            ds = ray.data.read_text(self.config.source)
+            ds = ray.data.read_text(self.config.source, num_cpus=0)
         elif self.kind == "parquet":
-            ds = ray.data.read_parquet(self.config.source)
+            ds = ray.data.read_parquet(self.config.source, num_cpus=0)
         elif os.path.exists(self.config.source) or os.environ.get("HF_HUB_OFFLINE") == "1":
             # from_huggingface would first ask the hub for Parquet files of this dataset
             ds = ray.data.from_arrow(self.dataset.with_format("arrow")[:])

@@ -130,6 +130,8 @@ class RayPool:
         self.workers = [
             worker_cls.remote(config, RemoteScorer(self.rewards[i % len(self.rewards)]) if self.rewards else None)
             for i in range(r.num_workers)]
+        # wait for the engines to load, so that start-up is not counted as generation time
+        ray.get([w.pid.remote() for w in self.workers] + [a.score.remote([], []) for a in self.rewards])
         self.capacity = r.num_workers * r.inflight_per_worker
         self.per_worker = r.inflight_per_worker
         self.load = [0] * r.num_workers
