@@ -85,9 +85,10 @@ def fresh_deberta(world):
     return world["reward_model_init"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """A real local Ray with two CPUs, shared by the tests that need one."""
+    """A real local Ray with two CPUs, for one test module (shut down before the next, so that
+    `ray start` / `ray stop` in the job-submission test never meet it)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

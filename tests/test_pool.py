@@ -1,0 +1,131 @@
+"""The Ray pool on a real local Ray: determinism, kill-and-resume, a dying actor, `ray job submit`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from pargs_batch.config import GenerateConfig, build
+from pargs_batch.generate import run_generate
+from pargs_batch.io import read_output
+
+from conftest import base_config
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "pargs-batch")
+SMALL = {"num_cpus": 0.25}  # two CPUs must hold every actor of a test
+
+
+def pool_config(world, tmp_path, name, workers=1, batch=4, limit=40, **ray):
+    cfg = base_config(world, tmp_path, data={"limit": limit}, decode={"micro_batch_size": batch})
+    cfg["output"]["path"] = str(tmp_path / name)
+    cfg["ray"] = {"enabled": True, "num_workers": workers, "engine_resources": SMALL,
+                  "reward_resources": SMALL, **ray}
+    return cfg
+
+
+def content(path):
+    """Rows keyed by (id, sample_index), without what may differ between runs."""
+    rows = read_output(path).to_pylist()
+    keyed = {(r["id"], r["sample_index"]): r for r in rows}
+    assert len(keyed) == len(rows), "a row was written twice"
+    return {k: (r["response_token_ids"], r["response"], r["finish_reason"], r["error"],
+                [round(x, 4) for x in r["rewards"] or []]) for k, r in keyed.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(world, tmp_path_factory, models):
+    """The rows an in-process run (no Ray, one micro-batch of 64) writes for the first 40 prompts."""
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = base_config(world, tmp, data={"limit": 40})
+    run_generate(build(GenerateConfig, cfg), models=models, progress=False)
+    return content(tmp / "out")
+
+
+def test_one_or_two_workers_and_any_batch_size_give_the_same_rows(ray_local, world, tmp_path, reference):
+    one = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "one", workers=1, batch=8)), progress=False)
+    two = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "two", workers=2, batch=3,
+                                                         num_reward_actors=1)), progress=False)
+    assert one["rows"] == two["rows"] == 40 and two["shards"] == 14 and two["workers"] == 2
+    assert content(tmp_path / "one") == reference
+    assert content(tmp_path / "two") == reference
+    assert set(two["phase_s"]) == {"engine", "reward", "decode", "io"}
+
+
+def test_killed_driver_resumes_exactly_once(ray_local, world, tmp_path, reference):
+    cfg = pool_config(world, tmp_path, "killed", batch=2, address=ray_local.get_runtime_context().gcs_address)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    manifest = tmp_path / "killed" / "manifest.jsonl"
+    driver = subprocess.Popen([CLI, "generate", "--config", str(path), "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, "the run finished before it could be killed"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done_before = len(manifest.read_text().splitlines())
+    assert 3 <= done_before < 20
+
+    # the same command again: skips what is finished, produces the rest
+    result = subprocess.run([CLI, "generate", "--config", str(path), "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("summary: "))[9:])
+    assert summary["resumed_rows"] >= 2 * done_before - 2 and summary["rows"] + summary["resumed_rows"] == 40
+    assert content(tmp_path / "killed") == reference
+
+    # a different config on the same directory is refused, and --overwrite starts over
+    changed = subprocess.run([CLI, "generate", "--config", str(path), "decode.beta=3.0"],
+                             capture_output=True, text=True, timeout=60)
+    assert changed.returncode == 2 and "decode.beta: 2.0 -> 3.0" in changed.stderr
+
+
+def _kill_first(name: str, after_file: Path, killed: list) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline and not after_file.exists():
+        time.sleep(0.1)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.info["cmdline"] and proc.info["cmdline"][0].startswith(name):
+            os.kill(proc.info["pid"], signal.SIGKILL)
+            killed.append(proc.info["pid"])
+            return
+
+
+def test_a_dying_decode_worker_is_restarted_and_its_batches_retried(ray_local, world, tmp_path, reference):
+    killed = []
+    killer = threading.Thread(target=_kill_first,
+                              args=("ray::DecodeWorker", tmp_path / "faulty" / "manifest.jsonl", killed))
+    killer.start()
+    summary = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "faulty", batch=4)), progress=False)
+    killer.join()
+    assert killed, "no decode worker was killed"
+    assert summary["rows"] == 40 and summary["error_rows"] == 0
+    assert content(tmp_path / "faulty") == reference
+
+
+def test_retries_are_bounded_then_rows_carry_the_error(ray_local, world, tmp_path):
+    killed = []
+    killer = threading.Thread(target=_kill_first,
+                              args=("ray::HFRewardScorer", tmp_path / "doomed" / "manifest.jsonl", killed))
+    killer.start()
+    cfg = pool_config(world, tmp_path, "doomed", batch=4, max_retries=0)
+    summary = run_generate(build(GenerateConfig, cfg), progress=False)
+    killer.join()
+    rows = read_output(tmp_path / "doomed").to_pylist()
+    assert killed and len(rows) == 40 and len({(r["id"], r["sample_index"]) for r in rows}) == 40
+    failed = [r for r in rows if r["finish_reason"] == "error"]
+    assert failed and summary["error_rows"] == len(failed)
+    assert all("micro-batch failed after 0 retries" in r["error"] and "Actor" in r["error"] for r in failed)
