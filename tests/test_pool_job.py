@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_ray_job_submit_on_a_local_head_node(world, tmp_path):
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    # Ray 2.5x+ clusters require a token; the CLI sends ~/.ray/auth_token when told to
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
     cfg = pool_config(world, tmp_path, "job", batch=8, limit=16)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     head = ["--port", "6390", "--dashboard-port", "8275", "--dashboard-host", "127.0.0.1",
-            "--node-ip-address", "127.0.0.1", "--ray-client-server-port", "10011"]
+            "--node-ip-address", "127.0.0.1", "--ray-client-server-port", "6391"]
     subprocess.run([bin_dir / "ray", "start", "--head", "--num-cpus", "2", *head], check=True, env=env,
                    capture_output=True, timeout=120)
     try:
