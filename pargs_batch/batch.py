@@ -72,3 +72,21 @@ def to_table(rows: list[ResponseRow], metadata: dict[str, str] | None = None) ->
             columns[key].append(value)
     table = pa.Table.from_pydict(columns, schema=SCHEMA)
     return table.replace_schema_metadata(metadata) if metadata else table
+
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("sample_index", pa.int32()),
+    ("candidate_index", pa.int32()),
+    ("response", pa.string()),
+    ("response_token_ids", pa.list_(pa.int32())),
+    ("finish_reason", pa.string()),
+    ("reward", pa.float32()),
+    ("selected", pa.bool_()),
+])
+
+
+def candidates_table(candidates: list[dict], metadata: dict[str, str] | None = None) -> pa.Table:
+    """Best-of-N candidates (dicts with the ``CANDIDATE_SCHEMA`` fields) as an Arrow table."""
+    table = pa.Table.from_pylist(candidates, schema=CANDIDATE_SCHEMA)
+    return table.replace_schema_metadata(metadata) if metadata else table

@@ -134,7 +134,7 @@ class RewardConfig:
 class DecodeConfig:
     """The decoding rule of the paper's Algorithm 1 and its stopping conditions."""
 
-    method: str = option("topk, args, pargs-greedy or pargs", "pargs")
+    method: str = option("topk, args, pargs-greedy, pargs or best-of-n", "pargs")
     beta: float = option("reward weight: score = log pi_ref + beta * r", 1.0)
     top_k: int = option("candidates per step (k)", 10)
     temperature: float = option("divides the scores before sampling (sampling methods only)", 1.0)
@@ -143,6 +143,7 @@ class DecodeConfig:
     stop: list[str] = option("strings that end a response (not included in it)", factory=list)
     ignore_eos: bool = option("keep going past EOS until max_new_tokens (for benchmarks)", False)
     seed: int = option("seed of the per-(prompt, sample, step) random draws", 0)
+    n_candidates: int | None = option("best-of-n: whole responses sampled per prompt (default: top_k)", None)
     micro_batch_size: int = option("prompts stepped together through engine and reward model", 64)
 
     def __post_init__(self):
@@ -154,6 +155,7 @@ class DecodeConfig:
         positive("decode.max_new_tokens", self.max_new_tokens)
         positive("decode.num_samples", self.num_samples)
         positive("decode.micro_batch_size", self.micro_batch_size)
+        positive("decode.n_candidates", self.n_candidates)
         if any(not s for s in self.stop):
             raise ConfigError("decode.stop", self.stop, "stop strings must be non-empty")
 
@@ -185,6 +187,8 @@ class OutputConfig:
     path: str = option("output directory (one Parquet shard per micro-batch)", "outputs/run")
     overwrite: bool = option("replace an existing non-empty output directory", False)
     compression: str = option("Parquet compression: zstd, snappy, gzip, none", "zstd")
+    keep_all_candidates: bool = option("best-of-n: also write every candidate with its reward "
+                                       "(candidates-*.parquet)", False)
 
     def __post_init__(self):
         one_of("output.compression", self.compression, ["zstd", "snappy", "gzip", "none"])

@@ -28,6 +28,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("args", True, True, "full-sequence RM", "argmax of log pi_ref + beta * r (ARGS)"),
     Method("pargs-greedy", True, True, "partial-sequence RM", "argmax of log pi_ref + beta * r"),
     Method("pargs", True, False, "partial-sequence RM", "sample from softmax(log pi_ref + beta * r)"),
+    Method("best-of-n", True, False, "full-sequence RM", "N whole top-k samples of pi_ref, the best kept"),
 ]}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_METHODS = ("topk", "args", "pargs-greedy", "pargs")
+DEMO_METHODS = ("topk", "args", "pargs-greedy", "pargs", "best-of-n")
 
 
 def demo_config(world: dict, method: str, out_dir: Path, num_prompts: int, beta: float,
@@ -19,7 +19,7 @@ def demo_config(world: dict, method: str, out_dir: Path, num_prompts: int, beta:
                   "kv_cache_memory_bytes": 64 << 20},
         "reward": {"path": world["reward_model"], "template": "{prompt}{response}", "batch_size": 256},
         "decode": {"method": method, "beta": beta, "top_k": 10, "max_new_tokens": max_new_tokens,
-                   "seed": 0, "micro_batch_size": 64},
+                   "seed": 0, "micro_batch_size": 64},  # best-of-n: N = k = 10
         "data": {"source": world["prompts"], "id_column": "id", "limit": num_prompts},
         "output": {"path": str(out_dir / method), "overwrite": True},
         "ray": {"enabled": False},  # one process shares one engine across the methods

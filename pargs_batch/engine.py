@@ -49,6 +49,12 @@ def _flat_positions(output) -> tuple:
     return lp.token_ids[start:end], lp.logprobs[start:end]
 
 
+def _finish_reason(completion) -> str:
+    if completion.finish_reason == "length":
+        return "length"
+    return "stop" if isinstance(completion.stop_reason, str) else "eos"
+
+
 class Engine:
     """A ``vllm.LLM`` that answers "which k tokens come next, and how likely is each?"."""
 
@@ -89,6 +95,24 @@ class Engine:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params,
                                     use_tqdm=False)
         return topk_arrays([_flat_positions(o.outputs[0]) for o in outputs], k)
+
+    def sample(self, prefixes: list[list[int]], n: int, seeds: list[int], max_tokens: int, top_k: int,
+               temperature: float, stop: list[str], ignore_eos: bool = False) -> list[list[tuple]]:
+        """n whole samples of pi_ref per prefix, one seeded request each (batch-independent).
+
+        Returns, per prefix, n tuples (token ids, text, finish reason): ``eos``, ``stop`` (a stop
+        string, cut from the text as vLLM does) or ``length``. Text is vLLM's own detokenisation,
+        which its stop-string handling needs.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(n=n, seed=seed, max_tokens=max_tokens, top_k=top_k, temperature=temperature,
+                                 stop=stop or None, ignore_eos=ignore_eos, skip_special_tokens=True)
+                  for seed in seeds]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
+        return [[(list(c.token_ids), c.text, _finish_reason(c)) for c in sorted(o.outputs, key=lambda c: c.index)]
+                for o in outputs]
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at interpreter exit."""

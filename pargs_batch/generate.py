@@ -9,6 +9,7 @@ number of prompts: only the micro-batches in flight are held.
 from __future__ import annotations
 
 import json
+import resource
 import time
 
 from pargs_batch.config import GenerateConfig
@@ -62,14 +63,16 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
     def write_next() -> None:
         nonlocal errors
         prompts, (status, payload) = pool.next_result()
+        candidates = []
         if status == "ok":
-            rows, batch_stats = payload
-            merge_stats(stats, batch_stats)
+            rows = payload["rows"]
+            candidates = payload["candidates"] if config.output.keep_all_candidates else []
+            merge_stats(stats, payload)
         else:
             rows = error_rows(prompts, config.decode, llm, rm,
                               f"micro-batch failed after {config.ray.max_retries} retries: {payload}")
         t0 = time.perf_counter()
-        run.write(rows)
+        run.write(rows, candidates)
         stats["phase_s"]["io"] += time.perf_counter() - t0
         errors += sum(r.error is not None for r in rows)
         bar.update(len(rows))
@@ -98,6 +101,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
         "tokens_per_s": round(stats["tokens"] / wall, 1) if wall > 0 else 0.0,
         "phase_s": {k: round(v, 3) for k, v in sorted(stats["phase_s"].items())},
         "workers": config.ray.num_workers if config.ray.enabled and models is None else 1,
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "output": str(run.path),
     }
     (run.path / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pargs_batch.batch import PromptRow, ResponseRow, to_table
+from pargs_batch.batch import PromptRow, ResponseRow, candidates_table, to_table
 from pargs_batch.config import ConfigError, DataConfig
 
 
@@ -190,8 +190,8 @@ class RunDir:
         (self.path / RUN_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
         self.finished: set[tuple[str, int]] = set()
         listed = self._read_manifest()
-        for stale in self.path.glob("shard-*.parquet*"):
-            if stale.name not in listed:
+        for stale in [*self.path.glob("shard-*.parquet*"), *self.path.glob("candidates-*.parquet*")]:
+            if stale.name.replace("candidates-", "shard-") not in listed:
                 stale.unlink()
         numbers = [int(name[6:11]) for name in listed]
         self.next_shard = max(numbers) + 1 if numbers else 0
@@ -232,11 +232,13 @@ class RunDir:
         """Whether a prompt's rows were written by an earlier run (all its samples share a shard)."""
         return (row_id, 0) in self.finished
 
-    def write(self, rows: list[ResponseRow]) -> Path:
+    def write(self, rows: list[ResponseRow], candidates: list[dict] = ()) -> Path:
+        """One shard (and, for best-of-n with keep_all_candidates, its candidates), then the manifest."""
         name = f"shard-{self.next_shard:05d}.parquet"
-        path, tmp = self.path / name, self.path / (name + ".tmp")
-        pq.write_table(to_table(rows, self.metadata), tmp, compression=self.compression)
-        tmp.rename(path)
+        path = self.path / name
+        if candidates:
+            self._atomic(candidates_table(list(candidates), self.metadata), self.path / f"candidates-{name[6:]}")
+        self._atomic(to_table(rows, self.metadata), path)
         pairs = [[r.id, r.sample_index] for r in rows]
         with open(self.path / MANIFEST, "a") as f:
             f.write(json.dumps({"shard": name, "rows": pairs}) + "\n")
@@ -247,6 +249,12 @@ class RunDir:
         self.shards += 1
         self.rows += len(rows)
         return path
+
+
+    def _atomic(self, table, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp, compression=self.compression)
+        tmp.rename(path)
 
 
 def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -260,9 +268,10 @@ def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def read_output(path: str | Path):
-    """All shards of an output directory as one Arrow table (rows in shard order)."""
-    files = sorted(Path(path).glob("shard-*.parquet"))
+def read_output(path: str | Path, kind: str = "shard"):
+    """All shards of an output directory as one Arrow table (rows in shard order);
+    ``kind="candidates"`` reads the best-of-n candidates instead."""
+    files = sorted(Path(path).glob(f"{kind}-*.parquet"))
     if not files:
         raise FileNotFoundError(f"no Parquet shards in {path}")
     return pa.concat_tables([pq.read_table(f) for f in files])

@@ -35,6 +35,10 @@ class LockedEngine:
         with self.lock:
             return self.engine.topk(prefixes, k)
 
+    def sample(self, *args, **kwargs):
+        with self.lock:
+            return self.engine.sample(*args, **kwargs)
+
 
 class RemoteScorer:
     """A reward scorer living in a Ray actor, called like a local one."""
@@ -73,15 +77,22 @@ class DecodeWorker:
         worker.lock = threading.Lock()
         return worker
 
-    def generate(self, prompts: list[PromptRow]) -> tuple[list[ResponseRow], dict]:
-        """Rows for one micro-batch, and its per-phase seconds and token count."""
+    def generate(self, prompts: list[PromptRow]) -> dict:
+        """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count."""
+        from pargs_batch.bestofn import BestOfN
         from pargs_batch.stepper import Stepper
 
         c = self.config
-        stepper = Stepper(LockedEngine(self.engine, self.lock), self.scorer, self.tokenizer, c.decode,
-                          llm_name=c.model.path, reward_name=c.reward.path or None)
-        rows = stepper.run(prompts)
-        return rows, {"phase_s": dict(stepper.timings), "tokens": stepper.tokens_generated}
+        args = (LockedEngine(self.engine, self.lock), self.scorer, self.tokenizer, c.decode)
+        names = {"llm_name": c.model.path, "reward_name": c.reward.path or None}
+        if c.decode.method == "best-of-n":
+            runner = BestOfN(*args, **names)
+            rows, candidates = runner.run(prompts)
+        else:
+            runner = Stepper(*args, **names)
+            rows, candidates = runner.run(prompts), []
+        return {"rows": rows, "candidates": candidates, "phase_s": dict(runner.timings),
+                "tokens": runner.tokens_generated}
 
     def pid(self) -> int:
         return os.getpid()

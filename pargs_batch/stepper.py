@@ -48,6 +48,20 @@ def response_row(decode: DecodeConfig, llm_name: str, reward_name: str | None, i
         seed=decode.seed, rewards=rewards, llm=llm_name, reward_model=reward_name, error=error)
 
 
+def tokenize_prompts(prompts: list[PromptRow], tokenizer, max_model_len: int
+                     ) -> list[tuple[PromptRow, list[int] | None, str | None]]:
+    """(row, prompt token ids, why it cannot be generated) for each prompt, in order."""
+    good = [i for i, p in enumerate(prompts) if p.error is None]
+    encoded = dict(zip(good, tokenizer([prompts[i].prompt for i in good])["input_ids"] if good else []))
+    out = []
+    for i, p in enumerate(prompts):
+        ids, error = encoded.get(i), p.error
+        if error is None and len(ids) >= max_model_len:
+            error = f"prompt has {len(ids)} tokens; the LLM's context is {max_model_len} tokens"
+        out.append((p, ids if error is None else None, error))
+    return out
+
+
 def error_rows(prompts: list[PromptRow], decode: DecodeConfig, llm_name: str, reward_name: str | None,
                error: str) -> list[ResponseRow]:
     """Rows for prompts that could not be generated at all (every sample)."""
@@ -77,22 +91,15 @@ class Stepper:
 
     def _start(self, prompts: list[PromptRow]) -> tuple[list[_Sequence], list[ResponseRow]]:
         """Tokenise the prompts; rows that cannot be generated become error rows at once."""
-        good = [i for i, p in enumerate(prompts) if p.error is None]
-        encoded = self.tokenizer([prompts[i].prompt for i in good])["input_ids"] if good else []
-        prompt_ids = dict(zip(good, encoded))
-        hashes = dict(zip(good, decoding.id_hashes([prompts[i].id for i in good])))
-        limit = self.engine.max_model_len
         seqs, errors = [], []
-        for i, p in enumerate(prompts):
-            error = p.error
-            if error is None and len(prompt_ids[i]) >= limit:
-                error = f"prompt has {len(prompt_ids[i])} tokens; the LLM's context is {limit} tokens"
+        usable = tokenize_prompts(prompts, self.tokenizer, self.engine.max_model_len)
+        hashes = decoding.id_hashes([p.id for p, _, _ in usable])
+        for (p, prompt_ids, error), id_hash in zip(usable, hashes):
             for s in range(self.decode.num_samples):
                 if error is not None:
                     errors.append(self._row(p.id, s, p.prompt, "", [], "error", None, error))
                 else:
-                    seqs.append(_Sequence(p.id, s, p.prompt, prompt_ids[i], hashes[i],
-                                          self.detok.start(prompt_ids[i])))
+                    seqs.append(_Sequence(p.id, s, p.prompt, prompt_ids, id_hash, self.detok.start(prompt_ids)))
         return seqs, errors
 
     def _finish_reason(self, seq: _Sequence, token: int, old_len: int) -> str | None:

@@ -59,8 +59,8 @@ def test_demo_prints_a_table_per_method(world, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    table = [line.split() for line in lines[header + 1: header + 5]]
-    assert [row[0] for row in table] == ["topk", "args", "pargs-greedy", "pargs"]
+    table = [line.split() for line in lines[header + 1: header + 6]]
+    assert [row[0] for row in table] == ["topk", "args", "pargs-greedy", "pargs", "best-of-n"]
     assert all(row[1] == "8" for row in table)
-    for method in ("topk", "args", "pargs-greedy", "pargs"):
+    for method in ("topk", "args", "pargs-greedy", "pargs", "best-of-n"):
         assert read_output(tmp_path / "demo" / method).num_rows == 8

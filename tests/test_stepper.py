@@ -107,3 +107,22 @@ def test_ignore_eos_runs_to_max_new_tokens(world, tmp_path, models):
                              decode={"ignore_eos": True, "max_new_tokens": 40})
     assert all(r["finish_reason"] == "length" and r["num_tokens"] == 40 for r in rows)
     assert summary["tokens"] == 160
+
+
+def test_best_of_n_keeps_the_best_candidate_and_is_batch_independent(world, tmp_path, models, scorer):
+    bon = {"method": "best-of-n", "n_candidates": 4, "max_new_tokens": 24}
+    rows, summary = generate(world, tmp_path, models, "bon64", data={"limit": 12},
+                             decode=bon, output={"keep_all_candidates": True})
+    small, _ = generate(world, tmp_path, models, "bon5", data={"limit": 12},
+                        decode={**bon, "micro_batch_size": 5})
+    assert [r["response_token_ids"] for r in rows] == [r["response_token_ids"] for r in small]
+    cands = read_output(tmp_path / "bon64", kind="candidates").to_pylist()
+    assert len(cands) == 12 * 4 and summary["tokens"] == sum(len(c["response_token_ids"]) for c in cands)
+    for row in rows:
+        mine = [c for c in cands if c["id"] == row["id"]]
+        best = max(mine, key=lambda c: (c["reward"], -c["candidate_index"]))
+        assert [c["selected"] for c in mine].count(True) == 1 and best["selected"]
+        assert row["response"] == best["response"] and row["response_token_ids"] == best["response_token_ids"]
+        assert np.isclose(row["rewards"][0], scorer.score([row["prompt"]], [row["response"]])[0], atol=1e-4)
+        assert len({tuple(c["response_token_ids"]) for c in mine}) > 1  # N real samples
+    assert not list((tmp_path / "bon5").glob("candidates-*"))  # only when asked for
