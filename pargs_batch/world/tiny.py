@@ -130,6 +130,11 @@ def sentiment(response: str) -> float:
     return 0.5 * (sum(w in _GOOD for w in words) - sum(w in _BAD for w in words))
 
 
+def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """The tiny world's known reward of whole responses (for `pargs-batch evaluate` gold_reward)."""
+    return [sentiment(r) for r in responses]
+
+
 def _train_rm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSpec) -> float:
     """Regress the reward head onto ``sentiment`` of random response prefixes; returns the last loss."""
     import torch

@@ -1,0 +1,66 @@
+"""Configuration of `pargs-batch evaluate`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pargs_batch.config import ConfigError, RewardConfig, option, positive
+
+
+@dataclass
+class JudgeConfig:
+    """The LLM judge: any OpenAI-compatible chat endpoint."""
+
+    pairs: list[list[str]] = option("run labels to compare, [[A, B], ...]; empty: no judging", factory=list)
+    base_url: str = option("endpoint, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1", "")
+    model: str = option("judge model name", "")
+    api_key_env: str = option("environment variable holding the API key (never written anywhere)", "OPENAI_API_KEY")
+    template: str = option("judge prompt: dialogue, summary, or a template file", "dialogue")
+    seed: int = option("seed of the per-prompt order of the two responses", 0)
+    max_concurrency: int = option("requests in flight", 8)
+    max_retries: int = option("retries with backoff on 429, 5xx and timeouts", 3)
+    parse_retries: int = option("asks again when the first line holds no two grades", 2)
+    timeout: float = option("seconds per request", 60.0)
+    max_tokens: int = option("reply length limit", 128)
+    max_prompts: int | None = option("judge at most this many shared prompts per pair", None)
+
+    def __post_init__(self):
+        for pair in self.pairs:
+            if len(pair) != 2:
+                raise ConfigError("judge.pairs", pair, "each pair is [label A, label B]")
+        if self.pairs:
+            for key in ("base_url", "model"):
+                if not getattr(self, key):
+                    raise ConfigError(f"judge.{key}", getattr(self, key), "required when judge.pairs is set")
+        positive("judge.max_concurrency", self.max_concurrency)
+        positive("judge.max_retries", self.max_retries, allow_zero=True)
+        positive("judge.parse_retries", self.parse_retries, allow_zero=True)
+        positive("judge.max_prompts", self.max_prompts)
+
+
+@dataclass
+class EvalConfig:
+    """Everything `pargs-batch evaluate` needs."""
+
+    runs: list[str] = option("generation output directories", factory=list)
+    labels: list[str] = option("a label per run; default: 'method beta=...'", factory=list)
+    output_dir: str = option("where report.md, report.json and plots/ go", "outputs/eval")
+    reward: RewardConfig = option("the evaluation reward model (not the guidance one)", factory=RewardConfig)
+    allow_same_model: bool = option("allow the guidance reward model to also evaluate", False)
+    gold_reward: str | None = option("'module:function' scoring (prompts, responses) -> floats", None)
+    judge: JudgeConfig = option("LLM-judge win-tie", factory=JudgeConfig)
+    cache_dir: str | None = option("judge cache; default: output_dir/judge_cache.sqlite", None)
+
+    def __post_init__(self):
+        if not self.runs:
+            raise ConfigError("runs", self.runs, "list at least one generation output directory")
+        for run in self.runs:
+            if not os.path.isdir(run):
+                raise ConfigError("runs", run, "no such directory")
+        if self.labels and len(self.labels) != len(self.runs):
+            raise ConfigError("labels", self.labels, f"give one label per run ({len(self.runs)})")
+        if not self.reward.path and not self.gold_reward:
+            raise ConfigError("reward.path", self.reward.path, "an evaluation reward model or gold_reward is needed")
+        if self.gold_reward and ":" not in self.gold_reward:
+            raise ConfigError("gold_reward", self.gold_reward, "expected 'module.path:function'")

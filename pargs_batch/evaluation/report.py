@@ -1,0 +1,118 @@
+"""report.md (the tables to paste), report.json (every number) and plots/*.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _pm(stat: dict | None, digits: int = 3) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    se = f" ± {stat['se']:.{digits}f}" if stat.get("se") is not None else ""
+    return f"{stat['mean']:.{digits}f}{se}"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f}%"
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Evaluation report", ""]
+    if report["evaluation_model"]:
+        lines.append(f"Rewards scored by `{report['evaluation_model']}` (not a guidance model"
+                     " unless allow_same_model was set).")
+    if report["gold_reward"]:
+        lines.append(f"Gold reward: `{report['gold_reward']}`.")
+    lines += ["", "## Average reward ± standard error (Table 1)", "",
+              "| run | method | β | rows | errors | mean tokens | reward ± SE | gold ± SE | ROUGE-L ↓ |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, r in report["runs"].items():
+        div = r["diversity"]["rouge_l"]
+        lines.append(f"| {label} | {r['method']} | {r['beta']:g} | {r['rows']} | {r['error_rows']} | "
+                     f"{r['mean_tokens'] or 0:.1f} | {_pm(r.get('reward'))} | {_pm(r.get('gold'))} | "
+                     f"{'—' if div is None else f'{div:.4f}'} |")
+    if report["judge"]:
+        j = report["judge"]
+        lines += ["", f"## LLM judge: win-tie of A against B (Table 2) — `{j['model']}`, template "
+                  f"`{j['template']}`", "",
+                  "| A | B | prompts | win | tie | loss | invalid | win-tie |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for p in j["pairs"]:
+            lines.append(f"| {p['a']} | {p['b']} | {p['prompts']} | {p['win']} | {p['tie']} | {p['loss']} | "
+                         f"{p['invalid']} | {_pct(p['win_tie_rate'])} |")
+        lines.append("")
+        lines.append(f"Response order shuffled per prompt with seed {j['pairs'][0]['seed']}; rates are over valid "
+                     "judgements.")
+    for group in report["beta_groups"]:
+        lines += ["", "## Reward against β (Table 4)", "", "| β | reward ± SE | gold ± SE |", "| --- | --- | --- |"]
+        for label in group:
+            r = report["runs"][label]
+            lines.append(f"| {r['beta']:g} | {_pm(r.get('reward'))} | {_pm(r.get('gold'))} |")
+    lines += ["", "Plots: " + ", ".join(f"`plots/{p}`" for p in report.get("plots", [])), ""]
+    return "\n".join(lines)
+
+
+def plots(report: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    out.mkdir(parents=True, exist_ok=True)
+    runs = report["runs"]
+    for key, title in (("reward_values", "evaluation reward"), ("gold_values", "gold reward")):
+        data = {label: r[key] for label, r in runs.items() if r.get(key)}
+        if not data:
+            continue
+        fig, ax = plt.subplots(figsize=(1.6 * len(data) + 2, 4))
+        ax.boxplot(list(data.values()), showmeans=True)
+        ax.set_xticks(range(1, len(data) + 1), list(data), rotation=20, ha="right")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} per run")
+        fig.tight_layout()
+        name = f"{key.removesuffix('_values')}_distribution.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        made.append(name)
+    if report["judge"]:
+        pairs = report["judge"]["pairs"]
+        fig, ax = plt.subplots(figsize=(7, 0.6 * len(pairs) + 1.5))
+        left = [0.0] * len(pairs)
+        names = [f"{p['a']} vs {p['b']}" for p in pairs]
+        for outcome, color in (("win", "#2e7d32"), ("tie", "#9e9e9e"), ("loss", "#c62828"), ("invalid", "#ffb300")):
+            widths = [p[outcome] / max(1, p["prompts"]) for p in pairs]
+            ax.barh(names, widths, left=left, color=color, label=outcome)
+            left = [a + b for a, b in zip(left, widths)]
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of prompts")
+        ax.legend(loc="lower right", ncols=4, fontsize=8)
+        ax.set_title("LLM judge: A against B")
+        fig.tight_layout()
+        fig.savefig(out / "win_tie.png", dpi=120)
+        plt.close(fig)
+        made.append("win_tie.png")
+    for i, group in enumerate(report["beta_groups"]):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for key, label in (("reward", "evaluation reward"), ("gold", "gold reward")):
+            stats = [runs[g].get(key) for g in group]
+            if all(stats):
+                ax.errorbar([runs[g]["beta"] for g in group], [s["mean"] for s in stats],
+                            yerr=[s["se"] or 0 for s in stats], marker="o", capsize=3, label=label)
+        ax.set_xlabel("β")
+        ax.set_ylabel("mean reward ± SE")
+        ax.set_title(f"reward against β ({runs[group[0]]['method']})")
+        ax.legend()
+        fig.tight_layout()
+        name = f"reward_vs_beta_{i}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = plots(report, out / "plots")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(markdown(report))

@@ -1,0 +1,67 @@
+"""Evaluation arithmetic against hand computations; judge-reply parsing and templates."""
+
+import math
+
+import pytest
+
+from pargs_batch.evaluation import metrics
+from pargs_batch.evaluation.judge import a_goes_first, load_template, parse_scores
+
+
+def test_mean_and_standard_error_by_hand():
+    stat = metrics.mean_se([1.0, 2.0, 4.0, 5.0])
+    # mean 3; sample variance (4 + 1 + 1 + 4) / 3 = 10/3; SE = sqrt(10/3 / 4)
+    assert stat["mean"] == 3.0 and stat["n"] == 4
+    assert math.isclose(stat["se"], math.sqrt(10 / 12))
+    assert metrics.mean_se([]) == {"mean": None, "se": None, "n": 0}
+    assert metrics.mean_se([2.5])["se"] is None
+
+
+def test_rouge_l_diversity_by_hand():
+    # "a b c d" vs "a b x d": LCS 3 of 4 -> F1 0.75; identical pair -> 1.0; lone samples are skipped
+    out = metrics.rouge_l_diversity({"p1": ["a b c d", "a b x d"], "p2": ["same words", "same words"],
+                                     "p3": ["alone"]})
+    assert out["prompts"] == 2 and math.isclose(out["rouge_l"], (0.75 + 1.0) / 2)
+    three = metrics.rouge_l_diversity({"p": ["a b", "a c", "d e"]})  # pairs: 0.5, 0, 0
+    assert math.isclose(three["rouge_l"], 0.5 / 3)
+    assert metrics.rouge_l_diversity({"p": ["x"]}) == {"rouge_l": None, "prompts": 0}
+
+
+def test_beta_groups_join_runs_that_differ_only_in_beta():
+    def cfg(method, beta, seed=0, batch=64):
+        return {"decode": {"method": method, "beta": beta, "seed": seed, "micro_batch_size": batch},
+                "model": {"path": "m"}, "output": {"path": f"o{beta}"}, "ray": {"num_workers": 1}}
+
+    runs = {"p1": cfg("pargs", 1.0), "p3": cfg("pargs", 3.0, batch=7), "p2": cfg("pargs", 2.0),
+            "t": cfg("topk", 0.0), "s": cfg("pargs", 1.0, seed=5)}
+    assert metrics.beta_groups(runs) == [["p1", "p2", "p3"]]
+
+
+def test_win_tie_rates_exclude_invalid():
+    out = metrics.win_tie(["win", "win", "tie", "loss", "invalid"])
+    assert (out["win"], out["tie"], out["loss"], out["invalid"], out["valid"]) == (2, 1, 1, 1, 4)
+    assert out["win_tie_rate"] == 0.75 and out["loss_rate"] == 0.25
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("8 3\nThe first is better.", (8.0, 3.0)),
+    ("7, 7\nBoth fine.", (7.0, 7.0)),
+    ("\n 9.5 2 \nwhy", (9.5, 2.0)),
+    ("Score: 8 and 3", None),
+    ("8\n3", None),
+    ("11 3", None),
+    ("I prefer the first answer.", None),
+    ("", None),
+])
+def test_parse_scores_reads_only_a_clean_first_line(reply, expected):
+    assert parse_scores(reply) == expected
+
+
+def test_templates_and_order():
+    for name in ("dialogue", "summary"):
+        system, user = load_template(name)
+        assert "1 to 10" in system and "{answer_1}" in user and "{question}" in user
+    orders = [a_goes_first(0, f"p{i}") for i in range(200)]
+    assert 70 < sum(orders) < 130  # both orders, about half each
+    assert orders == [a_goes_first(0, f"p{i}") for i in range(200)]  # recorded: same seed, same order
+    assert orders != [a_goes_first(1, f"p{i}") for i in range(200)]

@@ -1,0 +1,219 @@
+"""`pargs-batch evaluate` end to end: real reward models, a judge server on localhost, the report."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pargs_batch.config import ConfigError, GenerateConfig, build
+from pargs_batch.evaluation.config import EvalConfig
+from pargs_batch.evaluation.judge import JudgeError
+from pargs_batch.evaluation.run import run_evaluate
+from pargs_batch.generate import run_generate
+from pargs_batch.world.tiny import sentiment
+
+from conftest import base_config
+
+pytestmark = pytest.mark.slow
+CLI = str(Path(sys.executable).parent / "pargs-batch")
+GOOD_WORDS = ("lovely", "friendly", "bright", "calm", "clever", "warm", "quick", "fresh", "kind")
+
+
+class JudgeServer:
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 that grades each answer by its pleasant words."""
+
+    def __init__(self, garbage: bool = False):
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests += 1
+                assert self.headers["Authorization"] == "Bearer test-key"
+                user = body["messages"][1]["content"]
+                one = re.search(r"\[Reply 1 begins\]\n(.*?)\n\[Reply 1 ends\]", user, re.S).group(1)
+                two = re.search(r"\[Reply 2 begins\]\n(.*?)\n\[Reply 2 ends\]", user, re.S).group(1)
+                grade = lambda text: min(10, 1 + sum(text.split().count(w) for w in GOOD_WORDS) * 2)  # noqa: E731
+                content = "I like both." if garbage else f"{grade(one)} {grade(two)}\nThe higher grade wins."
+                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": content}}],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(world, tmp_path_factory, models):
+    """Four small runs: pargs at beta 1 and 3, topk, best-of-n; two samples each (for diversity)."""
+    tmp = tmp_path_factory.mktemp("runs")
+    paths = {}
+    for name, decode in {"pargs1": {"beta": 1.0}, "pargs3": {"beta": 3.0}, "topk": {"method": "topk"},
+                         "bon": {"method": "best-of-n", "n_candidates": 4}}.items():
+        cfg = base_config(world, tmp / name, data={"limit": 10}, decode={"num_samples": 2, **decode})
+        cfg["output"]["path"] = str(tmp / name)
+        run_generate(build(GenerateConfig, cfg), models=models, progress=False)
+        paths[name] = str(tmp / name)
+    return paths
+
+
+@pytest.fixture
+def judge_key(monkeypatch):
+    monkeypatch.setenv("TEST_JUDGE_KEY", "test-key")
+
+
+def eval_config(world, runs, out, **extra):
+    cfg = {"runs": [runs["pargs1"], runs["pargs3"], runs["topk"], runs["bon"]],
+           "labels": ["pargs b1", "pargs b3", "topk", "best-of-n"], "output_dir": str(out),
+           "reward": {"path": world["reward_model_init"]}, "gold_reward": "pargs_batch.world.tiny:gold_reward"}
+    cfg.update(extra)
+    return build(EvalConfig, cfg)
+
+
+def judge(url, pairs=(("pargs b3", "topk"),), **extra):
+    return {"pairs": [list(p) for p in pairs], "base_url": url, "model": "judge-1",
+            "api_key_env": "TEST_JUDGE_KEY", "parse_retries": 1, **extra}
+
+
+def test_report_numbers_match_a_hand_computation(world, runs, tmp_path, scorer):
+    from pargs_batch.evaluation.metrics import mean_se
+    from pargs_batch.io import read_output
+
+    report = run_evaluate(eval_config(world, runs, tmp_path / "eval"), progress=False)
+    rows = [r for r in read_output(runs["pargs3"]).to_pylist() if r["error"] is None]
+    gold = [sentiment(r["response"]) for r in rows]
+    r = report["runs"]["pargs b3"]
+    assert r["rows"] == 20 and r["error_rows"] == 0 and r["gold"] == mean_se(gold)
+    assert report["evaluation_model"] == world["reward_model_init"]
+    assert r["reward"]["n"] == 20 and r["diversity"]["prompts"] == 10 and 0 <= r["diversity"]["rouge_l"] <= 1
+    # guidance works on the known reward too: beta 3 beats top-k sampling
+    assert r["gold"]["mean"] > report["runs"]["topk"]["gold"]["mean"]
+    assert report["beta_groups"] == [["pargs b1", "pargs b3"]]
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "| pargs b3 | pargs | 3 | 20 | 0 |" in md and "Reward against β" in md
+    from PIL import Image
+
+    for name in ("reward_distribution.png", "gold_distribution.png", "reward_vs_beta_0.png"):
+        with Image.open(tmp_path / "eval" / "plots" / name) as img:
+            img.verify()
+
+
+def test_judge_parses_shuffles_and_never_pays_twice(world, runs, tmp_path, judge_key):
+    server = JudgeServer()
+    try:
+        cfg = eval_config(world, runs, tmp_path / "eval", judge=judge(server.url, [("pargs b3", "topk"),
+                                                                               ("best-of-n", "pargs b1")]))
+        report = run_evaluate(cfg, progress=False)
+        first = server.requests
+        pair = report["judge"]["pairs"][0]
+        assert first == 20 and pair["prompts"] == 10 and pair["invalid"] == 0
+        assert pair["win"] + pair["tie"] + pair["loss"] == 10
+        orders = {rec["a_first"] for rec in pair["records"]}
+        assert orders == {True, False}  # both positions used
+        # the server grades by content, so each outcome must agree with the responses, whatever the order
+        from pargs_batch.io import read_output
+
+        a = {r["id"]: r["response"] for r in read_output(runs["pargs3"]).to_pylist() if r["sample_index"] == 0}
+        b = {r["id"]: r["response"] for r in read_output(runs["topk"]).to_pylist() if r["sample_index"] == 0}
+        grade = lambda text: min(10, 1 + sum(text.split().count(w) for w in GOOD_WORDS) * 2)  # noqa: E731
+        for rec in pair["records"]:
+            ga, gb = grade(a[rec["id"]]), grade(b[rec["id"]])
+            assert rec["outcome"] == ("win" if ga > gb else "tie" if ga == gb else "loss")
+        assert (tmp_path / "eval" / "plots" / "win_tie.png").exists()
+        assert "test-key" not in (tmp_path / "eval" / "report.json").read_text()
+
+        again = run_evaluate(cfg, progress=False)
+        assert server.requests == first  # a rerun is answered from the cache
+        assert [p["win_tie_rate"] for p in again["judge"]["pairs"]] == [p["win_tie_rate"] for p in report["judge"]["pairs"]]
+        assert all(rec["cached"] for rec in again["judge"]["pairs"][0]["records"])
+    finally:
+        server.close()
+
+
+def test_unparsable_replies_are_retried_then_invalid(world, runs, tmp_path, judge_key):
+    server = JudgeServer(garbage=True)
+    try:
+        report = run_evaluate(eval_config(world, runs, tmp_path / "eval", judge=judge(server.url, max_prompts=4)),
+                              progress=False)
+        pair = report["judge"]["pairs"][0]
+        assert pair["invalid"] == 4 and pair["valid"] == 0 and pair["win_tie_rate"] is None
+        assert server.requests == 4 * 2  # one ask and one retry each
+    finally:
+        server.close()
+
+
+def test_unreachable_endpoint_keeps_what_was_paid_for(world, runs, tmp_path, judge_key):
+    server = JudgeServer()
+    cache = str(tmp_path / "cache.sqlite")
+    try:
+        run_evaluate(eval_config(world, runs, tmp_path / "a", cache_dir=cache,
+                                 judge=judge(server.url, max_prompts=3)), progress=False)
+        assert server.requests == 3
+        dead = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
+        with pytest.raises(JudgeError, match="127.0.0.1:9/v1 is unreachable"):
+            run_evaluate(eval_config(world, runs, tmp_path / "b", cache_dir=cache,
+                                     judge=judge(dead, max_prompts=6, max_retries=0)), progress=False)
+        run_evaluate(eval_config(world, runs, tmp_path / "c", cache_dir=cache,
+                                 judge=judge(server.url, max_prompts=6)), progress=False)
+        assert server.requests == 6  # only the three new prompts were asked
+    finally:
+        server.close()
+
+
+def test_bad_input_has_clear_messages(world, runs, tmp_path, monkeypatch, models):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no Parquet shards"):
+        run_evaluate(build(EvalConfig, {"runs": [str(tmp_path / "empty")], "reward": {"path": world["reward_model_init"]}}))
+    with pytest.raises(ConfigError, match="is the guidance reward model of run 'pargs b1'"):
+        run_evaluate(eval_config(world, runs, tmp_path / "e", reward={"path": world["reward_model"]}))
+    monkeypatch.delenv("TEST_JUDGE_KEY", raising=False)
+    with pytest.raises(ConfigError, match="judge.api_key_env='TEST_JUDGE_KEY'.*no such environment variable"):
+        run_evaluate(eval_config(world, runs, tmp_path / "e", judge=judge("http://127.0.0.1:9/v1")))
+    monkeypatch.setenv("TEST_JUDGE_KEY", "x")
+    with pytest.raises(ConfigError, match="no run is labelled 'ghost'"):
+        run_evaluate(eval_config(world, runs, tmp_path / "e", judge=judge("http://127.0.0.1:9/v1", [("topk", "ghost")])))
+    # a run over other prompts shares no ids with the rest
+    (tmp_path / "q.jsonl").write_text('{"id": "zz", "prompt": "review of the cafe :"}\n')
+    cfg = base_config(world, tmp_path, data={"source": str(tmp_path / "q.jsonl")}, decode={"method": "topk"})
+    cfg["output"]["path"] = str(tmp_path / "other")
+    run_generate(build(GenerateConfig, cfg), models=models, progress=False)
+    lonely = build(EvalConfig, {"runs": [runs["topk"], str(tmp_path / "other")], "labels": ["topk", "other"],
+                                "output_dir": str(tmp_path / "e"), "reward": {"path": world["reward_model_init"]},
+                                "judge": judge("http://127.0.0.1:9/v1", [("topk", "other")])})
+    with pytest.raises(ConfigError, match="share no prompt ids"):
+        run_evaluate(lonely, progress=False)
+
+
+def test_cli_evaluate_prints_the_table_and_exits_2_on_bad_config(world, runs, tmp_path):
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump({"runs": [runs["pargs3"], runs["topk"]], "output_dir": str(tmp_path / "out"),
+                                    "reward": {"path": world["reward_model_init"]}}))
+    result = subprocess.run([CLI, "evaluate", "--config", str(path), "--no-progress"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| pargs beta=3 | pargs | 3 | 20 | 0 |" in result.stdout
+    bad = subprocess.run([CLI, "evaluate", "--config", str(path), "runs=[]"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("config error: runs=[]")
