@@ -32,7 +32,7 @@ def test_ray_job_submit_on_a_local_head_node(world, tmp_path):
         result = subprocess.run(
             [bin_dir / "ray", "job", "submit", "--address", "http://127.0.0.1:8275", "--working-dir", str(ROOT),
              "--runtime-env-json", json.dumps({"excludes": [".venv", "outputs", ".git"]}),
-             "--", "python", "jobs/generate.py", "--config", str(path), "--no-progress"],
+             "--", sys.executable, "jobs/generate.py", "--config", str(path), "--no-progress"],
             capture_output=True, text=True, timeout=400, env=env)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         assert "succeeded" in result.stdout
