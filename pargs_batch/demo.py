@@ -29,7 +29,8 @@ def demo_config(world: dict, method: str, out_dir: Path, num_prompts: int, beta:
 def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world", num_prompts: int = 64,
              beta: float = 2.0, max_new_tokens: int = 32) -> list[dict]:
     from pargs_batch.config import GenerateConfig, build
-    from pargs_batch.generate import load_models, run_generate
+    from pargs_batch.generate import run_generate
+    from pargs_batch.pool import load_models
     from pargs_batch.io import read_output
     from pargs_batch.world.tiny import build_tiny_world
 

@@ -13,30 +13,16 @@ import resource
 import time
 
 from pargs_batch.config import GenerateConfig
-from pargs_batch.decoding import METHODS
 from pargs_batch.io import PromptSource, RunDir, package_versions
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray, merge_stats, new_stats
 from pargs_batch.stepper import error_rows
-
-
-def load_models(config: GenerateConfig):
-    """The engine, the LLM's tokenizer and (for guided methods) the reward scorer, in this process."""
-    from transformers import AutoTokenizer
-
-    from pargs_batch.engine import Engine
-    from pargs_batch.reward import HFRewardScorer
-
-    engine = Engine(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
-    scorer = HFRewardScorer(config.reward) if METHODS[config.decode.method].uses_reward else None
-    return engine, tokenizer, scorer
 
 
 def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> dict:
     """Generate for every unfinished prompt of ``config.data`` into ``config.output.path``.
 
     Everything that can be checked without models (config, input columns, the output directory
-    and its earlier run) is checked before any model loads. ``models`` (from ``load_models``)
+    and its earlier run) is checked before any model loads. ``models`` (from ``pool.load_models``)
     runs in this process with models already loaded; otherwise ``ray.enabled`` picks the pool.
     """
     from tqdm import tqdm

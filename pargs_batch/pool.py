@@ -19,9 +19,23 @@ import threading
 import time
 from collections import defaultdict
 
-from pargs_batch.batch import PromptRow, ResponseRow
+from pargs_batch.batch import PromptRow
 from pargs_batch.config import GenerateConfig
 from pargs_batch.decoding import METHODS
+
+
+def load_models(config: GenerateConfig, with_scorer: bool = True):
+    """The engine, the LLM's tokenizer and (for guided methods) the reward scorer, in this process."""
+    from transformers import AutoTokenizer
+
+    from pargs_batch.engine import Engine
+    from pargs_batch.reward import HFRewardScorer
+
+    engine = Engine(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
+    guided = METHODS[config.decode.method].uses_reward
+    scorer = HFRewardScorer(config.reward) if guided and with_scorer else None
+    return engine, tokenizer, scorer
 
 
 class LockedEngine:
@@ -56,17 +70,9 @@ class DecodeWorker:
     """Steps micro-batches through its own engine; thread-safe for concurrent ``generate`` calls."""
 
     def __init__(self, config: GenerateConfig, scorer=None):
-        from transformers import AutoTokenizer
-
-        from pargs_batch.engine import Engine
-        from pargs_batch.reward import HFRewardScorer
-
         self.config = config
-        self.engine = Engine(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
-        if scorer is None and METHODS[config.decode.method].uses_reward:
-            scorer = HFRewardScorer(config.reward)
-        self.scorer = scorer
+        self.engine, self.tokenizer, local_scorer = load_models(config, with_scorer=scorer is None)
+        self.scorer = scorer or local_scorer
         self.lock = threading.Lock()
 
     @classmethod

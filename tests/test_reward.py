@@ -1,7 +1,6 @@
 """The transformers reward scorer: batching, truncation and templates against direct forwards."""
 
 import numpy as np
-import pytest
 import torch
 
 from pargs_batch.config import RewardConfig

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from rm_training.data import Triple, read_rows, split_hh, split_triples, to_triples
 
