@@ -260,3 +260,13 @@ def test_vllm_serve_judge_replies_that_do_not_parse_count_as_invalid(world, runs
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_scoring_on_ray_actors_equals_scoring_here(world, runs, tmp_path, ray_local):
+    here = run_evaluate(eval_config(world, runs, tmp_path / "here"), progress=False)
+    actors = run_evaluate(eval_config(world, runs, tmp_path / "ray",
+                                      ray={"enabled": True, "num_actors": 2, "resources": {"num_cpus": 0.5}}),
+                          progress=False)
+    for label, r in here["runs"].items():
+        assert actors["runs"][label]["reward"]["n"] == r["reward"]["n"]
+        assert abs(actors["runs"][label]["reward"]["mean"] - r["reward"]["mean"]) < 1e-5

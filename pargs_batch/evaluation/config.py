@@ -40,6 +40,19 @@ class JudgeConfig:
 
 
 @dataclass
+class EvalRay:
+    """Scoring on Ray reward actors (each scores a share of the responses)."""
+
+    enabled: bool = option("score on Ray actors instead of in this process", False)
+    address: str | None = option("cluster to join; default: RAY_ADDRESS, else a local Ray", None)
+    num_actors: int = option("reward-model actors", 1)
+    resources: dict = option("Ray resources per actor", factory=lambda: {"num_cpus": 1, "num_gpus": 0})
+
+    def __post_init__(self):
+        positive("ray.num_actors", self.num_actors)
+
+
+@dataclass
 class EvalConfig:
     """Everything `pargs-batch evaluate` needs."""
 
@@ -51,6 +64,7 @@ class EvalConfig:
     gold_reward: str | None = option("'module:function' scoring (prompts, responses) -> floats", None)
     judge: JudgeConfig = option("LLM-judge win-tie", factory=JudgeConfig)
     cache_dir: str | None = option("judge cache; default: output_dir/judge_cache.sqlite", None)
+    ray: EvalRay = option("optional Ray reward actors for scoring", factory=EvalRay)
 
     def __post_init__(self):
         if not self.runs:
