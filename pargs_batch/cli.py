@@ -1,4 +1,4 @@
-"""`pargs-batch generate | evaluate | demo`: the command line."""
+"""`pargs-batch generate | evaluate | demo | diagnose-rm | world build`: the command line."""
 
 from __future__ import annotations
 
@@ -39,6 +39,37 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _diagnose_rm(args) -> int:
+    from pargs_batch.config import RewardConfig
+    from pargs_batch.reward import HFRewardScorer
+    from rm_training import data as prefs
+    from rm_training.diagnose import diagnose, plot, table
+
+    rows, _ = prefs.read_rows(args.pairs)
+    columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+    triples, report = prefs.to_triples(rows, args.format, columns, args.limit)
+    results = {}
+    for path in args.reward_model:
+        scorer = HFRewardScorer(RewardConfig(path=path, template=args.template))
+        results[path] = diagnose(scorer, triples)
+        print(table(results[path], path))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnose.json").write_text(json.dumps({"pairs_file": args.pairs, "data": report.to_dict(),
+                                                   "reward_models": results}, indent=2))
+    plot(results, out / "prefix_accuracy.png")
+    print(f"written: {out / 'diagnose.json'}, {out / 'prefix_accuracy.png'}")
+    return 0
+
+
+def _world(args) -> int:
+    from pargs_batch.world.tiny import TinyWorldSpec, build_tiny_world
+
+    world = build_tiny_world(args.out, TinyWorldSpec(seed=args.seed))
+    print(json.dumps(world, indent=2))
+    return 0
+
+
 def _demo(args) -> int:
     from pargs_batch.demo import run_demo
 
@@ -66,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. judge.seed=1")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     ev.set_defaults(func=_evaluate)
+
+    diag = sub.add_parser("diagnose-rm", help="does a reward model rank partial responses like whole ones?")
+    diag.add_argument("--reward-model", action="append", required=True, help="checkpoint (repeat to compare)")
+    diag.add_argument("--pairs", required=True, help=".jsonl/.parquet preference triples (held out)")
+    diag.add_argument("--format", default="generic", choices=["generic", "hh", "tldr"])
+    diag.add_argument("--template", default="{prompt}{response}", help="as reward.template")
+    diag.add_argument("--limit", type=int, default=None, help="use the first N rows")
+    diag.add_argument("--out", default="outputs/diagnose", help="where diagnose.json and the plot go")
+    diag.set_defaults(func=_diagnose_rm)
+
+    world = sub.add_parser("world", help="the tiny offline world")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    build = world_sub.add_parser("build", help="build (or reuse) the tiny world")
+    build.add_argument("--out", default="outputs/world")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=_world)
 
     demo = sub.add_parser("demo", help="build the tiny default world and compare the methods on it")
     demo.add_argument("--out", default="outputs/demo", help="where the runs are written")

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from pargs_batch.config import ConfigError, load_config
 from rm_training import data as prefs
@@ -29,13 +28,6 @@ from rm_training.config import TrainConfig
 from rm_training.prefixes import prefix_pairs
 
 log = logging.getLogger("rm_training")
-
-BUCKETS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
-
-
-def bucket_name(lo: float, hi: float) -> str:
-    return f"{int(lo * 100)}-{int(hi * 100)}%"
-
 
 # ---------------------------------------------------------------- data
 
@@ -213,34 +205,19 @@ def _ddp_backend(deepspeed: str | None) -> str | None:
 # ---------------------------------------------------------------- evaluation
 
 def evaluate_checkpoint(cfg: TrainConfig, out_dir: str, held: list[prefs.Triple], tokenizer) -> dict:
-    """Held-out pairwise accuracy of the saved checkpoint, scored by ``pargs_batch.reward``.
-
-    Whole responses always; partial modes also per prefix-length bucket (share of the longer
-    response), on every prefix length of the held-out triples.
-    """
+    """Held-out pairwise accuracy of the saved checkpoint, scored by ``pargs_batch.reward``:
+    whole responses always, and per prefix-length bucket for the partial modes."""
     from pargs_batch.config import RewardConfig
     from pargs_batch.reward import HFRewardScorer
+    from rm_training.diagnose import prefix_accuracy, whole_accuracy
 
     if not held:
         return {}
     scorer = HFRewardScorer(RewardConfig(path=out_dir, template=cfg.template, max_length=cfg.training.max_length,
                                          batch_size=cfg.training.per_device_eval_batch_size))
-    prompts = [t.prompt for t in held]
-    full = scorer.score(prompts, [t.chosen for t in held]) > scorer.score(prompts, [t.rejected for t in held])
-    result = {"pairwise_accuracy": float(full.mean()), "eval_triples": len(held)}
-    if cfg.mode == "full":
-        return result
-    groups = {bucket_name(lo, hi): ([], [], []) for lo, hi in BUCKETS}
-    for t in held:
-        for pair in prefix_pairs(t.chosen, t.rejected, scorer.tokenizer, "every")[0]:
-            lo, hi = next(b for b in BUCKETS if pair.fraction <= b[1])
-            group = groups[bucket_name(lo, hi)]
-            group[0].append(t.prompt)
-            group[1].append(pair.chosen)
-            group[2].append(pair.rejected)
-    result["prefix_accuracy"] = {
-        name: {"accuracy": float(np.mean(scorer.score(p, c) > scorer.score(p, r))), "pairs": len(p)}
-        for name, (p, c, r) in groups.items() if p}
+    result = {"pairwise_accuracy": whole_accuracy(scorer, held), "eval_triples": len(held)}
+    if cfg.mode != "full":
+        result["prefix_accuracy"] = prefix_accuracy(scorer, held)
     return result
 
 

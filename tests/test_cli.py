@@ -64,3 +64,22 @@ def test_demo_prints_a_table_per_method(world, tmp_path):
     assert all(row[1] == "8" for row in table)
     for method in ("topk", "args", "pargs-greedy", "pargs", "best-of-n"):
         assert read_output(tmp_path / "demo" / method).num_rows == 8
+
+
+def test_diagnose_rm_reports_whole_and_prefix_accuracy(world, tmp_path):
+    result = subprocess.run([CLI, "diagnose-rm", "--reward-model", world["reward_model"], "--reward-model",
+                             world["reward_model_init"], "--pairs", world["preferences"], "--limit", "40",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "diagnose.json").read_text())
+    trained = report["reward_models"][world["reward_model"]]
+    assert trained["triples"] == 40 and set(trained["prefix_accuracy"]) == {"0-25%", "25-50%", "50-75%", "75-100%"}
+    # the world's reward model was fitted to the known score of prefixes: far above chance
+    assert trained["pairwise_accuracy"] > 0.8
+    assert "prefix 75-100%" in result.stdout and (tmp_path / "prefix_accuracy.png").exists()
+
+
+def test_world_build_reuses_a_built_world(world):
+    world_dir = str(Path(world["llm"]).parent)
+    result = subprocess.run([CLI, "world", "build", "--out", world_dir], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and json.loads(result.stdout)["llm"] == world["llm"]
