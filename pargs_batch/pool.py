@@ -189,11 +189,19 @@ class RayPool:
 
 
 def init_ray(config: GenerateConfig) -> None:
+    """Join the configured cluster (or RAY_ADDRESS, as under `ray job submit`), else start a local Ray.
+
+    Only a Ray started here gets our worker environment: on a cluster the job's own runtime_env
+    (working_dir, pip, env_vars) must stay in force, so nothing is passed that would replace it.
+    """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=config.ray.address, log_to_driver=True,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+    if ray.is_initialized():
+        return
+    if config.ray.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=config.ray.address)
+    else:
+        ray.init(runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
                                            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}})
 
 
