@@ -39,19 +39,25 @@ def load_models(config: GenerateConfig, with_scorer: bool = True):
 
 
 class LockedEngine:
-    """An engine shared by threads: one engine call at a time."""
+    """An engine shared by threads: one engine call at a time; ``wait_s`` is the time spent
+    queueing for it (one instance per micro-batch, so the wait is that micro-batch's)."""
 
     def __init__(self, engine, lock: threading.Lock):
         self.engine, self.lock = engine, lock
         self.max_model_len = engine.max_model_len
+        self.wait_s = 0.0
+
+    def _locked(self, call, *args, **kwargs):
+        t0 = time.perf_counter()
+        with self.lock:
+            self.wait_s += time.perf_counter() - t0
+            return call(*args, **kwargs)
 
     def topk(self, prefixes, k):
-        with self.lock:
-            return self.engine.topk(prefixes, k)
+        return self._locked(self.engine.topk, prefixes, k)
 
     def sample(self, *args, **kwargs):
-        with self.lock:
-            return self.engine.sample(*args, **kwargs)
+        return self._locked(self.engine.sample, *args, **kwargs)
 
 
 class RemoteScorer:
@@ -89,7 +95,8 @@ class DecodeWorker:
         from pargs_batch.stepper import Stepper
 
         c = self.config
-        args = (LockedEngine(self.engine, self.lock), self.scorer, self.tokenizer, c.decode)
+        engine = LockedEngine(self.engine, self.lock)
+        args = (engine, self.scorer, self.tokenizer, c.decode)
         names = {"llm_name": c.model.path, "reward_name": c.reward.path or None}
         if c.decode.method == "best-of-n":
             runner = BestOfN(*args, **names)
@@ -97,8 +104,11 @@ class DecodeWorker:
         else:
             runner = Stepper(*args, **names)
             rows, candidates = runner.run(prompts), []
-        return {"rows": rows, "candidates": candidates, "phase_s": dict(runner.timings),
-                "tokens": runner.tokens_generated}
+        phases = dict(runner.timings)
+        # the engine phase is the engine's own work; queueing behind another micro-batch is apart
+        phases["engine"] = phases.get("engine", 0.0) - engine.wait_s
+        phases["engine_wait"] = engine.wait_s
+        return {"rows": rows, "candidates": candidates, "phase_s": phases, "tokens": runner.tokens_generated}
 
     def pid(self) -> int:
         return os.getpid()

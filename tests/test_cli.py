@@ -36,7 +36,7 @@ def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("summary: ")]
     summary = json.loads(line.removeprefix("summary: "))
     assert summary["rows"] == 32 and summary["shards"] == 2 and summary["tokens_per_s"] > 0
-    assert set(summary["phase_s"]) == {"engine", "reward", "decode", "io"}
+    assert set(summary["phase_s"]) == {"engine", "engine_wait", "reward", "decode", "io"}
 
     table = read_output(tmp_path / "out")
     assert table.num_rows == 32 and table.schema.remove_metadata().equals(SCHEMA)

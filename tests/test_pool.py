@@ -58,7 +58,7 @@ def test_one_or_two_workers_and_any_batch_size_give_the_same_rows(ray_local, wor
     assert one["rows"] == two["rows"] == 40 and two["shards"] == 14 and two["workers"] == 2
     assert content(tmp_path / "one") == reference
     assert content(tmp_path / "two") == reference
-    assert set(two["phase_s"]) == {"engine", "reward", "decode", "io"}
+    assert set(two["phase_s"]) == {"engine", "engine_wait", "reward", "decode", "io"}
 
 
 def test_killed_driver_resumes_exactly_once(ray_local, world, tmp_path, reference):
