@@ -73,8 +73,9 @@ def _world(args) -> int:
 def _demo(args) -> int:
     from pargs_batch.demo import run_demo
 
+    sweep = [float(b) for b in args.sweep_beta.split(",")] if args.sweep_beta else None
     run_demo(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts,
-             beta=args.beta, max_new_tokens=args.max_new_tokens)
+             beta=args.beta, max_new_tokens=args.max_new_tokens, sweep_beta=sweep)
     return 0
 
 
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-prompts", type=int, default=64)
     demo.add_argument("--beta", type=float, default=2.0)
     demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo.add_argument("--sweep-beta", metavar="B1,B2,...",
+                      help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
     demo.set_defaults(func=_demo)
     return parser
 

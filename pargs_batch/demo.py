@@ -27,7 +27,7 @@ def demo_config(world: dict, method: str, out_dir: Path, num_prompts: int, beta:
 
 
 def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world", num_prompts: int = 64,
-             beta: float = 2.0, max_new_tokens: int = 32) -> list[dict]:
+             beta: float = 2.0, max_new_tokens: int = 32, sweep_beta: list[float] | None = None) -> list[dict]:
     from pargs_batch.config import GenerateConfig, build
     from pargs_batch.generate import run_generate
     from pargs_batch.pool import load_models
@@ -59,4 +59,29 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world", nu
     print(f"\n(beta={beta}, k=10, reward = the guidance reward model on the final response; "
           f"outputs in {out_dir}/)")
     (out / "demo_table.json").write_text(json.dumps(table, indent=2))
+    if sweep_beta:
+        sweep(world, out, models, num_prompts, sweep_beta, max_new_tokens)
     return table
+
+
+def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float], max_new_tokens: int) -> dict:
+    """The paper's Table 4: pargs at each beta, scored by the world's gold reward, with a plot."""
+    from pargs_batch.config import GenerateConfig, build
+    from pargs_batch.evaluation.config import EvalConfig
+    from pargs_batch.evaluation.run import run_evaluate
+    from pargs_batch.generate import run_generate
+
+    runs = []
+    for beta in betas:
+        cfg = demo_config(world, "pargs", out / "sweep", num_prompts, beta, max_new_tokens)
+        cfg["output"]["path"] = str(out / "sweep" / f"pargs-beta{beta:g}")
+        run_generate(build(GenerateConfig, cfg), models=models)
+        runs.append(cfg["output"]["path"])
+    report = run_evaluate(build(EvalConfig, {"runs": runs, "output_dir": str(out / "sweep" / "report"),
+                                             "gold_reward": "pargs_batch.world.tiny:gold_reward"}), progress=False)
+    print(f"\n{'beta':>6}{'gold reward ± SE':>22}")
+    for label in report["beta_groups"][0]:
+        r = report["runs"][label]
+        print(f"{r['beta']:>6g}{r['gold']['mean']:>14.3f} ± {r['gold']['se']:.3f}")
+    print(f"(pargs, gold reward of the tiny world; table and plot in {out / 'sweep' / 'report'}/)")
+    return report

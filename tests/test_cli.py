@@ -54,7 +54,7 @@ def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
 @pytest.mark.slow
 def test_demo_prints_a_table_per_method(world, tmp_path):
     world_dir = str(Path(world["llm"]).parent)
-    result = subprocess.run([CLI, "demo", "--num-prompts", "8", "--world-dir", world_dir,
+    result = subprocess.run([CLI, "demo", "--num-prompts", "8", "--world-dir", world_dir, "--sweep-beta", "0,3",
                              "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -64,6 +64,9 @@ def test_demo_prints_a_table_per_method(world, tmp_path):
     assert all(row[1] == "8" for row in table)
     for method in ("topk", "args", "pargs-greedy", "pargs", "best-of-n"):
         assert read_output(tmp_path / "demo" / method).num_rows == 8
+    sweep = json.loads((tmp_path / "demo" / "sweep" / "report" / "report.json").read_text())
+    assert [sweep["runs"][label]["beta"] for label in sweep["beta_groups"][0]] == [0.0, 3.0]
+    assert (tmp_path / "demo" / "sweep" / "report" / "plots" / "reward_vs_beta_0.png").exists()
 
 
 def test_diagnose_rm_reports_whole_and_prefix_accuracy(world, tmp_path):
