@@ -63,10 +63,20 @@ def _diagnose_rm(args) -> int:
 
 
 def _world(args) -> int:
-    from pargs_batch.world.tiny import TinyWorldSpec, build_tiny_world
+    import time
 
-    world = build_tiny_world(args.out, TinyWorldSpec(seed=args.seed))
+    t0 = time.perf_counter()
+    if args.kind == "tiny":
+        from pargs_batch.world.tiny import TinyWorldSpec, build_tiny_world
+
+        world = build_tiny_world(args.out, TinyWorldSpec(seed=args.seed))
+    else:
+        from pargs_batch.world.default import DefaultWorldSpec, build_default_world
+
+        spec = DefaultWorldSpec.reduced(args.seed) if args.kind == "reduced" else DefaultWorldSpec(seed=args.seed)
+        world = build_default_world(args.out, spec, log=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(world, indent=2))
+    print(f"world ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -74,8 +84,9 @@ def _demo(args) -> int:
     from pargs_batch.demo import run_demo
 
     sweep = [float(b) for b in args.sweep_beta.split(",")] if args.sweep_beta else None
-    run_demo(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts,
-             beta=args.beta, max_new_tokens=args.max_new_tokens, sweep_beta=sweep)
+    run_demo(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts, beta=args.beta,
+             max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, sweep_beta=sweep,
+             reduced_world=args.reduced_world)
     return 0
 
 
@@ -108,19 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--out", default="outputs/diagnose", help="where diagnose.json and the plot go")
     diag.set_defaults(func=_diagnose_rm)
 
-    world = sub.add_parser("world", help="the tiny offline world")
+    world = sub.add_parser("world", help="the offline worlds (LM, reward models, gold reward, prompts)")
     world_sub = world.add_subparsers(dest="world_command", required=True)
-    build = world_sub.add_parser("build", help="build (or reuse) the tiny world")
+    build = world_sub.add_parser("build", help="build (or reuse) a world")
+    build.add_argument("--kind", default="default", choices=["default", "reduced", "tiny"],
+                       help="default: the demo's trained world; reduced: its test-sized twin; "
+                            "tiny: the unit tests' fixed world")
     build.add_argument("--out", default="outputs/world")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_world)
 
-    demo = sub.add_parser("demo", help="build the tiny default world and compare the methods on it")
-    demo.add_argument("--out", default="outputs/demo", help="where the runs are written")
+    demo = sub.add_parser("demo", help="build the default world and compare the methods on it (Table 1)")
+    demo.add_argument("--out", default="outputs/demo", help="where the runs, report and plots are written")
     demo.add_argument("--world-dir", default="outputs/world", help="where the world is cached")
-    demo.add_argument("--num-prompts", type=int, default=64)
+    demo.add_argument("--reduced-world", action="store_true", help="the test-sized world (a minute to build)")
+    demo.add_argument("--num-prompts", type=int, default=256, help="held-out prompts per method")
+    demo.add_argument("--num-samples", type=int, default=2, help="responses per prompt (ROUGE-L needs 2+)")
     demo.add_argument("--beta", type=float, default=2.0)
-    demo.add_argument("--max-new-tokens", type=int, default=32)
+    demo.add_argument("--max-new-tokens", type=int, default=48)
     demo.add_argument("--sweep-beta", metavar="B1,B2,...",
                       help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
     demo.set_defaults(func=_demo)

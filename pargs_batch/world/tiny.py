@@ -87,7 +87,8 @@ def write_preferences(path: str | Path, spec: TinyWorldSpec, num_triples: int = 
     return path
 
 
-def _train_llm_tokenizer(texts: list[str], spec: TinyWorldSpec):
+def train_llm_tokenizer(texts: list[str], vocab_size: int, max_length: int):
+    """A byte-level BPE tokenizer (GPT-2 style) whose EOS also pads."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -95,15 +96,16 @@ def _train_llm_tokenizer(texts: list[str], spec: TinyWorldSpec):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.llm_vocab_size, special_tokens=[EOS],
+        vocab_size=vocab_size, special_tokens=[EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
-        model_max_length=spec.llm_positions)
+        model_max_length=max_length)
 
 
-def _train_rm_tokenizer(texts: list[str], spec: TinyWorldSpec):
+def train_rm_tokenizer(texts: list[str], vocab_size: int):
+    """A lower-casing WordPiece tokenizer with [CLS]/[SEP] (BERT/DeBERTa style)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -112,7 +114,7 @@ def _train_rm_tokenizer(texts: list[str], spec: TinyWorldSpec):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=spec.rm_vocab_size, special_tokens=special,
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
                                         show_progress=False)
     tok.train_from_iterator(texts, trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -160,12 +162,11 @@ def _train_rm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSpe
     return float(loss.detach())
 
 
-def _train_llm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSpec) -> float:
-    """A few hundred AdamW steps of next-token prediction; returns the last loss."""
+def encode_texts(tokenizer, texts: list[str]):
+    """(ids, mask) tensors of ``text + EOS`` (EOS is a target: replies must learn to end), right-padded."""
     import torch
 
-    texts = [p + r + EOS for p, r in pairs]  # EOS is a target: replies must learn to end
-    ids = [tokenizer(t)["input_ids"] for t in texts]
+    ids = [tokenizer(t + EOS)["input_ids"] for t in texts]
     width = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id
     data = torch.full((len(ids), width), pad, dtype=torch.long)
@@ -173,17 +174,30 @@ def _train_llm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSp
     for i, x in enumerate(ids):
         data[i, : len(x)] = torch.tensor(x)
         mask[i, : len(x)] = 1
-    gen = torch.Generator().manual_seed(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    return data, mask
+
+
+def train_llm(model, tokenizer, texts: list[str], steps: int, seed: int, lr: float = 3e-3,
+              batch_size: int = 32, decay: bool = False, progress: bool = False) -> float:
+    """AdamW steps of next-token prediction on random batches of ``texts`` (learning rate decaying
+    linearly to zero with ``decay``); returns the last loss."""
+    import torch
+    from tqdm import tqdm
+
+    data, mask = encode_texts(tokenizer, texts)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps if decay else 1.0)
     model.train()
     loss = torch.tensor(float("nan"))
-    for _ in range(spec.train_steps):
-        rows = torch.randint(0, len(ids), (32,), generator=gen)
+    for _ in tqdm(range(steps), desc="train LM", unit="step", disable=not progress, mininterval=2):
+        rows = torch.randint(0, len(data), (batch_size,), generator=gen)
         labels = data[rows].masked_fill(mask[rows] == 0, -100)
         loss = model(input_ids=data[rows], attention_mask=mask[rows], labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     model.eval()
     return float(loss.detach())
 
@@ -205,17 +219,17 @@ def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec())
     pairs = make_corpus(spec)
     texts = [p + r for p, r in pairs]
 
-    llm_tok = _train_llm_tokenizer(texts, spec)
+    llm_tok = train_llm_tokenizer(texts, spec.llm_vocab_size, spec.llm_positions)
     llm = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(llm_tok), n_positions=spec.llm_positions, n_embd=spec.llm_width,
         # head_dim 32: vLLM's CPU attention kernels support no smaller head
         n_layer=spec.llm_layers, n_head=spec.llm_width // 32, bos_token_id=llm_tok.eos_token_id,
         eos_token_id=llm_tok.eos_token_id, pad_token_id=llm_tok.eos_token_id))
-    final_loss = _train_llm(llm, llm_tok, pairs, spec)
+    final_loss = train_llm(llm, llm_tok, texts, spec.train_steps, spec.seed)
     llm.save_pretrained(out / "llm")
     llm_tok.save_pretrained(out / "llm")
 
-    rm_tok = _train_rm_tokenizer(texts, spec)
+    rm_tok = train_rm_tokenizer(texts, spec.rm_vocab_size)
     rm = DebertaV2ForSequenceClassification(DebertaV2Config(
         vocab_size=len(rm_tok), hidden_size=spec.rm_width, num_hidden_layers=spec.rm_layers,
         num_attention_heads=4, intermediate_size=spec.rm_width * 2, max_position_embeddings=512,

@@ -1,0 +1,310 @@
+"""The default world: the paper's whole pipeline, offline, with a gold reward known exactly.
+
+``build_default_world(out_dir, spec)`` makes, from ``spec.seed`` alone:
+
+1. a corpus of review replies in the language of :mod:`pargs_batch.world.gold` (prompts ask about
+   one aspect of a subject; replies mix pleasant and unpleasant clauses, on and off topic, with
+   fitting or clashing connectives and verdicts), split by *prompt* into train / held-out;
+2. a byte-level BPE tokenizer and a GPT-2-style causal LM trained on the train replies, with its
+   perplexity on held-out replies;
+3. preference pairs: two LM samples per prompt, labelled by the gold reward with Bradley-Terry
+   noise (P(a preferred) = sigmoid((gold(a) - gold(b)) / bt_temperature), seeded), in three
+   disjoint prompt splits: ``guidance`` (trains the guidance RMs), ``evaluation`` (trains the
+   evaluation RM) and ``heldout`` (on the demo's prompts; for `diagnose-rm`);
+4. reward models, each trained by ``rm_training`` exactly as a user trains theirs:
+   ``rm_full`` (DeBERTa-v2 with its own WordPiece tokenizer, Eq. 1 - ARGS's and Best-of-N's),
+   ``rm_partial`` (the same architecture on prefix pairs, Eq. 5 - PARGS's),
+   ``rm_partial_causal`` (GPT-2 initialised from the LM, sharing its tokenizer, Eq. 5 over every
+   prefix in one pass) and ``rm_eval`` (DeBERTa, Eq. 1, on the disjoint ``evaluation`` split);
+5. ``prompts_heldout.jsonl``: prompts no corpus reply, preference pair or RM has seen.
+
+Everything is an ordinary Hugging Face checkpoint or JSONL file; ``world.json`` lists the paths,
+the LM's perplexity, each RM's held-out accuracy and the build time. A world whose ``world.json``
+matches the spec and version is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pargs_batch.world import gold
+from pargs_batch.world.tiny import EOS, encode_texts, train_llm, train_llm_tokenizer, train_rm_tokenizer
+
+WORLD_VERSION = 1
+GOLD_REWARD = "pargs_batch.world.gold:gold_reward"
+TEMPLATE = "{prompt}{response}"
+
+
+@dataclass(frozen=True)
+class DefaultWorldSpec:
+    """Sizes of the default world (about 10 minutes on two cores); ``reduced()`` is the tests' one."""
+
+    seed: int = 0
+    corpus_size: int = 20000
+    heldout_prompts: int = 256
+    llm_vocab_size: int = 600
+    llm_layers: int = 4
+    llm_width: int = 128
+    llm_positions: int = 256
+    llm_steps: int = 2500
+    llm_batch_size: int = 32
+    rm_vocab_size: int = 400
+    rm_layers: int = 2
+    rm_width: int = 64
+    pairs_per_prompt: int = 8
+    eval_prompt_share: float = 0.4
+    heldout_pairs: int = 512
+    sample_max_tokens: int = 64
+    bt_temperature: float = 0.5
+    rm_epochs: float = 2.0
+    rm_batch_size: int = 32
+
+    @classmethod
+    def reduced(cls, seed: int = 0) -> "DefaultWorldSpec":
+        """Tiny sizes for tests: the same pipeline in a minute or two."""
+        return cls(seed=seed, corpus_size=3000, heldout_prompts=64, llm_vocab_size=400, llm_layers=2,
+                   llm_width=64, llm_steps=300, rm_vocab_size=300, rm_width=32, pairs_per_prompt=2,
+                   heldout_pairs=64, sample_max_tokens=40, rm_epochs=1.0)
+
+
+# ---------------------------------------------------------------- language
+
+def all_prompts() -> list[str]:
+    return [form.format(subject=s, aspect=a) for form in gold.PROMPT_FORMS for s in gold.SUBJECTS
+            for a in gold.ASPECTS]
+
+
+def split_prompts(spec: DefaultWorldSpec) -> tuple[list[str], list[str]]:
+    """(train prompts, held-out prompts): disjoint, from the seed."""
+    prompts = all_prompts()
+    random.Random(spec.seed).shuffle(prompts)
+    return prompts[spec.heldout_prompts:], prompts[: spec.heldout_prompts]
+
+
+def sample_reply(rng: random.Random, aspect: str) -> str:
+    """One corpus reply: 1-5 clauses (each on the focus aspect with probability 0.35), random
+    polarity and intensity, connectives and a verdict that fit or clash at random."""
+    clauses = []
+    for i in range(rng.choice([1, 1, 2, 2, 2, 3, 3, 4, 5])):
+        noun = aspect if rng.random() < 0.35 else rng.choice(gold.ASPECTS)
+        adj = rng.choice(gold.GOOD if rng.random() < 0.5 else gold.BAD)
+        clause = f"the {noun} was {'very ' if rng.random() < 0.2 else ''}{adj}"
+        if i:
+            link = rng.choice(gold.CONTRAST + gold.AGREE + [","])
+            clause = f"{link} {clause}"
+        clauses.append(clause)
+    reply = " " + " ".join(clauses) + " ."
+    if rng.random() < 0.8:
+        reply += " " + rng.choice(gold.GOOD_VERDICTS + gold.BAD_VERDICTS)
+    return reply
+
+
+def make_corpus(prompts: list[str], size: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(size):
+        prompt = rng.choice(prompts)
+        pairs.append((prompt, sample_reply(rng, gold.focus_aspect(prompt))))
+    return pairs
+
+
+# ---------------------------------------------------------------- LM
+
+def perplexity(model, tokenizer, texts: list[str], prompts: list[str]) -> float:
+    """Per-token perplexity of the replies (EOS included) given their prompts."""
+    import torch
+
+    data, mask = encode_texts(tokenizer, texts)
+    labels = data.masked_fill(mask == 0, -100)
+    for i, p in enumerate(prompts):  # score the reply only, not the prompt
+        labels[i, : len(tokenizer(p)["input_ids"])] = -100
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(texts), 128):
+            logits = model(input_ids=data[s:s + 128], attention_mask=mask[s:s + 128]).logits[:, :-1]
+            target = labels[s:s + 128, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            nll += float(loss)
+            count += int((target != -100).sum())
+    return math.exp(nll / count)
+
+
+def sample_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
+    """One ancestral sample (temperature 1, no truncation) from the LM per prompt."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    out = []
+    for s in range(0, len(prompts), 256):
+        batch = tokenizer(prompts[s:s + 256], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            ids = model.generate(**batch, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    tokenizer.padding_side = "right"
+    return out
+
+
+# ---------------------------------------------------------------- preferences
+
+def label_pairs(prompts: list[str], a: list[str], b: list[str], temperature: float, seed: int) -> list[dict]:
+    """Bradley-Terry labels from the gold reward: a is chosen with probability
+    sigmoid((gold(a) - gold(b)) / temperature). Identical replies are dropped."""
+    rng = random.Random(seed)
+    rows = []
+    for p, x, y in zip(prompts, a, b):
+        if x.strip() == y.strip():
+            continue
+        gx, gy = gold.gold_score(p, x), gold.gold_score(p, y)
+        chosen_x = rng.random() < 1 / (1 + math.exp(-(gx - gy) / temperature))
+        chosen, rejected = (x, y) if chosen_x else (y, x)
+        rows.append({"prompt": p, "chosen": chosen, "rejected": rejected,
+                     "gold_chosen": gold.gold_score(p, chosen), "gold_rejected": gold.gold_score(p, rejected)})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# ---------------------------------------------------------------- reward models
+
+def rm_config(spec: DefaultWorldSpec, mode: str, model: str, train: str, heldout: str, out: str,
+              lr: float, seed: int) -> dict:
+    """The rm_training config of one of the world's reward models (what a YAML file would hold)."""
+    return {
+        "mode": mode, "model": model, "template": TEMPLATE,
+        "data": {"source": train, "format": "generic", "eval_source": heldout},
+        "prefixes": {"strategy": "stride", "stride": 2, "min_length": 1, "seed": seed},
+        "training": {"output_dir": out, "learning_rate": lr, "per_device_train_batch_size": spec.rm_batch_size,
+                     "per_device_eval_batch_size": 128, "gradient_accumulation_steps": 1,
+                     "num_train_epochs": spec.rm_epochs, "warmup_ratio": 0.05, "max_length": 128,
+                     "logging_steps": 50, "seed": seed},
+    }
+
+
+def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict) -> dict:
+    from pargs_batch.config import build
+    from rm_training.config import TrainConfig
+    from rm_training.train import train
+
+    jobs = {
+        "rm_full": ("full", files["rm_init"], files["guidance_pairs"], 3e-3),
+        "rm_partial": ("partial", files["rm_init"], files["guidance_pairs"], 3e-3),
+        "rm_partial_causal": ("partial-causal", files["llm"], files["guidance_pairs"], 1e-3),
+        "rm_eval": ("full", files["rm_init"], files["evaluation_pairs"], 3e-3),
+    }
+    results = {}
+    for i, (name, (mode, init, train_file, lr)) in enumerate(jobs.items()):
+        t0 = time.perf_counter()
+        summary = train(build(TrainConfig, rm_config(spec, mode, init, train_file, files["heldout_pairs"],
+                                                     str(out / name), lr, spec.seed + 10 + i)))
+        results[name] = {"path": str(out / name), "mode": mode, "train_pairs": summary["train_pairs"],
+                         "heldout_accuracy": summary.get("pairwise_accuracy"),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+    return results
+
+
+# ---------------------------------------------------------------- build
+
+def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWorldSpec(),
+                        log=print) -> dict:
+    """Build (or reuse, when its spec matches) the default world in ``out_dir``; return world.json."""
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+    out = Path(out_dir)
+    manifest_path = out / "world.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("spec") == asdict(spec) and manifest.get("version") == WORLD_VERSION:
+            return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    timings = {}
+
+    def phase(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log(f"world: {name} done in {timings[name]} s")
+
+    torch.manual_seed(spec.seed)
+    t0 = time.perf_counter()
+    train_prompts, heldout_prompts = split_prompts(spec)
+    corpus = make_corpus(train_prompts, spec.corpus_size, spec.seed + 1)
+    ppl_corpus = make_corpus(heldout_prompts, 500, spec.seed + 2)  # replies to prompts never trained on
+    texts = [p + r for p, r in corpus]
+    llm_tok = train_llm_tokenizer(texts, spec.llm_vocab_size, spec.llm_positions)
+    llm = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(llm_tok), n_positions=spec.llm_positions, n_embd=spec.llm_width,
+        n_layer=spec.llm_layers, n_head=spec.llm_width // 32,  # head_dim 32: vLLM CPU's smallest
+        bos_token_id=llm_tok.eos_token_id, eos_token_id=llm_tok.eos_token_id, pad_token_id=llm_tok.eos_token_id))
+    loss = train_llm(llm, llm_tok, texts, spec.llm_steps, spec.seed, batch_size=spec.llm_batch_size, decay=True,
+                     progress=True)
+    ppl = perplexity(llm, llm_tok, [p + r for p, r in ppl_corpus], [p for p, _ in ppl_corpus])
+    llm.save_pretrained(out / "llm")
+    llm_tok.save_pretrained(out / "llm")
+    phase("llm", t0)
+    log(f"world: LM held-out perplexity {ppl:.2f} (final train loss {loss:.3f})")
+
+    t0 = time.perf_counter()
+    rm_tok = train_rm_tokenizer(texts, spec.rm_vocab_size)
+    rm = DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=len(rm_tok), hidden_size=spec.rm_width, num_hidden_layers=spec.rm_layers,
+        num_attention_heads=4, intermediate_size=spec.rm_width * 2, max_position_embeddings=512,
+        num_labels=1, pad_token_id=rm_tok.pad_token_id))
+    rm.save_pretrained(out / "rm_init")
+    rm_tok.save_pretrained(out / "rm_init")
+
+    # preference pairs: two LM samples per prompt, three disjoint prompt splits
+    rng = random.Random(spec.seed + 3)
+    shuffled = list(train_prompts)
+    rng.shuffle(shuffled)
+    n_eval = int(len(shuffled) * spec.eval_prompt_share)
+    splits = {"guidance": shuffled[n_eval:], "evaluation": shuffled[:n_eval], "heldout": heldout_prompts}
+    files = {"llm": str(out / "llm"), "rm_init": str(out / "rm_init")}
+    pair_stats = {}
+    for i, (name, prompts) in enumerate(splits.items()):
+        reps = spec.pairs_per_prompt if name != "heldout" else max(1, -(-spec.heldout_pairs // len(prompts)))
+        queries = [p for p in prompts for _ in range(reps)]
+        a = sample_replies(llm, llm_tok, queries, spec.sample_max_tokens, spec.seed + 20 + 2 * i)
+        b = sample_replies(llm, llm_tok, queries, spec.sample_max_tokens, spec.seed + 21 + 2 * i)
+        rows = label_pairs(queries, a, b, spec.bt_temperature, spec.seed + 30 + i)
+        if name == "heldout":
+            rows = rows[: spec.heldout_pairs]
+        files[f"{name}_pairs"] = write_jsonl(out / f"preferences_{name}.jsonl", rows)
+        agree = sum(r["gold_chosen"] > r["gold_rejected"] for r in rows) / max(len(rows), 1)
+        pair_stats[name] = {"prompts": len(prompts), "pairs": len(rows), "gold_agreement": round(agree, 3)}
+        log(f"world: {name} preferences: {len(rows)} pairs on {len(prompts)} prompts "
+            f"(chosen has the higher gold reward in {agree:.1%})")
+    samples = [gold.gold_score(p, r) for p, r in zip(queries, a)]
+    phase("preferences", t0)
+
+    t0 = time.perf_counter()
+    rms = train_reward_models(spec, out, files)
+    phase("reward models", t0)
+
+    prompts_file = write_jsonl(out / "prompts_heldout.jsonl",
+                               [{"id": f"h{i:04d}", "prompt": p} for i, p in enumerate(heldout_prompts)])
+    manifest = {
+        "version": WORLD_VERSION, "spec": asdict(spec), "kind": "default",
+        "llm": str(out / "llm"), "rm_init": str(out / "rm_init"),
+        "rm_full": rms["rm_full"]["path"], "rm_partial": rms["rm_partial"]["path"],
+        "rm_partial_causal": rms["rm_partial_causal"]["path"], "rm_eval": rms["rm_eval"]["path"],
+        "prompts": prompts_file, "template": TEMPLATE, "gold_reward": GOLD_REWARD,
+        "preferences": {k: files[f"{k}_pairs"] for k in splits},
+        "llm_heldout_perplexity": round(ppl, 3), "llm_final_train_loss": round(loss, 4),
+        "llm_sample_gold_mean": round(sum(samples) / len(samples), 3),
+        "pairs": pair_stats, "reward_models": rms, "timings_s": timings,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    log(f"world: built in {manifest['build_seconds']} s -> {out}")
+    return manifest
