@@ -104,7 +104,9 @@ class RewardConfig:
     """The reward model that scores every candidate prefix."""
 
     path: str = option("checkpoint directory or hub id of a sequence-classification reward model", "")
-    backend: str = option("scorer: hf (any AutoModelForSequenceClassification, own tokenizer)", "hf")
+    backend: str = option("scorer: hf (any AutoModelForSequenceClassification, own tokenizer, rescores whole "
+                          "prefixes) or causal (a causal RM sharing the LLM's tokenizer, KV state kept between "
+                          "steps, runs inside the decode worker)", "hf")
     template: str = option("how prompt and response prefix are joined for the reward model",
                           "{prompt}{response}")
     batch_size: int = option("candidates per reward-model forward pass (length-sorted)", 64)
@@ -115,7 +117,7 @@ class RewardConfig:
     def __post_init__(self):
         if self.path:
             check_model_path("reward.path", self.path)
-        one_of("reward.backend", self.backend, ["hf"])
+        one_of("reward.backend", self.backend, ["hf", "causal"])
         positive("reward.batch_size", self.batch_size)
         positive("reward.max_length", self.max_length)
         one_of("reward.dtype", self.dtype, ["float32", "float16", "bfloat16"])

@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 
 from pargs_batch.batch import PromptRow
-from pargs_batch.config import GenerateConfig
+from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.decoding import METHODS
 
 
@@ -29,13 +29,23 @@ def load_models(config: GenerateConfig, with_scorer: bool = True):
     from transformers import AutoTokenizer
 
     from pargs_batch.engine import Engine
-    from pargs_batch.reward import HFRewardScorer
 
     engine = Engine(config.model)
     tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
     guided = METHODS[config.decode.method].uses_reward
-    scorer = HFRewardScorer(config.reward) if guided and with_scorer else None
+    scorer = make_scorer(config.reward, len(tokenizer)) if guided and with_scorer else None
     return engine, tokenizer, scorer
+
+
+def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
+    """The reward scorer ``reward.backend`` names."""
+    if reward.backend == "causal":
+        from pargs_batch.causal_reward import CausalRewardScorer
+
+        return CausalRewardScorer(reward, llm_vocab_size)
+    from pargs_batch.reward import HFRewardScorer
+
+    return HFRewardScorer(reward)
 
 
 class LockedEngine:
@@ -149,7 +159,8 @@ class RayPool:
         r = config.ray
         retry = {"max_restarts": r.max_retries, "max_task_retries": r.max_retries}
         self.rewards = []
-        if METHODS[config.decode.method].uses_reward:
+        # the causal backend keeps per-sequence state: it lives in each decode worker, beside the engine
+        if METHODS[config.decode.method].uses_reward and config.reward.backend == "hf":
             reward_cls = ray.remote(HFRewardScorer).options(**r.reward_resources, **retry)
             self.rewards = [reward_cls.remote(config.reward) for _ in range(r.num_reward_actors or r.num_workers)]
         worker_cls = ray.remote(DecodeWorker).options(

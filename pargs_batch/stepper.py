@@ -83,6 +83,9 @@ class Stepper:
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.timings: dict[str, float] = defaultdict(float)
         self.tokens_generated = 0
+        # a causal reward backend scores candidate token ids against its kept KV state
+        self.incremental = self.method.uses_reward and getattr(scorer, "incremental", False)
+        self.session = None
 
     def _row(self, id: str, sample_index: int, prompt, response: str, token_ids: list[int],
              finish_reason: str, rewards: list[float] | None, error: str | None = None) -> ResponseRow:
@@ -123,7 +126,10 @@ class Stepper:
         cand_ids, cand_lps = self.engine.topk([s.prompt_ids + s.token_ids for s in active], k)
         t1 = clock()
         rewards, windows = None, None
-        if self.method.uses_reward:
+        if self.incremental:
+            rewards = self.scorer.score_candidates(self.session, cand_ids)
+            self.timings["reward"] += clock() - t1
+        elif self.method.uses_reward:
             windows = self.detok.decode_with([s.detok for s in active], cand_ids)
             texts = [self.detok.extended_text(s.detok, windows[b * k + j])
                      for b, s in enumerate(active) for j in range(k)]
@@ -139,34 +145,47 @@ class Stepper:
         choice = decoding.choose(d.method, cand_lps, rewards, d.beta, d.temperature, uniforms)
         rows = np.arange(len(active))
         tokens = cand_ids[rows, choice]
-        if windows is not None:
-            chosen_windows = [windows[b * k + j] for b, j in enumerate(choice)]
+        if rewards is not None:
             for s, r in zip(active, rewards[rows, choice]):
                 s.rewards.append(float(r))
+        if windows is not None:
+            chosen_windows = [windows[b * k + j] for b, j in enumerate(choice)]
         else:
             chosen_windows = self.detok.decode_with([s.detok for s in active], tokens[:, None])
         self.detok.commit([s.detok for s in active], tokens, chosen_windows)
         self.timings["engine"] += t1 - t0
         self.timings["decode"] += clock() - t2
+        if self.incremental:
+            t3 = clock()
+            self.scorer.commit(self.session, choice)
+            self.timings["reward"] += clock() - t3
         return tokens
 
     def run(self, prompts: list[PromptRow]) -> list[ResponseRow]:
         """Generate ``num_samples`` responses for each prompt; one row per (prompt, sample)."""
         active, done = self._start(prompts)
+        if self.incremental and active:
+            t0 = time.perf_counter()
+            self.session = self.scorer.start([s.prompt_ids for s in active])
+            self.timings["reward"] += time.perf_counter() - t0
         while active:
             old_lens = [len(s.detok.text) for s in active]
             tokens = self._step(active)
-            still = []
-            for seq, token, old_len in zip(active, tokens, old_lens):
+            still, kept = [], []
+            for i, (seq, token, old_len) in enumerate(zip(active, tokens, old_lens)):
                 seq.token_ids.append(int(token))
                 reason = self._finish_reason(seq, int(token), old_len)
                 if reason is None:
                     still.append(seq)
+                    kept.append(i)
                 else:
                     done.append(self._row(seq.id, seq.sample_index, seq.prompt, seq.detok.text,
                                           seq.token_ids, reason,
                                           seq.rewards if self.method.uses_reward else None))
             self.tokens_generated += len(active)
+            if self.incremental and still:
+                self.scorer.keep(self.session, kept)
             active = still
+        self.session = None
         order = {(p.id, s): i for i, p in enumerate(prompts) for s in range(self.decode.num_samples)}
         return sorted(done, key=lambda r: order[(r.id, r.sample_index)])

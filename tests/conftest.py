@@ -20,6 +20,23 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def reduced_world(tmp_path_factory):
+    """The default world at test size, built by `pargs-batch world build --kind reduced` (~30 s)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("default-world")
+    cli = str(Path(sys.executable).parent / "pargs-batch")
+    result = subprocess.run([cli, "world", "build", "--kind", "reduced", "--out", str(out)],
+                            capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LM held-out perplexity" in result.stderr and "world: built in" in result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
 def model_config(world):
     from pargs_batch.config import ModelConfig
 

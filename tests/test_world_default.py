@@ -10,16 +10,6 @@ import pytest
 CLI = str(Path(sys.executable).parent / "pargs-batch")
 
 
-@pytest.fixture(scope="module")
-def reduced_world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("default-world")
-    result = subprocess.run([CLI, "world", "build", "--kind", "reduced", "--out", str(out)],
-                            capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "LM held-out perplexity" in result.stderr and "world: built in" in result.stderr
-    return json.loads(result.stdout)
-
-
 def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

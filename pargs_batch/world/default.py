@@ -33,7 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pargs_batch.world import gold
-from pargs_batch.world.tiny import EOS, encode_texts, train_llm, train_llm_tokenizer, train_rm_tokenizer
+from pargs_batch.world.tiny import (
+    encode_texts,
+    train_llm,
+    train_llm_tokenizer,
+    train_rm_tokenizer,
+)
 
 WORLD_VERSION = 1
 GOLD_REWARD = "pargs_batch.world.gold:gold_reward"
@@ -56,16 +61,16 @@ class DefaultWorldSpec:
     rm_vocab_size: int = 400
     rm_layers: int = 2
     rm_width: int = 64
-    pairs_per_prompt: int = 8
+    pairs_per_prompt: int = 24
     eval_prompt_share: float = 0.4
     heldout_pairs: int = 512
     sample_max_tokens: int = 64
     bt_temperature: float = 0.5
-    rm_epochs: float = 2.0
+    rm_epochs: float = 3.0
     rm_batch_size: int = 32
 
     @classmethod
-    def reduced(cls, seed: int = 0) -> "DefaultWorldSpec":
+    def reduced(cls, seed: int = 0) -> DefaultWorldSpec:
         """Tiny sizes for tests: the same pipeline in a minute or two."""
         return cls(seed=seed, corpus_size=3000, heldout_prompts=64, llm_vocab_size=400, llm_layers=2,
                    llm_width=64, llm_steps=300, rm_vocab_size=300, rm_width=32, pairs_per_prompt=2,
@@ -219,7 +224,12 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
                         log=print) -> dict:
     """Build (or reuse, when its spec matches) the default world in ``out_dir``; return world.json."""
     import torch
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, GPT2Config, GPT2LMHeadModel
+    from transformers import (
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
 
     out = Path(out_dir)
     manifest_path = out / "world.json"

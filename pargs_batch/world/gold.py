@@ -31,6 +31,7 @@ and more words are not better. Words outside the language are ignored.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 SUBJECTS = ["the cafe", "this hotel", "the movie", "my phone", "the train", "our guide", "the garden",
@@ -97,7 +98,7 @@ def gold_score(prompt: str, response: str) -> float:
     score = value
     if not any(noun == aspect for _, noun, _ in clauses):
         score += OFF_TOPIC
-    for (_, _, prev), (link, _, cur) in zip(clauses, clauses[1:]):
+    for (_, _, prev), (link, _, cur) in itertools.pairwise(clauses):
         same = (prev > 0) == (cur > 0)
         if (link in CONTRAST and same) or (link in AGREE and not same):
             score += INCOHERENT
