@@ -28,8 +28,10 @@ from pargs_batch.config import ConfigError, RewardConfig
 class CausalSession:
     """One micro-batch's reward-model state: the KV cache, its padding mask and next positions."""
 
-    def __init__(self, cache, mask, positions):
+    def __init__(self, cache, mask, positions, last):
         self.cache, self.mask, self.positions = cache, mask, positions
+        self.last = last  # (B,) reward of each sequence as it stands
+        self.rewards = None  # (B, k) rewards of the candidates being considered
         self.pending = None  # cache length before the k candidates' columns (set by score_candidates)
 
     @property
@@ -86,8 +88,9 @@ class CausalRewardScorer:
         with torch.inference_mode():
             out = self.body(input_ids=ids.to(self.device), attention_mask=mask.long().to(self.device),
                             position_ids=positions.clamp(min=0).to(self.device), use_cache=True)
+            last = self.head(out.last_hidden_state[:, -1])[:, 0].float().cpu().numpy()
         return CausalSession(out.past_key_values, mask.to(self.device),
-                             torch.tensor([len(p) for p in prompt_ids], device=self.device))
+                             torch.tensor([len(p) for p in prompt_ids], device=self.device), last)
 
     def score_candidates(self, session: CausalSession, candidates: np.ndarray) -> np.ndarray:
         """Rewards (B, k) of appending each candidate token to each sequence."""
@@ -104,7 +107,11 @@ class CausalRewardScorer:
             hidden = self.body(input_ids=cand, attention_mask=mask, position_ids=positions,
                                past_key_values=session.cache, use_cache=True).last_hidden_state
             rewards = self.head(hidden)[..., 0].float().cpu().numpy()
-        session.pending = past
+        # transformers' sequence-classification heads read the reward at the last token that is not
+        # the pad token (often EOS): a pad candidate leaves the reward where it was, as the hf
+        # backend (which scores text, without special tokens) also finds
+        rewards = np.where((candidates == self.pad_id) | (candidates < 0), session.last[:, None], rewards)
+        session.pending, session.rewards = past, rewards
         return rewards
 
     def commit(self, session: CausalSession, choice: np.ndarray) -> None:
@@ -121,7 +128,8 @@ class CausalRewardScorer:
         session.mask = torch.cat([session.mask, torch.ones((session.rows, 1), dtype=torch.bool,
                                                             device=self.device)], dim=1)
         session.positions = session.positions + 1
-        session.pending = None
+        session.last = session.rewards[np.arange(session.rows), choice]
+        session.pending = session.rewards = None
 
     def keep(self, session: CausalSession, rows: list[int]) -> None:
         """Drop every row not in ``rows`` (finished sequences), and columns no row needs any more."""
@@ -138,6 +146,7 @@ class CausalRewardScorer:
             layer.values = layer.values[idx, :, first:]
         session.mask = mask[:, first:]
         session.positions = session.positions[idx]
+        session.last = session.last[np.asarray(rows)]
 
     # ------------------------------------------------------------ stateless scoring (evaluation, best-of-n)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -74,7 +75,8 @@ def _world(args) -> int:
         from pargs_batch.world.default import DefaultWorldSpec, build_default_world
 
         spec = DefaultWorldSpec.reduced(args.seed) if args.kind == "reduced" else DefaultWorldSpec(seed=args.seed)
-        world = build_default_world(args.out, spec, log=lambda msg: print(msg, file=sys.stderr))
+        with contextlib.redirect_stdout(sys.stderr):  # training logs; stdout carries only world.json
+            world = build_default_world(args.out, spec)
     print(json.dumps(world, indent=2))
     print(f"world ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
