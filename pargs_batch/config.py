@@ -235,11 +235,27 @@ class RayConfig:
         positive("ray.max_retries", self.max_retries, allow_zero=True)
 
 
+MODES = ("stepped", "fused")
+
+
+@dataclass
+class EngineConfig:
+    """How guidance meets the engine."""
+
+    mode: str = option("stepped: one engine call per token, reward scored outside the engine (any backend, "
+                       "Ray reward actors); fused: guidance inside vLLM as a logits processor, reward model "
+                       "in the engine's process (hf backend)", "stepped")
+
+    def __post_init__(self):
+        one_of("engine.mode", self.mode, MODES)
+
+
 @dataclass
 class GenerateConfig:
     """Everything `pargs-batch generate` needs."""
 
     model: ModelConfig = option("the frozen LLM", factory=ModelConfig)
+    engine: EngineConfig = option("stepped or fused guidance", factory=EngineConfig)
     reward: RewardConfig = option("the guidance reward model", factory=RewardConfig)
     decode: DecodeConfig = option("the decoding rule", factory=DecodeConfig)
     data: DataConfig = option("the prompts", factory=DataConfig)
@@ -253,6 +269,10 @@ class GenerateConfig:
         if METHODS[self.decode.method].uses_reward and not self.reward.path:
             raise ConfigError("reward.path", self.reward.path,
                               f"decode.method={self.decode.method} needs a reward model")
+        if self.engine.mode == "fused" and self.reward.backend != "hf" and METHODS[self.decode.method].uses_reward:
+            raise ConfigError("engine.mode", self.engine.mode,
+                              f"fused mode scores with reward.backend=hf; reward.backend={self.reward.backend} "
+                              "runs in stepped mode")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

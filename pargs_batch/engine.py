@@ -58,7 +58,11 @@ def _finish_reason(completion) -> str:
 class Engine:
     """A ``vllm.LLM`` that answers "which k tokens come next, and how likely is each?"."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, fused: dict | None = None):
+        """``fused``: extra ``vllm.LLM`` arguments loading the guidance logits processor
+        (``fused.engine_kwargs``); such an engine runs in this process."""
+        import os
+
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -80,7 +84,20 @@ class Engine:
             default = 0.2 if current_platform.is_cpu() else 0.9
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization or default
         self.config = config
-        self.llm = LLM(**kwargs)
+        self.fused = fused is not None
+        if fused is None:
+            self.llm = LLM(**kwargs)
+        else:
+            # the processor's rewards are read back in this process: no separate engine-core process
+            before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            try:
+                self.llm = LLM(**kwargs, **fused)
+            finally:
+                if before is None:
+                    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+                else:
+                    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
 
     def topk(self, prefixes: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +130,20 @@ class Engine:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
         return [[(list(c.token_ids), c.text, _finish_reason(c)) for c in sorted(o.outputs, key=lambda c: c.index)]
                 for o in outputs]
+
+    def guided(self, prefixes: list[list[int]], seeds: list[int], extra_args: list[dict], max_tokens: int,
+               temperature: float, stop: list[str], ignore_eos: bool = False) -> list[tuple]:
+        """Whole responses, one seeded request per prefix, guided by the fused logits processor.
+
+        Returns (token ids, text, finish reason) per prefix."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(seed=seed, max_tokens=max_tokens, temperature=temperature, stop=stop or None,
+                                 ignore_eos=ignore_eos, skip_special_tokens=True, extra_args=extra)
+                  for seed, extra in zip(seeds, extra_args)]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
+        return [(list(o.outputs[0].token_ids), o.outputs[0].text, _finish_reason(o.outputs[0])) for o in outputs]
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at interpreter exit."""

@@ -30,9 +30,16 @@ def load_models(config: GenerateConfig, with_scorer: bool = True):
 
     from pargs_batch.engine import Engine
 
-    engine = Engine(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
     guided = METHODS[config.decode.method].uses_reward
+    tokenizer_path = config.model.tokenizer or config.model.path
+    if config.engine.mode == "fused" and config.decode.method != "best-of-n":
+        from pargs_batch.fused import engine_kwargs
+
+        # the reward model loads inside the engine, beside the logits processor
+        engine = Engine(config.model, fused=engine_kwargs(config.reward if guided else None, tokenizer_path))
+        return engine, AutoTokenizer.from_pretrained(tokenizer_path), None
+    engine = Engine(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     scorer = make_scorer(config.reward, len(tokenizer)) if guided and with_scorer else None
     return engine, tokenizer, scorer
 
@@ -68,6 +75,9 @@ class LockedEngine:
 
     def sample(self, *args, **kwargs):
         return self._locked(self.engine.sample, *args, **kwargs)
+
+    def guided(self, *args, **kwargs):
+        return self._locked(self.engine.guided, *args, **kwargs)
 
 
 class RemoteScorer:
@@ -111,6 +121,11 @@ class DecodeWorker:
         if c.decode.method == "best-of-n":
             runner = BestOfN(*args, **names)
             rows, candidates = runner.run(prompts)
+        elif c.engine.mode == "fused":
+            from pargs_batch.fused import FusedRunner
+
+            runner = FusedRunner(*args, **names)
+            rows, candidates = runner.run(prompts), []
         else:
             runner = Stepper(*args, **names)
             rows, candidates = runner.run(prompts), []
@@ -159,8 +174,10 @@ class RayPool:
         r = config.ray
         retry = {"max_restarts": r.max_retries, "max_task_retries": r.max_retries}
         self.rewards = []
-        # the causal backend keeps per-sequence state: it lives in each decode worker, beside the engine
-        if METHODS[config.decode.method].uses_reward and config.reward.backend == "hf":
+        # the causal backend keeps per-sequence state and fused mode scores inside the engine:
+        # both keep the reward model in each decode worker, beside the engine
+        if METHODS[config.decode.method].uses_reward and config.reward.backend == "hf" \
+                and config.engine.mode == "stepped":
             reward_cls = ray.remote(HFRewardScorer).options(**r.reward_resources, **retry)
             self.rewards = [reward_cls.remote(config.reward) for _ in range(r.num_reward_actors or r.num_workers)]
         worker_cls = ray.remote(DecodeWorker).options(

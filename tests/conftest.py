@@ -86,7 +86,7 @@ def base_config(world, tmp_path, **sections) -> dict:
         "ray": {"enabled": False},
     }
     for section, values in sections.items():
-        cfg[section].update(values)
+        cfg.setdefault(section, {}).update(values)
     return cfg
 
 

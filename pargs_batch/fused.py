@@ -1,0 +1,257 @@
+"""``engine.mode: fused``: reward guidance inside vLLM's continuous batch, as a V1 logits processor.
+
+In ``stepped`` mode every token leaves the engine (one ``generate`` call with ``max_tokens=1``
+per step). Here the whole response is one request, and ``PargsLogitsProcessor`` - loaded into the
+engine's process, with the reward model beside it - rewrites each guided row's logits before
+vLLM samples:
+
+    logits[v] = log pi_ref(v | x, y) + beta * r(y.v | x)   for v in the top-k,  -inf elsewhere
+
+so vLLM's own sampler draws from softmax(score / T) (``pargs``, ``topk`` with beta = 0) with the
+request's seed - derived from (seed, prompt id, sample index), so a row never depends on its
+batch - or takes the argmax (temperature 0: ``args``, ``pargs-greedy``).
+
+Per-request settings travel in ``SamplingParams.extra_args["pargs_batch"]``; each row's prompt
+ids and live output ids arrive through ``BatchUpdate``. The engine runs in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the reward of every chosen token can be read back for
+the ``rewards`` column without a second pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from pargs_batch import decoding
+from pargs_batch.batch import PromptRow, ResponseRow
+from pargs_batch.config import DecodeConfig, RewardConfig
+from pargs_batch.stepper import response_row, tokenize_prompts
+
+EXTRA_KEY = "pargs_batch"
+# key -> _Row of every guided request this process has seen; the driver pops its own
+RECORDS: dict[str, "_Row"] = {}
+_RECORDS_LOCK = threading.Lock()
+
+
+@dataclass
+class _Row:
+    key: str
+    k: int
+    beta: float
+    guided: bool
+    prompt: str
+    out_ids: list[int]            # vLLM's live list of the request's output tokens
+    detok: object = None          # DetokState (hf backend)
+    seen: int = 0                 # output tokens already committed here
+    rewards: list[float] = field(default_factory=list)
+    pending: tuple | None = None  # (candidate ids, their rewards, their detok windows) of the last step
+    timings: dict = field(default_factory=lambda: defaultdict(float))
+
+    def reward_of(self, token: int) -> float | None:
+        if self.pending is None:
+            return None
+        ids, rewards, _ = self.pending
+        hit = np.nonzero(ids == token)[0]
+        return float(rewards[hit[0]]) if len(hit) else None
+
+
+class PargsLogitsProcessor(LogitsProcessor):
+    """Replaces a guided row's logits by log pi_ref + beta * r on its top-k, -inf elsewhere."""
+
+    def __init__(self, vllm_config, device, is_pin_memory: bool):
+        cfg = (vllm_config.additional_config or {}).get(EXTRA_KEY)
+        self.rows: dict[int, _Row] = {}
+        self.scorer = self.detok = self.tokenizer = None
+        if cfg is None:
+            return
+        from transformers import AutoTokenizer
+
+        from pargs_batch.detok import IncrementalDetokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"])
+        self.detok = IncrementalDetokenizer(self.tokenizer)
+        if cfg.get("reward"):
+            from pargs_batch.pool import make_scorer
+
+            self.scorer = make_scorer(RewardConfig(**cfg["reward"]), len(self.tokenizer))
+            if getattr(self.scorer, "incremental", False):
+                raise ValueError("engine.mode=fused supports reward.backend=hf; use stepped mode for causal")
+
+    @classmethod
+    def validate_params(cls, params):
+        args = (params.extra_args or {}).get(EXTRA_KEY)
+        if args is not None and not {"key", "k", "beta", "guided"} <= set(args):
+            raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs key, k, beta and guided")
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes which token is the argmax
+
+    # ------------------------------------------------------------ batch bookkeeping
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is not None:
+            for index in batch_update.removed:
+                self._sync(self.rows.pop(index, None))
+            for index, params, prompt_ids, out_ids in batch_update.added:
+                self._sync(self.rows.pop(index, None))
+                args = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+                if args is not None:
+                    self.rows[index] = self._new_row(args, prompt_ids or [], out_ids)
+            for a, b, direction in batch_update.moved:
+                row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
+                if row_a is not None:
+                    self.rows[b] = row_a
+                if direction == MoveDirectionality.SWAP and row_b is not None:
+                    self.rows[a] = row_b
+        for row in self.rows.values():
+            self._sync(row)
+
+    def _new_row(self, args: dict, prompt_ids: list[int], out_ids: list[int]) -> _Row:
+        guided = bool(args["guided"]) and self.scorer is not None
+        row = _Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
+                   prompt=args.get("prompt", ""), out_ids=out_ids,
+                   detok=self.detok.start(prompt_ids) if guided else None)
+        with _RECORDS_LOCK:
+            RECORDS[row.key] = row
+        return row
+
+    def _sync(self, row: _Row | None) -> None:
+        """Commit the tokens vLLM sampled since the last step: their rewards and text."""
+        if row is None:
+            return
+        while row.seen < len(row.out_ids):
+            token = int(row.out_ids[row.seen])
+            if row.guided:
+                t0 = time.perf_counter()
+                window = None
+                if row.pending is not None:
+                    ids, _, windows = row.pending
+                    hit = np.nonzero(ids == token)[0]
+                    window = windows[hit[0]] if len(hit) else None
+                    row.rewards.append(row.reward_of(token))
+                if window is None:
+                    window = self.detok.decode_with([row.detok], [[token]])[0]
+                self.detok.commit([row.detok], [token], [window])
+                row.timings["decode"] += time.perf_counter() - t0
+            row.pending = None
+            row.seen += 1
+
+    # ------------------------------------------------------------ the guidance
+
+    def apply(self, logits):
+        import torch
+
+        index = [i for i in self.rows if i < logits.shape[0]]
+        if not index:
+            return logits
+        rows = [self.rows[i] for i in index]
+        t0 = time.perf_counter()
+        at = torch.tensor(index, device=logits.device)
+        kmax = max(r.k for r in rows)
+        logp = torch.log_softmax(logits[at].float(), dim=-1)
+        top_lp, top_ids = logp.topk(kmax, dim=-1)
+        ids_np = top_ids.cpu().numpy()
+        rewards = np.zeros(ids_np.shape, dtype=np.float32)
+        guided = [n for n, r in enumerate(rows) if r.guided]
+        t1 = time.perf_counter()
+        windows: dict[int, list[str]] = {}
+        if guided:
+            states = [rows[n].detok for n in guided]
+            flat = self.detok.decode_with(states, ids_np[guided])
+            texts, prompts = [], []
+            for m, n in enumerate(guided):
+                windows[n] = flat[m * kmax:(m + 1) * kmax]
+                texts += [self.detok.extended_text(rows[n].detok, w) for w in windows[n]]
+                prompts += [rows[n].prompt] * kmax
+            t2 = time.perf_counter()
+            rewards[guided] = self.scorer.score(prompts, texts).reshape(len(guided), kmax)
+            t3 = time.perf_counter()
+        else:
+            t2 = t3 = t1
+        beta = torch.tensor([r.beta for r in rows], device=logits.device)[:, None]
+        score = top_lp + beta * torch.as_tensor(rewards, device=logits.device)
+        for n, r in enumerate(rows):
+            if r.k < kmax:
+                score[n, r.k:] = -float("inf")
+        new = torch.full_like(logp, -float("inf"))
+        new.scatter_(1, top_ids, score)
+        logits[at] = new.to(logits.dtype)
+        for n, r in enumerate(rows):
+            r.pending = (ids_np[n], rewards[n], windows.get(n))
+        share = 1.0 / len(rows)
+        for r in rows:  # per-row shares of this step's guidance time, for the run's phase split
+            r.timings["decode"] += (t2 - t1) * share
+            r.timings["reward"] += (t3 - t2) * share
+        return logits
+
+
+def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
+    """What ``vllm.LLM`` needs to load the processor (and its reward model) into the engine."""
+    from dataclasses import asdict
+
+    return {"logits_processors": [PargsLogitsProcessor],
+            "additional_config": {EXTRA_KEY: {"reward": asdict(reward) if reward and reward.path else None,
+                                              "tokenizer": tokenizer}}}
+
+
+class FusedRunner:
+    """A micro-batch as whole vLLM requests guided in-engine; rows like ``Stepper``'s."""
+
+    def __init__(self, engine, scorer, tokenizer, decode: DecodeConfig, llm_name: str, reward_name: str | None):
+        self.engine, self.tokenizer, self.decode = engine, tokenizer, decode
+        self.method = decoding.METHODS[decode.method]
+        self.llm_name, self.reward_name = llm_name, reward_name
+        self.timings: dict[str, float] = defaultdict(float)
+        self.tokens_generated = 0
+
+    def run(self, prompts: list[PromptRow]) -> list[ResponseRow]:
+        from pargs_batch.bestofn import request_seed
+
+        d = self.decode
+        usable = tokenize_prompts(prompts, self.tokenizer, self.engine.max_model_len)
+        jobs = [(p, ids, s) for p, ids, error in usable if error is None for s in range(d.num_samples)]
+        rows: dict[tuple[str, int], ResponseRow] = {}
+        for p, _, error in usable:
+            if error is not None:
+                for s in range(d.num_samples):
+                    rows[(p.id, s)] = self._row(p, s, "", [], "error", None, error)
+        if jobs:
+            seeds = request_seed(d.seed, decoding.id_hashes([p.id for p, _, _ in jobs]),
+                                 np.array([s for _, _, s in jobs]))
+            keys = [f"{id(self)}/{p.id}/{s}" for p, _, s in jobs]
+            greedy = self.method.greedy
+            extra = [{EXTRA_KEY: {"key": key, "k": d.top_k, "beta": d.beta if self.method.uses_reward else 0.0,
+                                  "guided": self.method.uses_reward, "prompt": p.prompt}}
+                     for key, (p, _, _) in zip(keys, jobs)]
+            t0 = time.perf_counter()
+            outputs = self.engine.guided([ids for _, ids, _ in jobs], seeds.tolist(), extra,
+                                         d.max_new_tokens, 0.0 if greedy else d.temperature, d.stop, d.ignore_eos)
+            wall = time.perf_counter() - t0
+            inside = defaultdict(float)
+            for key, (p, _, s), (token_ids, text, reason) in zip(keys, jobs, outputs):
+                with _RECORDS_LOCK:
+                    record = RECORDS.pop(key, None)
+                rewards = None
+                if self.method.uses_reward and record is not None:
+                    rewards = list(record.rewards[: len(token_ids)])
+                    if len(rewards) < len(token_ids):
+                        rewards.append(record.reward_of(token_ids[-1]))
+                if record is not None:
+                    for name, value in record.timings.items():
+                        inside[name] += value
+                rows[(p.id, s)] = self._row(p, s, text, token_ids, reason, rewards)
+                self.tokens_generated += len(token_ids)
+            self.timings["reward"] += inside["reward"]
+            self.timings["decode"] += inside["decode"]
+            self.timings["engine"] += wall - inside["reward"] - inside["decode"]
+        return [rows[(p.id, s)] for p in prompts for s in range(d.num_samples)]
+
+    def _row(self, p: PromptRow, s: int, text: str, ids: list[int], reason: str, rewards, error=None):
+        return response_row(self.decode, self.llm_name, self.reward_name, p.id, s, p.prompt, text, ids, reason,
+                            rewards, error)
