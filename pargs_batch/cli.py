@@ -92,6 +92,17 @@ def _demo(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from pargs_batch.bench import run_bench
+
+    result = run_bench(out_dir=args.out, world_dir=args.world_dir, reduced_world=args.reduced_world,
+                       batch_sizes=[int(b) for b in args.batch_sizes.split(",")], tokens=args.new_tokens,
+                       reference_prompts=args.reference_prompts,
+                       prefix_lengths=[int(x) for x in args.prefix_lengths.split(",")],
+                       pairs=args.pairs.split(","))
+    return 0 if all(all(g.values()) for g in result["guard"].values()) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pargs-batch", description="Batch reward-guided text generation (PARGS, ARGS, top-k).")
@@ -142,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sweep-beta", metavar="B1,B2,...",
                       help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="tokens/s of plain, stepped, fused and the reference loop (make bench)")
+    bench.add_argument("--out", default="outputs/bench", help="where bench.json and the plots go")
+    bench.add_argument("--world-dir", default="outputs/world")
+    bench.add_argument("--reduced-world", action="store_true", help="the test-sized world")
+    bench.add_argument("--batch-sizes", default="1,64,256", metavar="B1,B2,...")
+    bench.add_argument("--new-tokens", type=int, default=64, help="tokens per response (EOS ignored)")
+    bench.add_argument("--reference-prompts", type=int, default=2, help="prompts the one-at-a-time loop runs")
+    bench.add_argument("--prefix-lengths", default="32,64,128,256,512", metavar="L1,L2,...",
+                       help="prefix lengths of the reward-vs-prefix curve")
+    bench.add_argument("--pairs", default="world,paper-ratio", help="model pairs: world, paper-ratio")
+    bench.set_defaults(func=_bench)
     return parser
 
 

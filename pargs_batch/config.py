@@ -82,6 +82,9 @@ class ModelConfig:
         "default 0.9 on GPU, 0.2 on CPU", None)
     kv_cache_memory_bytes: int | None = option(
         "fixed KV-cache size in bytes; overrides gpu_memory_utilization", None)
+    block_size: int | None = option("KV-cache block size in tokens; prefix caching reuses whole blocks, so the "
+                                    "stepped loop wants small ones (default: 16 on GPU, 32 on CPU, where vLLM's "
+                                    "own default of 128 would re-prefill every sequence shorter than that)", None)
     tensor_parallel_size: int = option("GPUs per engine (vLLM tensor parallelism)", 1)
     enforce_eager: bool = option("skip CUDA graphs / compilation (faster start, slower steps)", False)
     trust_remote_code: bool = option("allow model code from the hub", False)
@@ -94,6 +97,7 @@ class ModelConfig:
         positive("model.max_logprobs", self.max_logprobs)
         positive("model.kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         positive("model.tensor_parallel_size", self.tensor_parallel_size)
+        positive("model.block_size", self.block_size)
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("model.gpu_memory_utilization", self.gpu_memory_utilization,
                               "must be in (0, 1]")

@@ -78,6 +78,8 @@ class Engine:
             trust_remote_code=config.trust_remote_code,
             seed=config.seed,
         )
+        # the stepped loop resubmits every sequence each token: only whole cached blocks are reused
+        kwargs["block_size"] = config.block_size or (32 if current_platform.is_cpu() else 16)
         if config.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
         else:

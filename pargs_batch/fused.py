@@ -25,8 +25,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+from vllm.v1.sample.logits_processor import (
+    BatchUpdate,
+    LogitsProcessor,
+    MoveDirectionality,
+)
 
 from pargs_batch import decoding
 from pargs_batch.batch import PromptRow, ResponseRow
@@ -35,7 +38,7 @@ from pargs_batch.stepper import response_row, tokenize_prompts
 
 EXTRA_KEY = "pargs_batch"
 # key -> _Row of every guided request this process has seen; the driver pops its own
-RECORDS: dict[str, "_Row"] = {}
+RECORDS: dict[str, _Row] = {}
 _RECORDS_LOCK = threading.Lock()
 
 
@@ -151,7 +154,6 @@ class PargsLogitsProcessor(LogitsProcessor):
         if not index:
             return logits
         rows = [self.rows[i] for i in index]
-        t0 = time.perf_counter()
         at = torch.tensor(index, device=logits.device)
         kmax = max(r.k for r in rows)
         logp = torch.log_softmax(logits[at].float(), dim=-1)

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import base_config
 from scipy import stats
 
 from pargs_batch.config import ConfigError, GenerateConfig, build
 from pargs_batch.generate import run_generate
 from pargs_batch.io import read_output
-
-from conftest import base_config
 
 pytestmark = pytest.mark.slow
 

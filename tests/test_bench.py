@@ -1,0 +1,38 @@
+"""`pargs-batch bench` at toy sizes: every row, the guard, the JSON and the plot (no timing asserts)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).parent / "pargs-batch")
+
+
+@pytest.mark.slow
+def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(reduced_world, tmp_path):
+    world_dir = str(Path(reduced_world["llm"]).parent)
+    result = subprocess.run([CLI, "bench", "--reduced-world", "--world-dir", world_dir, "--out", str(tmp_path),
+                             "--batch-sizes", "2,4", "--new-tokens", "6", "--reference-prompts", "1",
+                             "--prefix-lengths", "8,32", "--pairs", "world"],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "×plain" in result.stdout and "meas/bound" in result.stdout and "targets:" in result.stdout
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    kinds = {(r["method"], r["mode"], r["backend"], r["B"]) for r in bench["rows"]}
+    for b in (2, 4):
+        assert {("plain", "-", "-", b), ("pargs", "stepped", "hf", b), ("pargs", "stepped", "causal", b),
+                ("pargs", "fused", "hf", b)} <= kinds
+    assert ("reference", "loop", "hf", 1) in kinds
+    for r in bench["rows"]:
+        assert r["tokens_per_s"] > 0 and r["bound_s_per_token"] > 0 and r["vs_reference"] > 0
+        assert abs(sum(r["split"].values()) - 1) < 0.01
+        # every configuration makes the same tokens: B responses x new tokens (EOS ignored)
+        expected = 6 if r["method"] == "reference" else 6 * r["B"]
+        assert r["tokens"] == expected
+    # speed never changes results: the timed rows equal a rerun through a YAML config
+    assert bench["guard"]["world"] and all(bench["guard"]["world"].values())
+    assert set(bench["reward_vs_prefix"]["causal"]) == {"8", "32"}
+    assert {t["target"].split(" ")[0] for t in bench["targets"]} >= {"best", "causal", "decode-and-glue"}
+    assert (tmp_path / "reward_vs_prefix.png").exists()
