@@ -286,20 +286,23 @@ def run_pair(pair: Pair, world: dict, out: Path, batch_sizes: list[int], tokens:
         guard = check_guard(guard_rows, {"stepped": (engine, tokenizer, scorers)})
     finally:
         engine.close()
-    fused = Engine(model_cfg, fused=engine_kwargs(RewardConfig(path=pair.rm_hf, batch_size=1024), pair.llm))
-    try:
-        fused_rows = {}
-        for b in batch_sizes:
-            cfg = generate_config(pair, prompts_file, out / "runs" / f"{pair.name}-fused-hf-{b}", b, "fused", "hf",
-                                  tokens)
-            if b == batch_sizes[0]:
-                time_generate(cfg, (fused, tokenizer, None))  # warm-up: the first guided steps compile
-            result, out_rows = time_generate(cfg, (fused, tokenizer, None))
-            fused_rows[("fused", "hf", b)] = (cfg, out_rows)
-            add("pargs", "fused", "hf", b, result, rm_hf)
-        guard.update(check_guard(fused_rows, {"fused": (fused, tokenizer, None)}))
-    finally:
-        fused.close()
+    for backend in ("hf", "causal"):
+        reward = RewardConfig(path=pair.rm_causal if backend == "causal" else pair.rm_hf, batch_size=1024,
+                              backend=backend)
+        fused = Engine(model_cfg, fused=engine_kwargs(reward, pair.llm))
+        try:
+            fused_rows = {}
+            for b in batch_sizes:
+                cfg = generate_config(pair, prompts_file, out / "runs" / f"{pair.name}-fused-{backend}-{b}", b,
+                                      "fused", backend, tokens)
+                if b == batch_sizes[0]:
+                    time_generate(cfg, (fused, tokenizer, None))  # warm-up: the first guided steps compile
+                result, out_rows = time_generate(cfg, (fused, tokenizer, None))
+                fused_rows[("fused", backend, b)] = (cfg, out_rows)
+                add("pargs", "fused", backend, b, result, rm_causal if backend == "causal" else rm_hf)
+            guard.update(check_guard(fused_rows, {"fused": (fused, tokenizer, None)}))
+        finally:
+            fused.close()
     ref = reference_loop(pair, prompt_texts[:reference_prompts], tokens)
     add("reference", "loop", "hf", 1, ref, rm_hf)
     for r in rows:

@@ -152,7 +152,31 @@ class CausalRewardScorer:
             layer.values = layer.values[idx, :, first:]
         session.mask = mask[:, first:]
         session.positions = session.positions[idx]
-        session.last = session.last[np.asarray(rows)]
+        session.last = session.last[np.asarray(rows, dtype=np.int64)]
+
+    def merge(self, a: CausalSession | None, b: CausalSession) -> CausalSession:
+        """One session holding a's rows then b's (caches left-padded to a common length)."""
+        import torch
+
+        if a is None or a.rows == 0:
+            return b
+        width = max(a.mask.shape[1], b.mask.shape[1])
+
+        def pad(t, n, dim):
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = n
+            return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+        for la, lb in zip(a.cache.layers, b.cache.layers):
+            for name in ("keys", "values"):
+                ta, tb = getattr(la, name), getattr(lb, name)
+                setattr(la, name, torch.cat([pad(ta, width - ta.shape[2], 2), pad(tb, width - tb.shape[2], 2)]))
+        a.mask = torch.cat([pad(a.mask, width - a.mask.shape[1], 1), pad(b.mask, width - b.mask.shape[1], 1)])
+        a.positions = torch.cat([a.positions, b.positions])
+        a.last = np.concatenate([a.last, b.last])
+        return a
 
     # ------------------------------------------------------------ stateless scoring (evaluation, best-of-n)
 

@@ -248,7 +248,7 @@ class EngineConfig:
 
     mode: str = option("stepped: one engine call per token, reward scored outside the engine (any backend, "
                        "Ray reward actors); fused: guidance inside vLLM as a logits processor, reward model "
-                       "in the engine's process (hf backend)", "stepped")
+                       "in the engine's process", "stepped")
 
     def __post_init__(self):
         one_of("engine.mode", self.mode, MODES)
@@ -273,10 +273,6 @@ class GenerateConfig:
         if METHODS[self.decode.method].uses_reward and not self.reward.path:
             raise ConfigError("reward.path", self.reward.path,
                               f"decode.method={self.decode.method} needs a reward model")
-        if self.engine.mode == "fused" and self.reward.backend != "hf" and METHODS[self.decode.method].uses_reward:
-            raise ConfigError("engine.mode", self.engine.mode,
-                              f"fused mode scores with reward.backend=hf; reward.backend={self.reward.backend} "
-                              "runs in stepped mode")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -50,7 +50,10 @@ class _Row:
     guided: bool
     prompt: str
     out_ids: list[int]            # vLLM's live list of the request's output tokens
+    prompt_ids: list[int] = field(default_factory=list)
     detok: object = None          # DetokState (hf backend)
+    alive: bool = True            # still in vLLM's batch
+    in_session: bool = False      # its KV state is in the causal session (causal backend)
     seen: int = 0                 # output tokens already committed here
     rewards: list[float] = field(default_factory=list)
     pending: tuple | None = None  # (candidate ids, their rewards, their detok windows) of the last step
@@ -71,6 +74,8 @@ class PargsLogitsProcessor(LogitsProcessor):
         cfg = (vllm_config.additional_config or {}).get(EXTRA_KEY)
         self.rows: dict[int, _Row] = {}
         self.scorer = self.detok = self.tokenizer = None
+        self.incremental = False
+        self.session, self.order = None, []  # causal backend: the RM's KV state, and whose row is whose
         if cfg is None:
             return
         from transformers import AutoTokenizer
@@ -83,8 +88,7 @@ class PargsLogitsProcessor(LogitsProcessor):
             from pargs_batch.pool import make_scorer
 
             self.scorer = make_scorer(RewardConfig(**cfg["reward"]), len(self.tokenizer))
-            if getattr(self.scorer, "incremental", False):
-                raise ValueError("engine.mode=fused supports reward.backend=hf; use stepped mode for causal")
+            self.incremental = getattr(self.scorer, "incremental", False)
 
     @classmethod
     def validate_params(cls, params):
@@ -100,9 +104,9 @@ class PargsLogitsProcessor(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is not None:
             for index in batch_update.removed:
-                self._sync(self.rows.pop(index, None))
+                self._retire(self.rows.pop(index, None))
             for index, params, prompt_ids, out_ids in batch_update.added:
-                self._sync(self.rows.pop(index, None))
+                self._retire(self.rows.pop(index, None))
                 args = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
                 if args is not None:
                     self.rows[index] = self._new_row(args, prompt_ids or [], out_ids)
@@ -112,22 +116,55 @@ class PargsLogitsProcessor(LogitsProcessor):
                     self.rows[b] = row_a
                 if direction == MoveDirectionality.SWAP and row_b is not None:
                     self.rows[a] = row_b
+        if self.incremental:
+            self._commit_session()
         for row in self.rows.values():
             self._sync(row)
+
+    def _retire(self, row: _Row | None) -> None:
+        if row is not None:
+            row.alive = False
+            if not self.incremental:
+                self._sync(row)
+
+    def _commit_session(self) -> None:
+        """Causal backend: keep each row's chosen candidate in the RM's KV state; rows that left
+        vLLM's batch (or did not advance by exactly one token) leave the session."""
+        session = self.session
+        if session is None or session.pending is None:
+            return
+        choice, kept = np.zeros(len(self.order), dtype=np.int64), []
+        for i, row in enumerate(self.order):
+            if row.alive and len(row.out_ids) - row.seen == 1 and row.pending is not None:
+                hit = np.nonzero(row.pending[0] == int(row.out_ids[row.seen]))[0]
+                if len(hit):
+                    choice[i] = hit[0]
+                    row.rewards.append(float(row.pending[1][hit[0]]))
+                    row.seen += 1
+                    kept.append(i)
+                    continue
+            row.in_session = False  # a live row is encoded afresh at its next step
+        t0 = time.perf_counter()
+        self.scorer.commit(session, choice)
+        self.scorer.keep(session, kept)
+        share = (time.perf_counter() - t0) / max(len(kept), 1)
+        self.order = [self.order[i] for i in kept]
+        for row in self.order:
+            row.timings["reward"] += share
 
     def _new_row(self, args: dict, prompt_ids: list[int], out_ids: list[int]) -> _Row:
         guided = bool(args["guided"]) and self.scorer is not None
         row = _Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
-                   prompt=args.get("prompt", ""), out_ids=out_ids,
-                   detok=self.detok.start(prompt_ids) if guided else None)
+                   prompt=args.get("prompt", ""), out_ids=out_ids, prompt_ids=list(prompt_ids),
+                   detok=self.detok.start(prompt_ids) if guided and not self.incremental else None)
         with _RECORDS_LOCK:
             RECORDS[row.key] = row
         return row
 
     def _sync(self, row: _Row | None) -> None:
         """Commit the tokens vLLM sampled since the last step: their rewards and text."""
-        if row is None:
-            return
+        if row is None or (self.incremental and row.guided):
+            return  # the causal session commits its rows' tokens
         while row.seen < len(row.out_ids):
             token = int(row.out_ids[row.seen])
             if row.guided:
@@ -163,7 +200,10 @@ class PargsLogitsProcessor(LogitsProcessor):
         guided = [n for n, r in enumerate(rows) if r.guided]
         t1 = time.perf_counter()
         windows: dict[int, list[str]] = {}
-        if guided:
+        if guided and self.incremental:
+            rewards[guided] = self._score_causal([rows[n] for n in guided], ids_np[guided])
+            t2, t3 = t1, time.perf_counter()
+        elif guided:
             states = [rows[n].detok for n in guided]
             flat = self.detok.decode_with(states, ids_np[guided])
             texts, prompts = [], []
@@ -191,6 +231,23 @@ class PargsLogitsProcessor(LogitsProcessor):
             r.timings["decode"] += (t2 - t1) * share
             r.timings["reward"] += (t3 - t2) * share
         return logits
+
+
+    def _score_causal(self, rows: list[_Row], cand: np.ndarray) -> np.ndarray:
+        """Rewards (len(rows), k) from the causal session, encoding rows new to it first."""
+        fresh = [r for r in rows if not r.in_session]
+        if fresh:
+            start = self.scorer.start([r.prompt_ids + list(r.out_ids[: r.seen]) for r in fresh])
+            self.session = self.scorer.merge(self.session, start)
+            self.order += fresh
+            for r in fresh:
+                r.in_session = True
+        where = {id(r): i for i, r in enumerate(self.order)}
+        ordered = np.full((len(self.order), cand.shape[1]), -1, dtype=np.int64)
+        for r, c in zip(rows, cand):
+            ordered[where[id(r)]] = c
+        scores = self.scorer.score_candidates(self.session, ordered)
+        return scores[[where[id(r)] for r in rows]]
 
 
 def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:

@@ -23,7 +23,7 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
     kinds = {(r["method"], r["mode"], r["backend"], r["B"]) for r in bench["rows"]}
     for b in (2, 4):
         assert {("plain", "-", "-", b), ("pargs", "stepped", "hf", b), ("pargs", "stepped", "causal", b),
-                ("pargs", "fused", "hf", b)} <= kinds
+                ("pargs", "fused", "hf", b), ("pargs", "fused", "causal", b)} <= kinds
     assert ("reference", "loop", "hf", 1) in kinds
     for r in bench["rows"]:
         assert r["tokens_per_s"] > 0 and r["bound_s_per_token"] > 0 and r["vs_reference"] > 0

@@ -107,3 +107,34 @@ def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world,
         assert same >= 12, same  # re-tokenising text can split a word differently; rarely
     finally:
         models[0].close()
+
+
+@pytest.mark.slow
+def test_fused_mode_with_the_causal_backend_matches_stepped(reduced_world, tmp_path):
+    """The logits processor keeps the causal RM's KV state across vLLM's batch changes."""
+    from pargs_batch.generate import run_generate
+    from pargs_batch.io import read_output
+    from pargs_batch.pool import load_models, make_scorer
+
+    runs = {}
+    for mode in ("stepped", "fused"):
+        cfg = build(GenerateConfig, {
+            "model": {"path": reduced_world["llm"], "dtype": "float32", "kv_cache_memory_bytes": 64 << 20},
+            "engine": {"mode": mode},
+            "reward": {"path": reduced_world["rm_partial_causal"], "backend": "causal"},
+            "decode": {"method": "pargs-greedy", "beta": 2.0, "top_k": 10, "max_new_tokens": 24, "seed": 0,
+                       "micro_batch_size": 12},  # micro-batches of 12: rows join and leave the session
+            "data": {"source": reduced_world["prompts"], "id_column": "id", "limit": 24},
+            "output": {"path": str(tmp_path / mode)},
+            "ray": {"enabled": False},
+        })
+        models = load_models(cfg)
+        try:
+            run_generate(cfg, models=models, progress=False)
+        finally:
+            models[0].close()
+        runs[mode] = read_output(tmp_path / mode).to_pylist()
+    assert len(runs["fused"]) == 24 and all(r["error"] is None for r in runs["fused"])
+    for a, b in zip(runs["stepped"], runs["fused"]):
+        assert a["response_token_ids"] == b["response_token_ids"]
+        assert np.allclose(a["rewards"], b["rewards"], atol=1e-4)

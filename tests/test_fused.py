@@ -83,6 +83,3 @@ def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engin
 def test_fused_mode_is_checked_before_any_model_loads(world, tmp_path):
     with pytest.raises(ConfigError, match="engine.mode.*'turbo'"):
         build(GenerateConfig, base_config(world, tmp_path, engine={"mode": "turbo"}))
-    with pytest.raises(ConfigError, match="engine.mode.*reward.backend=causal"):
-        build(GenerateConfig, base_config(world, tmp_path, engine={"mode": "fused"},
-                                          reward={"backend": "causal"}))
