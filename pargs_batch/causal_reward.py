@@ -21,8 +21,73 @@ compares them to 1e-4 over a 64-step generation).
 from __future__ import annotations
 
 import numpy as np
+from transformers.cache_utils import DynamicLayer
 
 from pargs_batch.config import ConfigError, RewardConfig
+
+
+class BufferedLayer(DynamicLayer):
+    """A cache layer over preallocated key/value buffers (B, heads, capacity, head_dim).
+
+    ``update`` writes a step's k candidate columns after the kept ``length`` and returns views, so
+    scoring copies nothing of the prefix; ``keep_chosen`` copies one column per row. The buffer
+    doubles when full (amortised O(1) per token)."""
+
+    def adopt(self, spare: int) -> None:
+        keys, values = self.keys, self.values
+        self.length = keys.shape[2]
+        self.kbuf = keys.new_empty(*keys.shape[:2], self.length + spare, keys.shape[3])
+        self.vbuf = values.new_empty(self.kbuf.shape)
+        self.kbuf[:, :, : self.length] = keys
+        self.vbuf[:, :, : self.length] = values
+        self._view()
+
+    def _view(self) -> None:
+        self.keys, self.values = self.kbuf[:, :, : self.length], self.vbuf[:, :, : self.length]
+
+    def _reserve(self, end: int) -> None:
+        if end > self.kbuf.shape[2]:
+            self.resize(max(end, 2 * self.kbuf.shape[2]))
+
+    def resize(self, capacity: int) -> None:
+        grow = capacity - self.kbuf.shape[2]
+        if grow > 0:
+            pad = self.kbuf.new_empty(*self.kbuf.shape[:2], grow, self.kbuf.shape[3])
+            self.kbuf, self.vbuf = torch_cat([self.kbuf, pad], 2), torch_cat([self.vbuf, pad.clone()], 2)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.shape[2]
+        self._reserve(end)
+        self.kbuf[:, :, self.length:end] = key_states
+        self.vbuf[:, :, self.length:end] = value_states
+        return self.kbuf[:, :, :end], self.vbuf[:, :, :end]
+
+    def keep_chosen(self, rows, cols) -> None:
+        """Column ``cols[b]`` (absolute) of row b becomes its next kept position."""
+        k_col, v_col = self.kbuf[rows, :, cols], self.vbuf[rows, :, cols]  # gathered copies
+        self.kbuf[:, :, self.length] = k_col
+        self.vbuf[:, :, self.length] = v_col
+        self.length += 1
+        self._view()
+
+    def select(self, idx, first: int) -> None:
+        self.kbuf = self.kbuf[idx, :, first:]
+        self.vbuf = self.vbuf[idx, :, first:]
+        self.length -= first
+        self._view()
+
+    def left_pad(self, n: int) -> None:
+        if n:
+            pad = self.kbuf.new_zeros(*self.kbuf.shape[:2], n, self.kbuf.shape[3])
+            self.kbuf, self.vbuf = torch_cat([pad, self.kbuf], 2), torch_cat([pad.clone(), self.vbuf], 2)
+            self.length += n
+            self._view()
+
+
+def torch_cat(tensors, dim):
+    import torch
+
+    return torch.cat(tensors, dim=dim)
 
 
 class CausalSession:
@@ -95,6 +160,9 @@ class CausalRewardScorer:
             out = self.body(input_ids=ids.to(self.device), attention_mask=mask.long().to(self.device),
                             position_ids=positions.clamp(min=0).to(self.device), use_cache=True)
             last = self.head(out.last_hidden_state[:, -1])[:, 0].float().cpu().numpy()
+        for layer in out.past_key_values.layers:
+            layer.__class__ = BufferedLayer
+            layer.adopt(spare=64)
         return CausalSession(out.past_key_values, mask.to(self.device),
                              torch.tensor([len(p) for p in prompt_ids], device=self.device), last)
 
@@ -124,13 +192,17 @@ class CausalRewardScorer:
         """Keep the chosen candidate's key/value column of every layer; the sequences advance one token."""
         import torch
 
+        with torch.inference_mode():
+            self._commit(session, choice)
+
+    def _commit(self, session: CausalSession, choice: np.ndarray) -> None:
+        import torch
+
         past = session.pending
         rows = torch.arange(session.rows, device=self.device)
         cols = past + torch.as_tensor(choice, device=self.device)
         for layer in session.cache.layers:
-            for name in ("keys", "values"):
-                t = getattr(layer, name)  # (B, heads, past + k, head_dim)
-                setattr(layer, name, torch.cat([t[:, :, :past], t[rows, :, cols][:, :, None]], dim=2))
+            layer.keep_chosen(rows, cols)
         session.mask = torch.cat([session.mask, torch.ones((session.rows, 1), dtype=torch.bool,
                                                             device=self.device)], dim=1)
         session.positions = session.positions + 1
@@ -143,13 +215,18 @@ class CausalRewardScorer:
 
         if len(rows) == session.rows:
             return
+        with torch.inference_mode():
+            self._keep(session, rows)
+
+    def _keep(self, session: CausalSession, rows: list[int]) -> None:
+        import torch
+
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         mask = session.mask[idx]
         used = mask.any(0).nonzero()
         first = int(used[0]) if len(used) else mask.shape[1]
         for layer in session.cache.layers:
-            layer.keys = layer.keys[idx, :, first:]
-            layer.values = layer.values[idx, :, first:]
+            layer.select(idx, first)
         session.mask = mask[:, first:]
         session.positions = session.positions[idx]
         session.last = session.last[np.asarray(rows, dtype=np.int64)]
@@ -160,6 +237,12 @@ class CausalRewardScorer:
 
         if a is None or a.rows == 0:
             return b
+        with torch.inference_mode():
+            return self._merge(a, b)
+
+    def _merge(self, a: CausalSession, b: CausalSession) -> CausalSession:
+        import torch
+
         width = max(a.mask.shape[1], b.mask.shape[1])
 
         def pad(t, n, dim):
@@ -170,9 +253,14 @@ class CausalRewardScorer:
             return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
         for la, lb in zip(a.cache.layers, b.cache.layers):
-            for name in ("keys", "values"):
-                ta, tb = getattr(la, name), getattr(lb, name)
-                setattr(la, name, torch.cat([pad(ta, width - ta.shape[2], 2), pad(tb, width - tb.shape[2], 2)]))
+            la.left_pad(width - la.length)
+            lb.left_pad(width - lb.length)
+            size = max(la.kbuf.shape[2], lb.kbuf.shape[2])
+            la.resize(size)
+            lb.resize(size)
+            la.kbuf = torch.cat([la.kbuf, lb.kbuf])
+            la.vbuf = torch.cat([la.vbuf, lb.vbuf])
+            la._view()
         a.mask = torch.cat([pad(a.mask, width - a.mask.shape[1], 1), pad(b.mask, width - b.mask.shape[1], 1)])
         a.positions = torch.cat([a.positions, b.positions])
         a.last = np.concatenate([a.last, b.last])
