@@ -84,6 +84,23 @@ def paper_ratio_pair(out: Path, world: dict) -> Pair:
                 "random weights, LLM ~20x the RM's non-embedding parameters")
 
 
+def curve_model(out: Path, world: dict) -> str:
+    """A causal reward model in the paper's regime (d_model = 512 >> n_ctx / 12, as DeBERTa-v3-large's
+    1024 is for its contexts), random weights, sharing the LLM's tokenizer: the reward-vs-prefix RM."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    if not (out / "config.json").exists():
+        torch.manual_seed(0)
+        tok = AutoTokenizer.from_pretrained(world["llm"])
+        eos = tok.eos_token_id
+        GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=512, n_layer=2,
+                                                  n_head=8, num_labels=1, bos_token_id=eos, eos_token_id=eos,
+                                                  pad_token_id=eos)).save_pretrained(out)
+        tok.save_pretrained(out)
+    return str(out)
+
+
 def world_pair(world: dict) -> Pair:
     return Pair("world", world["llm"], world["rm_partial"], world["rm_partial_causal"],
                 "the default world's LLM, partial DeBERTa RM and causal GPT-2 RM")
@@ -164,15 +181,16 @@ def time_generate(config: dict, models) -> tuple[dict, list]:
             "split": split(summary["phase_s"])}, rows
 
 
-def reference_loop(pair: Pair, prompts: list[str], tokens: int, beta: float = 1.0, seed: int = 0) -> dict:
+def reference_loop(llm: str, rm_path: str, prompts: list[str], tokens: int, beta: float = 1.0,
+                   seed: int = 0) -> dict:
     """The published loop's structure: one prompt at a time, LLM with its KV cache, one RM forward
     per candidate on the whole text (re-tokenised with the RM's tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    lm_tok, rm_tok = AutoTokenizer.from_pretrained(pair.llm), AutoTokenizer.from_pretrained(pair.rm_hf)
-    lm = AutoModelForCausalLM.from_pretrained(pair.llm, dtype=torch.float32).eval()
-    rm = AutoModelForSequenceClassification.from_pretrained(pair.rm_hf, dtype=torch.float32).eval()
+    lm_tok, rm_tok = AutoTokenizer.from_pretrained(llm), AutoTokenizer.from_pretrained(rm_path)
+    lm = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).eval()
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_path, dtype=torch.float32).eval()
     rng = np.random.default_rng(seed)
     timings = {"engine": 0.0, "reward": 0.0, "decode": 0.0}
     made, t_start = 0, time.perf_counter()
@@ -207,18 +225,25 @@ def reference_loop(pair: Pair, prompts: list[str], tokens: int, beta: float = 1.
     return {"tokens": made, "seconds": wall, "tokens_per_s": made / wall, "split": split(timings)}
 
 
-def reward_vs_prefix(pair: Pair, lengths: list[int], b: int = 64, steps: int = 3) -> dict:
-    """Seconds of one reward step (B sequences x k candidates) per backend, by prefix length."""
+def reward_vs_prefix(model: str, lengths: list[int], b: int = 64, steps: int = 3) -> dict:
+    """Seconds of one reward step (B sequences x k candidates) per backend, by prefix length, on the
+    same causal reward model, with the Section 5.3 FLOP count of each step."""
     from pargs_batch.causal_reward import CausalRewardScorer
     from pargs_batch.config import RewardConfig
     from pargs_batch.reward import HFRewardScorer
 
-    causal = CausalRewardScorer(RewardConfig(path=pair.rm_causal, batch_size=1024, backend="causal"))
-    hf = HFRewardScorer(RewardConfig(path=pair.rm_causal, batch_size=1024, max_length=2048))
+    causal = CausalRewardScorer(RewardConfig(path=model, batch_size=1024, backend="causal"))
+    hf = HFRewardScorer(RewardConfig(path=model, batch_size=1024, max_length=2048))
+    shape = count_params(model)
     vocab = causal.model.config.vocab_size
     rng = np.random.default_rng(0)
-    out = {"hf": {}, "causal": {}, "b": b, "k": K, "model": pair.rm_causal}
+    out = {"hf": {}, "causal": {}, "b": b, "k": K, "model": model, "shape": shape, "flops": {"hf": {}, "causal": {}}}
     for length in lengths:
+        def c(n_ctx):
+            return 2 * shape["N"] + 2 * shape["n_layers"] * n_ctx * shape["d_model"]
+
+        out["flops"]["causal"][length] = b * K * c(length)  # one new token per candidate
+        out["flops"]["hf"][length] = b * K * (length + 1) * c(length / 2)  # every candidate re-encoded
         seqs = [list(map(int, rng.integers(1, vocab, length))) for _ in range(b)]
         cands = rng.integers(1, vocab, (b, K))
         session = causal.start(seqs)
@@ -231,11 +256,11 @@ def reward_vs_prefix(pair: Pair, lengths: list[int], b: int = 64, steps: int = 3
         out["causal"][length] = (time.perf_counter() - t0) / steps
         # the hf backend scores every candidate's whole text (the same GPT-2 reward model)
         texts = [causal.tokenizer.decode(s + [int(c)]) for s, row in zip(seqs, cands) for c in row]
-        hf.score([""] * len(texts), texts)
+        if length == lengths[0]:
+            hf.score([""] * len(texts), texts)  # warm-up
         t0 = time.perf_counter()
-        for _ in range(max(1, steps // 3)):
-            hf.score([""] * len(texts), texts)
-        out["hf"][length] = (time.perf_counter() - t0) / max(1, steps // 3)
+        hf.score([""] * len(texts), texts)
+        out["hf"][length] = time.perf_counter() - t0
         del session
     return out
 
@@ -303,13 +328,16 @@ def run_pair(pair: Pair, world: dict, out: Path, batch_sizes: list[int], tokens:
             guard.update(check_guard(fused_rows, {"fused": (fused, tokenizer, None)}))
         finally:
             fused.close()
-    ref = reference_loop(pair, prompt_texts[:reference_prompts], tokens)
-    add("reference", "loop", "hf", 1, ref, rm_hf)
+    # the reference runs each reward model the pargs rows use, so every ratio is on the same models
+    refs = {}
+    for backend, path, shape in (("hf", pair.rm_hf, rm_hf), ("causal", pair.rm_causal, rm_causal)):
+        refs[backend] = reference_loop(pair.llm, path, prompt_texts[:reference_prompts], tokens)
+        add("reference", "loop", backend, 1, refs[backend], shape)
     for r in rows:
         plain = next(p for p in rows if p["method"] == "plain" and p["B"] == r["B"] and p["pair"] == pair.name) \
             if r["method"] != "reference" else None
         r["vs_plain"] = r["tokens_per_s"] / plain["tokens_per_s"] if plain else None
-        r["vs_reference"] = r["tokens_per_s"] / ref["tokens_per_s"]
+        r["vs_reference"] = r["tokens_per_s"] / refs[r["backend"] if r["backend"] in refs else "hf"]["tokens_per_s"]
     log(f"  {pair.name}: correctness guard {'passed' if all(guard.values()) else 'FAILED'}: {guard}")
     return rows, {"llm": llm, "rm_hf": rm_hf, "rm_causal": rm_causal, "n_ctx": n_ctx,
                   "ratio_llm_to_rm": llm["N"] / rm_hf["N"]}, guard
@@ -363,9 +391,12 @@ def plot_reward_vs_prefix(curve: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for backend, marker in (("hf", "o"), ("causal", "s")):
+    for (backend, marker), color in zip((("hf", "o"), ("causal", "s")), ("tab:red", "tab:blue")):
         xs = sorted(curve[backend])
-        ax.plot(xs, [1000 * curve[backend][x] for x in xs], marker=marker, label=f"{backend} backend")
+        ax.plot(xs, [1000 * curve[backend][x] for x in xs], marker=marker, color=color, label=f"{backend} backend")
+        flops = curve["flops"][backend]  # Section 5.3's count, scaled to the first measured point
+        scale = 1000 * curve[backend][xs[0]] / flops[xs[0]]
+        ax.plot(xs, [scale * flops[x] for x in xs], linestyle=":", color=color, label=f"{backend}: FLOP count")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("prefix length (tokens)")
@@ -385,7 +416,8 @@ def targets(rows: list[dict], curve: dict, b_max: int) -> list[dict]:
     out = []
     w = best("world")
     if w:
-        out.append({"target": f"best pargs at B={b_max} >= 50x reference (world)", "measured": w["vs_reference"],
+        out.append({"target": f"best pargs at B={b_max} >= 50x reference on the same models (world)",
+                    "measured": w["vs_reference"],
                     "met": w["vs_reference"] >= 50, "config": f"{w['mode']}/{w['backend']}"})
     p = best("paper-ratio")
     if p:
@@ -394,7 +426,9 @@ def targets(rows: list[dict], curve: dict, b_max: int) -> list[dict]:
     lo, hi = min(curve["causal"]), max(curve["causal"])
     ratio = curve["causal"][hi] / curve["causal"][lo]
     out.append({"target": f"causal reward step at prefix {hi} <= 1.5x prefix {lo}", "measured": ratio,
-                "met": ratio <= 1.5, "hf_ratio": curve["hf"][hi] / curve["hf"][lo]})
+                "met": ratio <= 1.5, "hf_ratio": curve["hf"][hi] / curve["hf"][lo],
+                "flop_ratio_causal": curve["flops"]["causal"][hi] / curve["flops"]["causal"][lo],
+                "flop_ratio_hf": curve["flops"]["hf"][hi] / curve["flops"]["hf"][lo]})
     dec = [r["split"]["decode"] for r in rows if r["mode"] == "stepped" and r["B"] == b_max]
     if dec:
         out.append({"target": f"decode-and-glue <= 15% of step time at B={b_max} (stepped)",
@@ -421,14 +455,14 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
         pair_rows, models[pair.name], guards[pair.name] = run_pair(pair, world, out, list(batch_sizes), tokens,
                                                                    reference_prompts, flops)
         rows += pair_rows
-    ratio_pair = chosen["paper-ratio"]() if "paper-ratio" in pairs else world_pair(world)
-    curve = reward_vs_prefix(ratio_pair, list(prefix_lengths))
+    curve = reward_vs_prefix(curve_model(out / "curve-rm", world), list(prefix_lengths))
     plot_reward_vs_prefix(curve, out / "reward_vs_prefix.png")
     goals = targets(rows, curve, max(batch_sizes))
     print("\n" + format_table(rows))
-    print(f"\nreward step, B={curve['b']}, k={K} (ms):  prefix " + "  ".join(f"{x:>6}" for x in curve["hf"]))
+    print(f"\nreward step of {curve['model']} (d_model {curve['shape']['d_model']}), B={curve['b']}, k={K}, "
+          f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
     for backend in ("hf", "causal"):
-        print(f"  {backend:<8}{'':>28}" + "  ".join(f"{1000 * curve[backend][x]:>6.1f}" for x in curve[backend]))
+        print(f"  {backend:<8}" + "".join(f"{1000 * curve[backend][x]:>9.1f}" for x in curve[backend]))
     print("\ntargets:")
     for g in goals:
         print(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {g['measured']:.3g}"

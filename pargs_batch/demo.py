@@ -19,6 +19,7 @@ class DemoRun:
     label: str
     method: str
     reward_model: str | None  # key in world.json
+    backend: str = "hf"
 
 
 DEMO_RUNS = (
@@ -26,7 +27,7 @@ DEMO_RUNS = (
     DemoRun("args", "args", "rm_full"),
     DemoRun("pargs-greedy", "pargs-greedy", "rm_partial"),
     DemoRun("pargs", "pargs", "rm_partial"),
-    DemoRun("pargs-causal-rm", "pargs", "rm_partial_causal"),
+    DemoRun("pargs-causal-rm", "pargs", "rm_partial_causal", backend="causal"),  # the KV-keeping path
     DemoRun("best-of-n", "best-of-n", "rm_full"),
 )
 DEMO_METHODS = tuple(r.label for r in DEMO_RUNS)
@@ -40,7 +41,7 @@ def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta
         "model": {"path": world["llm"], "dtype": "float32", "max_model_len": 256,
                   "kv_cache_memory_bytes": 128 << 20},
         "reward": {"path": world[run.reward_model] if run.reward_model else "", "template": world["template"],
-                   "batch_size": 512, "max_length": 128},
+                   "batch_size": 512, "max_length": 128, "backend": run.backend},
         "decode": {"method": run.method, "beta": beta, "top_k": 10, "max_new_tokens": max_new_tokens,
                    "num_samples": num_samples, "seed": 0, "micro_batch_size": 128},  # best-of-n: N = k = 10
         "data": {"source": world["prompts"], "id_column": "id", "limit": num_prompts},
@@ -61,7 +62,7 @@ def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
 
 
 class SharedModels:
-    """One engine and tokenizer for every run, one scorer per reward-model path, loaded on first use."""
+    """One engine and tokenizer for every run, one scorer per reward model and backend, loaded on first use."""
 
     def __init__(self, config):
         from transformers import AutoTokenizer
@@ -73,12 +74,12 @@ class SharedModels:
         self.scorers = {}
 
     def for_config(self, config):
-        from pargs_batch.reward import HFRewardScorer
+        from pargs_batch.pool import make_scorer
 
-        path = config.reward.path
-        if path and path not in self.scorers:
-            self.scorers[path] = HFRewardScorer(config.reward)
-        return self.engine, self.tokenizer, self.scorers.get(path)
+        key = (config.reward.path, config.reward.backend)
+        if config.reward.path and key not in self.scorers:
+            self.scorers[key] = make_scorer(config.reward, len(self.tokenizer))
+        return self.engine, self.tokenizer, self.scorers.get(key)
 
 
 def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world-default", num_prompts: int = 256,
