@@ -15,7 +15,7 @@ import numpy as np
 from pargs_batch import decoding
 from pargs_batch.batch import PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
-from pargs_batch.stepper import response_row, tokenize_prompts
+from pargs_batch.stepper import response_row, whole_request_jobs
 
 
 def request_seed(seed: int, id_hash: np.ndarray, sample_index: np.ndarray) -> np.ndarray:
@@ -35,13 +35,8 @@ class BestOfN:
     def run(self, prompts: list[PromptRow]) -> tuple[list[ResponseRow], list[dict]]:
         """One row per (prompt, sample) with the best candidate, and every candidate as a dict."""
         d, clock = self.decode, time.perf_counter
-        usable = tokenize_prompts(prompts, self.tokenizer, self.engine.max_model_len)
-        jobs = [(p, ids, s) for p, ids, error in usable if error is None for s in range(d.num_samples)]
-        rows: dict[tuple[str, int], ResponseRow] = {}
-        for p, _, error in usable:
-            if error is not None:
-                for s in range(d.num_samples):
-                    rows[(p.id, s)] = self._row(p, s, "", [], "error", None, error)
+        jobs, rows = whole_request_jobs(prompts, self.tokenizer, self.engine.max_model_len, d.num_samples,
+                                        lambda p, s, e: self._row(p, s, "", [], "error", None, e))
         candidates: list[dict] = []
         if jobs:
             t0 = clock()
@@ -66,7 +61,7 @@ class BestOfN:
             self.timings["engine"] += t1 - t0
             self.timings["reward"] += t2 - t1
             self.timings["decode"] += clock() - t2
-        ordered = [rows[(p.id, s)] for p, _, _ in usable for s in range(d.num_samples)]
+        ordered = [rows[(p.id, s)] for p in prompts for s in range(d.num_samples)]
         return ordered, candidates
 
     def _row(self, p: PromptRow, s: int, text: str, ids: list[int], reason: str, rewards, error=None):

@@ -34,7 +34,7 @@ from vllm.v1.sample.logits_processor import (
 from pargs_batch import decoding
 from pargs_batch.batch import PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig, RewardConfig
-from pargs_batch.stepper import response_row, tokenize_prompts
+from pargs_batch.stepper import response_row, whole_request_jobs
 
 EXTRA_KEY = "pargs_batch"
 # key -> _Row of every guided request this process has seen; the driver pops its own
@@ -273,13 +273,8 @@ class FusedRunner:
         from pargs_batch.bestofn import request_seed
 
         d = self.decode
-        usable = tokenize_prompts(prompts, self.tokenizer, self.engine.max_model_len)
-        jobs = [(p, ids, s) for p, ids, error in usable if error is None for s in range(d.num_samples)]
-        rows: dict[tuple[str, int], ResponseRow] = {}
-        for p, _, error in usable:
-            if error is not None:
-                for s in range(d.num_samples):
-                    rows[(p.id, s)] = self._row(p, s, "", [], "error", None, error)
+        jobs, rows = whole_request_jobs(prompts, self.tokenizer, self.engine.max_model_len, d.num_samples,
+                                        lambda p, s, e: self._row(p, s, "", [], "error", None, e))
         if jobs:
             seeds = request_seed(d.seed, decoding.id_hashes([p.id for p, _, _ in jobs]),
                                  np.array([s for _, _, s in jobs]))

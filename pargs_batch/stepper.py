@@ -62,6 +62,17 @@ def tokenize_prompts(prompts: list[PromptRow], tokenizer, max_model_len: int
     return out
 
 
+def whole_request_jobs(prompts: list[PromptRow], tokenizer, max_model_len: int, num_samples: int, error_row):
+    """For runners that send whole responses to the engine (best-of-n, fused): one job
+    (prompt row, prompt ids, sample index) per generatable (prompt, sample), and the error rows of
+    the others keyed by (id, sample), made by ``error_row(prompt row, sample, error)``."""
+    usable = tokenize_prompts(prompts, tokenizer, max_model_len)
+    jobs = [(p, ids, s) for p, ids, error in usable if error is None for s in range(num_samples)]
+    rows = {(p.id, s): error_row(p, s, error) for p, _, error in usable if error is not None
+            for s in range(num_samples)}
+    return jobs, rows
+
+
 def error_rows(prompts: list[PromptRow], decode: DecodeConfig, llm_name: str, reward_name: str | None,
                error: str) -> list[ResponseRow]:
     """Rows for prompts that could not be generated at all (every sample)."""
