@@ -59,8 +59,14 @@ def paper_ratio_pair(out: Path, world: dict) -> Pair:
     The LLM reuses the world's LLM tokenizer, the DeBERTa RM the world's WordPiece one, the causal RM
     the LLM's. Saved as ordinary checkpoints (built once)."""
     import torch
-    from transformers import (AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification, GPT2Config,
-                              GPT2ForSequenceClassification, GPT2LMHeadModel)
+    from transformers import (
+        AutoTokenizer,
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        GPT2LMHeadModel,
+    )
 
     paths = {name: out / name for name in ("llm", "rm_hf", "rm_causal")}
     if not all((p / "config.json").exists() for p in paths.values()):
@@ -144,10 +150,9 @@ def generate_config(pair: Pair, prompts: str, out: Path, b: int, mode: str, back
 
 
 def write_prompts(world: dict, path: Path, n: int) -> str:
-    rows = [json.loads(line) for line in open(world["prompts"])]
+    rows = [json.loads(line) for line in Path(world["prompts"]).read_text().splitlines()]
     with open(path, "w") as f:
-        for i in range(n):
-            f.write(json.dumps({"id": f"b{i:05d}", "prompt": rows[i % len(rows)]["prompt"]}) + "\n")
+        f.writelines(json.dumps({"id": f"b{i:05d}", "prompt": rows[i % len(rows)]["prompt"]}) + "\n" for i in range(n))
     return str(path)
 
 
@@ -186,7 +191,11 @@ def reference_loop(llm: str, rm_path: str, prompts: list[str], tokens: int, beta
     """The published loop's structure: one prompt at a time, LLM with its KV cache, one RM forward
     per candidate on the whole text (re-tokenised with the RM's tokenizer)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     lm_tok, rm_tok = AutoTokenizer.from_pretrained(llm), AutoTokenizer.from_pretrained(rm_path)
     lm = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).eval()
@@ -278,7 +287,7 @@ def run_pair(pair: Pair, world: dict, out: Path, batch_sizes: list[int], tokens:
     from pargs_batch.reward import HFRewardScorer
 
     prompts_file = write_prompts(world, out / f"prompts-{pair.name}.jsonl", max(batch_sizes))
-    prompt_texts = [json.loads(line)["prompt"] for line in open(prompts_file)]
+    prompt_texts = [json.loads(line)["prompt"] for line in Path(prompts_file).read_text().splitlines()]
     llm, rm_hf, rm_causal = count_params(pair.llm), count_params(pair.rm_hf), count_params(pair.rm_causal)
     n_ctx = float(np.mean([len(p.split()) for p in prompt_texts])) + tokens / 2
     rows, guard_rows = [], {}

@@ -114,7 +114,7 @@ def test_fused_mode_with_the_causal_backend_matches_stepped(reduced_world, tmp_p
     """The logits processor keeps the causal RM's KV state across vLLM's batch changes."""
     from pargs_batch.generate import run_generate
     from pargs_batch.io import read_output
-    from pargs_batch.pool import load_models, make_scorer
+    from pargs_batch.pool import load_models
 
     runs = {}
     for mode in ("stepped", "fused"):

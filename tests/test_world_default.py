@@ -22,11 +22,11 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
     assert 1.0 < w["llm_heldout_perplexity"] < 20
     lm = AutoModelForCausalLM.from_pretrained(w["llm"])
     assert lm.config.model_type == "gpt2" and AutoTokenizer.from_pretrained(w["llm"]).eos_token
-    prompts = [json.loads(line)["prompt"] for line in open(w["prompts"])]
+    prompts = [json.loads(line)["prompt"] for line in Path(w["prompts"]).read_text().splitlines()]
     assert len(prompts) == 64 == len(set(prompts))
 
     # the splits are disjoint by prompt, and the demo's prompts appear in no training split
-    splits = {name: [json.loads(line) for line in open(path)] for name, path in w["preferences"].items()}
+    splits = {name: [json.loads(line) for line in Path(path).read_text().splitlines()] for name, path in w["preferences"].items()}
     by_split = {name: {r["prompt"] for r in rows} for name, rows in splits.items()}
     assert not by_split["guidance"] & by_split["evaluation"]
     assert not (by_split["guidance"] | by_split["evaluation"]) & set(prompts)
@@ -54,7 +54,7 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
 def test_world_build_reuses_the_built_world(reduced_world):
     out = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "world", "build", "--kind", "reduced", "--out", out],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and json.loads(result.stdout)["build_seconds"] == reduced_world["build_seconds"]
     assert "world: llm done" not in result.stderr
 
@@ -64,7 +64,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     world_dir = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "demo", "--reduced-world", "--world-dir", world_dir, "--num-prompts", "16",
                              "--max-new-tokens", "24", "--sweep-beta", "0,3", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
