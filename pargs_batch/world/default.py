@@ -33,12 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pargs_batch.world import gold
-from pargs_batch.world.tiny import (
-    encode_texts,
-    train_llm,
-    train_llm_tokenizer,
-    train_rm_tokenizer,
-)
+from pargs_batch.world.tiny import (encode_texts, new_deberta_rm, new_llm, train_llm, train_llm_tokenizer,
+                                    train_rm_tokenizer)
 
 WORLD_VERSION = 1
 GOLD_REWARD = "pargs_batch.world.gold:gold_reward"
@@ -224,12 +220,6 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
                         log=print) -> dict:
     """Build (or reuse, when its spec matches) the default world in ``out_dir``; return world.json."""
     import torch
-    from transformers import (
-        DebertaV2Config,
-        DebertaV2ForSequenceClassification,
-        GPT2Config,
-        GPT2LMHeadModel,
-    )
 
     out = Path(out_dir)
     manifest_path = out / "world.json"
@@ -252,10 +242,7 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
     ppl_corpus = make_corpus(heldout_prompts, 500, spec.seed + 2)  # replies to prompts never trained on
     texts = [p + r for p, r in corpus]
     llm_tok = train_llm_tokenizer(texts, spec.llm_vocab_size, spec.llm_positions)
-    llm = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(llm_tok), n_positions=spec.llm_positions, n_embd=spec.llm_width,
-        n_layer=spec.llm_layers, n_head=spec.llm_width // 32,  # head_dim 32: vLLM CPU's smallest
-        bos_token_id=llm_tok.eos_token_id, eos_token_id=llm_tok.eos_token_id, pad_token_id=llm_tok.eos_token_id))
+    llm = new_llm(llm_tok, spec.llm_layers, spec.llm_width, spec.llm_positions)
     loss = train_llm(llm, llm_tok, texts, spec.llm_steps, spec.seed, batch_size=spec.llm_batch_size, decay=True,
                      progress=True)
     ppl = perplexity(llm, llm_tok, [p + r for p, r in ppl_corpus], [p for p, _ in ppl_corpus])
@@ -266,10 +253,7 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
 
     t0 = time.perf_counter()
     rm_tok = train_rm_tokenizer(texts, spec.rm_vocab_size)
-    rm = DebertaV2ForSequenceClassification(DebertaV2Config(
-        vocab_size=len(rm_tok), hidden_size=spec.rm_width, num_hidden_layers=spec.rm_layers,
-        num_attention_heads=4, intermediate_size=spec.rm_width * 2, max_position_embeddings=512,
-        num_labels=1, pad_token_id=rm_tok.pad_token_id))
+    rm = new_deberta_rm(rm_tok, spec.rm_layers, spec.rm_width)
     rm.save_pretrained(out / "rm_init")
     rm_tok.save_pretrained(out / "rm_init")
 

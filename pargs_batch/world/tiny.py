@@ -162,6 +162,26 @@ def _train_rm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSpe
     return float(loss.detach())
 
 
+def new_llm(tokenizer, layers: int, width: int, positions: int):
+    """A fresh GPT-2 LM over ``tokenizer`` (EOS also BOS and pad)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    eos = tokenizer.eos_token_id
+    # head_dim 32: vLLM's CPU attention kernels support no smaller head
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=positions, n_embd=width,
+                                      n_layer=layers, n_head=width // 32, bos_token_id=eos, eos_token_id=eos,
+                                      pad_token_id=eos))
+
+
+def new_deberta_rm(tokenizer, layers: int, width: int):
+    """A fresh DeBERTa-v2 reward model (one output) over its own ``tokenizer``."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    return DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=width * 2, max_position_embeddings=512, num_labels=1, pad_token_id=tokenizer.pad_token_id))
+
+
 def encode_texts(tokenizer, texts: list[str]):
     """(ids, mask) tensors of ``text + EOS`` (EOS is a target: replies must learn to end), right-padded."""
     import torch
@@ -205,8 +225,6 @@ def train_llm(model, tokenizer, texts: list[str], steps: int, seed: int, lr: flo
 def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec()) -> dict:
     """Build (or reuse, when its spec matches) the tiny world in ``out_dir``; return its paths."""
     import torch
-    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, GPT2Config,
-                              GPT2LMHeadModel)
 
     out = Path(out_dir)
     manifest_path = out / "world.json"
@@ -220,20 +238,13 @@ def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec())
     texts = [p + r for p, r in pairs]
 
     llm_tok = train_llm_tokenizer(texts, spec.llm_vocab_size, spec.llm_positions)
-    llm = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(llm_tok), n_positions=spec.llm_positions, n_embd=spec.llm_width,
-        # head_dim 32: vLLM's CPU attention kernels support no smaller head
-        n_layer=spec.llm_layers, n_head=spec.llm_width // 32, bos_token_id=llm_tok.eos_token_id,
-        eos_token_id=llm_tok.eos_token_id, pad_token_id=llm_tok.eos_token_id))
+    llm = new_llm(llm_tok, spec.llm_layers, spec.llm_width, spec.llm_positions)
     final_loss = train_llm(llm, llm_tok, texts, spec.train_steps, spec.seed)
     llm.save_pretrained(out / "llm")
     llm_tok.save_pretrained(out / "llm")
 
     rm_tok = train_rm_tokenizer(texts, spec.rm_vocab_size)
-    rm = DebertaV2ForSequenceClassification(DebertaV2Config(
-        vocab_size=len(rm_tok), hidden_size=spec.rm_width, num_hidden_layers=spec.rm_layers,
-        num_attention_heads=4, intermediate_size=spec.rm_width * 2, max_position_embeddings=512,
-        num_labels=1, pad_token_id=rm_tok.pad_token_id))
+    rm = new_deberta_rm(rm_tok, spec.rm_layers, spec.rm_width)
     rm.save_pretrained(out / "reward_model_init")  # untrained: a starting point for rm_training
     rm_tok.save_pretrained(out / "reward_model_init")
     rm_loss = _train_rm(rm, rm_tok, pairs, spec)
