@@ -18,7 +18,7 @@ ifeq ($(ACCEL),cpu)
 	# they break transformers' model imports and nothing here needs them
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 endif
-	$(BIN)/python -c "import vllm, trl, deepspeed, pargs_batch, rm_training; from transformers import GPT2LMHeadModel"
+	$(BIN)/python -c "import vllm, trl, deepspeed, pargs_batch, rm_training, experiments; from transformers import GPT2LMHeadModel"
 	touch $(STAMP)
 
 test: install

@@ -1,33 +1,27 @@
-"""The containers passed between reader, stepper and writer; output fields are the Parquet columns."""
+"""The containers that cross the worker boundary: prompts in, rows and their costs out.
+
+``ResponseRow``'s fields are the output's Parquet columns, in order, each declaring its Arrow type;
+``SCHEMA`` is derived from it (and ``CANDIDATE_SCHEMA`` from ``CandidateRow``), so the writer,
+the readers and the README's schema cannot drift apart. A runner turns one micro-batch of
+``PromptRow``s into one ``MicroBatchResult``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
-FINISH_REASONS = ("eos", "length", "stop", "error")
 
-SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("sample_index", pa.int32()),
-    ("prompt", pa.string()),
-    ("response", pa.string()),
-    ("response_token_ids", pa.list_(pa.int32())),
-    ("num_tokens", pa.int32()),
-    ("finish_reason", pa.string()),
-    ("method", pa.string()),
-    ("beta", pa.float64()),
-    ("k", pa.int32()),
-    ("temperature", pa.float64()),
-    ("seed", pa.int64()),
-    ("rewards", pa.list_(pa.float32())),
-    ("llm", pa.string()),
-    ("reward_model", pa.string()),
-    ("error", pa.string()),
-])
+def column(arrow_type: pa.DataType, **kwargs):
+    """A dataclass field that is a Parquet column of ``arrow_type``."""
+    return field(metadata={"arrow": arrow_type}, **kwargs)
+
+
+def arrow_schema(cls: type) -> pa.Schema:
+    return pa.schema([(f.name, f.metadata["arrow"]) for f in dataclasses.fields(cls)])
 
 
 @dataclass
@@ -43,50 +37,77 @@ class PromptRow:
 class ResponseRow:
     """One generated response, exactly one Parquet row."""
 
-    id: str
-    sample_index: int
-    prompt: str | None
-    response: str
-    response_token_ids: list[int]
-    finish_reason: str
-    method: str
-    beta: float
-    k: int
-    temperature: float
-    seed: int
-    rewards: list[float] | None
-    llm: str
-    reward_model: str | None
-    error: str | None = None
-    num_tokens: int = field(init=False)
+    id: str = column(pa.string())
+    sample_index: int = column(pa.int32())
+    prompt: str | None = column(pa.string())  # null when the input's prompt was not a string
+    response: str = column(pa.string())
+    response_token_ids: list[int] = column(pa.list_(pa.int32()))
+    num_tokens: int = column(pa.int32(), init=False)
+    finish_reason: str = column(pa.string())  # eos | length | stop | error
+    method: str = column(pa.string())
+    beta: float = column(pa.float64())
+    k: int = column(pa.int32())
+    temperature: float = column(pa.float64())
+    seed: int = column(pa.int64())
+    rewards: list[float] | None = column(pa.list_(pa.float32()))  # reward of each chosen prefix
+    llm: str = column(pa.string())
+    reward_model: str | None = column(pa.string())
+    error: str | None = column(pa.string(), default=None)
 
     def __post_init__(self):
         self.num_tokens = len(self.response_token_ids)
 
 
+@dataclass
+class CandidateRow:
+    """One of best-of-n's N candidates (``output.keep_all_candidates``)."""
+
+    id: str = column(pa.string())
+    sample_index: int = column(pa.int32())
+    candidate_index: int = column(pa.int32())
+    response: str = column(pa.string())
+    response_token_ids: list[int] = column(pa.list_(pa.int32()))
+    finish_reason: str = column(pa.string())
+    reward: float = column(pa.float32())
+    selected: bool = column(pa.bool_())
+
+
+SCHEMA = arrow_schema(ResponseRow)
+CANDIDATE_SCHEMA = arrow_schema(CandidateRow)
+
+
+def _table(rows: list, schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Table:
+    columns: dict[str, list] = {name: [] for name in schema.names}
+    for row in rows:
+        for name in schema.names:
+            columns[name].append(getattr(row, name))
+    table = pa.Table.from_pydict(columns, schema=schema)
+    return table.replace_schema_metadata(metadata) if metadata else table
+
+
 def to_table(rows: list[ResponseRow], metadata: dict[str, str] | None = None) -> pa.Table:
     """Rows to an Arrow table with ``SCHEMA`` (and the given file metadata)."""
-    columns = {name: [] for name in SCHEMA.names}
-    for row in rows:
-        for key, value in dataclasses.asdict(row).items():
-            columns[key].append(value)
-    table = pa.Table.from_pydict(columns, schema=SCHEMA)
-    return table.replace_schema_metadata(metadata) if metadata else table
+    return _table(rows, SCHEMA, metadata)
 
 
-CANDIDATE_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("sample_index", pa.int32()),
-    ("candidate_index", pa.int32()),
-    ("response", pa.string()),
-    ("response_token_ids", pa.list_(pa.int32())),
-    ("finish_reason", pa.string()),
-    ("reward", pa.float32()),
-    ("selected", pa.bool_()),
-])
+def candidates_table(candidates: list[CandidateRow], metadata: dict[str, str] | None = None) -> pa.Table:
+    """Best-of-N candidates as an Arrow table with ``CANDIDATE_SCHEMA``."""
+    return _table(candidates, CANDIDATE_SCHEMA, metadata)
 
 
-def candidates_table(candidates: list[dict], metadata: dict[str, str] | None = None) -> pa.Table:
-    """Best-of-N candidates (dicts with the ``CANDIDATE_SCHEMA`` fields) as an Arrow table."""
-    table = pa.Table.from_pylist(candidates, schema=CANDIDATE_SCHEMA)
-    return table.replace_schema_metadata(metadata) if metadata else table
+@dataclass
+class MicroBatchResult:
+    """What a runner returns for one micro-batch: one row per (prompt, sample) in input order,
+    best-of-n's candidates, seconds per phase (engine, engine_wait, reward, decode) and the
+    tokens generated (best-of-n counts all N candidates)."""
+
+    rows: list[ResponseRow]
+    candidates: list[CandidateRow] = field(default_factory=list)
+    phase_s: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+
+
+class Runner(Protocol):
+    """Stepped, fused and best-of-n generation share this interface (``pool.make_runner`` picks one)."""
+
+    def run(self, prompts: list[PromptRow]) -> MicroBatchResult: ...

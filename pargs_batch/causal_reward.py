@@ -23,7 +23,9 @@ from __future__ import annotations
 import numpy as np
 from transformers.cache_utils import DynamicLayer
 
-from pargs_batch.config import ConfigError, RewardConfig
+from pargs_batch.config import RewardConfig
+
+from pargs_batch.configlib import ConfigError
 
 
 class BufferedLayer(DynamicLayer):

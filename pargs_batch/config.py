@@ -1,7 +1,7 @@
-"""Typed configuration: dataclasses grouped by concern, loaded from YAML with dotted overrides.
+"""The schema of `pargs-batch generate`: one dataclass per concern, checked before any model loads.
 
-Every value is checked in ``__post_init__``, so a bad config fails before any model loads, with
-one line that names the key, the value and what is allowed (``ConfigError``).
+Loaded with ``configlib.load_config(GenerateConfig, path, overrides)``; every field's help text is
+its one-line documentation (the README's key table follows it).
 """
 
 from __future__ import annotations
@@ -11,62 +11,10 @@ import json
 import os
 import re
 import string
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-import yaml
-
+from pargs_batch.configlib import ConfigError, check_model_path, one_of, option, positive
 from pargs_batch.decoding import METHODS
-
-
-class ConfigError(ValueError):
-    """A configuration value that is not allowed; ``str()`` is the one-line message for users."""
-
-    def __init__(self, key: str, value: Any, allowed: str):
-        self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"config error: {key}={value!r} is not allowed: {allowed}")
-
-
-def option(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def check_model_path(key: str, path: str) -> None:
-    """A model is a local directory or a Hugging Face hub id; anything else is a config error."""
-    if not path:
-        raise ConfigError(key, path, "a model directory or a Hugging Face hub id is required")
-    if os.path.isdir(os.path.expanduser(path)):
-        return
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1
-    if looks_local or not _HUB_ID.match(path):
-        raise ConfigError(key, path, "no such directory (and not a hub id like 'org/name')")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-            raise ConfigError(key, path, "not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
-
-
-def positive(key: str, value: int | float | None, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(key, value, "must be >= 0" if allow_zero else "must be > 0")
-
-
-def one_of(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ConfigError(key, value, "expected one of " + ", ".join(map(str, allowed)))
-
 
 @dataclass
 class ModelConfig:
@@ -140,7 +88,7 @@ class RewardConfig:
 class DecodeConfig:
     """The decoding rule of the paper's Algorithm 1 and its stopping conditions."""
 
-    method: str = option("topk, args, pargs-greedy, pargs or best-of-n", "pargs")
+    method: str = option("; ".join(f"{m.name}: {m.help}" for m in METHODS.values()), "pargs")
     beta: float = option("reward weight: score = log pi_ref + beta * r", 1.0)
     top_k: int = option("candidates per step (k)", 10)
     temperature: float = option("divides the scores before sampling (sampling methods only)", 1.0)
@@ -289,100 +237,3 @@ class GenerateConfig:
             d.pop(key)
         d["decode"].pop("micro_batch_size")
         return d
-
-
-def _is_optional(tp: Any) -> tuple[bool, Any]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return True, args[0]
-    return False, tp
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    optional, tp = _is_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(key, value, "a value is required")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(key, value, "expected true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(key, value, "expected an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, value, "expected a number") from None
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(key, value, "expected a string")
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(key, value, "expected a mapping")
-        return value
-    if typing.get_origin(tp) is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(key, value, "expected a list")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    return value
-
-
-def build(cls: type, data: dict, prefix: str = "") -> Any:
-    """Make the dataclass ``cls`` from nested dicts, refusing unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(prefix.rstrip(".") or "config", data, "expected a mapping of keys")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(prefix + str(key), value, "unknown key; known keys: " + ", ".join(names))
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = build(tp, value or {}, prefix + key + ".")
-        else:
-            kwargs[key] = _coerce(prefix + key, value, tp)
-    # sections left out are still validated, with their defaults
-    for name in names:
-        if name not in kwargs and dataclasses.is_dataclass(hints[name]):
-            kwargs[name] = build(hints[name], {}, prefix + name + ".")
-    return cls(**kwargs)
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in order."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(item, raw, "overrides look like section.key=value")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(key, raw, f"{part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
-    return data
-
-
-def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:
-    """Read YAML from ``path`` (optional), apply dotted overrides, build and validate ``cls``."""
-    data: dict = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError("--config", str(path), "no such file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError("--config", str(path), f"not valid YAML ({e.__class__.__name__})") from None
-    return build(cls, apply_overrides(data, list(overrides)))

@@ -4,6 +4,10 @@ For B rows and k candidates each: ``score = log pi_ref + beta * r`` (Algorithm 1
 either the argmax (ARGS, PARGS-G) or a draw from ``softmax(score / temperature)`` (PARGS; top-k
 sampling is the same draw with beta = 0). Draws use one uniform number per row from a counter-based
 hash of (seed, prompt id, sample index, step), so a row's choice never depends on its batch.
+
+This module is the one statement of the rule: the stepped loop calls ``choose`` on the engine's
+top-k, and the fused logits processors call ``order_candidates``, ``scores`` and ``greedy`` on the
+top-k they read from vLLM's logits, so both modes rank and break ties identically.
 """
 
 from __future__ import annotations
@@ -19,16 +23,15 @@ class Method:
     name: str
     uses_reward: bool
     greedy: bool
-    guidance: str  # which reward model the paper pairs with it
     help: str
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("topk", False, False, "none", "sample from the top-k of pi_ref (beta = 0)"),
-    Method("args", True, True, "full-sequence RM", "argmax of log pi_ref + beta * r (ARGS)"),
-    Method("pargs-greedy", True, True, "partial-sequence RM", "argmax of log pi_ref + beta * r"),
-    Method("pargs", True, False, "partial-sequence RM", "sample from softmax(log pi_ref + beta * r)"),
-    Method("best-of-n", True, False, "full-sequence RM", "N whole top-k samples of pi_ref, the best kept"),
+    Method("topk", False, False, "sample from the top-k of pi_ref (beta = 0)"),
+    Method("args", True, True, "argmax of log pi_ref + beta * r, with a full-sequence RM (ARGS)"),
+    Method("pargs-greedy", True, True, "argmax of log pi_ref + beta * r, with a partial-sequence RM"),
+    Method("pargs", True, False, "sample from softmax(log pi_ref + beta * r), with a partial-sequence RM"),
+    Method("best-of-n", True, False, "N whole top-k samples of pi_ref, the one the RM likes best kept"),
 ]}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -58,11 +61,38 @@ def keyed_uniforms(seed: int, id_hash: np.ndarray, sample_index: np.ndarray, ste
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def scores(logprobs: np.ndarray, rewards: np.ndarray | None, beta: float) -> np.ndarray:
-    """log pi_ref(v) + beta * r(y.v) for every candidate; -inf logprobs stay -inf."""
-    if rewards is None or beta == 0:
-        return logprobs.astype(np.float64)
-    return logprobs.astype(np.float64) + beta * rewards.astype(np.float64)
+def request_seed(seed: int, id_hash: np.ndarray, sample_index: np.ndarray) -> np.ndarray:
+    """A 63-bit seed per (prompt, sample) for requests vLLM samples whole (best-of-n, fused): the
+    keyed hash at step 2**64 - 1, which no decode step reaches."""
+    u = keyed_uniforms(seed, id_hash, sample_index, np.full(len(id_hash), 2**64 - 1, dtype=np.uint64))
+    return (u * 2**63).astype(np.int64)
+
+
+def order_candidates(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most likely of each row's candidates, sorted by logprob (ties: lower token id first).
+
+    ``ids`` and ``logprobs`` are (B, m) with m >= k, distinct ids per row; rows with fewer than k
+    real candidates (id -1, logprob -inf) keep them last. This order is what ``greedy`` breaks ties by.
+    """
+    order = np.lexsort((ids, -logprobs), axis=-1)[:, :k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(logprobs, order, 1)
+
+
+def scores(logprobs: np.ndarray, rewards: np.ndarray | None, beta) -> np.ndarray:
+    """log pi_ref(v) + beta * r(y.v) for every candidate; -inf logprobs stay -inf.
+
+    ``beta`` is one number or one per row (shape (B,) or (B, 1))."""
+    logprobs = logprobs.astype(np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    if rewards is None or not beta.any():
+        return logprobs
+    return logprobs + beta.reshape(-1, 1) * rewards.astype(np.float64) if beta.ndim else \
+        logprobs + float(beta) * rewards.astype(np.float64)
+
+
+def greedy(score: np.ndarray) -> np.ndarray:
+    """Index of the best candidate per row; ties go to the lower index (the more likely token)."""
+    return np.argmax(score, axis=1)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -90,5 +120,5 @@ def choose(method: str, logprobs: np.ndarray, rewards: np.ndarray | None, beta: 
     spec = METHODS[method]
     s = scores(logprobs, rewards if spec.uses_reward else None, beta)
     if spec.greedy:
-        return np.argmax(s, axis=1)
+        return greedy(s)
     return sample(s, uniforms, temperature)

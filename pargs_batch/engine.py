@@ -8,8 +8,11 @@ step. vLLM reports raw log-probabilities (before temperature or top-k), which is
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from pargs_batch import decoding
 from pargs_batch.config import ModelConfig
 
 
@@ -22,9 +25,8 @@ def topk_arrays(step_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
     distinct tokens are kept, sorted by logprob (ties: lower token id first). Rows with
     fewer than k candidates (a vocabulary smaller than k) are padded with token -1, logprob -inf.
     """
-    ids = np.full((len(step_logprobs), k), -1, dtype=np.int64)
-    lps = np.full((len(step_logprobs), k), -np.inf, dtype=np.float64)
-    for row, item in enumerate(step_logprobs):
+    rows = []
+    for item in step_logprobs:
         if isinstance(item, dict):
             tok = np.fromiter(item.keys(), dtype=np.int64, count=len(item))
             lp = np.fromiter((v.logprob for v in item.values()), dtype=np.float64, count=len(item))
@@ -34,10 +36,13 @@ def topk_arrays(step_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
             # the flat form lists the sampled token and then the top-k, which may repeat it
             _, first = np.unique(tok, return_index=True)
             tok, lp = tok[first], lp[first]
-        order = np.lexsort((tok, -lp))[:k]
-        ids[row, : len(order)] = tok[order]
-        lps[row, : len(order)] = lp[order]
-    return ids, lps
+        rows.append((tok, lp))
+    width = max([k] + [len(tok) for tok, _ in rows])
+    ids = np.full((len(rows), width), -1, dtype=np.int64)
+    lps = np.full((len(rows), width), -np.inf, dtype=np.float64)
+    for row, (tok, lp) in enumerate(rows):
+        ids[row, : len(tok)], lps[row, : len(tok)] = tok, lp
+    return decoding.order_candidates(ids, lps, k)
 
 
 def _flat_positions(output) -> tuple:
@@ -55,17 +60,31 @@ def _finish_reason(completion) -> str:
     return "stop" if isinstance(completion.stop_reason, str) else "eos"
 
 
+# Fused mode reads each chosen token's reward back from the logits processor, which runs in the
+# engine-core process: that must be the caller's process. vLLM decides the layout from this
+# variable when an engine starts and, once an in-process engine has run, caches it for the whole
+# process - so it is set once where a process starts (the CLI, the Ray pool's actors, the test
+# session), never toggled around one engine.
+IN_PROCESS_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def engine_runs_in_process() -> bool:
+    return all(os.environ.get(k) == v for k, v in IN_PROCESS_ENGINE_ENV.items())
+
+
 class Engine:
     """A ``vllm.LLM`` that answers "which k tokens come next, and how likely is each?"."""
 
     def __init__(self, config: ModelConfig, fused: dict | None = None):
         """``fused``: extra ``vllm.LLM`` arguments loading the guidance logits processor
-        (``fused.engine_kwargs``); such an engine runs in this process."""
-        import os
-
+        (``fused.engine_kwargs``); such an engine must run in this process (``IN_PROCESS_ENGINE_ENV``)."""
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        if fused is not None and not engine_runs_in_process():
+            raise RuntimeError("engine.mode=fused needs vLLM's engine in this process: set "
+                               + " ".join(f"{k}={v}" for k, v in IN_PROCESS_ENGINE_ENV.items())
+                               + " before the process starts (pargs-batch and the Ray pool do)")
         kwargs = dict(
             model=config.path,
             tokenizer=config.tokenizer or config.path,
@@ -86,20 +105,7 @@ class Engine:
             default = 0.2 if current_platform.is_cpu() else 0.9
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization or default
         self.config = config
-        self.fused = fused is not None
-        if fused is None:
-            self.llm = LLM(**kwargs)
-        else:
-            # the processor's rewards are read back in this process: no separate engine-core process
-            before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            try:
-                self.llm = LLM(**kwargs, **fused)
-            finally:
-                if before is None:
-                    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-                else:
-                    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
+        self.llm = LLM(**kwargs, **(fused or {}))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
 
     def topk(self, prefixes: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,11 +9,13 @@ vLLM samples:
 
 so vLLM's own sampler draws from softmax(score / T) (``pargs``, ``topk`` with beta = 0) with the
 request's seed - derived from (seed, prompt id, sample index), so a row never depends on its
-batch - or takes the argmax (temperature 0: ``args``, ``pargs-greedy``).
+batch. Greedy rows (``args``, ``pargs-greedy``) keep only the candidate ``decoding.greedy`` picks
+and run at temperature 0. Candidates are ordered, scored and chosen by ``decoding``'s functions,
+the same statement of the rule the stepped loop calls, so both modes break ties alike.
 
 Per-request settings travel in ``SamplingParams.extra_args["pargs_batch"]``; each row's prompt
 ids and live output ids arrive through ``BatchUpdate``. The engine runs in-process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the reward of every chosen token can be read back for
+(``engine.IN_PROCESS_ENGINE_ENV``) so the reward of every chosen token can be read back for
 the ``rewards`` column without a second pass.
 """
 
@@ -32,9 +34,9 @@ from vllm.v1.sample.logits_processor import (
 )
 
 from pargs_batch import decoding
-from pargs_batch.batch import PromptRow, ResponseRow
+from pargs_batch.batch import MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig, RewardConfig
-from pargs_batch.stepper import response_row, whole_request_jobs
+from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
 
 EXTRA_KEY = "pargs_batch"
 # key -> _Row of every guided request this process has seen; the driver pops its own
@@ -48,6 +50,7 @@ class _Row:
     k: int
     beta: float
     guided: bool
+    greedy: bool
     prompt: str
     out_ids: list[int]            # vLLM's live list of the request's output tokens
     prompt_ids: list[int] = field(default_factory=list)
@@ -85,7 +88,7 @@ class PargsLogitsProcessor(LogitsProcessor):
         self.tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"])
         self.detok = IncrementalDetokenizer(self.tokenizer)
         if cfg.get("reward"):
-            from pargs_batch.pool import make_scorer
+            from pargs_batch.scorers import make_scorer
 
             self.scorer = make_scorer(RewardConfig(**cfg["reward"]), len(self.tokenizer))
             self.incremental = getattr(self.scorer, "incremental", False)
@@ -93,8 +96,8 @@ class PargsLogitsProcessor(LogitsProcessor):
     @classmethod
     def validate_params(cls, params):
         args = (params.extra_args or {}).get(EXTRA_KEY)
-        if args is not None and not {"key", "k", "beta", "guided"} <= set(args):
-            raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs key, k, beta and guided")
+        if args is not None and not {"key", "k", "beta", "guided", "greedy"} <= set(args):
+            raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs key, k, beta, guided and greedy")
 
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token is the argmax
@@ -155,7 +158,7 @@ class PargsLogitsProcessor(LogitsProcessor):
     def _new_row(self, args: dict, prompt_ids: list[int], out_ids: list[int]) -> _Row:
         guided = bool(args["guided"]) and self.scorer is not None
         row = _Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
-                   prompt=args.get("prompt", ""), out_ids=out_ids, prompt_ids=list(prompt_ids),
+                   greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=out_ids, prompt_ids=list(prompt_ids),
                    detok=self.detok.start(prompt_ids) if guided and not self.incremental else None)
         with _RECORDS_LOCK:
             RECORDS[row.key] = row
@@ -194,8 +197,7 @@ class PargsLogitsProcessor(LogitsProcessor):
         at = torch.tensor(index, device=logits.device)
         kmax = max(r.k for r in rows)
         logp = torch.log_softmax(logits[at].float(), dim=-1)
-        top_lp, top_ids = logp.topk(kmax, dim=-1)
-        ids_np = top_ids.cpu().numpy()
+        ids_np, lp_np = top_candidates(logp, kmax)
         rewards = np.zeros(ids_np.shape, dtype=np.float32)
         guided = [n for n, r in enumerate(rows) if r.guided]
         t1 = time.perf_counter()
@@ -216,13 +218,11 @@ class PargsLogitsProcessor(LogitsProcessor):
             t3 = time.perf_counter()
         else:
             t2 = t3 = t1
-        beta = torch.tensor([r.beta for r in rows], device=logits.device)[:, None]
-        score = top_lp + beta * torch.as_tensor(rewards, device=logits.device)
-        for n, r in enumerate(rows):
-            if r.k < kmax:
-                score[n, r.k:] = -float("inf")
+        score = guided_scores(lp_np, rewards, np.array([r.beta for r in rows]), np.array([r.k for r in rows]),
+                              np.array([r.greedy for r in rows]))
         new = torch.full_like(logp, -float("inf"))
-        new.scatter_(1, top_ids, score)
+        new.scatter_(1, torch.as_tensor(ids_np, device=logits.device),
+                     torch.as_tensor(score, dtype=new.dtype, device=logits.device))
         logits[at] = new.to(logits.dtype)
         for n, r in enumerate(rows):
             r.pending = (ids_np[n], rewards[n], windows.get(n))
@@ -231,7 +231,6 @@ class PargsLogitsProcessor(LogitsProcessor):
             r.timings["decode"] += (t2 - t1) * share
             r.timings["reward"] += (t3 - t2) * share
         return logits
-
 
     def _score_causal(self, rows: list[_Row], cand: np.ndarray) -> np.ndarray:
         """Rewards (len(rows), k) from the causal session, encoding rows new to it first."""
@@ -250,6 +249,30 @@ class PargsLogitsProcessor(LogitsProcessor):
         return scores[[where[id(r)] for r in rows]]
 
 
+def top_candidates(logp, kmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kmax most likely tokens of each row of a (B, vocab) torch log-softmax, as (ids, logprobs)
+    numpy arrays in ``decoding.order_candidates``' order (the order the stepped engine reports)."""
+    top_lp, top_ids = logp.topk(kmax, dim=-1)
+    return decoding.order_candidates(top_ids.cpu().numpy().astype(np.int64),
+                                     top_lp.cpu().numpy().astype(np.float64), kmax)
+
+
+def guided_scores(logprobs: np.ndarray, rewards: np.ndarray, beta: np.ndarray, k: np.ndarray,
+                  greedy: np.ndarray) -> np.ndarray:
+    """What a row's candidates' logits become: ``decoding.scores`` on the first k of each row,
+    -inf beyond k; a greedy row keeps only ``decoding.greedy``'s choice finite, so vLLM's argmax
+    at temperature 0 takes the same token the stepped loop would."""
+    score = decoding.scores(logprobs, rewards, beta)
+    score[np.arange(score.shape[1])[None, :] >= np.asarray(k)[:, None]] = -np.inf
+    rows = np.nonzero(greedy)[0]
+    if len(rows):
+        keep = decoding.greedy(score[rows])
+        chosen = score[rows, keep]
+        score[rows] = -np.inf
+        score[rows, keep] = chosen
+    return score
+
+
 def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
     """What ``vllm.LLM`` needs to load the processor (and its reward model) into the engine."""
     from dataclasses import asdict
@@ -262,50 +285,40 @@ def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
 class FusedRunner:
     """A micro-batch as whole vLLM requests guided in-engine; rows like ``Stepper``'s."""
 
-    def __init__(self, engine, scorer, tokenizer, decode: DecodeConfig, llm_name: str, reward_name: str | None):
-        self.engine, self.tokenizer, self.decode = engine, tokenizer, decode
+    def __init__(self, engine, tokenizer, decode: DecodeConfig, rows: RowMaker):
+        self.engine, self.tokenizer, self.decode, self.rows = engine, tokenizer, decode, rows
         self.method = decoding.METHODS[decode.method]
-        self.llm_name, self.reward_name = llm_name, reward_name
-        self.timings: dict[str, float] = defaultdict(float)
-        self.tokens_generated = 0
 
-    def run(self, prompts: list[PromptRow]) -> list[ResponseRow]:
-        from pargs_batch.bestofn import request_seed
-
-        d = self.decode
-        jobs, rows = whole_request_jobs(prompts, self.tokenizer, self.engine.max_model_len, d.num_samples,
-                                        lambda p, s, e: self._row(p, s, "", [], "error", None, e))
+    def run(self, prompts: list[PromptRow]) -> MicroBatchResult:
+        d, method = self.decode, self.method
+        jobs, rows = whole_request_jobs(prompts, self.tokenizer, self.engine.max_model_len, self.rows)
+        result = MicroBatchResult([])
         if jobs:
-            seeds = request_seed(d.seed, decoding.id_hashes([p.id for p, _, _ in jobs]),
-                                 np.array([s for _, _, s in jobs]))
+            seeds = decoding.request_seed(d.seed, decoding.id_hashes([p.id for p, _, _ in jobs]),
+                                          np.array([s for _, _, s in jobs]))
             keys = [f"{id(self)}/{p.id}/{s}" for p, _, s in jobs]
-            greedy = self.method.greedy
-            extra = [{EXTRA_KEY: {"key": key, "k": d.top_k, "beta": d.beta if self.method.uses_reward else 0.0,
-                                  "guided": self.method.uses_reward, "prompt": p.prompt}}
+            extra = [{EXTRA_KEY: {"key": key, "k": d.top_k, "beta": d.beta if method.uses_reward else 0.0,
+                                  "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.prompt}}
                      for key, (p, _, _) in zip(keys, jobs)]
             t0 = time.perf_counter()
-            outputs = self.engine.guided([ids for _, ids, _ in jobs], seeds.tolist(), extra,
-                                         d.max_new_tokens, 0.0 if greedy else d.temperature, d.stop, d.ignore_eos)
+            outputs = self.engine.guided([ids for _, ids, _ in jobs], seeds.tolist(), extra, d.max_new_tokens,
+                                         0.0 if method.greedy else d.temperature, d.stop, d.ignore_eos)
             wall = time.perf_counter() - t0
             inside = defaultdict(float)
             for key, (p, _, s), (token_ids, text, reason) in zip(keys, jobs, outputs):
                 with _RECORDS_LOCK:
                     record = RECORDS.pop(key, None)
                 rewards = None
-                if self.method.uses_reward and record is not None:
+                if method.uses_reward and record is not None:
                     rewards = list(record.rewards[: len(token_ids)])
                     if len(rewards) < len(token_ids):
                         rewards.append(record.reward_of(token_ids[-1]))
                 if record is not None:
                     for name, value in record.timings.items():
                         inside[name] += value
-                rows[(p.id, s)] = self._row(p, s, text, token_ids, reason, rewards)
-                self.tokens_generated += len(token_ids)
-            self.timings["reward"] += inside["reward"]
-            self.timings["decode"] += inside["decode"]
-            self.timings["engine"] += wall - inside["reward"] - inside["decode"]
-        return [rows[(p.id, s)] for p in prompts for s in range(d.num_samples)]
-
-    def _row(self, p: PromptRow, s: int, text: str, ids: list[int], reason: str, rewards, error=None):
-        return response_row(self.decode, self.llm_name, self.reward_name, p.id, s, p.prompt, text, ids, reason,
-                            rewards, error)
+                rows[(p.id, s)] = self.rows.row(p.id, s, p.prompt, text, token_ids, reason, rewards)
+                result.tokens += len(token_ids)
+            result.phase_s = {"reward": inside["reward"], "decode": inside["decode"],
+                              "engine": wall - inside["reward"] - inside["decode"]}
+        result.rows = in_input_order(prompts, d.num_samples, rows)
+        return result

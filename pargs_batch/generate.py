@@ -11,18 +11,38 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 
+from pargs_batch.batch import MicroBatchResult
 from pargs_batch.config import GenerateConfig
 from pargs_batch.io import PromptSource, RunDir, package_versions
-from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray, merge_stats, new_stats
-from pargs_batch.stepper import error_rows
+from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
+from pargs_batch.rows import RowMaker
+
+
+@dataclass
+class Totals:
+    """The run's sums over finished micro-batches (phases are summed over micro-batches in flight,
+    so with several in flight they exceed the wall time)."""
+
+    phase_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    tokens: int = 0
+    error_rows: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, result: MicroBatchResult) -> None:
+        for phase, seconds in result.phase_s.items():
+            self.phase_s[phase] += seconds
+        self.tokens += result.tokens
 
 
 def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> dict:
     """Generate for every unfinished prompt of ``config.data`` into ``config.output.path``.
 
     Everything that can be checked without models (config, input columns, the output directory
-    and its earlier run) is checked before any model loads. ``models`` (from ``pool.load_models``)
+    and its earlier run) is checked before any model loads. ``models`` (engine, tokenizer, scorer,
+e.g. from ``models.Models.for_config``)
     runs in this process with models already loaded; otherwise ``ray.enabled`` picks the pool.
     """
     from tqdm import tqdm
@@ -35,32 +55,29 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
     if models is not None:
         pool = LocalPool(DecodeWorker.from_models(config, *models))
     elif config.ray.enabled:
-        init_ray(config)
+        init_ray(config.ray.address)
         pool = RayPool(config)
         records = source.ray_records()
     else:
         pool = LocalPool(DecodeWorker(config))
 
     startup = time.perf_counter() - started
-    stats, errors = new_stats(), 0
-    llm, rm = config.model.path, config.reward.path or None
+    totals, row_maker = Totals(), RowMaker(config.decode, config.model.path, config.reward.path or None)
     bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress, dynamic_ncols=True)
 
     def write_next() -> None:
-        nonlocal errors
         prompts, (status, payload) = pool.next_result()
         candidates = []
         if status == "ok":
-            rows = payload["rows"]
-            candidates = payload["candidates"] if config.output.keep_all_candidates else []
-            merge_stats(stats, payload)
+            rows = payload.rows
+            candidates = payload.candidates if config.output.keep_all_candidates else []
+            totals.add(payload)
         else:
-            rows = error_rows(prompts, config.decode, llm, rm,
-                              f"micro-batch failed after {config.ray.max_retries} retries: {payload}")
+            rows = row_maker.errors(prompts, f"micro-batch failed after {config.ray.max_retries} retries: {payload}")
         t0 = time.perf_counter()
         run.write(rows, candidates)
-        stats["phase_s"]["io"] += time.perf_counter() - t0
-        errors += sum(r.error is not None for r in rows)
+        totals.phase_s["io"] += time.perf_counter() - t0
+        totals.error_rows += sum(r.error is not None for r in rows)
         bar.update(len(rows))
 
     try:
@@ -74,18 +91,18 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
         bar.close()
         pool.shutdown()
 
-    wall = time.perf_counter() - stats["start"]
+    wall = time.perf_counter() - totals.start
     summary = {
         "method": config.decode.method,
         "rows": run.rows,
         "resumed_rows": run.resumed_rows,
-        "error_rows": errors,
+        "error_rows": totals.error_rows,
         "shards": run.shards,
-        "tokens": stats["tokens"],
+        "tokens": totals.tokens,
         "startup_s": round(startup, 3),
         "wall_s": round(wall, 3),
-        "tokens_per_s": round(stats["tokens"] / wall, 1) if wall > 0 else 0.0,
-        "phase_s": {k: round(v, 3) for k, v in sorted(stats["phase_s"].items())},
+        "tokens_per_s": round(totals.tokens / wall, 1) if wall > 0 else 0.0,
+        "phase_s": {k: round(v, 3) for k, v in sorted(totals.phase_s.items())},
         "workers": config.ray.num_workers if config.ray.enabled and models is None else 1,
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "output": str(run.path),

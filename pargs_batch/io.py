@@ -18,8 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pargs_batch.batch import PromptRow, ResponseRow, candidates_table, to_table
-from pargs_batch.config import ConfigError, DataConfig
+from pargs_batch.batch import CandidateRow, PromptRow, ResponseRow, candidates_table, to_table
+from pargs_batch.config import DataConfig
+from pargs_batch.configlib import ConfigError
 
 
 def prompt_error(prompt: Any) -> str | None:
@@ -232,7 +233,7 @@ class RunDir:
         """Whether a prompt's rows were written by an earlier run (all its samples share a shard)."""
         return (row_id, 0) in self.finished
 
-    def write(self, rows: list[ResponseRow], candidates: list[dict] = ()) -> Path:
+    def write(self, rows: list[ResponseRow], candidates: list[CandidateRow] = ()) -> Path:
         """One shard (and, for best-of-n with keep_all_candidates, its candidates), then the manifest."""
         name = f"shard-{self.next_shard:05d}.parquet"
         path = self.path / name

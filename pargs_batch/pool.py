@@ -1,15 +1,16 @@
 """Workers that turn micro-batches of prompts into rows, in this process or as a Ray actor pool.
 
 ``DecodeWorker`` is a plain class: one vLLM engine, the LLM's tokenizer and a reward scorer that
-may be local or a Ray actor. Its engine sits behind a lock, so when a worker runs two micro-batches
-at once (two threads of a Ray actor) the engine steps one while the reward actor scores the
-other's candidates.
+may be local or on Ray reward actors (``scorers.reward_placement`` says which). Its engine sits
+behind a lock, so when a worker runs two micro-batches at once (two threads of a Ray actor) the
+engine steps one while the reward actor scores the other's candidates.
 
-``RayPool`` builds the actors from the plain classes with ``ray.remote(...)`` only here: N decode
-workers and M <= N reward actors (shared round-robin), each with configured resources (fractional
-GPUs let an engine and its reward model share a device). Dead actors are restarted and their
-micro-batches retried by Ray up to ``ray.max_retries`` times; after that the driver writes those
-rows as errors. ``LocalPool`` is the same interface without Ray.
+Ray appears only here: ``RayPool`` builds N decode-worker actors and M <= N reward actors from the
+plain classes with ``ray.remote(...)``, each with configured resources (fractional GPUs let an
+engine and its reward model share a device). Dead actors are restarted and their micro-batches
+retried by Ray up to ``ray.max_retries`` times; after that the driver writes those rows as errors.
+``LocalPool`` is the same interface without Ray. ``reward_actors`` and ``RemoteScorer`` are also
+how the evaluation job scores on Ray.
 """
 
 from __future__ import annotations
@@ -17,42 +18,29 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import defaultdict
 
-from pargs_batch.batch import PromptRow
+from pargs_batch.batch import MicroBatchResult, PromptRow, Runner
 from pargs_batch.config import GenerateConfig, RewardConfig
-from pargs_batch.decoding import METHODS
+from pargs_batch.engine import IN_PROCESS_ENGINE_ENV
+from pargs_batch.models import Models
+from pargs_batch.rows import RowMaker
+from pargs_batch.scorers import guides_in_engine, reward_placement
 
 
-def load_models(config: GenerateConfig, with_scorer: bool = True):
-    """The engine, the LLM's tokenizer and (for guided methods) the reward scorer, in this process."""
-    from transformers import AutoTokenizer
+def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
+    """The runner of ``config``: best-of-n, fused (guidance inside vLLM) or stepped."""
+    rows = RowMaker(config.decode, config.model.path, config.reward.path or None)
+    if config.decode.method == "best-of-n":
+        from pargs_batch.bestofn import BestOfN
 
-    from pargs_batch.engine import Engine
+        return BestOfN(engine, tokenizer, config.decode, rows, scorer)
+    if config.engine.mode == "fused":
+        from pargs_batch.fused import FusedRunner
 
-    guided = METHODS[config.decode.method].uses_reward
-    tokenizer_path = config.model.tokenizer or config.model.path
-    if config.engine.mode == "fused" and config.decode.method != "best-of-n":
-        from pargs_batch.fused import engine_kwargs
+        return FusedRunner(engine, tokenizer, config.decode, rows)
+    from pargs_batch.stepper import Stepper
 
-        # the reward model loads inside the engine, beside the logits processor
-        engine = Engine(config.model, fused=engine_kwargs(config.reward if guided else None, tokenizer_path))
-        return engine, AutoTokenizer.from_pretrained(tokenizer_path), None
-    engine = Engine(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    scorer = make_scorer(config.reward, len(tokenizer)) if guided and with_scorer else None
-    return engine, tokenizer, scorer
-
-
-def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
-    """The reward scorer ``reward.backend`` names."""
-    if reward.backend == "causal":
-        from pargs_batch.causal_reward import CausalRewardScorer
-
-        return CausalRewardScorer(reward, llm_vocab_size)
-    from pargs_batch.reward import HFRewardScorer
-
-    return HFRewardScorer(reward)
+    return Stepper(engine, tokenizer, config.decode, rows, scorer)
 
 
 class LockedEngine:
@@ -81,62 +69,65 @@ class LockedEngine:
 
 
 class RemoteScorer:
-    """A reward scorer living in a Ray actor, called like a local one."""
+    """A reward scorer on one or more Ray actors, called like a local one: a call is split evenly
+    across the actors and the scores come back in input order."""
 
-    def __init__(self, actor):
-        self.actor = actor
+    def __init__(self, actors: list):
+        self.actors = list(actors)
 
-    def score(self, prompts, responses):
+    def score(self, prompts: list[str], responses: list[str]):
+        import numpy as np
         import ray
 
-        return ray.get(self.actor.score.remote(prompts, responses))
+        n = len(self.actors)
+        if n == 1:
+            return ray.get(self.actors[0].score.remote(prompts, responses))
+        parts = [a.score.remote(prompts[i::n], responses[i::n]) for i, a in enumerate(self.actors)]
+        out = np.zeros(len(prompts), dtype=np.float32)
+        for i, part in enumerate(ray.get(parts)):
+            out[i::n] = part
+        return out
+
+
+def reward_actors(reward: RewardConfig, count: int, resources: dict, max_retries: int = 0) -> list:
+    """``count`` Ray actors, each loading the ``hf`` scorer of ``reward`` (a first call waits for it)."""
+    import ray
+
+    from pargs_batch.reward import HFRewardScorer
+
+    cls = ray.remote(HFRewardScorer).options(**resources, max_restarts=max_retries, max_task_retries=max_retries)
+    return [cls.remote(reward) for _ in range(count)]
 
 
 class DecodeWorker:
-    """Steps micro-batches through its own engine; thread-safe for concurrent ``generate`` calls."""
+    """Runs micro-batches through its own engine; thread-safe for concurrent ``generate`` calls."""
 
     def __init__(self, config: GenerateConfig, scorer=None):
+        """``scorer``: a remote reward scorer; None loads what the config needs in this process."""
         self.config = config
-        self.engine, self.tokenizer, local_scorer = load_models(config, with_scorer=scorer is None)
-        self.scorer = scorer or local_scorer
+        self.engine, self.tokenizer, local = Models().for_config(config, load_scorer=scorer is None)
+        self.scorer = scorer or local
         self.lock = threading.Lock()
 
     @classmethod
-    def from_models(cls, config: GenerateConfig, engine, tokenizer, scorer) -> "DecodeWorker":
-        """A worker around models already loaded (tests and the demo share them)."""
+    def from_models(cls, config: GenerateConfig, engine, tokenizer, scorer) -> DecodeWorker:
+        """A worker around models already loaded (tests, the demo and the bench share them)."""
         worker = cls.__new__(cls)
         worker.config, worker.engine, worker.tokenizer, worker.scorer = config, engine, tokenizer, scorer
         worker.lock = threading.Lock()
         return worker
 
-    def generate(self, prompts: list[PromptRow]) -> dict:
+    def generate(self, prompts: list[PromptRow]) -> MicroBatchResult:
         """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count."""
-        from pargs_batch.bestofn import BestOfN
-        from pargs_batch.stepper import Stepper
-
-        c = self.config
         engine = LockedEngine(self.engine, self.lock)
-        args = (engine, self.scorer, self.tokenizer, c.decode)
-        names = {"llm_name": c.model.path, "reward_name": c.reward.path or None}
-        if c.decode.method == "best-of-n":
-            runner = BestOfN(*args, **names)
-            rows, candidates = runner.run(prompts)
-        elif c.engine.mode == "fused":
-            from pargs_batch.fused import FusedRunner
-
-            runner = FusedRunner(*args, **names)
-            rows, candidates = runner.run(prompts), []
-        else:
-            runner = Stepper(*args, **names)
-            rows, candidates = runner.run(prompts), []
-        phases = dict(runner.timings)
+        result = make_runner(self.config, engine, self.tokenizer, self.scorer).run(prompts)
         # the engine phase is the engine's own work; queueing behind another micro-batch is apart
-        phases["engine"] = phases.get("engine", 0.0) - engine.wait_s
-        phases["engine_wait"] = engine.wait_s
-        return {"rows": rows, "candidates": candidates, "phase_s": phases, "tokens": runner.tokens_generated}
+        result.phase_s["engine"] = result.phase_s.get("engine", 0.0) - engine.wait_s
+        result.phase_s["engine_wait"] = engine.wait_s
+        return result
 
-    def pid(self) -> int:
-        return os.getpid()
+    def ready(self) -> bool:
+        return True
 
 
 class LocalPool:
@@ -169,26 +160,22 @@ class RayPool:
     def __init__(self, config: GenerateConfig):
         import ray
 
-        from pargs_batch.reward import HFRewardScorer
-
         r = config.ray
-        retry = {"max_restarts": r.max_retries, "max_task_retries": r.max_retries}
         self.rewards = []
-        # the causal backend keeps per-sequence state and fused mode scores inside the engine:
-        # both keep the reward model in each decode worker, beside the engine
-        if METHODS[config.decode.method].uses_reward and config.reward.backend == "hf" \
-                and config.engine.mode == "stepped":
-            reward_cls = ray.remote(HFRewardScorer).options(**r.reward_resources, **retry)
-            self.rewards = [reward_cls.remote(config.reward) for _ in range(r.num_reward_actors or r.num_workers)]
-        worker_cls = ray.remote(DecodeWorker).options(
-            **r.engine_resources, **retry, max_concurrency=r.inflight_per_worker)
+        if reward_placement(config, on_ray=True) == "actor":
+            self.rewards = reward_actors(config.reward, r.num_reward_actors or r.num_workers, r.reward_resources,
+                                         r.max_retries)
+        options = dict(r.engine_resources, max_restarts=r.max_retries, max_task_retries=r.max_retries,
+                       max_concurrency=r.inflight_per_worker)
+        if guides_in_engine(config):  # set as the actor's process starts (see engine.IN_PROCESS_ENGINE_ENV)
+            options["runtime_env"] = {"env_vars": dict(IN_PROCESS_ENGINE_ENV)}
+        worker_cls = ray.remote(DecodeWorker).options(**options)
         self.workers = [
-            worker_cls.remote(config, RemoteScorer(self.rewards[i % len(self.rewards)]) if self.rewards else None)
+            worker_cls.remote(config, RemoteScorer([self.rewards[i % len(self.rewards)]]) if self.rewards else None)
             for i in range(r.num_workers)]
-        # wait for the engines to load, so that start-up is not counted as generation time
-        ray.get([w.pid.remote() for w in self.workers] + [a.score.remote([], []) for a in self.rewards])
+        # wait for the models to load, so that start-up is not counted as generation time
+        ray.get([w.ready.remote() for w in self.workers] + [a.score.remote([], []) for a in self.rewards])
         self.capacity = r.num_workers * r.inflight_per_worker
-        self.per_worker = r.inflight_per_worker
         self.load = [0] * r.num_workers
         self.inflight: dict = {}  # ObjectRef -> (key, worker index)
 
@@ -202,7 +189,7 @@ class RayPool:
         return len(self.inflight)
 
     def next_result(self):
-        """The next finished micro-batch: (key, ("ok", (rows, stats)) | ("error", cause))."""
+        """The next finished micro-batch: (key, ("ok", MicroBatchResult) | ("error", cause))."""
         import ray
 
         (ref,), _ = ray.wait(list(self.inflight), num_returns=1)
@@ -214,11 +201,6 @@ class RayPool:
             cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             return key, ("error", f"{type(e).__name__}: {cause}")
 
-    def worker_pids(self) -> list[int]:
-        import ray
-
-        return ray.get([w.pid.remote() for w in self.workers])
-
     def shutdown(self) -> None:
         import ray
 
@@ -226,8 +208,8 @@ class RayPool:
             ray.kill(actor)
 
 
-def init_ray(config: GenerateConfig) -> None:
-    """Join the configured cluster (or RAY_ADDRESS, as under `ray job submit`), else start a local Ray.
+def init_ray(address: str | None = None) -> None:
+    """Join ``address`` (or RAY_ADDRESS, as under `ray job submit`), else start a local Ray.
 
     Only a Ray started here gets our worker environment: on a cluster the job's own runtime_env
     (working_dir, pip, env_vars) must stay in force, so nothing is passed that would replace it.
@@ -236,18 +218,8 @@ def init_ray(config: GenerateConfig) -> None:
 
     if ray.is_initialized():
         return
-    if config.ray.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=config.ray.address)
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
     else:
         ray.init(runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
                                            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}})
-
-
-def merge_stats(total: dict, stats: dict) -> None:
-    for phase, seconds in stats["phase_s"].items():
-        total["phase_s"][phase] += seconds
-    total["tokens"] += stats["tokens"]
-
-
-def new_stats() -> dict:
-    return {"phase_s": defaultdict(float), "tokens": 0, "start": time.perf_counter()}

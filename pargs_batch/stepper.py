@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import PromptRow, ResponseRow
+from pargs_batch.batch import MicroBatchResult, PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.detok import DetokState, IncrementalDetokenizer
+from pargs_batch.rows import RowMaker, tokenize_prompts
 
 
 @dataclass
@@ -37,59 +38,14 @@ def _first_stop(text: str, start: int, stops: list[str]) -> int:
     return min(hits) if hits else -1
 
 
-def response_row(decode: DecodeConfig, llm_name: str, reward_name: str | None, id: str, sample_index: int,
-                 prompt, response: str, token_ids: list[int], finish_reason: str,
-                 rewards: list[float] | None, error: str | None = None) -> ResponseRow:
-    """One output row; a prompt that is not a string is stored as null."""
-    return ResponseRow(
-        id=id, sample_index=sample_index, prompt=prompt if isinstance(prompt, str) else None,
-        response=response, response_token_ids=token_ids, finish_reason=finish_reason,
-        method=decode.method, beta=decode.beta, k=decode.top_k, temperature=decode.temperature,
-        seed=decode.seed, rewards=rewards, llm=llm_name, reward_model=reward_name, error=error)
-
-
-def tokenize_prompts(prompts: list[PromptRow], tokenizer, max_model_len: int
-                     ) -> list[tuple[PromptRow, list[int] | None, str | None]]:
-    """(row, prompt token ids, why it cannot be generated) for each prompt, in order."""
-    good = [i for i, p in enumerate(prompts) if p.error is None]
-    encoded = dict(zip(good, tokenizer([prompts[i].prompt for i in good])["input_ids"] if good else []))
-    out = []
-    for i, p in enumerate(prompts):
-        ids, error = encoded.get(i), p.error
-        if error is None and len(ids) >= max_model_len:
-            error = f"prompt has {len(ids)} tokens; the LLM's context is {max_model_len} tokens"
-        out.append((p, ids if error is None else None, error))
-    return out
-
-
-def whole_request_jobs(prompts: list[PromptRow], tokenizer, max_model_len: int, num_samples: int, error_row):
-    """For runners that send whole responses to the engine (best-of-n, fused): one job
-    (prompt row, prompt ids, sample index) per generatable (prompt, sample), and the error rows of
-    the others keyed by (id, sample), made by ``error_row(prompt row, sample, error)``."""
-    usable = tokenize_prompts(prompts, tokenizer, max_model_len)
-    jobs = [(p, ids, s) for p, ids, error in usable if error is None for s in range(num_samples)]
-    rows = {(p.id, s): error_row(p, s, error) for p, _, error in usable if error is not None
-            for s in range(num_samples)}
-    return jobs, rows
-
-
-def error_rows(prompts: list[PromptRow], decode: DecodeConfig, llm_name: str, reward_name: str | None,
-               error: str) -> list[ResponseRow]:
-    """Rows for prompts that could not be generated at all (every sample)."""
-    return [response_row(decode, llm_name, reward_name, p.id, s, p.prompt, "", [], "error", None, error)
-            for p in prompts for s in range(decode.num_samples)]
-
-
 class Stepper:
     """Steps micro-batches through an ``Engine`` and (for guided methods) a reward scorer."""
 
-    def __init__(self, engine, scorer, tokenizer, decode: DecodeConfig, llm_name: str,
-                 reward_name: str | None):
-        self.engine, self.scorer, self.tokenizer, self.decode = engine, scorer, tokenizer, decode
+    def __init__(self, engine, tokenizer, decode: DecodeConfig, rows: RowMaker, scorer=None):
+        self.engine, self.tokenizer, self.decode, self.rows, self.scorer = engine, tokenizer, decode, rows, scorer
         self.method = decoding.METHODS[decode.method]
         if self.method.uses_reward and scorer is None:
             raise ValueError(f"method {decode.method} needs a reward scorer")
-        self.llm_name, self.reward_name = llm_name, reward_name
         self.detok = IncrementalDetokenizer(tokenizer)
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.timings: dict[str, float] = defaultdict(float)
@@ -97,11 +53,6 @@ class Stepper:
         # a causal reward backend scores candidate token ids against its kept KV state
         self.incremental = self.method.uses_reward and getattr(scorer, "incremental", False)
         self.session = None
-
-    def _row(self, id: str, sample_index: int, prompt, response: str, token_ids: list[int],
-             finish_reason: str, rewards: list[float] | None, error: str | None = None) -> ResponseRow:
-        return response_row(self.decode, self.llm_name, self.reward_name, id, sample_index, prompt,
-                            response, token_ids, finish_reason, rewards, error)
 
     def _start(self, prompts: list[PromptRow]) -> tuple[list[_Sequence], list[ResponseRow]]:
         """Tokenise the prompts; rows that cannot be generated become error rows at once."""
@@ -111,7 +62,7 @@ class Stepper:
         for (p, prompt_ids, error), id_hash in zip(usable, hashes):
             for s in range(self.decode.num_samples):
                 if error is not None:
-                    errors.append(self._row(p.id, s, p.prompt, "", [], "error", None, error))
+                    errors.append(self.rows.error(p, s, error))
                 else:
                     seqs.append(_Sequence(p.id, s, p.prompt, prompt_ids, id_hash, self.detok.start(prompt_ids)))
         return seqs, errors
@@ -172,7 +123,7 @@ class Stepper:
             self.timings["reward"] += clock() - t3
         return tokens
 
-    def run(self, prompts: list[PromptRow]) -> list[ResponseRow]:
+    def run(self, prompts: list[PromptRow]) -> MicroBatchResult:
         """Generate ``num_samples`` responses for each prompt; one row per (prompt, sample)."""
         active, done = self._start(prompts)
         if self.incremental and active:
@@ -190,13 +141,14 @@ class Stepper:
                     still.append(seq)
                     kept.append(i)
                 else:
-                    done.append(self._row(seq.id, seq.sample_index, seq.prompt, seq.detok.text,
-                                          seq.token_ids, reason,
-                                          seq.rewards if self.method.uses_reward else None))
+                    done.append(self.rows.row(seq.id, seq.sample_index, seq.prompt, seq.detok.text,
+                                              seq.token_ids, reason,
+                                              seq.rewards if self.method.uses_reward else None))
             self.tokens_generated += len(active)
             if self.incremental and still:
                 self.scorer.keep(self.session, kept)
             active = still
         self.session = None
         order = {(p.id, s): i for i, p in enumerate(prompts) for s in range(self.decode.num_samples)}
-        return sorted(done, key=lambda r: order[(r.id, r.sample_index)])
+        rows = sorted(done, key=lambda r: order[(r.id, r.sample_index)])
+        return MicroBatchResult(rows, phase_s=dict(self.timings), tokens=self.tokens_generated)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pargs_batch.config import ConfigError, check_model_path, one_of, option, positive
+from pargs_batch.configlib import ConfigError, check_model_path, one_of, option, positive
 from rm_training.data import FORMATS
 from rm_training.prefixes import STRATEGIES
 

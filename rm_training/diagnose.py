@@ -2,12 +2,13 @@
 
 Held-out pairwise accuracy on whole responses and on prefix pairs, bucketed by how far into the
 longer response the prefix goes. A full-sequence reward model may be near chance on early
-prefixes; a partial-sequence one should not be. Used at the end of training and by
-`pargs-batch diagnose-rm`.
+prefixes; a partial-sequence one should not be. Used at the end of training, by the demo, and
+as `pargs-batch diagnose-rm` (added to the CLI through the ``pargs_batch.commands`` entry point).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,48 @@ def plot(results: dict[str, dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def diagnose_models(reward_models: dict, pairs_file: str, out: str | Path, fmt: str = "generic",
+                    limit: int | None = None, log=print) -> dict:
+    """``diagnose`` each named reward model (name -> ``pargs_batch.config.RewardConfig``) on the
+    preference triples of ``pairs_file``; prints a table each, writes ``diagnose.json`` and
+    ``prefix_accuracy.png`` to ``out``, returns name -> result."""
+    from pargs_batch.reward import HFRewardScorer
+    from rm_training import data as prefs
+
+    rows, _ = prefs.read_rows(pairs_file)
+    columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+    triples, report = prefs.to_triples(rows, fmt, columns, limit)
+    results = {}
+    for name, reward in reward_models.items():
+        results[name] = diagnose(HFRewardScorer(reward), triples)
+        log(table(results[name], name))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diagnose.json").write_text(json.dumps({"pairs_file": pairs_file, "data": report.to_dict(),
+                                                   "reward_models": results}, indent=2))
+    plot(results, out / "prefix_accuracy.png")
+    return results
+
+
+def add_command(sub) -> None:
+    """`pargs-batch diagnose-rm` (the ``pargs_batch.commands`` entry point)."""
+    cmd = sub.add_parser("diagnose-rm", help="does a reward model rank partial responses like whole ones?")
+    cmd.add_argument("--reward-model", action="append", required=True, help="checkpoint (repeat to compare)")
+    cmd.add_argument("--pairs", required=True, help=".jsonl/.parquet preference triples (held out)")
+    cmd.add_argument("--format", default="generic", choices=["generic", "hh", "tldr"])
+    cmd.add_argument("--template", default="{prompt}{response}", help="as reward.template")
+    cmd.add_argument("--limit", type=int, default=None, help="use the first N rows")
+    cmd.add_argument("--out", default="outputs/diagnose", help="where diagnose.json and the plot go")
+    cmd.set_defaults(func=_diagnose_command)
+
+
+def _diagnose_command(args) -> int:
+    from pargs_batch.config import RewardConfig
+
+    models = {path: RewardConfig(path=path, template=args.template) for path in args.reward_model}
+    diagnose_models(models, args.pairs, args.out, args.format, args.limit)
+    out = Path(args.out)
+    print(f"written: {out / 'diagnose.json'}, {out / 'prefix_accuracy.png'}")
+    return 0

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 
-from pargs_batch.config import ConfigError, load_config
+from pargs_batch.configlib import ConfigError, load_config
 from rm_training import data as prefs
 from rm_training.config import TrainConfig
 from rm_training.prefixes import prefix_pairs

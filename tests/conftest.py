@@ -10,11 +10,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # nothing can be downloaded here: fail fast instead of waiting on the hub's timeouts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# fused mode needs vLLM's engine in the test process (engine.IN_PROCESS_ENGINE_ENV), and vLLM fixes
+# the layout for the whole process once an in-process engine has run: set it once, here, before any
+# engine starts. Ray actors start with vLLM's default layout, as on a cluster (ray_local below).
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
-    from pargs_batch.world.tiny import build_tiny_world
+    from experiments.world.tiny import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("world"))
 
@@ -109,6 +113,7 @@ def ray_local():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}})
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING",
+                              "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}})
     yield ray
     ray.shutdown()

@@ -15,7 +15,7 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
     world_dir = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "bench", "--reduced-world", "--world-dir", world_dir, "--out", str(tmp_path),
                              "--batch-sizes", "2,4", "--new-tokens", "6", "--reference-prompts", "1",
-                             "--prefix-lengths", "8,32", "--pairs", "world"],
+                             "--prefix-lengths", "8,32", "--model-sets", "world"],
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "×plain" in result.stdout and "meas/bound" in result.stdout and "targets:" in result.stdout

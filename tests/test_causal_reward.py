@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pargs_batch.config import ConfigError, GenerateConfig, RewardConfig, build
+from pargs_batch.config import GenerateConfig, RewardConfig
+
+from pargs_batch.configlib import ConfigError, build
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_causal_backend_refuses_a_bidirectional_model_and_another_template(reduc
 def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world, tmp_path):
     from pargs_batch.generate import run_generate
     from pargs_batch.io import read_output
-    from pargs_batch.pool import load_models
+    from pargs_batch.models import load_models
 
     cfg = {
         "model": {"path": reduced_world["llm"], "dtype": "float32", "max_model_len": 256,
@@ -99,7 +101,7 @@ def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world,
             cfg["reward"]["backend"] = backend
             cfg["output"]["path"] = str(tmp_path / f"greedy-{backend}")
             c = build(GenerateConfig, cfg)
-            from pargs_batch.pool import make_scorer
+            from pargs_batch.scorers import make_scorer
 
             run_generate(c, models=(models[0], tokenizer, make_scorer(c.reward, len(tokenizer))), progress=False)
             greedy[backend] = {r["id"]: r["response_token_ids"] for r in read_output(c.output.path).to_pylist()}
@@ -114,7 +116,7 @@ def test_fused_mode_with_the_causal_backend_matches_stepped(reduced_world, tmp_p
     """The logits processor keeps the causal RM's KV state across vLLM's batch changes."""
     from pargs_batch.generate import run_generate
     from pargs_batch.io import read_output
-    from pargs_batch.pool import load_models
+    from pargs_batch.models import load_models
 
     runs = {}
     for mode in ("stepped", "fused"):

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pargs_batch.batch import SCHEMA
-from pargs_batch.config import GenerateConfig, build
+from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import build
 from pargs_batch.io import read_output
 
 from conftest import base_config

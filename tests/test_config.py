@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pargs_batch.config import ConfigError, GenerateConfig, build, load_config
+from pargs_batch.config import GenerateConfig
+
+from pargs_batch.configlib import ConfigError, build, load_config
 
 from conftest import base_config
 

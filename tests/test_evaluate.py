@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pargs_batch.config import ConfigError, GenerateConfig, build
+from pargs_batch.config import GenerateConfig
+
+from pargs_batch.configlib import ConfigError, build
 from pargs_batch.evaluation.config import EvalConfig
 from pargs_batch.evaluation.judge import JudgeError
 from pargs_batch.evaluation.run import run_evaluate
 from pargs_batch.generate import run_generate
-from pargs_batch.world.tiny import sentiment
+from experiments.world.tiny import sentiment
 
 from conftest import base_config
 
@@ -88,7 +90,7 @@ def judge_key(monkeypatch):
 def eval_config(world, runs, out, **extra):
     cfg = {"runs": [runs["pargs1"], runs["pargs3"], runs["topk"], runs["bon"]],
            "labels": ["pargs b1", "pargs b3", "topk", "best-of-n"], "output_dir": str(out),
-           "reward": {"path": world["reward_model_init"]}, "gold_reward": "pargs_batch.world.tiny:gold_reward"}
+           "reward": {"path": world["reward_model_init"]}, "gold_reward": "experiments.world.tiny:gold_reward"}
     cfg.update(extra)
     return build(EvalConfig, cfg)
 

@@ -5,7 +5,9 @@ import pytest
 from conftest import base_config
 from scipy import stats
 
-from pargs_batch.config import ConfigError, GenerateConfig, build
+from pargs_batch.config import GenerateConfig
+
+from pargs_batch.configlib import ConfigError, build
 from pargs_batch.generate import run_generate
 from pargs_batch.io import read_output
 
@@ -14,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fused_models(world, tmp_path_factory):
-    from pargs_batch.pool import load_models
+    from pargs_batch.models import load_models
 
     cfg = build(GenerateConfig, base_config(world, tmp_path_factory.mktemp("f"), engine={"mode": "fused"}))
     models = load_models(cfg)
@@ -62,7 +64,7 @@ def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engin
     rewards = scorer.score([prompt] * k, texts)
     expected = decoding.softmax(decoding.scores(logp, rewards[None, :], beta))[0]
 
-    extra = [{EXTRA_KEY: {"key": f"chi/{i}", "k": k, "beta": beta, "guided": True, "prompt": prompt}}
+    extra = [{EXTRA_KEY: {"key": f"chi/{i}", "k": k, "beta": beta, "guided": True, "greedy": False, "prompt": prompt}}
              for i in range(n)]
     out = fused_models[0].guided([ids] * n, list(range(n)), extra, max_tokens=1, temperature=1.0, stop=[])
     for i in range(n):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pargs_batch.world import gold
-from pargs_batch.world.gold import gold_reward, gold_score
+from experiments.world import gold
+from experiments.world.gold import gold_reward, gold_score
 
 CAFE = "review of the cafe , mostly the coffee :"
 PHONE = "how was my phone ? tell me about the screen :"

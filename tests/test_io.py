@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pargs_batch.batch import SCHEMA, ResponseRow
-from pargs_batch.config import ConfigError, DataConfig
+from pargs_batch.config import DataConfig
+from pargs_batch.configlib import ConfigError
 from pargs_batch.io import PromptSource, RunDir, read_output
 
 RECORDS = [{"uid": "a", "text": "hello"}, {"uid": "b", "text": ""}, {"uid": "c", "text": 42},

@@ -13,7 +13,9 @@ import psutil
 import pytest
 import yaml
 
-from pargs_batch.config import GenerateConfig, build
+from pargs_batch.config import GenerateConfig
+
+from pargs_batch.configlib import build
 from pargs_batch.generate import run_generate
 from pargs_batch.io import read_output
 

@@ -63,7 +63,8 @@ def test_long_prompts_are_cut_from_the_left_keeping_the_response(world):
 def test_a_gpt2_reward_model_without_pad_token_gets_eos(tmp_path, caplog):
     from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
-    from pargs_batch.world.tiny import TinyWorldSpec, make_corpus, train_llm_tokenizer
+    from experiments.world.tiny import TinyWorldSpec, make_corpus
+    from experiments.world.builders import train_llm_tokenizer
 
     spec = TinyWorldSpec(corpus_size=200)
     tok = train_llm_tokenizer([p + r for p, r in make_corpus(spec)], spec.llm_vocab_size, spec.llm_positions)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pargs_batch.config import RewardConfig, build
+from pargs_batch.config import RewardConfig
+
+from pargs_batch.configlib import build
 from pargs_batch.reward import HFRewardScorer
 from rm_training.config import TrainConfig
 from rm_training.train import load_tokenizer, main, train

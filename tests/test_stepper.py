@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from pargs_batch.config import GenerateConfig, build
+from pargs_batch.config import GenerateConfig
+
+from pargs_batch.configlib import build
 from pargs_batch.generate import run_generate
 from pargs_batch.io import read_output
 

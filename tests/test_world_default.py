@@ -15,7 +15,7 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
 
     from pargs_batch.config import RewardConfig
     from pargs_batch.reward import HFRewardScorer
-    from pargs_batch.world.gold import gold_reward
+    from experiments.world.gold import gold_reward
 
     w = reduced_world
     assert w["build_seconds"] < 180
@@ -80,7 +80,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert table["args"]["rouge_l"] == pytest.approx(1.0) and table["topk"]["rouge_l"] < 1.0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["evaluation_model"] == reduced_world["rm_eval"]
-    assert report["gold_reward"] == "pargs_batch.world.gold:gold_reward"
+    assert report["gold_reward"] == "experiments.world.gold:gold_reward"
     assert (tmp_path / "report" / "plots" / "gold_distribution.png").exists()
     # the diagnostic ran for the full- and the partial-sequence RMs, by prefix bucket
     assert set(demo["diagnose"]) == {"rm_full", "rm_partial", "rm_partial_causal"}

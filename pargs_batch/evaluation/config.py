@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pargs_batch.config import ConfigError, RewardConfig, option, positive
+from pargs_batch.config import RewardConfig
+
+from pargs_batch.configlib import ConfigError, option, positive
 
 
 @dataclass

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from pargs_batch.config import ConfigError
+from pargs_batch.configlib import ConfigError
 from pargs_batch.evaluation import metrics
 from pargs_batch.evaluation.config import EvalConfig
 
@@ -57,40 +57,20 @@ def import_callable(spec: str):
         raise ConfigError("gold_reward", spec, f"cannot be imported ({type(e).__name__})") from None
 
 
-class ActorScorers:
-    """The evaluation reward model on ``ray.num_actors`` Ray actors; ``score`` splits the work."""
-
-    def __init__(self, config: EvalConfig):
-        import ray
-
-        from pargs_batch.reward import HFRewardScorer
-
-        if not ray.is_initialized():
-            ray.init(address=config.ray.address)
-        actor = ray.remote(HFRewardScorer).options(**config.ray.resources)
-        self.actors = [actor.remote(config.reward) for _ in range(config.ray.num_actors)]
-
-    def score(self, prompts: list[str], responses: list[str]):
-        import numpy as np
-        import ray
-
-        n = len(self.actors)
-        parts = [a.score.remote(prompts[i::n], responses[i::n]) for i, a in enumerate(self.actors)]
-        out = np.zeros(len(prompts), dtype=np.float32)
-        for i, part in enumerate(ray.get(parts)):
-            out[i::n] = part
-        return out
-
-
 def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dict[str, dict]:
     """Per run: rows, error rows, reward ± SE (evaluation RM and gold), diversity, raw scores."""
     from tqdm import tqdm
 
     scorer = None
-    if config.reward.path:
+    if config.reward.path and config.ray.enabled:  # the generation pool's reward actors, sharing the work
+        from pargs_batch.pool import RemoteScorer, init_ray, reward_actors
+
+        init_ray(config.ray.address)
+        scorer = RemoteScorer(reward_actors(config.reward, config.ray.num_actors, config.ray.resources))
+    elif config.reward.path:
         from pargs_batch.reward import HFRewardScorer
 
-        scorer = ActorScorers(config) if config.ray.enabled else HFRewardScorer(config.reward)
+        scorer = HFRewardScorer(config.reward)
     gold = import_callable(config.gold_reward) if config.gold_reward else None
     results = {}
     for label, run in tqdm(runs.items(), desc="score runs", unit="run", disable=not progress):

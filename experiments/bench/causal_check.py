@@ -1,6 +1,6 @@
 """Check the causal reward backend on this machine's device (CUDA where there is one).
 
-    python jobs/causal_reward_check.py [LLM_TOKENIZER_DIR] [OUT_DIR]
+    python -m experiments.bench.causal_check [LLM_TOKENIZER_DIR] [OUT_DIR]
 
 Builds a random 2 x 512 causal reward model with the given tokenizer (default: the default world's,
 outputs/world/llm), checks that 64 incremental steps equal full recomputation, and times one reward
@@ -19,14 +19,16 @@ import numpy as np
 def main(tokenizer_dir: str = "outputs/world/llm", out_dir: str = "outputs/bench") -> dict:
     import torch
 
-    from pargs_batch.bench import curve_model, reward_vs_prefix
-    from pargs_batch.causal_reward import CausalRewardScorer
     from pargs_batch.config import RewardConfig
+    from pargs_batch.scorers import make_scorer
+
+    from experiments.bench.curve import reward_vs_prefix
+    from experiments.bench.models import curve_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = curve_model(out / "curve-rm", {"llm": tokenizer_dir})
-    scorer = CausalRewardScorer(RewardConfig(path=model, backend="causal", batch_size=1024))
+    scorer = make_scorer(RewardConfig(path=model, backend="causal", batch_size=1024))
     rng = np.random.default_rng(0)
     vocab = scorer.model.config.vocab_size
     seqs = [list(map(int, rng.integers(1, vocab, n))) for n in (5, 17, 9, 30)]

@@ -1,5 +1,8 @@
 """`pargs-batch demo`: the paper's Table 1 in miniature on the default world, offline.
 
+An experiment on top of the library: it builds configs as a user's YAML would and calls
+``run_generate``, ``run_evaluate`` and ``diagnose_models`` like any caller.
+
 Builds (or reuses) the default world, generates for its held-out prompts with every method - one
 vLLM engine and one scorer per reward model shared by all runs - evaluates the runs with the
 evaluation job (separate evaluation RM, gold reward, ROUGE-L diversity), checks the guidance RMs on
@@ -22,16 +25,17 @@ class DemoRun:
     backend: str = "hf"
 
 
+PARGS = DemoRun("pargs", "pargs", "rm_partial")  # also the run the beta sweep repeats
 DEMO_RUNS = (
     DemoRun("topk", "topk", None),
     DemoRun("args", "args", "rm_full"),
     DemoRun("pargs-greedy", "pargs-greedy", "rm_partial"),
-    DemoRun("pargs", "pargs", "rm_partial"),
+    PARGS,
     DemoRun("pargs-causal-rm", "pargs", "rm_partial_causal", backend="causal"),  # the KV-keeping path
     DemoRun("best-of-n", "best-of-n", "rm_full"),
 )
-DEMO_METHODS = tuple(r.label for r in DEMO_RUNS)
 DIAGNOSED = ("rm_full", "rm_partial", "rm_partial_causal")
+WORLD_DIR = "outputs/world"
 
 
 def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta: float,
@@ -51,7 +55,7 @@ def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta
 
 
 def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
-    from pargs_batch.world.default import DefaultWorldSpec, build_default_world
+    from experiments.world.default import DefaultWorldSpec, build_default_world
 
     t0 = time.perf_counter()
     spec = DefaultWorldSpec.reduced() if reduced else DefaultWorldSpec()
@@ -61,39 +65,20 @@ def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
     return world
 
 
-class SharedModels:
-    """One engine and tokenizer for every run, one scorer per reward model and backend, loaded on first use."""
-
-    def __init__(self, config):
-        from transformers import AutoTokenizer
-
-        from pargs_batch.engine import Engine
-
-        self.engine = Engine(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model.path)
-        self.scorers = {}
-
-    def for_config(self, config):
-        from pargs_batch.pool import make_scorer
-
-        key = (config.reward.path, config.reward.backend)
-        if config.reward.path and key not in self.scorers:
-            self.scorers[key] = make_scorer(config.reward, len(self.tokenizer))
-        return self.engine, self.tokenizer, self.scorers.get(key)
-
-
-def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world-default", num_prompts: int = 256,
+def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prompts: int = 256,
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
              sweep_beta: list[float] | None = None, reduced_world: bool = False) -> dict:
-    from pargs_batch.config import GenerateConfig, build
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import build
     from pargs_batch.generate import run_generate
+    from pargs_batch.models import Models
 
     start = time.perf_counter()
     world = ensure_world(world_dir, reduced_world)
     out = Path(out_dir)
     configs = {r.label: build(GenerateConfig, demo_config(world, r, out, num_prompts, beta, max_new_tokens,
                                                           num_samples)) for r in DEMO_RUNS}
-    models = SharedModels(configs["topk"])
+    models = Models()  # one engine for every run, one scorer per reward model and backend
     summaries = {}
     for label, config in configs.items():
         summaries[label] = run_generate(config, models=models.for_config(config))
@@ -108,6 +93,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world-defa
               "diagnose": diagnosis, "generate_seconds": round(generate_s, 1)}
     if sweep_beta:
         result["sweep"] = sweep(world, out, models, num_prompts, sweep_beta, max_new_tokens)
+    models.close()
     result["seconds"] = round(time.perf_counter() - start, 1)
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     print(f"\ndemo done in {result['seconds']} s (world cached); table, report, plots and runs in {out}/")
@@ -116,7 +102,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = "outputs/world-defa
 
 def evaluate(world: dict, out: Path, configs: dict) -> dict:
     """The evaluation job on every run: evaluation RM (never a guidance one), gold reward, ROUGE-L."""
-    from pargs_batch.config import build
+    from pargs_batch.configlib import build
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.evaluation.run import run_evaluate
 
@@ -156,35 +142,25 @@ def format_table(rows: list[dict], beta: float, num_samples: int) -> str:
 def diagnose_guidance(world: dict, out: Path) -> dict:
     """`diagnose-rm` for the guidance reward models on the held-out preference pairs."""
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer
-    from rm_training import data as prefs
-    from rm_training.diagnose import diagnose, plot, table
+    from rm_training.diagnose import diagnose_models
 
-    rows, _ = prefs.read_rows(world["preferences"]["heldout"])
-    triples, _ = prefs.to_triples(rows, "generic", {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})
-    results = {}
-    for key in DIAGNOSED:
-        scorer = HFRewardScorer(RewardConfig(path=world[key], template=world["template"], max_length=128,
-                                             batch_size=512))
-        results[key] = diagnose(scorer, triples)
-        print("\n" + table(results[key], key))
-    (out / "diagnose").mkdir(parents=True, exist_ok=True)
-    (out / "diagnose" / "diagnose.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "diagnose" / "prefix_accuracy.png")
-    return results
+    models = {key: RewardConfig(path=world[key], template=world["template"], max_length=128, batch_size=512)
+              for key in DIAGNOSED}
+    return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: print("\n" + t))
 
 
-def sweep(world: dict, out: Path, models: SharedModels, num_prompts: int, betas: list[float],
+def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],
           max_new_tokens: int) -> dict:
     """The paper's Table 4: pargs at each beta, evaluation RM and gold reward, with a plot."""
-    from pargs_batch.config import GenerateConfig, build
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import build
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.evaluation.run import run_evaluate
     from pargs_batch.generate import run_generate
 
     runs = []
     for beta in betas:
-        cfg = demo_config(world, DEMO_RUNS[3], out / "sweep", num_prompts, beta, max_new_tokens, 1)
+        cfg = demo_config(world, PARGS, out / "sweep", num_prompts, beta, max_new_tokens, 1)
         cfg["output"]["path"] = str(out / "sweep" / f"pargs-beta{beta:g}")
         config = build(GenerateConfig, cfg)
         run_generate(config, models=models.for_config(config))

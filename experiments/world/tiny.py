@@ -2,7 +2,7 @@
 
 Nothing here is downloaded. Everything is built from a seed and saved as ordinary Hugging Face
 checkpoints, so the rest of the package loads it exactly as it would load ``gpt2-large`` or a
-DeBERTa reward model. The tests and ``pargs-batch demo`` both use it.
+DeBERTa reward model. The unit tests use it (``pargs-batch world build --kind tiny``).
 
 The LLM is a two-layer GPT-2 trained for a few hundred steps on the corpus, enough that it ends
 its replies with EOS. The reward model is a two-layer DeBERTa-v2 classifier with its own WordPiece
@@ -19,7 +19,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-EOS = "<|endoftext|>"
+from experiments.world.builders import new_deberta_rm, new_llm, train_llm, train_llm_tokenizer, train_rm_tokenizer
+
 WORLD_VERSION = 2  # bump when the files a world holds change, so cached worlds are rebuilt
 
 _SUBJECTS = ["the cafe", "this hotel", "the movie", "my phone", "the train", "our guide",
@@ -87,45 +88,6 @@ def write_preferences(path: str | Path, spec: TinyWorldSpec, num_triples: int = 
     return path
 
 
-def train_llm_tokenizer(texts: list[str], vocab_size: int, max_length: int):
-    """A byte-level BPE tokenizer (GPT-2 style) whose EOS also pads."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
-        model_max_length=max_length)
-
-
-def train_rm_tokenizer(texts: list[str], vocab_size: int):
-    """A lower-casing WordPiece tokenizer with [CLS]/[SEP] (BERT/DeBERTa style)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
-                                        show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-
-
 def sentiment(response: str) -> float:
     """The tiny world's notion of a good reply: pleasant words minus unpleasant ones, halved."""
     words = response.split()
@@ -158,66 +120,6 @@ def _train_rm(model, tokenizer, pairs: list[tuple[str, str]], spec: TinyWorldSpe
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
-    return float(loss.detach())
-
-
-def new_llm(tokenizer, layers: int, width: int, positions: int):
-    """A fresh GPT-2 LM over ``tokenizer`` (EOS also BOS and pad)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    eos = tokenizer.eos_token_id
-    # head_dim 32: vLLM's CPU attention kernels support no smaller head
-    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=positions, n_embd=width,
-                                      n_layer=layers, n_head=width // 32, bos_token_id=eos, eos_token_id=eos,
-                                      pad_token_id=eos))
-
-
-def new_deberta_rm(tokenizer, layers: int, width: int):
-    """A fresh DeBERTa-v2 reward model (one output) over its own ``tokenizer``."""
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
-
-    return DebertaV2ForSequenceClassification(DebertaV2Config(
-        vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=width * 2, max_position_embeddings=512, num_labels=1, pad_token_id=tokenizer.pad_token_id))
-
-
-def encode_texts(tokenizer, texts: list[str]):
-    """(ids, mask) tensors of ``text + EOS`` (EOS is a target: replies must learn to end), right-padded."""
-    import torch
-
-    ids = [tokenizer(t + EOS)["input_ids"] for t in texts]
-    width = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id
-    data = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        data[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return data, mask
-
-
-def train_llm(model, tokenizer, texts: list[str], steps: int, seed: int, lr: float = 3e-3,
-              batch_size: int = 32, decay: bool = False, progress: bool = False) -> float:
-    """AdamW steps of next-token prediction on random batches of ``texts`` (learning rate decaying
-    linearly to zero with ``decay``); returns the last loss."""
-    import torch
-    from tqdm import tqdm
-
-    data, mask = encode_texts(tokenizer, texts)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps if decay else 1.0)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in tqdm(range(steps), desc="train LM", unit="step", disable=not progress, mininterval=2):
-        rows = torch.randint(0, len(data), (batch_size,), generator=gen)
-        labels = data[rows].masked_fill(mask[rows] == 0, -100)
-        loss = model(input_ids=data[rows], attention_mask=mask[rows], labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
     model.eval()
     return float(loss.detach())
 

@@ -109,5 +109,5 @@ def gold_score(prompt: str, response: str) -> float:
 
 
 def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """Gold reward of whole responses (``gold_reward: pargs_batch.world.gold:gold_reward``)."""
+    """Gold reward of whole responses (``gold_reward: experiments.world.gold:gold_reward``)."""
     return [gold_score(p, r) for p, r in zip(prompts, responses)]

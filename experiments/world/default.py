@@ -2,7 +2,7 @@
 
 ``build_default_world(out_dir, spec)`` makes, from ``spec.seed`` alone:
 
-1. a corpus of review replies in the language of :mod:`pargs_batch.world.gold` (prompts ask about
+1. a corpus of review replies in the language of :mod:`experiments.world.gold` (prompts ask about
    one aspect of a subject; replies mix pleasant and unpleasant clauses, on and off topic, with
    fitting or clashing connectives and verdicts), split by *prompt* into train / held-out;
 2. a byte-level BPE tokenizer and a GPT-2-style causal LM trained on the train replies, with its
@@ -32,12 +32,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pargs_batch.world import gold
-from pargs_batch.world.tiny import (encode_texts, new_deberta_rm, new_llm, train_llm, train_llm_tokenizer,
-                                    train_rm_tokenizer)
+from experiments.world import gold
+from experiments.world.builders import (encode_texts, new_deberta_rm, new_llm, train_llm, train_llm_tokenizer,
+                                        train_rm_tokenizer)
 
-WORLD_VERSION = 1
-GOLD_REWARD = "pargs_batch.world.gold:gold_reward"
+WORLD_VERSION = 2  # 2: the gold reward moved to experiments.world.gold
+GOLD_REWARD = "experiments.world.gold:gold_reward"
 TEMPLATE = "{prompt}{response}"
 
 
@@ -193,7 +193,7 @@ def rm_config(spec: DefaultWorldSpec, mode: str, model: str, train: str, heldout
 
 
 def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict) -> dict:
-    from pargs_batch.config import build
+    from pargs_batch.configlib import build
     from rm_training.config import TrainConfig
     from rm_training.train import train
 

@@ -1,0 +1,68 @@
+"""`pargs-batch bench` (= `make bench`): how fast guided decoding runs, against what bounds it.
+
+For two model sets - the default world's (LLM + DeBERTa partial RM + causal GPT-2 RM) and a
+"paper ratio" pair with random weights (LLM about 20x the reward model's parameters, as
+Llama-2-7B to DeBERTa-v3-large) - and each batch size B, with k = 10 and a fixed number of new
+tokens (EOS ignored, so every configuration makes the same tokens), it times:
+
+- ``plain``: one vLLM call sampling the same tokens without guidance (the ceiling);
+- ``pargs`` in ``stepped`` mode with the ``hf`` and ``causal`` reward backends and in ``fused``
+  mode (``hf``), through the same ``run_generate`` path `pargs-batch generate` uses;
+- ``reference``: the published code's structure - one prompt at a time, the LLM through
+  transformers with its KV cache, one reward-model forward per candidate on the whole text.
+
+Each row reports tokens/s, its ratio to ``plain`` and to ``reference``, the step split
+(engine / reward / decode-and-glue) and the Section 5.3 FLOP bound per token
+(C_forward + k * C_RM, C = 2N + 2 n_layers n_ctx d_model) at the machine's measured matmul rate.
+A correctness guard reruns the timed ``pargs`` configurations through a config loaded like the
+CLI's, at another micro-batch size, and requires identical rows. The reward-vs-prefix curve
+times one reward step of each backend at growing prefix lengths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.bench.curve import plot_reward_vs_prefix, reward_vs_prefix
+from experiments.bench.flops import machine_flops
+from experiments.bench.models import curve_model, paper_ratio_set, world_set
+from experiments.bench.report import format_table, targets
+from experiments.bench.runs import K, run_model_set
+
+
+def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", batch_sizes=(1, 64, 256),
+              tokens: int = 64, reference_prompts: int = 2, prefix_lengths=(32, 64, 128, 256, 512),
+              reduced_world: bool = False, model_sets=("world", "paper-ratio")) -> dict:
+    from experiments.demo import ensure_world
+
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    world = ensure_world(world_dir, reduced_world)
+    flops = machine_flops()
+    print(f"machine: {flops / 1e9:.1f} GFLOP/s sustained float32 matmul (the FLOP bound's rate)")
+    chosen = {"world": lambda: world_set(world), "paper-ratio": lambda: paper_ratio_set(out / "paper-ratio", world)}
+    rows, shapes, guards = [], {}, {}
+    for name in model_sets:
+        ms = chosen[name]()
+        print(f"models {ms.name}: {ms.note}")
+        set_rows, shapes[ms.name], guards[ms.name] = run_model_set(ms, world, out, list(batch_sizes), tokens,
+                                                                   reference_prompts, flops)
+        rows += set_rows
+    curve = reward_vs_prefix(curve_model(out / "curve-rm", world), list(prefix_lengths))
+    plot_reward_vs_prefix(curve, out / "reward_vs_prefix.png")
+    goals = targets(rows, curve, max(batch_sizes))
+    print("\n" + format_table(rows))
+    print(f"\nreward step of {curve['model']} (d_model {curve['shape']['d_model']}), B={curve['b']}, k={K}, "
+          f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
+    for backend in ("hf", "causal"):
+        print(f"  {backend:<8}" + "".join(f"{1000 * curve[backend][x]:>9.1f}" for x in curve[backend]))
+    print("\ntargets:")
+    for g in goals:
+        print(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {g['measured']:.3g}"
+              + (f" ({g['config']})" if "config" in g else ""))
+    result = {"k": K, "new_tokens": tokens, "batch_sizes": list(batch_sizes), "machine_flops": flops,
+              "models": shapes, "rows": rows, "reward_vs_prefix": curve, "targets": goals, "guard": guards}
+    (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nwritten: {out / 'bench.json'}, {out / 'reward_vs_prefix.png'}")
+    return result

@@ -1,0 +1,45 @@
+"""The bench's table and its targets."""
+
+from __future__ import annotations
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'models':<12}{'method':<10}{'mode':<9}{'backend':<8}{'B':>4}{'tok/s':>9}{'×plain':>8}{'×ref':>8}"
+            f"{'engine':>8}{'reward':>8}{'decode':>8}{'bound ms/tok':>13}{'meas/bound':>11}")
+    lines = [head]
+    for r in rows:
+        plain = "—" if r["vs_plain"] is None else f"{r['vs_plain']:.2f}"
+        s = r["split"]
+        lines.append(f"{r['model_set']:<12}{r['method']:<10}{r['mode']:<9}{r['backend']:<8}{r['B']:>4}"
+                     f"{r['tokens_per_s']:>9.0f}{plain:>8}{r['vs_reference']:>8.1f}{s['engine']:>8.0%}"
+                     f"{s['reward']:>8.0%}{s['decode']:>8.0%}{1000 * r['bound_s_per_token']:>13.4f}"
+                     f"{r['measured_over_bound']:>11.0f}")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict], curve: dict, b_max: int) -> list[dict]:
+    def best(model_set):
+        return max((r for r in rows if r["model_set"] == model_set and r["method"] == "pargs" and r["B"] == b_max),
+                   key=lambda r: r["tokens_per_s"], default=None)
+
+    out = []
+    w = best("world")
+    if w:
+        out.append({"target": f"best pargs at B={b_max} >= 50x reference on the same models (world)",
+                    "measured": w["vs_reference"],
+                    "met": w["vs_reference"] >= 50, "config": f"{w['mode']}/{w['backend']}"})
+    p = best("paper-ratio")
+    if p:
+        out.append({"target": f"best pargs >= 1/3 of plain at B={b_max} (paper-ratio)", "measured": p["vs_plain"],
+                    "met": p["vs_plain"] >= 1 / 3, "config": f"{p['mode']}/{p['backend']}"})
+    lo, hi = min(curve["causal"]), max(curve["causal"])
+    ratio = curve["causal"][hi] / curve["causal"][lo]
+    out.append({"target": f"causal reward step at prefix {hi} <= 1.5x prefix {lo}", "measured": ratio,
+                "met": ratio <= 1.5, "hf_ratio": curve["hf"][hi] / curve["hf"][lo],
+                "flop_ratio_causal": curve["flops"]["causal"][hi] / curve["flops"]["causal"][lo],
+                "flop_ratio_hf": curve["flops"]["hf"][hi] / curve["flops"]["hf"][lo]})
+    dec = [r["split"]["decode"] for r in rows if r["mode"] == "stepped" and r["B"] == b_max]
+    if dec:
+        out.append({"target": f"decode-and-glue <= 15% of step time at B={b_max} (stepped)",
+                    "measured": max(dec), "met": max(dec) <= 0.15})
+    return out

@@ -1,0 +1,92 @@
+"""`pargs-batch world | demo | bench`: the experiments' commands, added to the library's CLI through
+the ``pargs_batch.commands`` entry points in ``pyproject.toml``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+
+
+def add_world_command(sub) -> None:
+    world = sub.add_parser("world", help="the offline worlds (LM, reward models, gold reward, prompts)")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    build = world_sub.add_parser("build", help="build (or reuse) a world")
+    build.add_argument("--kind", default="default", choices=["default", "reduced", "tiny"],
+                       help="default: the demo's trained world; reduced: its test-sized twin; "
+                            "tiny: the unit tests' fixed world")
+    build.add_argument("--out", default="outputs/world")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=_world)
+
+
+def add_demo_command(sub) -> None:
+    demo = sub.add_parser("demo", help="build the default world and compare the methods on it (Table 1)")
+    demo.add_argument("--out", default="outputs/demo", help="where the runs, report and plots are written")
+    demo.add_argument("--world-dir", default="outputs/world", help="where the world is cached")
+    demo.add_argument("--reduced-world", action="store_true", help="the test-sized world (a minute to build)")
+    demo.add_argument("--num-prompts", type=int, default=256, help="held-out prompts per method")
+    demo.add_argument("--num-samples", type=int, default=2, help="responses per prompt (ROUGE-L needs 2+)")
+    demo.add_argument("--beta", type=float, default=2.0)
+    demo.add_argument("--max-new-tokens", type=int, default=48)
+    demo.add_argument("--sweep-beta", metavar="B1,B2,...",
+                      help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
+    demo.set_defaults(func=_demo)
+
+
+def add_bench_command(sub) -> None:
+    bench = sub.add_parser("bench", help="tokens/s of plain, stepped, fused and the reference loop (make bench)")
+    bench.add_argument("--out", default="outputs/bench", help="where bench.json and the plots go")
+    bench.add_argument("--world-dir", default="outputs/world")
+    bench.add_argument("--reduced-world", action="store_true", help="the test-sized world")
+    bench.add_argument("--batch-sizes", default="1,64,256", metavar="B1,B2,...")
+    bench.add_argument("--new-tokens", type=int, default=64, help="tokens per response (EOS ignored)")
+    bench.add_argument("--reference-prompts", type=int, default=2, help="prompts the one-at-a-time loop runs")
+    bench.add_argument("--prefix-lengths", default="32,64,128,256,512", metavar="L1,L2,...",
+                       help="prefix lengths of the reward-vs-prefix curve")
+    bench.add_argument("--model-sets", default="world,paper-ratio",
+                       help="LLM + reward models to time: world, paper-ratio")
+    bench.set_defaults(func=_bench)
+
+
+def _world(args) -> int:
+    t0 = time.perf_counter()
+    if args.kind == "tiny":
+        from experiments.world.tiny import TinyWorldSpec, build_tiny_world
+
+        world = build_tiny_world(args.out, TinyWorldSpec(seed=args.seed))
+    else:
+        from experiments.world.default import DefaultWorldSpec, build_default_world
+
+        spec = DefaultWorldSpec.reduced(args.seed) if args.kind == "reduced" else DefaultWorldSpec(seed=args.seed)
+        with contextlib.redirect_stdout(sys.stderr):  # training logs; stdout carries only world.json
+            world = build_default_world(args.out, spec)
+    print(json.dumps(world, indent=2))
+    print(f"world ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _demo(args) -> int:
+    from experiments.demo import run_demo
+
+    sweep = [float(b) for b in args.sweep_beta.split(",")] if args.sweep_beta else None
+    run_demo(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts, beta=args.beta,
+             max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, sweep_beta=sweep,
+             reduced_world=args.reduced_world)
+    return 0
+
+
+def _bench(args) -> int:
+    from pargs_batch.engine import IN_PROCESS_ENGINE_ENV
+
+    os.environ.update(IN_PROCESS_ENGINE_ENV)  # the fused rows' engines; set before any engine starts
+    from experiments.bench import run_bench
+
+    result = run_bench(out_dir=args.out, world_dir=args.world_dir, reduced_world=args.reduced_world,
+                       batch_sizes=[int(b) for b in args.batch_sizes.split(",")], tokens=args.new_tokens,
+                       reference_prompts=args.reference_prompts,
+                       prefix_lengths=[int(x) for x in args.prefix_lengths.split(",")],
+                       model_sets=args.model_sets.split(","))
+    return 0 if all(all(g.values()) for g in result["guard"].values()) else 1
