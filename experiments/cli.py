@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 
@@ -79,9 +78,6 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
-    from pargs_batch.engine import IN_PROCESS_ENGINE_ENV
-
-    os.environ.update(IN_PROCESS_ENGINE_ENV)  # the fused rows' engines; set before any engine starts
     from experiments.bench import run_bench
 
     result = run_bench(out_dir=args.out, world_dir=args.world_dir, reduced_world=args.reduced_world,

@@ -21,14 +21,10 @@ COMMANDS = "pargs_batch.commands"
 def _generate(args) -> int:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import load_config
-    from pargs_batch.engine import IN_PROCESS_ENGINE_ENV
     from pargs_batch.generate import run_generate
-    from pargs_batch.scorers import guides_in_engine
 
     overrides = args.overrides + (["output.overwrite=true"] if args.overwrite else [])
     config = load_config(GenerateConfig, args.config, overrides)
-    if guides_in_engine(config) and not config.ray.enabled:  # on Ray, the pool sets it for its actors
-        os.environ.update(IN_PROCESS_ENGINE_ENV)  # before any engine starts in this process
     summary = run_generate(config, progress=not args.no_progress)
     print("summary: " + json.dumps(summary))
     return 0

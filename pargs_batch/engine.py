@@ -8,8 +8,6 @@ step. vLLM reports raw log-probabilities (before temperature or top-k), which is
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from pargs_batch import decoding
@@ -60,31 +58,15 @@ def _finish_reason(completion) -> str:
     return "stop" if isinstance(completion.stop_reason, str) else "eos"
 
 
-# Fused mode reads each chosen token's reward back from the logits processor, which runs in the
-# engine-core process: that must be the caller's process. vLLM decides the layout from this
-# variable when an engine starts and, once an in-process engine has run, caches it for the whole
-# process - so it is set once where a process starts (the CLI, the Ray pool's actors, the test
-# session), never toggled around one engine.
-IN_PROCESS_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-
-
-def engine_runs_in_process() -> bool:
-    return all(os.environ.get(k) == v for k, v in IN_PROCESS_ENGINE_ENV.items())
-
-
 class Engine:
     """A ``vllm.LLM`` that answers "which k tokens come next, and how likely is each?"."""
 
     def __init__(self, config: ModelConfig, fused: dict | None = None):
-        """``fused``: extra ``vllm.LLM`` arguments loading the guidance logits processor
-        (``fused.engine_kwargs``); such an engine must run in this process (``IN_PROCESS_ENGINE_ENV``)."""
+        """``fused``: extra ``vllm.LLM`` arguments loading the guidance logits processor and its
+        worker extension (``fused.engine_kwargs``)."""
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if fused is not None and not engine_runs_in_process():
-            raise RuntimeError("engine.mode=fused needs vLLM's engine in this process: set "
-                               + " ".join(f"{k}={v}" for k, v in IN_PROCESS_ENGINE_ENV.items())
-                               + " before the process starts (pargs-batch and the Ray pool do)")
         kwargs = dict(
             model=config.path,
             tokenizer=config.tokenizer or config.path,
@@ -152,6 +134,11 @@ class Engine:
                   for seed, extra in zip(seeds, extra_args)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
         return [(list(o.outputs[0].token_ids), o.outputs[0].text, _finish_reason(o.outputs[0])) for o in outputs]
+
+    def fused_records(self, keys: list[str]) -> dict[str, dict]:
+        """What the fused logits processor recorded for the requests ``keys`` (popped from it): the
+        reward of each chosen token and its guidance seconds (``fused.RecordsExtension``)."""
+        return self.llm.collective_rpc("pargs_batch_records", args=(list(keys),))[0]
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at interpreter exit."""

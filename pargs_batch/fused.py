@@ -14,14 +14,15 @@ and run at temperature 0. Candidates are ordered, scored and chosen by ``decodin
 the same statement of the rule the stepped loop calls, so both modes break ties alike.
 
 Per-request settings travel in ``SamplingParams.extra_args["pargs_batch"]``; each row's prompt
-ids and live output ids arrive through ``BatchUpdate``. The engine runs in-process
-(``engine.IN_PROCESS_ENGINE_ENV``) so the reward of every chosen token can be read back for
-the ``rewards`` column without a second pass.
+ids and live output ids arrive through ``BatchUpdate``. The processor lives in vLLM's worker
+process (whatever the engine's process layout) and keeps each request's record - the reward of
+every chosen token, its share of the guidance time - under the request's key; the driver fetches
+and drops them with ``collective_rpc`` through ``RecordsExtension``, vLLM's worker-extension hook,
+so the ``rewards`` column needs no second pass.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,9 +40,6 @@ from pargs_batch.config import DecodeConfig, RewardConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
 
 EXTRA_KEY = "pargs_batch"
-# key -> _Row of every guided request this process has seen; the driver pops its own
-RECORDS: dict[str, _Row] = {}
-_RECORDS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -75,7 +73,8 @@ class PargsLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config, device, is_pin_memory: bool):
         cfg = (vllm_config.additional_config or {}).get(EXTRA_KEY)
-        self.rows: dict[int, _Row] = {}
+        self.rows: dict[int, _Row] = {}  # vLLM's batch index -> row
+        self.records: dict[str, _Row] = {}  # request key -> row, until the driver fetches it
         self.scorer = self.detok = self.tokenizer = None
         self.incremental = False
         self.session, self.order = None, []  # causal backend: the RM's KV state, and whose row is whose
@@ -160,8 +159,7 @@ class PargsLogitsProcessor(LogitsProcessor):
         row = _Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
                    greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=out_ids, prompt_ids=list(prompt_ids),
                    detok=self.detok.start(prompt_ids) if guided and not self.incremental else None)
-        with _RECORDS_LOCK:
-            RECORDS[row.key] = row
+        self.records[row.key] = row
         return row
 
     def _sync(self, row: _Row | None) -> None:
@@ -278,8 +276,29 @@ def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
     from dataclasses import asdict
 
     return {"logits_processors": [PargsLogitsProcessor],
+            "worker_extension_cls": f"{__name__}.RecordsExtension",
             "additional_config": {EXTRA_KEY: {"reward": asdict(reward) if reward and reward.path else None,
                                               "tokenizer": tokenizer}}}
+
+
+class RecordsExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``): the driver's way to the records of
+    the processor in this worker, through ``LLM.collective_rpc``."""
+
+    def pargs_batch_records(self, keys: list[str]) -> dict[str, dict]:
+        """Pop the records of ``keys`` from this worker's processor: the reward of each chosen token,
+        the last step's [candidate token, reward] pairs, and the row's guidance seconds."""
+        found = {}
+        for processor in self.model_runner.input_batch.logitsprocs.all:
+            if isinstance(processor, PargsLogitsProcessor):
+                for key in keys:
+                    row = processor.records.pop(key, None)
+                    if row is not None:
+                        last = [] if row.pending is None else \
+                            [[int(t), float(r)] for t, r in zip(row.pending[0], row.pending[1])]
+                        found[key] = {"rewards": [None if r is None else float(r) for r in row.rewards],
+                                      "last_token_rewards": last, "timings": dict(row.timings)}
+        return found
 
 
 class FusedRunner:
@@ -303,18 +322,18 @@ class FusedRunner:
             t0 = time.perf_counter()
             outputs = self.engine.guided([ids for _, ids, _ in jobs], seeds.tolist(), extra, d.max_new_tokens,
                                          0.0 if method.greedy else d.temperature, d.stop, d.ignore_eos)
+            records = self.engine.fused_records(keys)
             wall = time.perf_counter() - t0
             inside = defaultdict(float)
             for key, (p, _, s), (token_ids, text, reason) in zip(keys, jobs, outputs):
-                with _RECORDS_LOCK:
-                    record = RECORDS.pop(key, None)
+                record = records.get(key)
                 rewards = None
                 if method.uses_reward and record is not None:
-                    rewards = list(record.rewards[: len(token_ids)])
+                    rewards = list(record["rewards"][: len(token_ids)])
                     if len(rewards) < len(token_ids):
-                        rewards.append(record.reward_of(token_ids[-1]))
+                        rewards.append(dict(map(tuple, record["last_token_rewards"])).get(token_ids[-1]))
                 if record is not None:
-                    for name, value in record.timings.items():
+                    for name, value in record["timings"].items():
                         inside[name] += value
                 rows[(p.id, s)] = self.rows.row(p.id, s, p.prompt, text, token_ids, reason, rewards)
                 result.tokens += len(token_ids)

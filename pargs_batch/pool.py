@@ -21,10 +21,9 @@ import time
 
 from pargs_batch.batch import MicroBatchResult, PromptRow, Runner
 from pargs_batch.config import GenerateConfig, RewardConfig
-from pargs_batch.engine import IN_PROCESS_ENGINE_ENV
 from pargs_batch.models import Models
 from pargs_batch.rows import RowMaker
-from pargs_batch.scorers import guides_in_engine, reward_placement
+from pargs_batch.scorers import reward_placement
 
 
 def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
@@ -66,6 +65,9 @@ class LockedEngine:
 
     def guided(self, *args, **kwargs):
         return self._locked(self.engine.guided, *args, **kwargs)
+
+    def fused_records(self, keys):
+        return self._locked(self.engine.fused_records, keys)
 
 
 class RemoteScorer:
@@ -167,8 +169,6 @@ class RayPool:
                                          r.max_retries)
         options = dict(r.engine_resources, max_restarts=r.max_retries, max_task_retries=r.max_retries,
                        max_concurrency=r.inflight_per_worker)
-        if guides_in_engine(config):  # set as the actor's process starts (see engine.IN_PROCESS_ENGINE_ENV)
-            options["runtime_env"] = {"env_vars": dict(IN_PROCESS_ENGINE_ENV)}
         worker_cls = ray.remote(DecodeWorker).options(**options)
         self.workers = [
             worker_cls.remote(config, RemoteScorer([self.rewards[i % len(self.rewards)]]) if self.rewards else None)

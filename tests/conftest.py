@@ -10,10 +10,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # nothing can be downloaded here: fail fast instead of waiting on the hub's timeouts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# fused mode needs vLLM's engine in the test process (engine.IN_PROCESS_ENGINE_ENV), and vLLM fixes
-# the layout for the whole process once an in-process engine has run: set it once, here, before any
-# engine starts. Ray actors start with vLLM's default layout, as on a cluster (ray_local below).
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +109,6 @@ def ray_local():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING",
-                              "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}})
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}})
     yield ray
     ray.shutdown()

@@ -55,7 +55,7 @@ def test_fused_sampling_is_batch_independent_and_seeded(world, tmp_path, fused_m
 def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engine, scorer, tokenizer, fused_models):
     """20,000 first tokens from vLLM's seeded sampler under the processor fit softmax(logp + beta r)."""
     from pargs_batch import decoding
-    from pargs_batch.fused import EXTRA_KEY, RECORDS
+    from pargs_batch.fused import EXTRA_KEY
 
     prompt, beta, k, n = "review of the cafe : food was", 2.0, 10, 20000  # next: a pleasant or unpleasant word
     ids = tokenizer(prompt)["input_ids"]
@@ -67,8 +67,7 @@ def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engin
     extra = [{EXTRA_KEY: {"key": f"chi/{i}", "k": k, "beta": beta, "guided": True, "greedy": False, "prompt": prompt}}
              for i in range(n)]
     out = fused_models[0].guided([ids] * n, list(range(n)), extra, max_tokens=1, temperature=1.0, stop=[])
-    for i in range(n):
-        RECORDS.pop(f"chi/{i}", None)
+    fused_models[0].fused_records([f"chi/{i}" for i in range(n)])  # the processor's records, dropped
     first = np.array([o[0][0] for o in out])
     assert set(first) <= set(cand[0])  # nothing outside the top-k is ever drawn
     observed = np.array([(first == t).sum() for t in cand[0]])
