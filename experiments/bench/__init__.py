@@ -25,10 +25,10 @@ import json
 from pathlib import Path
 
 from experiments.bench.curve import plot_reward_vs_prefix, reward_vs_prefix
-from experiments.bench.flops import machine_flops
+from experiments.bench.flops import K, machine_flops
 from experiments.bench.models import curve_model, paper_ratio_set, world_set
 from experiments.bench.report import format_table, targets
-from experiments.bench.runs import K, run_model_set
+from experiments.bench.runs import run_model_set
 
 
 def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", batch_sizes=(1, 64, 256),

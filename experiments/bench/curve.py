@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.bench.flops import count_params, forward_flops
-from experiments.bench.runs import K
+from experiments.bench.flops import K, count_params, forward_flops
 
 
 def reward_vs_prefix(model: str, lengths: list[int], b: int = 64, steps: int = 3) -> dict:

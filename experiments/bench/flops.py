@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+K = 10  # candidates per step (k) in every bench row
+
 
 def count_params(path: str) -> dict:
     """Non-embedding parameters N = 12 n_layers d_model^2 (Kaplan et al.), and the shape."""

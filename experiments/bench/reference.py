@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-from experiments.bench.runs import K, phase_shares
+from experiments.bench.flops import K
+from experiments.bench.report import phase_shares
 
 
 def reference_loop(llm: str, rm_path: str, prompts: list[str], tokens: int, beta: float = 1.0,

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def phase_shares(phases: dict) -> dict:
+    """Each phase's share of the step: engine (with queueing for it), reward, decode-and-glue."""
+    parts = {"engine": phases.get("engine", 0.0) + phases.get("engine_wait", 0.0),
+             "reward": phases.get("reward", 0.0), "decode": phases.get("decode", 0.0)}
+    total = sum(parts.values()) or 1.0
+    return {name: round(v / total, 3) for name, v in parts.items()}
+
+
 def format_table(rows: list[dict]) -> str:
     head = (f"{'models':<12}{'method':<10}{'mode':<9}{'backend':<8}{'B':>4}{'tok/s':>9}{'×plain':>8}{'×ref':>8}"
             f"{'engine':>8}{'reward':>8}{'decode':>8}{'bound ms/tok':>13}{'meas/bound':>11}")

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.bench.flops import count_params, flop_bound
+from experiments.bench.flops import K, count_params, flop_bound
 from experiments.bench.models import ModelSet
-
-K = 10  # candidates per step in every row
+from experiments.bench.report import phase_shares
 
 
 def generate_config(models: ModelSet, prompts: str, out: Path, b: int, mode: str, backend: str, tokens: int,
@@ -36,14 +35,6 @@ def write_prompts(world: dict, path: Path, n: int) -> str:
     with open(path, "w") as f:
         f.writelines(json.dumps({"id": f"b{i:05d}", "prompt": rows[i % len(rows)]["prompt"]}) + "\n" for i in range(n))
     return str(path)
-
-
-def phase_shares(phases: dict) -> dict:
-    """Each phase's share of the step: engine (with queueing for it), reward, decode-and-glue."""
-    parts = {"engine": phases.get("engine", 0.0) + phases.get("engine_wait", 0.0),
-             "reward": phases.get("reward", 0.0), "decode": phases.get("decode", 0.0)}
-    total = sum(parts.values()) or 1.0
-    return {name: round(v / total, 3) for name, v in parts.items()}
 
 
 def time_plain(engine, tokenizer, prompts: list[str], tokens: int) -> dict:
