@@ -54,17 +54,6 @@ def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta
     }
 
 
-def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
-    from experiments.world.default import DefaultWorldSpec, build_default_world
-
-    t0 = time.perf_counter()
-    spec = DefaultWorldSpec.reduced() if reduced else DefaultWorldSpec()
-    world = build_default_world(world_dir, spec, log=log)
-    log(f"world ready in {world_dir} ({time.perf_counter() - t0:.1f} s; built in {world['build_seconds']} s, "
-        f"LM held-out perplexity {world['llm_heldout_perplexity']:.2f})")
-    return world
-
-
 def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prompts: int = 256,
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
              sweep_beta: list[float] | None = None, reduced_world: bool = False) -> dict:
@@ -74,6 +63,8 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     from pargs_batch.models import Models
 
     start = time.perf_counter()
+    from experiments.world.default import ensure_world
+
     world = ensure_world(world_dir, reduced_world)
     out = Path(out_dir)
     configs = {r.label: build(GenerateConfig, demo_config(world, r, out, num_prompts, beta, max_new_tokens,

@@ -26,11 +26,13 @@ def arrow_schema(cls: type) -> pa.Schema:
 
 @dataclass
 class PromptRow:
-    """One input row: a stable id, the prompt as read (maybe not a string), and why it is unusable."""
+    """One input row: a stable id, the prompt as read (maybe not a string), why it is unusable, and
+    - for chat models - the conversation to render with the LLM's chat template."""
 
     id: str
     prompt: Any
     error: str | None = None
+    messages: list[dict] | None = None
 
 
 @dataclass
@@ -98,13 +100,15 @@ def candidates_table(candidates: list[CandidateRow], metadata: dict[str, str] | 
 @dataclass
 class MicroBatchResult:
     """What a runner returns for one micro-batch: one row per (prompt, sample) in input order,
-    best-of-n's candidates, seconds per phase (engine, engine_wait, reward, decode) and the
-    tokens generated (best-of-n counts all N candidates)."""
+    best-of-n's candidates, seconds per phase (engine, engine_wait, reward, decode), the tokens
+    generated (best-of-n counts all N candidates) and the requests vLLM preempted (with
+    ``model.log_stats``)."""
 
     rows: list[ResponseRow]
     candidates: list[CandidateRow] = field(default_factory=list)
     phase_s: dict[str, float] = field(default_factory=dict)
     tokens: int = 0
+    preemptions: int = 0
 
 
 class Runner(Protocol):

@@ -29,24 +29,28 @@ class BestOfN:
         result = MicroBatchResult([])
         if jobs:
             t0 = clock()
-            seeds = decoding.request_seed(d.seed, decoding.id_hashes([p.id for p, _, _ in jobs]),
-                                          np.array([s for _, _, s in jobs]))
-            samples = self.engine.sample([ids for _, ids, _ in jobs], self.n, seeds.tolist(), d.max_new_tokens,
+            seeds = decoding.request_seed(d.seed, decoding.id_hashes([p.id for _, p, _, _ in jobs]),
+                                          np.array([s for _, _, _, s in jobs]))
+            samples = self.engine.sample([ids for _, _, ids, _ in jobs], self.n, seeds.tolist(), d.max_new_tokens,
                                          d.top_k, d.temperature, d.stop, d.ignore_eos)
             t1 = clock()
             flat = [(job, c) for job, cands in zip(jobs, samples) for c in cands]
-            rewards = self.scorer.score([job[0].prompt for job, _ in flat], [c[1] for _, c in flat])
+            rewards = self.scorer.score([job[1].prompt for job, _ in flat], [c[1] for _, c in flat])
             t2 = clock()
             rewards = rewards.reshape(len(jobs), self.n)
-            best = decoding.greedy(rewards)
-            for j, ((p, _, s), cands) in enumerate(zip(jobs, samples)):
+            best = decoding.greedy(np.where(np.isfinite(rewards), rewards, -np.inf))  # non-finite never wins
+            failed = decoding.unscorable(rewards)
+            for j, ((i, p, _, s), cands) in enumerate(zip(jobs, samples)):
                 ids, text, reason = cands[best[j]]
-                rows[(p.id, s)] = self.rows.row(p.id, s, p.prompt, text, ids, reason, [float(rewards[j, best[j]])])
+                if failed[j]:
+                    rows[(i, s)] = self.rows.row(p.id, s, p.prompt, "", [], "error", None, self.rows.nonfinite_error(self.n, "(whole responses)"))
+                else:
+                    rows[(i, s)] = self.rows.row(p.id, s, p.prompt, text, ids, reason, [float(rewards[j, best[j]])])
                 result.tokens += sum(len(c[0]) for c in cands)
-                result.candidates += [CandidateRow(id=p.id, sample_index=s, candidate_index=i, response=c[1],
+                result.candidates += [CandidateRow(id=p.id, sample_index=s, candidate_index=c_i, response=c[1],
                                                    response_token_ids=c[0], finish_reason=c[2],
-                                                   reward=float(rewards[j, i]), selected=bool(i == best[j]))
-                                      for i, c in enumerate(cands)]
+                                                   reward=float(rewards[j, c_i]), selected=bool(c_i == best[j]))
+                                      for c_i, c in enumerate(cands)]
             result.phase_s = {"engine": t1 - t0, "reward": t2 - t1, "decode": clock() - t2}
         result.rows = in_input_order(prompts, d.num_samples, rows)
         return result

@@ -161,7 +161,12 @@ class CausalRewardScorer:
         with torch.inference_mode():
             out = self.body(input_ids=ids.to(self.device), attention_mask=mask.long().to(self.device),
                             position_ids=positions.clamp(min=0).to(self.device), use_cache=True)
-            last = self.head(out.last_hidden_state[:, -1])[:, 0].float().cpu().numpy()
+            # the reward sits at the last token that is not the pad token (as the steps keep it:
+            # a sequence re-encoded after EOS tokens scores as the one that went through them)
+            real = mask & (ids != self.pad_id)
+            at = torch.where(real.any(1), width - 1 - real.flip(1).int().argmax(1), width - 1)
+            hidden = out.last_hidden_state[torch.arange(len(prompt_ids)), at.to(self.device)]
+            last = self.head(hidden)[:, 0].float().cpu().numpy()
         for layer in out.past_key_values.layers:
             layer.__class__ = BufferedLayer
             layer.adopt(spare=64)

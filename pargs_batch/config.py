@@ -37,6 +37,8 @@ class ModelConfig:
     enforce_eager: bool = option("skip CUDA graphs / compilation (faster start, slower steps)", False)
     trust_remote_code: bool = option("allow model code from the hub", False)
     seed: int = option("engine seed (decoding draws use decode.seed, not this)", 0)
+    log_stats: bool = option("collect vLLM's engine statistics (preemptions, KV-cache use); the run's summary "
+                             "then reports the preemptions", False)
 
     def __post_init__(self):
         check_model_path("model.path", self.path)
@@ -122,6 +124,11 @@ class DataConfig:
     subset: str | None = option("dataset configuration name (Hugging Face datasets only)", None)
     split: str = option("dataset split (Hugging Face datasets only)", "train")
     prompt_column: str = option("column holding the prompt text", "prompt")
+    messages_column: str | None = option("column holding a conversation (a list of {role, content}) to render with "
+                                         "the LLM tokenizer's chat template instead of prompt_column; the stored "
+                                         "prompt is its last user message", None)
+    chat_template: bool = option("render each prompt as one user turn with the LLM tokenizer's chat template "
+                                 "(generation prompt added); implied by messages_column", False)
     id_column: str | None = option("column holding a stable row id; default: the row index", None)
     limit: int | None = option("use only the first N rows", None)
 
@@ -132,6 +139,10 @@ class DataConfig:
         if local and not os.path.exists(self.source):
             raise ConfigError("data.source", self.source, "no such file")
         positive("data.limit", self.limit)
+
+    @property
+    def chat(self) -> bool:
+        return self.chat_template or self.messages_column is not None
 
 
 @dataclass

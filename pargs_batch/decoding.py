@@ -79,15 +79,23 @@ def order_candidates(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.
 
 
 def scores(logprobs: np.ndarray, rewards: np.ndarray | None, beta) -> np.ndarray:
-    """log pi_ref(v) + beta * r(y.v) for every candidate; -inf logprobs stay -inf.
+    """log pi_ref(v) + beta * r(y.v) for every candidate; -inf logprobs stay -inf, and a candidate
+    whose reward is not finite (an fp16 RM overflowing, a NaN) scores -inf: it never wins.
 
     ``beta`` is one number or one per row (shape (B,) or (B, 1))."""
     logprobs = logprobs.astype(np.float64)
     beta = np.asarray(beta, dtype=np.float64)
     if rewards is None or not beta.any():
         return logprobs
-    return logprobs + beta.reshape(-1, 1) * rewards.astype(np.float64) if beta.ndim else \
-        logprobs + float(beta) * rewards.astype(np.float64)
+    r = rewards.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = logprobs + (beta.reshape(-1, 1) if beta.ndim else float(beta)) * r
+    return np.where(np.isfinite(r), s, -np.inf)
+
+
+def unscorable(rewards: np.ndarray) -> np.ndarray:
+    """Rows none of whose candidates got a finite reward: no rule can choose among them."""
+    return ~np.isfinite(rewards).any(axis=1)
 
 
 def greedy(score: np.ndarray) -> np.ndarray:

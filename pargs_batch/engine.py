@@ -43,6 +43,21 @@ def topk_arrays(step_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
     return decoding.order_candidates(ids, lps, k)
 
 
+def eos_token_ids(model: str, tokenizer) -> frozenset[int]:
+    """The ids that end a response: the tokenizer's EOS and every id in the model's
+    ``generation_config.json`` (Llama-3-Instruct ends a turn with ``<|eot_id|>``, not its EOS)."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    try:
+        generation = GenerationConfig.from_pretrained(model).eos_token_id
+    except OSError:  # no generation_config.json
+        generation = None
+    if generation is not None:
+        ids |= set(generation) if isinstance(generation, (list, tuple)) else {generation}
+    return frozenset(int(i) for i in ids)
+
+
 def _flat_positions(output) -> tuple:
     """(token_ids, logprobs) of the first generated position of a vLLM CompletionOutput."""
     lp = output.logprobs
@@ -53,6 +68,7 @@ def _flat_positions(output) -> tuple:
 
 
 def _finish_reason(completion) -> str:
+    """eos (an EOS id, vLLM's own or one of ``stop_token_ids``), stop (a stop string) or length."""
     if completion.finish_reason == "length":
         return "length"
     return "stop" if isinstance(completion.stop_reason, str) else "eos"
@@ -78,6 +94,7 @@ class Engine:
             enforce_eager=config.enforce_eager,
             trust_remote_code=config.trust_remote_code,
             seed=config.seed,
+            disable_log_stats=not config.log_stats,
         )
         # the stepped loop resubmits every sequence each token: only whole cached blocks are reused
         kwargs["block_size"] = config.block_size or (32 if current_platform.is_cpu() else 16)
@@ -89,6 +106,8 @@ class Engine:
         self.config = config
         self.llm = LLM(**kwargs, **(fused or {}))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+        # every mode stops on the same set (vLLM's own default would add only generation_config's)
+        self.eos_ids = eos_token_ids(config.path, self.llm.get_tokenizer())
 
     def topk(self, prefixes: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """For each token-id prefix, the k most likely next tokens and their log-probabilities."""
@@ -115,7 +134,8 @@ class Engine:
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=n, seed=seed, max_tokens=max_tokens, top_k=top_k, temperature=temperature,
-                                 stop=stop or None, ignore_eos=ignore_eos, skip_special_tokens=True)
+                                 stop=stop or None, ignore_eos=ignore_eos, skip_special_tokens=True,
+                                 stop_token_ids=None if ignore_eos else sorted(self.eos_ids))
                   for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
         return [[(list(c.token_ids), c.text, _finish_reason(c)) for c in sorted(o.outputs, key=lambda c: c.index)]
@@ -130,7 +150,8 @@ class Engine:
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(seed=seed, max_tokens=max_tokens, temperature=temperature, stop=stop or None,
-                                 ignore_eos=ignore_eos, skip_special_tokens=True, extra_args=extra)
+                                 ignore_eos=ignore_eos, skip_special_tokens=True, extra_args=extra,
+                                 stop_token_ids=None if ignore_eos else sorted(self.eos_ids))
                   for seed, extra in zip(seeds, extra_args)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
         return [(list(o.outputs[0].token_ids), o.outputs[0].text, _finish_reason(o.outputs[0])) for o in outputs]
@@ -139,6 +160,13 @@ class Engine:
         """What the fused logits processor recorded for the requests ``keys`` (popped from it): the
         reward of each chosen token and its guidance seconds (``fused.RecordsExtension``)."""
         return self.llm.collective_rpc("pargs_batch_records", args=(list(keys),))[0]
+
+    def preemptions(self) -> int:
+        """Requests vLLM has preempted so far (KV cache full), from its engine statistics; 0 unless
+        ``model.log_stats``."""
+        if not self.config.log_stats:
+            return 0
+        return int(sum(m.value for m in self.llm.get_metrics() if m.name == "vllm:num_preemptions"))
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than at interpreter exit."""

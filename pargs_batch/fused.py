@@ -57,6 +57,7 @@ class _Row:
     in_session: bool = False      # its KV state is in the causal session (causal backend)
     seen: int = 0                 # output tokens already committed here
     rewards: list[float] = field(default_factory=list)
+    failed_at: int | None = None  # the step at which no candidate had a finite reward
     pending: tuple | None = None  # (candidate ids, their rewards, their detok windows) of the last step
     timings: dict = field(default_factory=lambda: defaultdict(float))
 
@@ -68,12 +69,14 @@ class _Row:
         return float(rewards[hit[0]]) if len(hit) else None
 
 
-class PargsLogitsProcessor(LogitsProcessor):
-    """Replaces a guided row's logits by log pi_ref + beta * r on its top-k, -inf elsewhere."""
+class Guide:
+    """The guidance, whatever vLLM's runner: per-request rows keyed by the request's own key (so a
+    request vLLM preempts and adds back continues its row), the reward scorer (and, for the causal
+    backend, its KV session), and the rewrite of logits by ``decoding``'s rule. The V1 processor
+    below and ``fused_v2.PargsLogitsProcessorV2`` only map vLLM's batch layout onto it."""
 
-    def __init__(self, vllm_config, device, is_pin_memory: bool):
+    def __init__(self, vllm_config):
         cfg = (vllm_config.additional_config or {}).get(EXTRA_KEY)
-        self.rows: dict[int, _Row] = {}  # vLLM's batch index -> row
         self.records: dict[str, _Row] = {}  # request key -> row, until the driver fetches it
         self.scorer = self.detok = self.tokenizer = None
         self.incremental = False
@@ -92,60 +95,60 @@ class PargsLogitsProcessor(LogitsProcessor):
             self.scorer = make_scorer(RewardConfig(**cfg["reward"]), len(self.tokenizer))
             self.incremental = getattr(self.scorer, "incremental", False)
 
-    @classmethod
-    def validate_params(cls, params):
+    @staticmethod
+    def check(params) -> None:
         args = (params.extra_args or {}).get(EXTRA_KEY)
         if args is not None and not {"key", "k", "beta", "guided", "greedy"} <= set(args):
             raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs key, k, beta, guided and greedy")
 
-    def is_argmax_invariant(self) -> bool:
-        return False  # it changes which token is the argmax
+    def row_for(self, args: dict, prompt_ids: list[int] | None, out_ids: list[int]) -> _Row:
+        """A new row, or - for a request vLLM preempted and now adds back with its output so far -
+        the row it had, following vLLM's output from where it left off."""
+        row = self.records.get(args["key"])
+        if row is not None:
+            row.out_ids, row.alive, row.in_session = out_ids, True, False
+            return row
+        guided = bool(args["guided"]) and self.scorer is not None
+        row = _Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
+                   greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=out_ids)
+        if prompt_ids is not None:
+            self.set_prompt(row, prompt_ids)
+        self.records[row.key] = row
+        return row
 
-    # ------------------------------------------------------------ batch bookkeeping
+    def set_prompt(self, row: _Row, prompt_ids: list[int]) -> None:
+        row.prompt_ids = list(prompt_ids)
+        if row.guided and not self.incremental:
+            row.detok = self.detok.start(row.prompt_ids)
 
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is not None:
-            for index in batch_update.removed:
-                self._retire(self.rows.pop(index, None))
-            for index, params, prompt_ids, out_ids in batch_update.added:
-                self._retire(self.rows.pop(index, None))
-                args = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
-                if args is not None:
-                    self.rows[index] = self._new_row(args, prompt_ids or [], out_ids)
-            for a, b, direction in batch_update.moved:
-                row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
-                if row_a is not None:
-                    self.rows[b] = row_a
-                if direction == MoveDirectionality.SWAP and row_b is not None:
-                    self.rows[a] = row_b
+    def commit(self, rows) -> None:
+        """Record the tokens vLLM sampled since the last step (their rewards, text, KV state)."""
         if self.incremental:
             self._commit_session()
-        for row in self.rows.values():
+        for row in rows:
             self._sync(row)
 
-    def _retire(self, row: _Row | None) -> None:
-        if row is not None:
-            row.alive = False
-            if not self.incremental:
-                self._sync(row)
-
     def _commit_session(self) -> None:
-        """Causal backend: keep each row's chosen candidate in the RM's KV state; rows that left
-        vLLM's batch (or did not advance by exactly one token) leave the session."""
+        """Causal backend: keep each row's chosen candidate in the RM's KV state and record its
+        reward; rows that left vLLM's batch, or did not advance by exactly one token, leave the
+        session (a live one is encoded afresh, with everything it has, at its next step)."""
         session = self.session
         if session is None or session.pending is None:
             return
         choice, kept = np.zeros(len(self.order), dtype=np.int64), []
         for i, row in enumerate(self.order):
-            if row.alive and len(row.out_ids) - row.seen == 1 and row.pending is not None:
-                hit = np.nonzero(row.pending[0] == int(row.out_ids[row.seen]))[0]
+            new = row.out_ids[row.seen:]
+            if len(new) == 1 and new[0] != -1 and row.pending is not None:
+                hit = np.nonzero(row.pending[0] == int(new[0]))[0]
                 if len(hit):
-                    choice[i] = hit[0]
                     row.rewards.append(float(row.pending[1][hit[0]]))
                     row.seen += 1
-                    kept.append(i)
-                    continue
-            row.in_session = False  # a live row is encoded afresh at its next step
+                    row.pending = None
+                    if row.alive and row.in_session:
+                        choice[i] = hit[0]
+                        kept.append(i)
+                        continue
+            row.in_session = False
         t0 = time.perf_counter()
         self.scorer.commit(session, choice)
         self.scorer.keep(session, kept)
@@ -154,28 +157,28 @@ class PargsLogitsProcessor(LogitsProcessor):
         for row in self.order:
             row.timings["reward"] += share
 
-    def _new_row(self, args: dict, prompt_ids: list[int], out_ids: list[int]) -> _Row:
-        guided = bool(args["guided"]) and self.scorer is not None
-        row = _Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
-                   greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=out_ids, prompt_ids=list(prompt_ids),
-                   detok=self.detok.start(prompt_ids) if guided and not self.incremental else None)
-        self.records[row.key] = row
-        return row
 
     def _sync(self, row: _Row | None) -> None:
-        """Commit the tokens vLLM sampled since the last step: their rewards and text."""
-        if row is None or (self.incremental and row.guided):
+        """Commit the tokens vLLM sampled since the last step: their rewards and text (the reward of
+        the first from the last step's candidates; later ones - missed while the row was out of
+        the batch - have none)."""
+        if row is None or (self.incremental and row.guided and row.in_session):
             return  # the causal session commits its rows' tokens
-        while row.seen < len(row.out_ids):
+        while row.seen < len(row.out_ids) and row.out_ids[row.seen] != -1:
             token = int(row.out_ids[row.seen])
+            if self.incremental and row.guided:  # out of the session: catch up before re-encoding
+                row.rewards.append(row.reward_of(token))
+                row.pending = None
+                row.seen += 1
+                continue
             if row.guided:
                 t0 = time.perf_counter()
                 window = None
+                row.rewards.append(row.reward_of(token))
                 if row.pending is not None:
                     ids, _, windows = row.pending
                     hit = np.nonzero(ids == token)[0]
                     window = windows[hit[0]] if len(hit) else None
-                    row.rewards.append(row.reward_of(token))
                 if window is None:
                     window = self.detok.decode_with([row.detok], [[token]])[0]
                 self.detok.commit([row.detok], [token], [window])
@@ -185,13 +188,13 @@ class PargsLogitsProcessor(LogitsProcessor):
 
     # ------------------------------------------------------------ the guidance
 
-    def apply(self, logits):
+
+    def guide(self, logits, index: list[int], rows: list[_Row]):
+        """Rewrite the logits rows ``index`` (belonging to ``rows``) by the rule; the rest stay."""
         import torch
 
-        index = [i for i in self.rows if i < logits.shape[0]]
         if not index:
             return logits
-        rows = [self.rows[i] for i in index]
         at = torch.tensor(index, device=logits.device)
         kmax = max(r.k for r in rows)
         logp = torch.log_softmax(logits[at].float(), dim=-1)
@@ -221,6 +224,13 @@ class PargsLogitsProcessor(LogitsProcessor):
         new = torch.full_like(logp, -float("inf"))
         new.scatter_(1, torch.as_tensor(ids_np, device=logits.device),
                      torch.as_tensor(score, dtype=new.dtype, device=logits.device))
+        for n in np.nonzero(decoding.unscorable(rewards[guided]))[0] if guided else []:
+            row = rows[guided[n]]  # no finite reward: end the request now, the driver writes an error row
+            if row.failed_at is None:
+                row.failed_at = len(row.rewards)
+            stop = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else int(ids_np[guided[n], 0])
+            new[guided[n]] = -float("inf")
+            new[guided[n], stop] = 0.0
         logits[at] = new.to(logits.dtype)
         for n, r in enumerate(rows):
             r.pending = (ids_np[n], rewards[n], windows.get(n))
@@ -230,9 +240,12 @@ class PargsLogitsProcessor(LogitsProcessor):
             r.timings["reward"] += (t3 - t2) * share
         return logits
 
+
     def _score_causal(self, rows: list[_Row], cand: np.ndarray) -> np.ndarray:
         """Rewards (len(rows), k) from the causal session, encoding rows new to it first."""
         fresh = [r for r in rows if not r.in_session]
+        for r in fresh:
+            self._sync(r)  # tokens committed while it was out of the session
         if fresh:
             start = self.scorer.start([r.prompt_ids + list(r.out_ids[: r.seen]) for r in fresh])
             self.session = self.scorer.merge(self.session, start)
@@ -247,12 +260,69 @@ class PargsLogitsProcessor(LogitsProcessor):
         return scores[[where[id(r)] for r in rows]]
 
 
+
+
+class PargsLogitsProcessor(LogitsProcessor):
+    """vLLM's V1 interface (the CPU runner, and CUDA with ``VLLM_USE_V2_MODEL_RUNNER=0``): rows follow
+    ``BatchUpdate``s; a guided row's logits become log pi_ref + beta * r on its top-k, -inf elsewhere."""
+
+    def __init__(self, vllm_config, device, is_pin_memory: bool):
+        self.guide = Guide(vllm_config)
+        self.records = self.guide.records
+        self.rows: dict[int, _Row] = {}  # vLLM's batch index -> row
+
+    @classmethod
+    def validate_params(cls, params):
+        Guide.check(params)
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes which token is the argmax
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        """Follow vLLM's batch: rows join, leave and move. Tokens are committed in ``apply``, where
+        vLLM's output lists hold real ids (under async scheduling their newest entry is a -1
+        placeholder here)."""
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self._retire(self.rows.pop(index, None))
+        for index, params, prompt_ids, out_ids in batch_update.added:
+            self._retire(self.rows.pop(index, None))
+            args = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+            if args is not None:
+                self.rows[index] = self.guide.row_for(args, prompt_ids or [], out_ids)
+        for a, b, direction in batch_update.moved:
+            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
+            if row_a is not None:
+                self.rows[b] = row_a
+            if direction == MoveDirectionality.SWAP and row_b is not None:
+                self.rows[a] = row_b
+
+    @staticmethod
+    def _retire(row: _Row | None) -> None:
+        if row is not None:
+            row.alive = False
+
+    def apply(self, logits):
+        self.guide.commit(self.rows.values())
+        index = [i for i in self.rows if i < logits.shape[0]]
+        return self.guide.guide(logits, index, [self.rows[i] for i in index])
+
+
 def top_candidates(logp, kmax: int) -> tuple[np.ndarray, np.ndarray]:
     """The kmax most likely tokens of each row of a (B, vocab) torch log-softmax, as (ids, logprobs)
-    numpy arrays in ``decoding.order_candidates``' order (the order the stepped engine reports)."""
+    numpy arrays in ``decoding.order_candidates``' order: ties, across the k-th place too, go to the
+    lower token id (``torch.topk`` alone picks among tokens tied at the k-th place arbitrarily)."""
+    import torch
+
     top_lp, top_ids = logp.topk(kmax, dim=-1)
-    return decoding.order_candidates(top_ids.cpu().numpy().astype(np.int64),
-                                     top_lp.cpu().numpy().astype(np.float64), kmax)
+    ids, lps = top_ids.cpu().numpy().astype(np.int64), top_lp.cpu().numpy().astype(np.float64)
+    edge = top_lp[:, -1:]
+    for b in np.nonzero((logp >= edge).sum(-1).cpu().numpy() > kmax)[0]:
+        tied = torch.nonzero(logp[b] >= edge[b]).flatten()
+        ids[b], lps[b] = (x[0] for x in decoding.order_candidates(
+            tied.cpu().numpy()[None].astype(np.int64), logp[b, tied].cpu().numpy()[None].astype(np.float64), kmax))
+    return decoding.order_candidates(ids, lps, kmax)
 
 
 def guided_scores(logprobs: np.ndarray, rewards: np.ndarray, beta: np.ndarray, k: np.ndarray,
@@ -271,11 +341,12 @@ def guided_scores(logprobs: np.ndarray, rewards: np.ndarray, beta: np.ndarray, k
     return score
 
 
-def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
-    """What ``vllm.LLM`` needs to load the processor (and its reward model) into the engine."""
+def engine_kwargs(reward: RewardConfig | None, tokenizer: str, processor: type = PargsLogitsProcessor) -> dict:
+    """What ``vllm.LLM`` needs to load the processor (and its reward model) into the engine:
+    ``processor`` is the V1 class or ``fused_v2.PargsLogitsProcessorV2``, whichever the runner takes."""
     from dataclasses import asdict
 
-    return {"logits_processors": [PargsLogitsProcessor],
+    return {"logits_processors": [processor],
             "worker_extension_cls": f"{__name__}.RecordsExtension",
             "additional_config": {EXTRA_KEY: {"reward": asdict(reward) if reward and reward.path else None,
                                               "tokenizer": tokenizer}}}
@@ -288,16 +359,22 @@ class RecordsExtension:
     def pargs_batch_records(self, keys: list[str]) -> dict[str, dict]:
         """Pop the records of ``keys`` from this worker's processor: the reward of each chosen token,
         the last step's [candidate token, reward] pairs, and the row's guidance seconds."""
+        runner = self.model_runner
+        if hasattr(runner, "input_batch"):  # V1
+            processors = list(runner.input_batch.logitsprocs.all)
+        else:  # V2: the sampler holds them, beside vLLM's built-in ones
+            processors = list(getattr(getattr(runner, "sampler", None), "logits_processors", None) or [])
         found = {}
-        for processor in self.model_runner.input_batch.logitsprocs.all:
-            if isinstance(processor, PargsLogitsProcessor):
+        for processor in processors:
+            if isinstance(getattr(processor, "guide", None), Guide):
                 for key in keys:
-                    row = processor.records.pop(key, None)
+                    row = processor.guide.records.pop(key, None)
                     if row is not None:
                         last = [] if row.pending is None else \
                             [[int(t), float(r)] for t, r in zip(row.pending[0], row.pending[1])]
                         found[key] = {"rewards": [None if r is None else float(r) for r in row.rewards],
-                                      "last_token_rewards": last, "timings": dict(row.timings)}
+                                      "last_token_rewards": last, "timings": dict(row.timings),
+                                      "failed_at": row.failed_at}
         return found
 
 
@@ -313,19 +390,19 @@ class FusedRunner:
         jobs, rows = whole_request_jobs(prompts, self.tokenizer, self.engine.max_model_len, self.rows)
         result = MicroBatchResult([])
         if jobs:
-            seeds = decoding.request_seed(d.seed, decoding.id_hashes([p.id for p, _, _ in jobs]),
-                                          np.array([s for _, _, s in jobs]))
-            keys = [f"{id(self)}/{p.id}/{s}" for p, _, s in jobs]
+            seeds = decoding.request_seed(d.seed, decoding.id_hashes([p.id for _, p, _, _ in jobs]),
+                                          np.array([s for _, _, _, s in jobs]))
+            keys = [f"{id(self)}/{i}/{s}" for i, _, _, s in jobs]
             extra = [{EXTRA_KEY: {"key": key, "k": d.top_k, "beta": d.beta if method.uses_reward else 0.0,
                                   "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.prompt}}
-                     for key, (p, _, _) in zip(keys, jobs)]
+                     for key, (_, p, _, _) in zip(keys, jobs)]
             t0 = time.perf_counter()
-            outputs = self.engine.guided([ids for _, ids, _ in jobs], seeds.tolist(), extra, d.max_new_tokens,
+            outputs = self.engine.guided([ids for _, _, ids, _ in jobs], seeds.tolist(), extra, d.max_new_tokens,
                                          0.0 if method.greedy else d.temperature, d.stop, d.ignore_eos)
             records = self.engine.fused_records(keys)
             wall = time.perf_counter() - t0
             inside = defaultdict(float)
-            for key, (p, _, s), (token_ids, text, reason) in zip(keys, jobs, outputs):
+            for key, (i, p, _, s), (token_ids, text, reason) in zip(keys, jobs, outputs):
                 record = records.get(key)
                 rewards = None
                 if method.uses_reward and record is not None:
@@ -335,7 +412,14 @@ class FusedRunner:
                 if record is not None:
                     for name, value in record["timings"].items():
                         inside[name] += value
-                rows[(p.id, s)] = self.rows.row(p.id, s, p.prompt, text, token_ids, reason, rewards)
+                if record is not None and record["failed_at"] is not None:
+                    n = record["failed_at"]
+                    rows[(i, s)] = self.rows.row(
+                        p.id, s, p.prompt, self.tokenizer.decode(token_ids[:n], skip_special_tokens=True),
+                        token_ids[:n], "error", rewards[:n] if rewards else None,
+                        self.rows.nonfinite_error(d.top_k, f"at step {n}"))
+                else:
+                    rows[(i, s)] = self.rows.row(p.id, s, p.prompt, text, token_ids, reason, rewards)
                 result.tokens += len(token_ids)
             result.phase_s = {"reward": inside["reward"], "decode": inside["decode"],
                               "engine": wall - inside["reward"] - inside["decode"]}

@@ -18,7 +18,7 @@ from pargs_batch.batch import MicroBatchResult
 from pargs_batch.config import GenerateConfig
 from pargs_batch.io import PromptSource, RunDir, package_versions
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
-from pargs_batch.rows import RowMaker
+from pargs_batch.rows import NONFINITE, RowMaker, check_chat_template
 
 
 @dataclass
@@ -28,13 +28,16 @@ class Totals:
 
     phase_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     tokens: int = 0
+    preemptions: int = 0
     error_rows: int = 0
+    nonfinite_reward_rows: int = 0
     start: float = field(default_factory=time.perf_counter)
 
     def add(self, result: MicroBatchResult) -> None:
         for phase, seconds in result.phase_s.items():
             self.phase_s[phase] += seconds
         self.tokens += result.tokens
+        self.preemptions += result.preemptions
 
 
 def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> dict:
@@ -48,6 +51,7 @@ e.g. from ``models.Models.for_config``)
     from tqdm import tqdm
 
     source = PromptSource(config.data)
+    check_chat_template(config)
     metadata = {"pargs_batch.config": config.to_json(), "pargs_batch.versions": json.dumps(package_versions())}
     run = RunDir(config.output.path, config.identity(), metadata, config.output.compression,
                  overwrite=config.output.overwrite)
@@ -78,6 +82,7 @@ e.g. from ``models.Models.for_config``)
         run.write(rows, candidates)
         totals.phase_s["io"] += time.perf_counter() - t0
         totals.error_rows += sum(r.error is not None for r in rows)
+        totals.nonfinite_reward_rows += sum(r.error is not None and r.error.startswith(NONFINITE) for r in rows)
         bar.update(len(rows))
 
     try:
@@ -97,8 +102,10 @@ e.g. from ``models.Models.for_config``)
         "rows": run.rows,
         "resumed_rows": run.resumed_rows,
         "error_rows": totals.error_rows,
+        "nonfinite_reward_rows": totals.nonfinite_reward_rows,
         "shards": run.shards,
         "tokens": totals.tokens,
+        "preemptions": totals.preemptions if config.model.log_stats else None,
         "startup_s": round(startup, 3),
         "wall_s": round(wall, 3),
         "tokens_per_s": round(totals.tokens / wall, 1) if wall > 0 else 0.0,

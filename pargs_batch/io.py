@@ -23,6 +23,16 @@ from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
 
 
+def conversation(messages: Any) -> tuple[str | None, str | None]:
+    """(the last user message, why the cell is not a conversation) of a messages cell."""
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        return None, "messages must be a non-empty list of {role, content} strings"
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return (users[-1] if users else messages[-1]["content"]), None
+
+
 def prompt_error(prompt: Any) -> str | None:
     """Why a prompt value cannot be generated from, or None when it is fine."""
     if prompt is None:
@@ -50,7 +60,8 @@ class PromptSource:
             self.kind = "hf"
             self.dataset = self._load_hf(config)
             self.columns = list(self.dataset.column_names)
-        for key in ("prompt_column", "id_column"):
+        keys = ("messages_column", "id_column") if config.messages_column else ("prompt_column", "id_column")
+        for key in keys:
             column = getattr(config, key)
             if column is not None and column not in self.columns:
                 raise ConfigError(f"data.{key}", column,
@@ -127,8 +138,16 @@ class PromptSource:
                 break
             raw_id = record.get(c.id_column) if c.id_column else index
             row_id = str(raw_id) if raw_id is not None else f"row-{index}"
-            prompt = record.get(c.prompt_column)
-            error = record.get("__error__") or prompt_error(prompt)
+            messages, error = None, record.get("__error__")
+            if c.messages_column:
+                messages = record.get(c.messages_column)
+                prompt, bad = conversation(messages)
+                error = error or bad or prompt_error(prompt)
+            else:
+                prompt = record.get(c.prompt_column)
+                error = error or prompt_error(prompt)
+                if c.chat_template and error is None:
+                    messages = [{"role": "user", "content": prompt}]
             if raw_id is None:
                 error = error or f"{c.id_column} is missing"
             elif row_id in seen:
@@ -136,7 +155,7 @@ class PromptSource:
             seen.add(row_id)
             if skip(row_id):
                 continue
-            batch.append(PromptRow(row_id, prompt, error))
+            batch.append(PromptRow(row_id, prompt, error, messages if error is None else None))
             if len(batch) == size:
                 yield batch
                 batch = []

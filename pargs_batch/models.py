@@ -32,12 +32,7 @@ class Models:
         tokenizer = model.tokenizer or model.path
         key = json.dumps([asdict(model), fused, asdict(fused_reward) if fused_reward else None], sort_keys=True)
         if key not in self.engines:
-            extra = None
-            if fused:
-                from pargs_batch.fused import engine_kwargs
-
-                extra = engine_kwargs(fused_reward, tokenizer)
-            self.engines[key] = Engine(model, fused=extra)
+            self.engines[key] = fused_engine(model, fused_reward, tokenizer) if fused else Engine(model)
         return self.engines[key]
 
     def tokenizer(self, path: str):
@@ -76,6 +71,23 @@ class Models:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def fused_engine(model: ModelConfig, reward: RewardConfig | None, tokenizer: str):
+    """An engine with the guidance processor for the runner vLLM picks: the V1 interface (CPU, or
+    CUDA with VLLM_USE_V2_MODEL_RUNNER=0), else - when vLLM's loader refuses it, before any engine
+    process starts - the Model Runner V2 one."""
+    from pargs_batch.engine import Engine
+    from pargs_batch.fused import engine_kwargs
+
+    try:
+        return Engine(model, fused=engine_kwargs(reward, tokenizer))
+    except ValueError as e:
+        from pargs_batch.fused_v2 import V2_REFUSAL, PargsLogitsProcessorV2
+
+        if V2_REFUSAL not in str(e):
+            raise
+        return Engine(model, fused=engine_kwargs(reward, tokenizer, PargsLogitsProcessorV2))
 
 
 def load_models(config: GenerateConfig):

@@ -44,18 +44,26 @@ def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
 
 class LockedEngine:
     """An engine shared by threads: one engine call at a time; ``wait_s`` is the time spent
-    queueing for it (one instance per micro-batch, so the wait is that micro-batch's)."""
+    queueing for it and ``preempted`` the requests vLLM preempted during its calls (one instance
+    per micro-batch, so both are that micro-batch's)."""
 
     def __init__(self, engine, lock: threading.Lock):
         self.engine, self.lock = engine, lock
-        self.max_model_len = engine.max_model_len
+        self.max_model_len, self.eos_ids = engine.max_model_len, engine.eos_ids
         self.wait_s = 0.0
+        self.preempted = 0
+        self.count = engine.config.log_stats
 
     def _locked(self, call, *args, **kwargs):
         t0 = time.perf_counter()
         with self.lock:
             self.wait_s += time.perf_counter() - t0
-            return call(*args, **kwargs)
+            before = self.engine.preemptions() if self.count else 0
+            try:
+                return call(*args, **kwargs)
+            finally:
+                if self.count:
+                    self.preempted += self.engine.preemptions() - before
 
     def topk(self, prefixes, k):
         return self._locked(self.engine.topk, prefixes, k)
@@ -126,6 +134,7 @@ class DecodeWorker:
         # the engine phase is the engine's own work; queueing behind another micro-batch is apart
         result.phase_s["engine"] = result.phase_s.get("engine", 0.0) - engine.wait_s
         result.phase_s["engine_wait"] = engine.wait_s
+        result.preemptions = engine.preempted
         return result
 
     def ready(self) -> bool:

@@ -9,7 +9,11 @@ whole responses to vLLM (best-of-n, fused).
 from __future__ import annotations
 
 from pargs_batch.batch import PromptRow, ResponseRow
-from pargs_batch.config import DecodeConfig
+from pargs_batch.config import DecodeConfig, GenerateConfig
+from pargs_batch.configlib import ConfigError
+
+
+NONFINITE = "non-finite reward"  # how such error messages start (the summary counts them)
 
 
 class RowMaker:
@@ -32,16 +36,36 @@ class RowMaker:
         """The row of a (prompt, sample) that could not be generated."""
         return self.row(prompt.id, sample_index, prompt.prompt, "", [], "error", None, error)
 
+    def nonfinite_error(self, candidates: int, where: str) -> str:
+        """Why a row ended when none of its candidates got a finite reward (``decoding.unscorable``)."""
+        return (f"{NONFINITE}: reward model {self.reward_model} gave no finite reward to any of the "
+                f"{candidates} candidates {where}")
+
     def errors(self, prompts: list[PromptRow], error: str) -> list[ResponseRow]:
         """Rows for prompts that could not be generated at all (every sample)."""
         return [self.error(p, s, error) for p in prompts for s in range(self.decode.num_samples)]
+
+
+def engine_text(prompt: PromptRow, tokenizer) -> str:
+    """What the LLM sees: the prompt, or its conversation rendered by the tokenizer's chat template
+    with the generation prompt (the template writes its own special tokens)."""
+    if prompt.messages is None:
+        return prompt.prompt
+    return tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
 
 
 def tokenize_prompts(prompts: list[PromptRow], tokenizer, max_model_len: int
                      ) -> list[tuple[PromptRow, list[int] | None, str | None]]:
     """(row, prompt token ids, why it cannot be generated) for each prompt, in order."""
     good = [i for i, p in enumerate(prompts) if p.error is None]
-    encoded = dict(zip(good, tokenizer([prompts[i].prompt for i in good])["input_ids"] if good else []))
+    encoded = {}
+    plain = [i for i in good if prompts[i].messages is None]
+    chat = [i for i in good if prompts[i].messages is not None]
+    if plain:
+        encoded.update(zip(plain, tokenizer([prompts[i].prompt for i in plain])["input_ids"]))
+    if chat:
+        texts = [engine_text(prompts[i], tokenizer) for i in chat]
+        encoded.update(zip(chat, tokenizer(texts, add_special_tokens=False)["input_ids"]))
     out = []
     for i, p in enumerate(prompts):
         ids, error = encoded.get(i), p.error
@@ -52,17 +76,32 @@ def tokenize_prompts(prompts: list[PromptRow], tokenizer, max_model_len: int
 
 
 def whole_request_jobs(prompts: list[PromptRow], tokenizer, max_model_len: int, rows: RowMaker
-                       ) -> tuple[list[tuple[PromptRow, list[int], int]], dict[tuple[str, int], ResponseRow]]:
-    """One job (prompt row, prompt ids, sample index) per generatable (prompt, sample), and the
-    error rows of the others keyed by (id, sample)."""
+                       ) -> tuple[list[tuple[int, PromptRow, list[int], int]], dict[tuple[int, int], ResponseRow]]:
+    """One job (position in the micro-batch, prompt row, prompt ids, sample index) per generatable
+    (prompt, sample), and the error rows of the others keyed by (position, sample). Keys are
+    positions, not ids: a repeated id (an error row from the reader) never overwrites its first."""
     usable = tokenize_prompts(prompts, tokenizer, max_model_len)
     samples = range(rows.decode.num_samples)
-    jobs = [(p, ids, s) for p, ids, error in usable if error is None for s in samples]
-    errors = {(p.id, s): rows.error(p, s, error) for p, _, error in usable if error is not None for s in samples}
+    jobs = [(i, p, ids, s) for i, (p, ids, error) in enumerate(usable) if error is None for s in samples]
+    errors = {(i, s): rows.error(p, s, error) for i, (p, _, error) in enumerate(usable) if error is not None
+              for s in samples}
     return jobs, errors
 
 
-def in_input_order(prompts: list[PromptRow], num_samples: int, rows: dict[tuple[str, int], ResponseRow]
+def in_input_order(prompts: list[PromptRow], num_samples: int, rows: dict[tuple[int, int], ResponseRow]
                    ) -> list[ResponseRow]:
-    """Rows keyed by (id, sample) as one list in the micro-batch's order."""
-    return [rows[(p.id, s)] for p in prompts for s in range(num_samples)]
+    """Rows keyed by (position, sample) as one list in the micro-batch's order."""
+    return [rows[(i, s)] for i in range(len(prompts)) for s in range(num_samples)]
+
+
+def check_chat_template(config: GenerateConfig) -> None:
+    """A chat-rendered run needs an LLM tokenizer with a chat template: checked before any model loads."""
+    if not config.data.chat:
+        return
+    from transformers import AutoTokenizer
+
+    path = config.model.tokenizer or config.model.path
+    if not getattr(AutoTokenizer.from_pretrained(path), "chat_template", None):
+        key = "data.messages_column" if config.data.messages_column else "data.chat_template"
+        value = config.data.messages_column or True
+        raise ConfigError(key, value, f"the LLM tokenizer ({path}) has no chat template")

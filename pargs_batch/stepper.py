@@ -47,7 +47,7 @@ class Stepper:
         if self.method.uses_reward and scorer is None:
             raise ValueError(f"method {decode.method} needs a reward scorer")
         self.detok = IncrementalDetokenizer(tokenizer)
-        self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.eos_ids = engine.eos_ids  # the tokenizer's EOS and generation_config's, as vLLM's requests use
         self.timings: dict[str, float] = defaultdict(float)
         self.tokens_generated = 0
         # a causal reward backend scores candidate token ids against its kept KV state
@@ -81,8 +81,9 @@ class Stepper:
             return "length"
         return None
 
-    def _step(self, active: list[_Sequence]) -> np.ndarray:
-        """One token for every active sequence; returns the chosen token ids."""
+    def _step(self, active: list[_Sequence]) -> tuple[np.ndarray, np.ndarray]:
+        """One token for every active sequence; returns the chosen token ids, and which rows had no
+        candidate with a finite reward (their token is meaningless: they end as errors)."""
         d, k, clock = self.decode, self.decode.top_k, time.perf_counter
         t0 = clock()
         cand_ids, cand_lps = self.engine.topk([s.prompt_ids + s.token_ids for s in active], k)
@@ -121,7 +122,8 @@ class Stepper:
             t3 = clock()
             self.scorer.commit(self.session, choice)
             self.timings["reward"] += clock() - t3
-        return tokens
+        failed = decoding.unscorable(rewards) if rewards is not None else np.zeros(len(active), dtype=bool)
+        return tokens, failed
 
     def run(self, prompts: list[PromptRow]) -> MicroBatchResult:
         """Generate ``num_samples`` responses for each prompt; one row per (prompt, sample)."""
@@ -132,9 +134,14 @@ class Stepper:
             self.timings["reward"] += time.perf_counter() - t0
         while active:
             old_lens = [len(s.detok.text) for s in active]
-            tokens = self._step(active)
+            tokens, failed = self._step(active)
             still, kept = [], []
             for i, (seq, token, old_len) in enumerate(zip(active, tokens, old_lens)):
+                if failed[i]:
+                    done.append(self.rows.row(seq.id, seq.sample_index, seq.prompt, seq.detok.text[:old_len],
+                                              seq.token_ids, "error", seq.rewards[:-1],
+                                              self.rows.nonfinite_error(self.decode.top_k, f"at step {len(seq.token_ids)}")))
+                    continue
                 seq.token_ids.append(int(token))
                 reason = self._finish_reason(seq, int(token), old_len)
                 if reason is None:

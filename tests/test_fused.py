@@ -84,3 +84,13 @@ def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engin
 def test_fused_mode_is_checked_before_any_model_loads(world, tmp_path):
     with pytest.raises(ConfigError, match="engine.mode.*'turbo'"):
         build(GenerateConfig, base_config(world, tmp_path, engine={"mode": "turbo"}))
+
+
+def test_fused_writes_a_repeated_id_as_an_error_row_and_the_first_once(world, tmp_path, fused_models):
+    from test_bad_rewards_and_ids import check_duplicates, duplicate_prompts
+
+    source = duplicate_prompts(tmp_path / "dup.jsonl", world)
+    cfg = base_config(world, tmp_path, engine={"mode": "fused"},
+                      data={"source": source, "limit": None}, decode={"num_samples": 2})
+    run_generate(build(GenerateConfig, cfg), models=fused_models, progress=False)
+    check_duplicates(read_output(cfg["output"]["path"]).to_pylist(), 2)

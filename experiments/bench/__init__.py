@@ -34,7 +34,7 @@ from experiments.bench.runs import run_model_set
 def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", batch_sizes=(1, 64, 256),
               tokens: int = 64, reference_prompts: int = 2, prefix_lengths=(32, 64, 128, 256, 512),
               reduced_world: bool = False, model_sets=("world", "paper-ratio")) -> dict:
-    from experiments.demo import ensure_world
+    from experiments.world.default import ensure_world
 
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)

@@ -67,11 +67,11 @@ def new_deberta_rm(tokenizer, layers: int, width: int):
         intermediate_size=width * 2, max_position_embeddings=512, num_labels=1, pad_token_id=tokenizer.pad_token_id))
 
 
-def encode_texts(tokenizer, texts: list[str]):
-    """(ids, mask) tensors of ``text + EOS`` (EOS is a target: replies must learn to end), right-padded."""
+def encode_texts(tokenizer, texts: list[str], end: str = EOS):
+    """(ids, mask) tensors of ``text + end`` (the end is a target: replies must learn to end), right-padded."""
     import torch
 
-    ids = [tokenizer(t + EOS)["input_ids"] for t in texts]
+    ids = [tokenizer(t + end)["input_ids"] for t in texts]
     width = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id
     data = torch.full((len(ids), width), pad, dtype=torch.long)
@@ -83,13 +83,13 @@ def encode_texts(tokenizer, texts: list[str]):
 
 
 def train_llm(model, tokenizer, texts: list[str], steps: int, seed: int, lr: float = 3e-3,
-              batch_size: int = 32, decay: bool = False, progress: bool = False) -> float:
-    """AdamW steps of next-token prediction on random batches of ``texts`` (learning rate decaying
-    linearly to zero with ``decay``); returns the last loss."""
+              batch_size: int = 32, decay: bool = False, progress: bool = False, end: str = EOS) -> float:
+    """AdamW steps of next-token prediction on random batches of ``texts`` + ``end`` (learning rate
+    decaying linearly to zero with ``decay``); returns the last loss."""
     import torch
     from tqdm import tqdm
 
-    data, mask = encode_texts(tokenizer, texts)
+    data, mask = encode_texts(tokenizer, texts, end)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps if decay else 1.0)

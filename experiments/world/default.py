@@ -302,3 +302,13 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
     manifest_path.write_text(json.dumps(manifest, indent=2))
     log(f"world: built in {manifest['build_seconds']} s -> {out}")
     return manifest
+
+
+def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
+    """The default world (or its reduced twin) in ``world_dir``, built unless it is there."""
+    t0 = time.perf_counter()
+    spec = DefaultWorldSpec.reduced() if reduced else DefaultWorldSpec()
+    world = build_default_world(world_dir, spec, log=log)
+    log(f"world ready in {world_dir} ({time.perf_counter() - t0:.1f} s; built in {world['build_seconds']} s, "
+        f"LM held-out perplexity {world['llm_heldout_perplexity']:.2f})")
+    return world

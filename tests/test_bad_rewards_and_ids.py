@@ -1,0 +1,84 @@
+"""A reward model that gives no finite reward, and input with repeated ids: no silent fallback,
+no lost rows, in every mode that runs here (fused: tests/test_fused.py)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import base_config
+
+from pargs_batch import decoding
+from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import build
+from pargs_batch.generate import run_generate
+from pargs_batch.io import read_output
+
+
+def test_a_non_finite_reward_never_wins():
+    rng = np.random.default_rng(0)
+    logprobs = np.log(np.array([[0.6, 0.3, 0.1]] * 2000))
+    rewards = np.array([[np.nan, 0.0, np.inf]] * 2000, dtype=np.float32)  # the likeliest is NaN
+    greedy = decoding.choose("pargs-greedy", logprobs, rewards, 1.0, 1.0, rng.random(2000))
+    sampled = decoding.choose("pargs", logprobs, rewards, 1.0, 1.0, rng.random(2000))
+    assert (greedy == 1).all() and (sampled == 1).all()
+    assert not decoding.unscorable(rewards).any()
+    assert decoding.unscorable(np.array([[np.nan, -np.inf], [np.nan, 0.0]])).tolist() == [True, False]
+
+
+@pytest.fixture(scope="module")
+def nan_reward_model(world, tmp_path_factory):
+    """The tiny world's reward model with a NaN bias: every reward it gives is NaN."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("nan-rm")
+    model = AutoModelForSequenceClassification.from_pretrained(world["reward_model"])
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(world["reward_model"]).save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pargs", "best-of-n"])
+def test_rows_without_a_finite_reward_end_as_errors_naming_the_model(world, tmp_path, engine, tokenizer,
+                                                                     nan_reward_model, method):
+    from pargs_batch.config import RewardConfig
+    from pargs_batch.reward import HFRewardScorer
+
+    cfg = build(GenerateConfig, base_config(world, tmp_path, reward={"path": nan_reward_model},
+                                            decode={"method": method}, data={"limit": 6}))
+    scorer = HFRewardScorer(RewardConfig(path=nan_reward_model, batch_size=16))
+    summary = run_generate(cfg, models=(engine, tokenizer, scorer), progress=False)
+    rows = read_output(cfg.output.path).to_pylist()
+    assert len(rows) == 6 and summary["error_rows"] == summary["nonfinite_reward_rows"] == 6
+    for r in rows:
+        assert r["finish_reason"] == "error" and r["error"].startswith("non-finite reward")
+        assert nan_reward_model in r["error"]
+
+
+def duplicate_prompts(path, world) -> str:
+    prompts = [json.loads(line) for line in open(world["prompts"])][:3]
+    rows = [prompts[0], prompts[1], {"id": prompts[0]["id"], "prompt": "a different prompt"}, prompts[2]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def check_duplicates(rows: list[dict], num_samples: int) -> None:
+    assert len(rows) == 4 * num_samples
+    good = [(r["id"], r["sample_index"]) for r in rows if r["error"] is None]
+    bad = [r for r in rows if r["error"] is not None]
+    assert len(good) == len(set(good)) == 3 * num_samples  # each good row once
+    assert len(bad) == num_samples and all("duplicate id" in r["error"] for r in bad)
+    assert all(r["prompt"] == "a different prompt" for r in bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pargs", "best-of-n"])
+def test_a_repeated_id_is_an_error_row_and_the_first_row_is_written_once(world, tmp_path, models, method):
+    source = duplicate_prompts(tmp_path / "dup.jsonl", world)
+    cfg = build(GenerateConfig, base_config(world, tmp_path, data={"source": source, "limit": None},
+                                            decode={"method": method, "num_samples": 2}))
+    run_generate(cfg, models=models, progress=False)
+    check_duplicates(read_output(cfg.output.path).to_pylist(), 2)

@@ -1,0 +1,97 @@
+"""Chat models: prompts rendered by the LLM tokenizer's chat template, and one set of ids that end a
+turn (the tokenizer's EOS and generation_config's) in every mode, on a tiny Llama-architecture
+chat model built offline (experiments/world/chat.py) whose replies end in either of two ids."""
+
+import json
+
+import pytest
+from conftest import base_config
+
+from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import ConfigError, build
+from pargs_batch.generate import run_generate
+from pargs_batch.io import read_output
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chat_world(tmp_path_factory):
+    from experiments.world.chat import build_chat_world
+
+    return build_chat_world(tmp_path_factory.mktemp("chat"), steps=300)
+
+
+def chat_config(world, chat_world, path, mode, method, **data):
+    cfg = base_config(world, path, engine={"mode": mode}, data={"chat_template": True, "limit": 24, **data},
+                      decode={"method": method, "max_new_tokens": 48, "num_samples": 2})
+    cfg["model"] = {"path": chat_world["llm"], "dtype": "float32", "max_model_len": 256,
+                    "kv_cache_memory_bytes": 64 << 20}
+    return build(GenerateConfig, cfg)
+
+
+@pytest.fixture(scope="module")
+def chat_models():
+    from pargs_batch.models import Models
+
+    with Models() as models:
+        yield models
+
+
+@pytest.fixture(scope="module")
+def chat_runs(world, chat_world, chat_models, tmp_path_factory):
+    """Every mode on the chat model: stepped (greedy and sampled), best-of-n, fused (greedy and sampled)."""
+    tmp = tmp_path_factory.mktemp("chat-runs")
+    runs = {}
+    for name, mode, method in (("stepped-greedy", "stepped", "pargs-greedy"), ("stepped-topk", "stepped", "topk"),
+                               ("best-of-n", "stepped", "best-of-n"), ("fused-greedy", "fused", "pargs-greedy"),
+                               ("fused-sampled", "fused", "pargs")):
+        cfg = chat_config(world, chat_world, tmp / name, mode, method)
+        run_generate(cfg, models=chat_models.for_config(cfg), progress=False)
+        runs[name] = read_output(tmp / name).to_pylist()
+    return runs
+
+
+def test_every_mode_stops_on_either_end_id_and_never_runs_past_one(chat_runs, chat_world):
+    ends = {chat_world["end_id"], chat_world["eot_id"]}
+    enders = set()
+    for name, rows in chat_runs.items():
+        assert len(rows) == 48 and all(r["error"] is None for r in rows), name
+        for r in rows:
+            ids = r["response_token_ids"]
+            assert not ends & set(ids[:-1]), (name, ids)  # nothing generated past an end id
+            if r["finish_reason"] == "eos":
+                assert ids[-1] in ends
+                enders.add(ids[-1])
+        assert sum(r["finish_reason"] == "eos" for r in rows) >= 40, name
+    assert enders == ends  # both ids ended replies: a mode stopping on only one would have run on
+
+
+def test_the_modes_agree_and_the_stored_prompt_is_the_users(chat_runs, world):
+    stepped, fused = chat_runs["stepped-greedy"], chat_runs["fused-greedy"]
+    assert [r["response_token_ids"] for r in stepped] == [r["response_token_ids"] for r in fused]
+    users = {json.loads(line)["id"]: json.loads(line)["prompt"] for line in open(world["prompts"])}
+    for r in chat_runs["stepped-topk"]:
+        assert r["prompt"] == users[r["id"]] and "<|user|>" not in r["prompt"]
+
+
+def test_a_messages_column_is_rendered_and_a_bad_cell_is_an_error_row(world, chat_world, tmp_path, chat_models):
+    source = tmp_path / "chats.jsonl"
+    rows = [{"id": "a", "messages": [{"role": "system", "content": "be brief"},
+                                     {"role": "user", "content": "review of the cafe :"}]},
+            {"id": "b", "messages": "review of the cafe :"},  # not a conversation
+            {"id": "c", "messages": [{"role": "user"}]}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = chat_config(world, chat_world, tmp_path / "out", "stepped", "topk", source=str(source),
+                      messages_column="messages", chat_template=False, limit=None)
+    run_generate(cfg, models=chat_models.for_config(cfg), progress=False)
+    out = {(r["id"], r["sample_index"]): r for r in read_output(tmp_path / "out").to_pylist()}
+    assert out[("a", 0)]["error"] is None and out[("a", 0)]["prompt"] == "review of the cafe :"
+    for bad in ("b", "c"):
+        assert out[(bad, 0)]["finish_reason"] == "error" and "messages must be" in out[(bad, 0)]["error"]
+
+
+def test_a_chat_run_with_a_tokenizer_without_a_template_fails_before_any_model_loads(world, tmp_path):
+    cfg = build(GenerateConfig, base_config(world, tmp_path, data={"chat_template": True}))
+    with pytest.raises(ConfigError, match="data.chat_template=True .*has no chat template"):
+        run_generate(cfg, progress=False)
