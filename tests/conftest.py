@@ -27,8 +27,6 @@ def reduced_world(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    if os.environ.get("TMP_REDUCED_WORLD"):
-        return json.loads(open(os.environ["TMP_REDUCED_WORLD"]).read())
     out = tmp_path_factory.mktemp("default-world")
     cli = str(Path(sys.executable).parent / "pargs-batch")
     result = subprocess.run([cli, "world", "build", "--kind", "reduced", "--out", str(out)],
