@@ -289,7 +289,9 @@ class CausalRewardScorer:
                 for row, i in enumerate(idx):
                     ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
                 hidden = self.body(input_ids=ids.to(self.device)).last_hidden_state
-                last = torch.tensor([len(sequences[i]) - 1 for i in idx], device=self.device)
+                # the last token that is not the pad token, as the steps and transformers' heads read it
+                last = torch.tensor([max([j for j, t in enumerate(sequences[i]) if t != self.pad_id], default=0)
+                                     for i in idx], device=self.device)
                 out[idx] = self.head(hidden[torch.arange(len(idx)), last])[:, 0].float().cpu().numpy()
         return out
 

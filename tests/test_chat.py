@@ -48,7 +48,7 @@ def chat_runs(world, chat_world, chat_models, tmp_path_factory):
                                ("fused-sampled", "fused", "pargs")):
         cfg = chat_config(world, chat_world, tmp / name, mode, method)
         run_generate(cfg, models=chat_models.for_config(cfg), progress=False)
-        runs[name] = read_output(tmp / name).to_pylist()
+        runs[name] = read_output(cfg.output.path).to_pylist()
     return runs
 
 
@@ -85,7 +85,7 @@ def test_a_messages_column_is_rendered_and_a_bad_cell_is_an_error_row(world, cha
     cfg = chat_config(world, chat_world, tmp_path / "out", "stepped", "topk", source=str(source),
                       messages_column="messages", chat_template=False, limit=None)
     run_generate(cfg, models=chat_models.for_config(cfg), progress=False)
-    out = {(r["id"], r["sample_index"]): r for r in read_output(tmp_path / "out").to_pylist()}
+    out = {(r["id"], r["sample_index"]): r for r in read_output(cfg.output.path).to_pylist()}
     assert out[("a", 0)]["error"] is None and out[("a", 0)]["prompt"] == "review of the cafe :"
     for bad in ("b", "c"):
         assert out[(bad, 0)]["finish_reason"] == "error" and "messages must be" in out[(bad, 0)]["error"]

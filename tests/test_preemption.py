@@ -5,6 +5,7 @@ its prefix), for the hf and the causal backend; sampled rows stay batch-independ
 
 import numpy as np
 import pytest
+import torch
 
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
@@ -77,9 +78,11 @@ def test_fused_under_preemption_equals_stepped_and_records_exact_rewards(reduced
     for row in fused["sampled"][:8]:
         ids = row["response_token_ids"]
         assert len(row["rewards"]) == len(ids) == 32
-        if backend == "causal":
+        if backend == "causal":  # the model's own forward and pooling over each whole prefix
             prompt_ids = tokenizer(row["prompt"])["input_ids"]
-            want = scorer.score_ids([prompt_ids + ids[: i + 1] for i in range(len(ids))])
+            with torch.inference_mode():
+                want = [float(scorer.model(input_ids=torch.tensor([prompt_ids + ids[: i + 1]])).logits[0, 0])
+                        for i in range(len(ids))]
         else:
             prefixes = [tokenizer.decode(ids[: i + 1], skip_special_tokens=True) for i in range(len(ids))]
             want = scorer.score([row["prompt"]] * len(ids), prefixes)
