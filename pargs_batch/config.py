@@ -229,6 +229,10 @@ class GenerateConfig:
         if self.decode.top_k > self.model.max_logprobs:
             raise ConfigError("decode.top_k", self.decode.top_k,
                               f"must be <= model.max_logprobs ({self.model.max_logprobs})")
+        if self.engine.mode == "fused" and self.decode.method != "best-of-n" and self.model.tensor_parallel_size > 1:
+            raise ConfigError("engine.mode", self.engine.mode,
+                              "fused with model.tensor_parallel_size > 1 is not supported: every tensor-parallel "
+                              "rank would load and run its own copy of the reward model; use stepped mode")
         if METHODS[self.decode.method].uses_reward and not self.reward.path:
             raise ConfigError("reward.path", self.reward.path,
                               f"decode.method={self.decode.method} needs a reward model")

@@ -94,3 +94,12 @@ def test_fused_writes_a_repeated_id_as_an_error_row_and_the_first_once(world, tm
                       data={"source": source, "limit": None}, decode={"num_samples": 2})
     run_generate(build(GenerateConfig, cfg), models=fused_models, progress=False)
     check_duplicates(read_output(cfg["output"]["path"]).to_pylist(), 2)
+
+
+def test_fused_with_tensor_parallelism_is_a_config_error(world, tmp_path):
+    cfg = base_config(world, tmp_path, engine={"mode": "fused"})
+    cfg["model"]["tensor_parallel_size"] = 2
+    with pytest.raises(ConfigError, match="engine.mode='fused'.*tensor_parallel_size > 1"):
+        build(GenerateConfig, cfg)
+    cfg["engine"]["mode"] = "stepped"
+    assert build(GenerateConfig, cfg).model.tensor_parallel_size == 2  # stepped mode takes TP
