@@ -24,6 +24,19 @@ def arrow_schema(cls: type) -> pa.Schema:
     return pa.schema([(f.name, f.metadata["arrow"]) for f in dataclasses.fields(cls)])
 
 
+def conversation_of(context: Any) -> list[dict]:
+    """The turns a context stands for: a prompt string is one user turn."""
+    return context if isinstance(context, list) else [{"role": "user", "content": context}]
+
+
+def prompt_of(context: Any) -> str:
+    """The prompt text of a context: a conversation's last user message (its last message if none)."""
+    if not isinstance(context, list):
+        return context
+    users = [m["content"] for m in context if m["role"] == "user"]
+    return users[-1] if users else context[-1]["content"]
+
+
 @dataclass
 class PromptRow:
     """One input row: a stable id, the prompt as read (maybe not a string), why it is unusable, and
@@ -33,6 +46,11 @@ class PromptRow:
     prompt: Any
     error: str | None = None
     messages: list[dict] | None = None
+
+    @property
+    def context(self) -> Any:
+        """What a reward model is told the prompt was: the conversation of a chat run, else the prompt."""
+        return self.messages if self.messages is not None else self.prompt
 
 
 @dataclass

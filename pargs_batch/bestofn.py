@@ -35,7 +35,7 @@ class BestOfN:
                                          d.top_k, d.temperature, d.stop, d.ignore_eos)
             t1 = clock()
             flat = [(job, c) for job, cands in zip(jobs, samples) for c in cands]
-            rewards = self.scorer.score([job[1].prompt for job, _ in flat], [c[1] for _, c in flat])
+            rewards = self.scorer.score([job[1].context for job, _ in flat], [c[1] for _, c in flat])
             t2 = clock()
             rewards = rewards.reshape(len(jobs), self.n)
             best = decoding.greedy(np.where(np.isfinite(rewards), rewards, -np.inf))  # non-finite never wins

@@ -295,7 +295,20 @@ class CausalRewardScorer:
                 out[idx] = self.head(hidden[torch.arange(len(idx)), last])[:, 0].float().cpu().numpy()
         return out
 
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        """Whole (prompt, response) texts, tokenised with the shared tokenizer (as ``HFRewardScorer.score``)."""
-        ids = self.tokenizer([self.config.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)])
-        return self.score_ids(ids["input_ids"])
+    def score(self, contexts: list, responses: list[str]) -> np.ndarray:
+        """Whole (context, response) texts, tokenised with the shared tokenizer (as ``HFRewardScorer.score``).
+        A conversation is rendered as the LLM saw it (its chat template, generation prompt added), so
+        whole responses are read as the steps read their prefixes."""
+        tok, out = self.tokenizer, [None] * len(contexts)
+        plain = [i for i, c in enumerate(contexts) if not isinstance(c, list)]
+        chat = [i for i, c in enumerate(contexts) if isinstance(c, list)]
+        if plain:
+            texts = [self.config.template.format(prompt=contexts[i], response=responses[i]) for i in plain]
+            for i, ids in zip(plain, tok(texts)["input_ids"]):
+                out[i] = ids
+        if chat:
+            texts = [tok.apply_chat_template(contexts[i], tokenize=False, add_generation_prompt=True) + responses[i]
+                     for i in chat]
+            for i, ids in zip(chat, tok(texts, add_special_tokens=False)["input_ids"]):
+                out[i] = ids
+        return self.score_ids(out)

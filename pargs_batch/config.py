@@ -61,7 +61,11 @@ class RewardConfig:
     backend: str = option("scorer: hf (any AutoModelForSequenceClassification, own tokenizer, rescores whole "
                           "prefixes) or causal (a causal RM sharing the LLM's tokenizer, KV state kept between "
                           "steps, runs inside the decode worker)", "hf")
-    template: str = option("how prompt and response prefix are joined for the reward model",
+    input: str = option("what the reward model reads: template (reward.template's text), pair (prompt and response "
+                        "as a segment pair, tokenizer(prompt, response), as OpenAssistant's DeBERTa RMs were "
+                        "trained), chat (the user/assistant turns rendered by the RM tokenizer's chat template)",
+                        "template")
+    template: str = option("how prompt and response prefix are joined for the reward model (reward.input: template)",
                           "{prompt}{response}")
     batch_size: int = option("candidates per reward-model forward pass (length-sorted)", 64)
     max_length: int | None = option("reward-model input limit in tokens; defaults to the model's", None)
@@ -72,6 +76,10 @@ class RewardConfig:
         if self.path:
             check_model_path("reward.path", self.path)
         one_of("reward.backend", self.backend, ["hf", "causal"])
+        one_of("reward.input", self.input, ["template", "pair", "chat"])
+        if self.backend == "causal" and self.input != "template":
+            raise ConfigError("reward.input", self.input, "the causal backend reads the LLM's own token ids "
+                              "(prompt then response); use reward.input: template, or reward.backend: hf")
         positive("reward.batch_size", self.batch_size)
         positive("reward.max_length", self.max_length)
         one_of("reward.dtype", self.dtype, ["float32", "float16", "bfloat16"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from vllm.v1.sample.logits_processor import (
@@ -49,7 +50,7 @@ class _Row:
     beta: float
     guided: bool
     greedy: bool
-    prompt: str
+    prompt: Any                   # the reward model's context: prompt text or conversation
     out_ids: list[int]            # vLLM's live list of the request's output tokens
     prompt_ids: list[int] = field(default_factory=list)
     detok: object = None          # DetokState (hf backend)
@@ -394,7 +395,7 @@ class FusedRunner:
                                           np.array([s for _, _, _, s in jobs]))
             keys = [f"{id(self)}/{i}/{s}" for i, _, _, s in jobs]
             extra = [{EXTRA_KEY: {"key": key, "k": d.top_k, "beta": d.beta if method.uses_reward else 0.0,
-                                  "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.prompt}}
+                                  "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.context}}
                      for key, (_, p, _, _) in zip(keys, jobs)]
             t0 = time.perf_counter()
             outputs = self.engine.guided([ids for _, _, ids, _ in jobs], seeds.tolist(), extra, d.max_new_tokens,

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 from pargs_batch.batch import MicroBatchResult
 from pargs_batch.config import GenerateConfig
+from pargs_batch.decoding import METHODS
 from pargs_batch.io import PromptSource, RunDir, package_versions
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
+from pargs_batch.reward import check_reward_input
 from pargs_batch.rows import NONFINITE, RowMaker, check_chat_template
 
 
@@ -52,6 +54,8 @@ e.g. from ``models.Models.for_config``)
 
     source = PromptSource(config.data)
     check_chat_template(config)
+    if METHODS[config.decode.method].uses_reward:
+        check_reward_input(config.reward)
     metadata = {"pargs_batch.config": config.to_json(), "pargs_batch.versions": json.dumps(package_versions())}
     run = RunDir(config.output.path, config.identity(), metadata, config.output.compression,
                  overwrite=config.output.overwrite)

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pargs_batch.batch import CandidateRow, PromptRow, ResponseRow, candidates_table, to_table
+from pargs_batch.batch import CandidateRow, PromptRow, ResponseRow, candidates_table, prompt_of, to_table
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
 
@@ -29,8 +29,7 @@ def conversation(messages: Any) -> tuple[str | None, str | None]:
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in messages):
         return None, "messages must be a non-empty list of {role, content} strings"
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    return (users[-1] if users else messages[-1]["content"]), None
+    return prompt_of(messages), None
 
 
 def prompt_error(prompt: Any) -> str | None:

@@ -1,20 +1,67 @@
-"""Reward scoring of candidate prefixes: (prompt text, response-prefix text) in, one float out.
+"""Reward scoring of candidate prefixes: (context, response-prefix text) in, one float out.
 
 ``HFRewardScorer`` wraps any transformers ``AutoModelForSequenceClassification`` with its own
 tokenizer (GPT-2, Llama, DeBERTa, ...). The text is re-tokenised with the reward model's tokenizer,
-so it need not share a vocabulary with the LLM. Inputs longer than the reward model allows are cut
-from the left: the start of the prompt goes first, the response is kept.
+so it need not share a vocabulary with the LLM. A context is the prompt text or, in a chat run, the
+conversation (a list of ``{role, content}``). ``reward.input`` says how the model reads the pair:
+
+- ``template``: one text, ``reward.template`` filled with the prompt (a conversation's last user
+  message) and the response;
+- ``pair``: a segment pair, ``tokenizer(prompt, response)`` - how OpenAssistant's DeBERTa RMs and
+  other cross-encoders were trained (``[CLS] prompt [SEP] response [SEP]``);
+- ``chat``: the conversation plus an assistant turn holding the response, rendered by the RM
+  tokenizer's chat template. The template runs once per conversation: its text around the
+  response is cached, and each step fills in the new prefix.
+
+Inputs longer than the reward model allows are cut from the left: the start of the prompt goes
+first, the response is kept.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import numpy as np
 
+from pargs_batch.batch import conversation_of, prompt_of
 from pargs_batch.config import RewardConfig
+from pargs_batch.configlib import ConfigError
 
 log = logging.getLogger(__name__)
+
+_SLOT = "\ue000pargs-response\ue001"  # stands for the response while a chat template renders
+_CACHE_LIMIT = 1 << 16                  # rendered conversations kept (cleared when full: memory stays flat)
+
+
+def chat_frame(tokenizer, context: Any) -> tuple[str, str]:
+    """(text before, text after) the assistant's reply when the chat template renders ``context``
+    followed by an assistant turn; raises ValueError when the template does not pass the reply
+    through unchanged exactly once."""
+    text = tokenizer.apply_chat_template(conversation_of(context) + [{"role": "assistant", "content": _SLOT}],
+                                         tokenize=False)
+    if text.count(_SLOT) != 1:
+        raise ValueError("its chat template does not render an assistant turn's content verbatim once")
+    head, tail = text.split(_SLOT)
+    return head, tail
+
+
+def check_reward_input(reward: RewardConfig, key: str = "reward") -> None:
+    """``reward.input: chat`` needs an RM tokenizer whose chat template renders a user turn and an
+    assistant reply: checked (tokenizer only) before any model loads."""
+    if reward.input != "chat" or not reward.path:
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reward.path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"{key}.input", "chat", f"the reward tokenizer ({reward.path}) has no chat template")
+    try:
+        chat_frame(tokenizer, "a prompt")
+    except Exception as e:  # a template may raise on its own terms (roles, order)
+        raise ConfigError(f"{key}.input", "chat", f"the reward tokenizer ({reward.path}) cannot render "
+                          f"a user turn and an assistant reply: {e}") from None
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
@@ -60,21 +107,57 @@ class HFRewardScorer:
             limits.append(tokenizer.model_max_length)
         self.max_length = min(x for x in limits if x)
 
-    def texts(self, prompts: list[str], responses: list[str]) -> list[str]:
-        return [self.config.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
+        self.frames: dict[str, tuple[str, str]] = {}  # chat input: rendered text around the reply
+        if config.input == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"reward.input is chat but the reward tokenizer ({config.path}) has no chat template")
 
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        """The reward of each (prompt, response prefix), as float32, in input order."""
+    def texts(self, contexts: list[Any], responses: list[str]) -> list[str]:
+        """The text the model reads for each (context, response) - template and chat inputs."""
+        if self.config.input == "chat":
+            return [head + r + tail for (head, tail), r in zip(map(self._frame, contexts), responses)]
+        return [self.config.template.format(prompt=prompt_of(c), response=r) for c, r in zip(contexts, responses)]
+
+    def _frame(self, context: Any) -> tuple[str, str]:
+        key = context if isinstance(context, str) else json.dumps(context, sort_keys=True)
+        frame = self.frames.get(key)
+        if frame is None:
+            if len(self.frames) >= _CACHE_LIMIT:
+                self.frames.clear()
+            frame = self.frames[key] = chat_frame(self.tokenizer, context)
+        return frame
+
+    def encode(self, contexts: list[Any], responses: list[str]) -> dict[str, list[list[int]]]:
+        """Token ids (and whatever else the tokenizer returns per row) of each input, at most
+        ``max_length`` long, cut from the left."""
+        tok, limit = self.tokenizer, self.max_length
+        if self.config.input != "pair":
+            # a chat template writes its own special tokens
+            enc = tok(self.texts(contexts, responses), truncation=True, max_length=limit,
+                      add_special_tokens=self.config.input != "chat")
+            return {k: list(v) for k, v in enc.items()}
+        prompts = [prompt_of(c) for c in contexts]
+        enc = {k: list(v) for k, v in tok(prompts, responses).items()}
+        for i in [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > limit]:
+            # lists, not strings: transformers reads a lone empty second segment as "no pair"
+            try:  # cut the prompt alone; when it is too short for that, both
+                one = tok([prompts[i]], [responses[i]], truncation="only_first", max_length=limit)
+            except Exception:
+                one = tok([prompts[i]], [responses[i]], truncation="longest_first", max_length=limit)
+            for k in enc:
+                enc[k][i] = one[k][0]
+        return enc
+
+    def score(self, contexts: list[Any], responses: list[str]) -> np.ndarray:
+        """The reward of each (context, response prefix), as float32, in input order."""
         import torch
 
-        out = np.zeros(len(prompts), dtype=np.float32)
-        if not prompts:
+        out = np.zeros(len(contexts), dtype=np.float32)
+        if not contexts:
             return out
-        enc = self.tokenizer(self.texts(prompts, responses), truncation=True,
-                             max_length=self.max_length)["input_ids"]
+        enc = self.encode(contexts, responses)
         with torch.inference_mode():
-            for idx in length_sorted_batches([len(x) for x in enc], self.config.batch_size):
-                batch = self.tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
+            for idx in length_sorted_batches([len(x) for x in enc["input_ids"]], self.config.batch_size):
+                batch = self.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()}, return_tensors="pt")
                 logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
                 out[idx] = logits[:, 0].float().cpu().numpy()
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class _Sequence:
     id: str
     sample_index: int
     prompt: str
+    context: Any                  # what the reward model is told the prompt was (PromptRow.context)
     prompt_ids: list[int]
     id_hash: np.uint64
     detok: DetokState
@@ -64,7 +66,7 @@ class Stepper:
                 if error is not None:
                     errors.append(self.rows.error(p, s, error))
                 else:
-                    seqs.append(_Sequence(p.id, s, p.prompt, prompt_ids, id_hash, self.detok.start(prompt_ids)))
+                    seqs.append(_Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash, self.detok.start(prompt_ids)))
         return seqs, errors
 
     def _finish_reason(self, seq: _Sequence, token: int, old_len: int) -> str | None:
@@ -96,7 +98,7 @@ class Stepper:
             windows = self.detok.decode_with([s.detok for s in active], cand_ids)
             texts = [self.detok.extended_text(s.detok, windows[b * k + j])
                      for b, s in enumerate(active) for j in range(k)]
-            prompts = [s.prompt for s in active for _ in range(k)]
+            prompts = [s.context for s in active for _ in range(k)]
             t_text = clock()
             rewards = self.scorer.score(prompts, texts).reshape(len(active), k)
             self.timings["reward"] += clock() - t_text

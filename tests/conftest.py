@@ -37,6 +37,14 @@ def reduced_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def chat_world(tmp_path_factory):
+    """A tiny Llama chat model with two end ids and a chat-template reward head (experiments/world/chat.py)."""
+    from experiments.world.chat import build_chat_world
+
+    return build_chat_world(tmp_path_factory.mktemp("chat"), steps=300)
+
+
+@pytest.fixture(scope="session")
 def model_config(world):
     from pargs_batch.config import ModelConfig
 

@@ -4,22 +4,16 @@ chat model built offline (experiments/world/chat.py) whose replies end in either
 
 import json
 
+import numpy as np
 import pytest
 from conftest import base_config
 
-from pargs_batch.config import GenerateConfig
+from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build
 from pargs_batch.generate import run_generate
 from pargs_batch.io import read_output
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def chat_world(tmp_path_factory):
-    from experiments.world.chat import build_chat_world
-
-    return build_chat_world(tmp_path_factory.mktemp("chat"), steps=300)
 
 
 def chat_config(world, chat_world, path, mode, method, **data):
@@ -95,3 +89,27 @@ def test_a_chat_run_with_a_tokenizer_without_a_template_fails_before_any_model_l
     cfg = build(GenerateConfig, base_config(world, tmp_path, data={"chat_template": True}))
     with pytest.raises(ConfigError, match="data.chat_template=True .*has no chat template"):
         run_generate(cfg, progress=False)
+
+
+def test_a_chat_reward_model_reads_the_conversation_in_both_modes(world, chat_world, chat_models, tmp_path):
+    """reward.input: chat - the stepped loop and the fused processor (its context travels in the
+    request's extra_args) give the same greedy tokens, and each row's rewards re-score its prefixes
+    rendered by the RM's chat template."""
+    from pargs_batch.reward import HFRewardScorer
+
+    runs = {}
+    for mode in ("stepped", "fused"):
+        cfg = chat_config(world, chat_world, tmp_path / mode, mode, "pargs-greedy", limit=6)
+        cfg = build(GenerateConfig, {**cfg.to_dict(), "reward": {"path": chat_world["reward_model"], "input": "chat",
+                                                                 "batch_size": 16}})
+        run_generate(cfg, models=chat_models.for_config(cfg), progress=False)
+        runs[mode] = read_output(cfg.output.path).to_pylist()
+    stepped, fused = runs["stepped"], runs["fused"]
+    assert [r["response_token_ids"] for r in stepped] == [r["response_token_ids"] for r in fused]
+    assert np.allclose([x for r in stepped for x in r["rewards"]], [x for r in fused for x in r["rewards"]], atol=1e-4)
+    scorer = HFRewardScorer(RewardConfig(path=chat_world["reward_model"], input="chat"))
+    tok = chat_models.tokenizer(chat_world["llm"])
+    for r in stepped[:4]:
+        ids = r["response_token_ids"]
+        prefixes = [tok.decode(ids[:n], skip_special_tokens=True) for n in range(1, len(ids) + 1)]
+        assert np.allclose(r["rewards"], scorer.score([r["prompt"]] * len(ids), prefixes), atol=1e-4)

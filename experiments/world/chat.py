@@ -2,7 +2,9 @@
 two ids that end a turn - the tokenizer's EOS (``<|end_of_text|>``) and ``<|eot|>``, listed together
 in ``generation_config.json`` as Llama-3-Instruct lists ``<|end_of_text|>`` and ``<|eot_id|>``.
 It answers the tiny world's review prompts and was trained to end half its replies with each id,
-so a decoder that knows only the tokenizer's EOS runs past every other ``<|eot|>``.
+so a decoder that knows only the tokenizer's EOS runs past every other ``<|eot|>``. Beside it, a
+Llama-architecture reward head over the same tokenizer reads conversations through the chat
+template (``reward.input: chat``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from experiments.world.tiny import TinyWorldSpec, make_corpus
 END, EOT = "<|end_of_text|>", "<|eot|>"
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-VERSION = 1
+VERSION = 2
 
 
 def chat_tokenizer(texts: list[str], vocab_size: int = 400):
@@ -33,6 +35,20 @@ def chat_tokenizer(texts: list[str], vocab_size: int = 400):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token=END, unk_token=END,
                                    additional_special_tokens=specials[1:], chat_template=CHAT_TEMPLATE,
                                    model_max_length=256)
+
+
+def chat_reward_model(tokenizer, seed: int):
+    """A Llama-architecture reward head over the chat tokenizer (untrained, seeded): a stand-in for a
+    Llama-based RM that reads conversations rendered by its chat template (``reward.input: chat``)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed + 1)
+    pad = tokenizer.pad_token_id
+    return LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=256, num_labels=1, pad_token_id=pad, bos_token_id=pad,
+        eos_token_id=pad))
 
 
 def build_chat_world(out_dir: str | Path, seed: int = 0, steps: int = 400) -> dict:
@@ -59,7 +75,9 @@ def build_chat_world(out_dir: str | Path, seed: int = 0, steps: int = 400) -> di
                                                bos_token_id=end_id)
     model.save_pretrained(out / "llm")
     tokenizer.save_pretrained(out / "llm")
-    world = {"version": VERSION, "llm": str(out / "llm"), "end_id": end_id, "eot_id": eot_id,
-             "final_train_loss": loss}
+    chat_reward_model(tokenizer, seed).save_pretrained(out / "reward_model")
+    tokenizer.save_pretrained(out / "reward_model")
+    world = {"version": VERSION, "llm": str(out / "llm"), "reward_model": str(out / "reward_model"),
+             "end_id": end_id, "eot_id": eot_id, "final_train_loss": loss}
     manifest.write_text(json.dumps(world, indent=2))
     return world

@@ -38,6 +38,9 @@ def load_runs(config: EvalConfig) -> dict[str, dict]:
 
 
 def check_models(config: EvalConfig, runs: dict[str, dict]) -> None:
+    from pargs_batch.reward import check_reward_input
+
+    check_reward_input(config.reward)
     if config.allow_same_model or not config.reward.path:
         return
     mine = os.path.realpath(config.reward.path)
