@@ -188,9 +188,12 @@ class RayConfig:
     num_workers: int = option("decode workers, each owning one vLLM engine", 1)
     num_reward_actors: int | None = option("reward-model actors (<= num_workers, shared round-robin); "
                                            "default: one per worker", None)
-    engine_resources: dict = option("Ray resources of each decode worker", factory=lambda: {"num_cpus": 1, "num_gpus": 0})
-    reward_resources: dict = option("Ray resources of each reward actor (num_gpus: 0.25 shares a GPU)",
-                                    factory=lambda: {"num_cpus": 1, "num_gpus": 0})
+    engine_resources: dict | None = option(
+        "Ray resources of each decode worker; default: 1 CPU, and on a cluster with GPUs "
+        "model.tensor_parallel_size GPUs (0.75 of one when it shares it with its reward actor)", None)
+    reward_resources: dict | None = option(
+        "Ray resources of each reward actor; default: 1 CPU, and on a cluster with GPUs 0.25 of its "
+        "worker's GPU (a GPU of its own beside a tensor-parallel worker)", None)
     inflight_per_worker: int = option("micro-batches in flight per worker (>= 2 overlaps engine and reward)", 2)
     max_retries: int = option("restarts of a dead actor and retries of its micro-batches before error rows", 2)
 
@@ -200,8 +203,9 @@ class RayConfig:
         if self.num_reward_actors is not None and self.num_reward_actors > self.num_workers:
             raise ConfigError("ray.num_reward_actors", self.num_reward_actors,
                               f"must be <= ray.num_workers ({self.num_workers})")
-        _resources("ray.engine_resources", self.engine_resources)
-        _resources("ray.reward_resources", self.reward_resources)
+        for key in ("engine_resources", "reward_resources"):
+            if getattr(self, key) is not None:
+                _resources(f"ray.{key}", getattr(self, key))
         positive("ray.inflight_per_worker", self.inflight_per_worker)
         positive("ray.max_retries", self.max_retries, allow_zero=True)
 

@@ -8,7 +8,10 @@ number of prompts: only the micro-batches in flight are held.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 import resource
 import time
 from collections import defaultdict
@@ -21,6 +24,8 @@ from pargs_batch.io import PromptSource, RunDir, package_versions
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
 from pargs_batch.reward import check_reward_input
 from pargs_batch.rows import NONFINITE, RowMaker, check_chat_template
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +47,16 @@ class Totals:
         self.preemptions += result.preemptions
 
 
+def check_output_place(path: str) -> None:
+    """Say where a relative output path lands when that is not where the user ran the command:
+    under `ray job submit` the driver runs in Ray's copy of the job's working_dir on the head node."""
+    if os.path.isabs(path) or "://" in path or "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    log.warning("output.path %r is relative: this Ray job writes it under its working directory on the head "
+                "node, %s, which Ray may delete after the job; give an absolute path on storage you can reach",
+                path, os.path.abspath(path))
+
+
 def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> dict:
     """Generate for every unfinished prompt of ``config.data`` into ``config.output.path``.
 
@@ -56,6 +71,7 @@ e.g. from ``models.Models.for_config``)
     check_chat_template(config)
     if METHODS[config.decode.method].uses_reward:
         check_reward_input(config.reward)
+    check_output_place(config.output.path)
     metadata = {"pargs_batch.config": config.to_json(), "pargs_batch.versions": json.dumps(package_versions())}
     run = RunDir(config.output.path, config.identity(), metadata, config.output.compression,
                  overwrite=config.output.overwrite)
@@ -116,7 +132,8 @@ e.g. from ``models.Models.for_config``)
         "phase_s": {k: round(v, 3) for k, v in sorted(totals.phase_s.items())},
         "workers": config.ray.num_workers if config.ray.enabled and models is None else 1,
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "output": str(run.path),
+        "output": os.path.abspath(run.path),
+        "placement": dataclasses.asdict(pool.plan) if isinstance(pool, RayPool) else None,
     }
     (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -6,8 +6,9 @@ behind a lock, so when a worker runs two micro-batches at once (two threads of a
 engine steps one while the reward actor scores the other's candidates.
 
 Ray appears only here: ``RayPool`` builds N decode-worker actors and M <= N reward actors from the
-plain classes with ``ray.remote(...)``, each with configured resources (fractional GPUs let an
-engine and its reward model share a device). Dead actors are restarted and their micro-batches
+plain classes with ``ray.remote(...)``, with the resources and placement-group bundles
+``placement.plan`` gives them (a worker and its reward actor share a bundle: one node, and by
+default on GPUs one device). Dead actors are restarted and their micro-batches
 retried by Ray up to ``ray.max_retries`` times; after that the driver writes those rows as errors.
 ``LocalPool`` is the same interface without Ray. ``reward_actors`` and ``RemoteScorer`` are also
 how the evaluation job scores on Ray.
@@ -18,7 +19,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 
+from pargs_batch import placement
 from pargs_batch.batch import MicroBatchResult, PromptRow, Runner
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.models import Models
@@ -99,14 +102,15 @@ class RemoteScorer:
         return out
 
 
-def reward_actors(reward: RewardConfig, count: int, resources: dict, max_retries: int = 0) -> list:
-    """``count`` Ray actors, each loading the ``hf`` scorer of ``reward`` (a first call waits for it)."""
+def reward_actors(reward: RewardConfig, options: list[dict], max_retries: int = 0) -> list:
+    """One Ray actor per entry of ``options`` (its resources and scheduling), each loading the ``hf``
+    scorer of ``reward`` (a first call waits for it)."""
     import ray
 
     from pargs_batch.reward import HFRewardScorer
 
-    cls = ray.remote(HFRewardScorer).options(**resources, max_restarts=max_retries, max_task_retries=max_retries)
-    return [cls.remote(reward) for _ in range(count)]
+    cls = ray.remote(HFRewardScorer)
+    return [cls.options(**o, max_restarts=max_retries, max_task_retries=max_retries).remote(reward) for o in options]
 
 
 class DecodeWorker:
@@ -172,15 +176,19 @@ class RayPool:
         import ray
 
         r = config.ray
-        self.rewards = []
-        if reward_placement(config, on_ray=True) == "actor":
-            self.rewards = reward_actors(config.reward, r.num_reward_actors or r.num_workers, r.reward_resources,
-                                         r.max_retries)
-        options = dict(r.engine_resources, max_restarts=r.max_retries, max_task_retries=r.max_retries,
-                       max_concurrency=r.inflight_per_worker)
-        worker_cls = ray.remote(DecodeWorker).options(**options)
+        actors = (r.num_reward_actors or r.num_workers) if reward_placement(config, on_ray=True) == "actor" else 0
+        self.plan = placement.plan(config, actors, ray.cluster_resources().get("GPU", 0))
+        self.group = placement.place(self.plan.bundles) if self.plan.bundles else None
+        self.rewards = reward_actors(config.reward, [self.plan.actor_options(i, self.group) for i in range(actors)],
+                                     r.max_retries)
+        if self.plan.gpu_memory_utilization and config.model.gpu_memory_utilization is None:
+            config = replace(config, model=replace(config.model,
+                                                   gpu_memory_utilization=self.plan.gpu_memory_utilization))
+        worker_cls = ray.remote(DecodeWorker)
         self.workers = [
-            worker_cls.remote(config, RemoteScorer([self.rewards[i % len(self.rewards)]]) if self.rewards else None)
+            worker_cls.options(**self.plan.worker_options(i, self.group), max_restarts=r.max_retries,
+                               max_task_retries=r.max_retries, max_concurrency=r.inflight_per_worker)
+            .remote(config, RemoteScorer([self.rewards[i % actors]]) if actors else None)
             for i in range(r.num_workers)]
         # wait for the models to load, so that start-up is not counted as generation time
         ray.get([w.ready.remote() for w in self.workers] + [a.score.remote([], []) for a in self.rewards])
@@ -215,6 +223,10 @@ class RayPool:
 
         for actor in self.workers + self.rewards:
             ray.kill(actor)
+        if self.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.group)
 
 
 def init_ray(address: str | None = None) -> None:

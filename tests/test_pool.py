@@ -61,6 +61,31 @@ def test_one_or_two_workers_and_any_batch_size_give_the_same_rows(ray_local, wor
     assert content(tmp_path / "one") == reference
     assert content(tmp_path / "two") == reference
     assert set(two["phase_s"]) == {"engine", "engine_wait", "reward", "decode", "io"}
+    # each worker with its reward actor in one bundle; the second worker's bundle holds it alone
+    assert one["placement"]["bundles"] == [{"CPU": 0.5}]
+    assert two["placement"]["bundles"] == [{"CPU": 0.5}, {"CPU": 0.25}]
+
+
+def test_a_worker_and_its_reward_actor_run_in_one_bundle_of_one_placement_group(ray_local, world, tmp_path):
+    from pargs_batch.pool import RayPool
+
+    def where(_self):
+        import ray
+
+        context = ray.get_runtime_context()
+        return (context.get_placement_group_id(), context.get_node_id(), context.get_assigned_resources())
+
+    pool = RayPool(build(GenerateConfig, pool_config(world, tmp_path, "placed")))
+    try:
+        (worker,), (actor,) = pool.workers, pool.rewards
+        w_group, w_node, w_res = ray_local.get(worker.__ray_call__.remote(where))
+        a_group, a_node, a_res = ray_local.get(actor.__ray_call__.remote(where))
+        assert w_group == a_group == pool.group.id.hex() and w_node == a_node
+        assert w_res == {"CPU": 0.25} and a_res == {"CPU": 0.25}
+        table = ray_local.util.placement_group_table(pool.group)
+        assert table["strategy"] == "PACK" and table["bundles"] == {0: {"CPU": 0.5}}
+    finally:
+        pool.shutdown()
 
 
 def test_killed_driver_resumes_exactly_once(ray_local, world, tmp_path, reference):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ def test_ray_job_submit_on_a_local_head_node(world, tmp_path):
     # Ray 2.5x+ clusters require a token; the CLI sends ~/.ray/auth_token when told to
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
     cfg = pool_config(world, tmp_path, "job", batch=8, limit=16)
+    cfg["output"]["path"] = "outputs/job-run"  # relative: lands in Ray's copy of the working_dir
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     head = ["--port", "6390", "--dashboard-port", "8275", "--dashboard-host", "127.0.0.1",
@@ -34,8 +36,17 @@ def test_ray_job_submit_on_a_local_head_node(world, tmp_path):
              "--runtime-env-json", json.dumps({"excludes": [".venv", "outputs", ".git"]}),
              "--", sys.executable, "jobs/generate.py", "--config", str(path), "--no-progress"],
             capture_output=True, text=True, timeout=400, env=env)
-        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-3000:]
         assert "succeeded" in result.stdout
-        assert read_output(tmp_path / "job").num_rows == 16
+        # the uploaded copy of the package ran, not the one installed here
+        code = re.search(r"pargs_batch from (\S+)", log).group(1)
+        assert "runtime_resources" in code and not code.startswith(str(ROOT))
+        # the run says where a relative output.path went, and the rows are there
+        summary = json.loads(re.search(r"summary: (\{.*\})", log).group(1))
+        assert "output.path 'outputs/job-run' is relative" in log and summary["output"] in log
+        assert summary["output"].startswith(str(Path(code).parent)) and not (ROOT / "outputs" / "job-run").exists()
+        assert read_output(summary["output"]).num_rows == 16
+        assert summary["placement"]["bundles"] == [{"CPU": 0.5}]
     finally:
         subprocess.run([bin_dir / "ray", "stop", "--force"], env=env, capture_output=True, timeout=120)

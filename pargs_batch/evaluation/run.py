@@ -69,7 +69,7 @@ def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dic
         from pargs_batch.pool import RemoteScorer, init_ray, reward_actors
 
         init_ray(config.ray.address)
-        scorer = RemoteScorer(reward_actors(config.reward, config.ray.num_actors, config.ray.resources))
+        scorer = RemoteScorer(reward_actors(config.reward, [config.ray.resources] * config.ray.num_actors))
     elif config.reward.path:
         from pargs_batch.reward import HFRewardScorer
 
