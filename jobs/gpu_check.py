@@ -120,7 +120,7 @@ def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompt
         return report
 
     from pargs_batch.generate import run_generate
-    from pargs_batch.io import read_output
+    from pargs_batch.output import read_output
     from pargs_batch.models import Models
 
     world = json.loads((Path(world_dir) / "world.json").read_text())
@@ -153,7 +153,7 @@ def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompt
     for name, case in report["cases"].items():
         check(f"{name}: error rows", case["error_rows"], case["error_rows"] == 0, "= 0")
     if reference:
-        from pargs_batch.io import read_output as read
+        from pargs_batch.output import read_output as read
 
         for name in rows:
             a = agreement(rows[name], read(Path(reference) / name).to_pylist())

@@ -27,6 +27,12 @@ def _generate(args) -> int:
     config = load_config(GenerateConfig, args.config, overrides)
     summary = run_generate(config, progress=not args.no_progress)
     print("summary: " + json.dumps(summary))
+    limit = config.output.max_error_fraction
+    if summary["error_fraction"] > limit:
+        print(f"generate: {summary['error_rows']} of {summary['rows']} rows are errors "
+              f"({summary['error_fraction']:.1%} > output.max_error_fraction {limit}; "
+              f"{summary['retryable_error_rows']} retryable by a rerun)", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -128,7 +128,8 @@ class DecodeConfig:
 class DataConfig:
     """Where prompts come from."""
 
-    source: str = option("a .jsonl or .parquet file, or a Hugging Face dataset name", "")
+    source: str = option("a .jsonl or .parquet file (a local path or a pyarrow.fs URI: s3://, gs://, file://), "
+                         "or a Hugging Face dataset name", "")
     subset: str | None = option("dataset configuration name (Hugging Face datasets only)", None)
     split: str = option("dataset split (Hugging Face datasets only)", "train")
     prompt_column: str = option("column holding the prompt text", "prompt")
@@ -143,9 +144,11 @@ class DataConfig:
     def __post_init__(self):
         if not self.source:
             raise ConfigError("data.source", self.source, "a .jsonl/.parquet path or dataset name is required")
-        local = self.source.endswith((".jsonl", ".json", ".parquet"))
-        if local and not os.path.exists(self.source):
+        local = self.source.endswith((".jsonl", ".json", ".parquet")) and "://" not in self.source
+        if local and not os.path.isfile(self.source):
             raise ConfigError("data.source", self.source, "no such file")
+        if local and not os.access(self.source, os.R_OK):
+            raise ConfigError("data.source", self.source, "the file is not readable (permissions)")
         positive("data.limit", self.limit)
 
     @property
@@ -157,14 +160,24 @@ class DataConfig:
 class OutputConfig:
     """Where and how the Parquet output is written."""
 
-    path: str = option("output directory (one Parquet shard per micro-batch)", "outputs/run")
+    path: str = option("output directory: a local path or a pyarrow.fs URI (s3://bucket/run, gs://..., file://...); "
+                       "its part-*.parquet files read as one table", "outputs/run")
     overwrite: bool = option("replace an existing non-empty output directory", False)
     compression: str = option("Parquet compression: zstd, snappy, gzip, none", "zstd")
+    rows_per_file: int = option("rows after which a part file is closed", 1_000_000)
+    target_file_mb: float = option("size in MB (compressed) after which a part file is closed", 128.0)
+    max_error_fraction: float = option("share of error rows above which `generate` exits with status 3 "
+                                       "(1.0: never)", 1.0)
     keep_all_candidates: bool = option("best-of-n: also write every candidate with its reward "
-                                       "(candidates-*.parquet)", False)
+                                       "(.pargs/candidates/part-*.parquet)", False)
 
     def __post_init__(self):
         one_of("output.compression", self.compression, ["zstd", "snappy", "gzip", "none"])
+        positive("output.rows_per_file", self.rows_per_file)
+        if not self.target_file_mb > 0:
+            raise ConfigError("output.target_file_mb", self.target_file_mb, "must be > 0")
+        if not 0 <= self.max_error_fraction <= 1:
+            raise ConfigError("output.max_error_fraction", self.max_error_fraction, "must be in [0, 1]")
 
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus")

@@ -47,10 +47,14 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def id_hash(row_id: str) -> int:
+    """A stable 64-bit hash of a prompt id (the same in every process and run)."""
+    return int.from_bytes(hashlib.blake2b(str(row_id).encode(), digest_size=8).digest(), "little")
+
+
 def id_hashes(ids: list[str]) -> np.ndarray:
-    """A stable 64-bit hash of each prompt id (the same in every process and run)."""
-    return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
-                     for i in ids], dtype=np.uint64)
+    """``id_hash`` of each prompt id."""
+    return np.array([id_hash(i) for i in ids], dtype=np.uint64)
 
 
 def keyed_uniforms(seed: int, id_hash: np.ndarray, sample_index: np.ndarray, step: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""One generation run: prompts in, Parquet shards out as micro-batches finish, a summary at the end.
+"""One generation run: prompts in, Parquet part files out as micro-batches finish, a summary at the end.
 
 The driver streams prompts (Ray Data on the Ray path), skips those an earlier run into the same
 directory finished, keeps every worker busy with up to ``ray.inflight_per_worker`` micro-batches,
-and writes each finished micro-batch as a shard plus a manifest entry. Memory stays flat in the
-number of prompts: only the micro-batches in flight are held.
+and hands each finished micro-batch to ``output.RunDir`` (durable at once, compacted into large
+part files). Its memory grows by a fixed 8 bytes a prompt (finished-id hashes), plus the
+micro-batches in flight.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 from pargs_batch.batch import MicroBatchResult
 from pargs_batch.config import GenerateConfig
 from pargs_batch.decoding import METHODS
-from pargs_batch.io import PromptSource, RunDir, package_versions
+from pargs_batch.io import PromptSource, package_versions
+from pargs_batch.output import RETRYABLE, RunDir
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
 from pargs_batch.reward import check_reward_input
 from pargs_batch.rows import NONFINITE, RowMaker, check_chat_template
@@ -37,6 +39,7 @@ class Totals:
     tokens: int = 0
     preemptions: int = 0
     error_rows: int = 0
+    retryable_error_rows: int = 0
     nonfinite_reward_rows: int = 0
     start: float = field(default_factory=time.perf_counter)
 
@@ -73,8 +76,9 @@ e.g. from ``models.Models.for_config``)
         check_reward_input(config.reward)
     check_output_place(config.output.path)
     metadata = {"pargs_batch.config": config.to_json(), "pargs_batch.versions": json.dumps(package_versions())}
-    run = RunDir(config.output.path, config.identity(), metadata, config.output.compression,
-                 overwrite=config.output.overwrite)
+    o = config.output
+    run = RunDir(o.path, config.identity(), metadata, o.compression, overwrite=o.overwrite,
+                 rows_per_file=o.rows_per_file, target_file_mb=o.target_file_mb)
     records, started = None, time.perf_counter()
     if models is not None:
         pool = LocalPool(DecodeWorker.from_models(config, *models))
@@ -97,11 +101,13 @@ e.g. from ``models.Models.for_config``)
             candidates = payload.candidates if config.output.keep_all_candidates else []
             totals.add(payload)
         else:
-            rows = row_maker.errors(prompts, f"micro-batch failed after {config.ray.max_retries} retries: {payload}")
+            rows = row_maker.errors(prompts, f"{RETRYABLE}micro-batch failed after {config.ray.max_retries} "
+                                             f"retries: {payload}")
         t0 = time.perf_counter()
         run.write(rows, candidates)
         totals.phase_s["io"] += time.perf_counter() - t0
         totals.error_rows += sum(r.error is not None for r in rows)
+        totals.retryable_error_rows += sum(r.error is not None and r.error.startswith(RETRYABLE) for r in rows)
         totals.nonfinite_reward_rows += sum(r.error is not None and r.error.startswith(NONFINITE) for r in rows)
         bar.update(len(rows))
 
@@ -112,6 +118,7 @@ e.g. from ``models.Models.for_config``)
             pool.submit(prompts, prompts)
         while pool.pending():
             write_next()
+        run.close()
     finally:
         bar.close()
         pool.shutdown()
@@ -122,8 +129,12 @@ e.g. from ``models.Models.for_config``)
         "rows": run.rows,
         "resumed_rows": run.resumed_rows,
         "error_rows": totals.error_rows,
+        "error_fraction": round(totals.error_rows / run.rows, 6) if run.rows else 0.0,
+        "retryable_error_rows": totals.retryable_error_rows,
+        "retried_rows": run.retried_rows,
         "nonfinite_reward_rows": totals.nonfinite_reward_rows,
-        "shards": run.shards,
+        "micro_batches": run.micro_batches,
+        "files": run.files,
         "tokens": totals.tokens,
         "preemptions": totals.preemptions if config.model.log_stats else None,
         "startup_s": round(startup, 3),
@@ -132,8 +143,9 @@ e.g. from ``models.Models.for_config``)
         "phase_s": {k: round(v, 3) for k, v in sorted(totals.phase_s.items())},
         "workers": config.ray.num_workers if config.ray.enabled and models is None else 1,
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "output": os.path.abspath(run.path),
+        "output": run.path,
+        "finished_ids_bytes": run.finished.nbytes(),
         "placement": dataclasses.asdict(pool.plan) if isinstance(pool, RayPool) else None,
     }
-    (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    run.write_summary(summary)
     return summary

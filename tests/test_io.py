@@ -1,7 +1,9 @@
 """Prompt readers keep every row (bad ones with an error); the writer keeps the schema and metadata."""
 
 import json
+import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -9,7 +11,9 @@ import pytest
 from pargs_batch.batch import SCHEMA, ResponseRow
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
-from pargs_batch.io import PromptSource, RunDir, read_output
+from pargs_batch.decoding import id_hash
+from pargs_batch.io import PromptSource
+from pargs_batch.output import RETRYABLE, IdSet, RunDir, next_part, part_number, read_output
 
 RECORDS = [{"uid": "a", "text": "hello"}, {"uid": "b", "text": ""}, {"uid": "c", "text": 42},
            {"uid": "a", "text": "again"}, {"uid": None, "text": "no id"}, {"uid": "f", "text": "fine"}]
@@ -29,14 +33,14 @@ def jsonl(tmp_path):
 
 def test_jsonl_keeps_every_row_and_flags_the_bad_ones(jsonl):
     got = rows(jsonl, id_column="uid")
-    assert [r.id for r in got] == ["a", "b", "c", "a", "row-4", "f", "row-6"]
+    assert [r.id for r in got] == ["a", "b", "c", "a", "row-4", "f", "line-8"]
     errors = [r.error for r in got]
     assert errors[0] is None and errors[5] is None
     assert errors[1] == "prompt is empty"
     assert errors[2] == "prompt must be a string, got int"
     assert errors[3] == "duplicate id 'a'"
     assert errors[4] == "uid is missing"
-    assert errors[6] == "not valid JSON"
+    assert errors[6] == "not valid JSON (line 8)"
 
 
 def test_ids_default_to_the_row_index_and_limit_applies(jsonl):
@@ -77,45 +81,103 @@ def response(id, **kw):
     return ResponseRow(**base)
 
 
-def open_run(tmp_path, identity=None, overwrite=False):
+def open_run(tmp_path, identity=None, overwrite=False, **kw):
     return RunDir(tmp_path / "out", identity or {"decode": {"beta": 1.5}},
                   {"pargs_batch.config": json.dumps({"decode": {"beta": 1.5}}), "pargs_batch.versions": "{}"},
-                  overwrite=overwrite)
+                  overwrite=overwrite, **kw)
 
 
-def test_shards_keep_schema_and_metadata_and_the_manifest_lists_them(tmp_path):
-    run = open_run(tmp_path)
+def listing(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def test_micro_batches_roll_into_part_files_with_the_schema_and_metadata(tmp_path):
+    run = open_run(tmp_path, rows_per_file=3)
     run.write([response("a"), response("b", error="prompt is empty", finish_reason="error",
                                         response_token_ids=[], rewards=None, prompt=None)])
-    run.write([response("c")])
+    assert listing((tmp_path / 'out')) == [".pargs/pending/part-000000/mb-000000000.parquet", ".pargs/run.json"]
+    run.write([response("c")])  # 3 rows: the file closes
+    run.write([response("d")])
+    run.close()
+    assert listing((tmp_path / 'out')) == [".pargs/run.json", "part-000000.parquet", "part-000001.parquet"]
     table = read_output(run.path)
     assert table.schema.remove_metadata().equals(SCHEMA)
-    assert table.column("id").to_pylist() == ["a", "b", "c"]
-    assert table.column("num_tokens").to_pylist() == [3, 0, 3]
-    assert table.column("error").to_pylist() == [None, "prompt is empty", None]
-    meta = pq.read_schema(run.path / "shard-00000.parquet").metadata
+    assert table.column("id").to_pylist() == ["a", "b", "c", "d"]
+    assert table.column("num_tokens").to_pylist() == [3, 0, 3, 3]
+    assert table.column("error").to_pylist() == [None, "prompt is empty", None, None]
+    assert pq.ParquetFile((tmp_path / 'out') / "part-000000.parquet").metadata.num_row_groups == 1
+    meta = pq.read_schema((tmp_path / 'out') / "part-000000.parquet").metadata
     assert json.loads(meta[b"pargs_batch.config"]) == {"decode": {"beta": 1.5}}
-    manifest = [json.loads(x) for x in (run.path / "manifest.jsonl").read_text().splitlines()]
-    assert manifest == [{"shard": "shard-00000.parquet", "rows": [["a", 0], ["b", 0]]},
-                        {"shard": "shard-00001.parquet", "rows": [["c", 0]]}]
-    assert not list(run.path.glob("*.tmp"))
+    assert run.files == 2 and run.micro_batches == 3 and run.rows == 4
 
 
-def test_reopening_resumes_and_drops_what_the_manifest_does_not_list(tmp_path):
+def test_reopening_keeps_pending_micro_batches_and_drops_what_a_crash_left_half_done(tmp_path):
+    run = open_run(tmp_path, rows_per_file=2)
+    run.write([response("a"), response("b")])  # part-000000
+    run.write([response("c")])                  # pending in part-000001
+    out = tmp_path / "out"
+    # a crash mid-write of a micro-batch and mid-compaction
+    (out / ".pargs/pending/part-000001/mb-000000001.parquet.tmp").write_text("half")
+    (out / "part-000001.parquet.tmp").write_text("half")
+    again = open_run(tmp_path, rows_per_file=2)
+    assert again.resumed_rows == 3 and again.is_finished("a") and again.is_finished("c")
+    assert not again.is_finished("d")
+    assert listing(out) == [".pargs/pending/part-000001/mb-000000000.parquet", ".pargs/run.json",
+                            "part-000000.parquet"]
+    again.write([response("d")])  # joins c in part-000001
+    again.close()
+    assert read_output(again.path).column("id").to_pylist() == ["a", "b", "c", "d"]
+    assert listing(out) == [".pargs/run.json", "part-000000.parquet", "part-000001.parquet"]
+
+
+def test_a_crash_between_compaction_and_clean_up_never_duplicates_rows(tmp_path):
     run = open_run(tmp_path)
     run.write([response("a")])
-    run.write([response("b")])
-    # a crash after writing a shard but before its manifest line, and one mid-line
-    (run.path / "shard-00002.parquet").write_text("orphan")
-    (run.path / "shard-00003.parquet.tmp").write_text("half")
-    with open(run.path / "manifest.jsonl", "a") as f:
-        f.write('{"shard": "shard-00004.parq')
+    pending = run.pending_dir
+    run._merge([f"{pending}/mb-000000000.parquet"], f"{run.base}/part-000000.parquet", SCHEMA)  # no clean-up
     again = open_run(tmp_path)
-    assert again.finished == {("a", 0), ("b", 0)} and again.resumed_rows == 2
-    assert again.is_finished("a") and not again.is_finished("c")
-    assert sorted(p.name for p in again.path.glob("shard-*")) == ["shard-00000.parquet", "shard-00001.parquet"]
-    assert again.write([response("c")]).name == "shard-00002.parquet"
-    assert read_output(again.path).column("id").to_pylist() == ["a", "b", "c"]
+    assert again.resumed_rows == 1 and listing((tmp_path / 'out')) == [".pargs/run.json", "part-000000.parquet"]
+    again.write([response("b")])
+    again.close()
+    assert read_output(again.path).column("id").to_pylist() == ["a", "b"]
+
+
+def test_part_numbers_are_parsed_not_sliced_past_a_million(tmp_path):
+    names = [f"part-{n:06d}.parquet" for n in range(100_001)] + ["part-1000000.parquet", ".pargs", "x.parquet"]
+    assert next_part(names) == 1_000_001 and part_number("part-1234567.parquet") == 1234567
+    run = open_run(tmp_path)
+    run.write([response("a")])
+    run.close()
+    out = tmp_path / "out"
+    (out / "part-000000.parquet").rename(out / "part-99999.parquet")
+    shutil.copy(out / "part-99999.parquet", out / "part-100000.parquet")
+    pq.write_table(pq.read_table(out / "part-100000.parquet").set_column(0, "id", pa.array(["b"])),
+                   out / "part-100000.parquet")
+    again = open_run(tmp_path)
+    assert again.part == 100_001 and again.resumed_rows == 2
+    again.write([response("c")])
+    again.close()
+    assert (out / "part-100001.parquet").exists()
+    assert read_output(again.path).column("id").to_pylist() == ["a", "b", "c"]  # in number order
+
+
+def test_retryable_rows_are_written_but_a_rerun_takes_them_out_and_makes_them_again(tmp_path):
+    run = open_run(tmp_path)
+    run.write([response("a"), response("b", error=RETRYABLE + "worker died", finish_reason="error")])
+    run.close()
+    assert read_output(run.path).num_rows == 2 and not run.is_finished("b") and run.is_finished("a")
+    again = open_run(tmp_path)
+    assert again.retried_rows == 1 and again.resumed_rows == 1 and not again.is_finished("b")
+    assert read_output(again.path).column("id").to_pylist() == ["a"]
+
+
+def test_finished_ids_cost_eight_bytes_each():
+    ids = IdSet()
+    for i in range(100_000):
+        ids.add(id_hash(f"p{i}"))
+    ids.add_many(np.fromiter((id_hash(f"q{i}") for i in range(50_000)), dtype=np.uint64))
+    assert id_hash("p77") in ids and id_hash("q49999") in ids and id_hash("p100000") not in ids
+    assert ids.nbytes() <= 8 * 150_000 and len(ids.levels) <= 18
 
 
 def test_a_different_config_is_refused_unless_overwrite(tmp_path):
@@ -123,7 +185,7 @@ def test_a_different_config_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(ConfigError, match=r"different config \(decode.beta: 1.5 -> 2.0\).*--overwrite"):
         open_run(tmp_path, identity={"decode": {"beta": 2.0}})
     fresh = open_run(tmp_path, identity={"decode": {"beta": 2.0}}, overwrite=True)
-    assert fresh.finished == set() and list(fresh.path.glob("shard-*")) == []
+    assert fresh.resumed_rows == 0 and listing((tmp_path / 'out')) == [".pargs/run.json"]
 
 
 def test_a_foreign_non_empty_directory_is_refused(tmp_path):

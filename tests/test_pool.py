@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -17,7 +18,7 @@ from pargs_batch.config import GenerateConfig
 
 from pargs_batch.configlib import build
 from pargs_batch.generate import run_generate
-from pargs_batch.io import read_output
+from pargs_batch.output import read_output
 
 from conftest import base_config
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "pargs-batch")
 SMALL = {"num_cpus": 0.25}  # two CPUs must hold every actor of a test
+FIRST_BATCH = ".pargs/pending/part-000000/mb-000000000.parquet"
 
 
 def pool_config(world, tmp_path, name, workers=1, batch=4, limit=40, **ray):
@@ -57,7 +59,7 @@ def test_one_or_two_workers_and_any_batch_size_give_the_same_rows(ray_local, wor
     one = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "one", workers=1, batch=8)), progress=False)
     two = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "two", workers=2, batch=3,
                                                          num_reward_actors=1)), progress=False)
-    assert one["rows"] == two["rows"] == 40 and two["shards"] == 14 and two["workers"] == 2
+    assert one["rows"] == two["rows"] == 40 and two["micro_batches"] == 14 and two["workers"] == 2
     assert content(tmp_path / "one") == reference
     assert content(tmp_path / "two") == reference
     assert set(two["phase_s"]) == {"engine", "engine_wait", "reward", "decode", "io"}
@@ -88,31 +90,43 @@ def test_a_worker_and_its_reward_actor_run_in_one_bundle_of_one_placement_group(
         pool.shutdown()
 
 
-def test_killed_driver_resumes_exactly_once(ray_local, world, tmp_path, reference):
+def durable_batches(out: Path, per_file: int) -> int:
+    """Micro-batches a driver has made durable: pending ones plus those compacted into part files."""
+    pending = len(list(out.glob(".pargs/pending/*/mb-*.parquet")))
+    return pending + per_file * len(list(out.glob("part-*.parquet")))
+
+
+def test_a_driver_killed_at_random_points_resumes_exactly_once(ray_local, world, tmp_path, reference):
+    """SIGKILL twice at random micro-batches (never on a file boundary: mid-file), then run to the end."""
+    import random
+
     cfg = pool_config(world, tmp_path, "killed", batch=2, address=ray_local.get_runtime_context().gcs_address)
+    cfg["output"]["rows_per_file"] = 6  # 3 micro-batches of 2 rows a file
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    manifest = tmp_path / "killed" / "manifest.jsonl"
-    driver = subprocess.Popen([CLI, "generate", "--config", str(path), "--no-progress"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and driver.poll() is None:
-        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
-    assert driver.poll() is None, "the run finished before it could be killed"
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    done_before = len(manifest.read_text().splitlines())
-    assert 3 <= done_before < 20
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    targets = sorted(rng.sample([n for n in range(2, 17) if n % 3], 2))
+    for target in targets:
+        driver = subprocess.Popen([CLI, "generate", "--config", str(path), "--no-progress"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None and durable_batches(out, 3) < target:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run finished before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        assert target <= durable_batches(out, 3) < 20
+        assert all(pq.read_metadata(f).num_rows == 6 for f in out.glob("part-*.parquet"))  # whole files only
 
     # the same command again: skips what is finished, produces the rest
     result = subprocess.run([CLI, "generate", "--config", str(path), "--no-progress"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("summary: "))[9:])
-    assert summary["resumed_rows"] >= 2 * done_before - 2 and summary["rows"] + summary["resumed_rows"] == 40
-    assert content(tmp_path / "killed") == reference
+    assert summary["resumed_rows"] >= 2 * targets[-1] and summary["rows"] + summary["resumed_rows"] == 40
+    assert content(out) == reference
+    assert not list(out.glob(".pargs/pending/*/*")) and len(list(out.glob("part-*.parquet"))) == 7
 
     # a different config on the same directory is refused, and --overwrite starts over
     changed = subprocess.run([CLI, "generate", "--config", str(path), "decode.beta=3.0"],
@@ -134,7 +148,7 @@ def _kill_first(name: str, after_file: Path, killed: list) -> None:
 def test_a_dying_decode_worker_is_restarted_and_its_batches_retried(ray_local, world, tmp_path, reference):
     killed = []
     killer = threading.Thread(target=_kill_first,
-                              args=("ray::DecodeWorker", tmp_path / "faulty" / "manifest.jsonl", killed))
+                              args=("ray::DecodeWorker", tmp_path / "faulty" / FIRST_BATCH, killed))
     killer.start()
     summary = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "faulty", batch=4)), progress=False)
     killer.join()
@@ -146,7 +160,7 @@ def test_a_dying_decode_worker_is_restarted_and_its_batches_retried(ray_local, w
 def test_retries_are_bounded_then_rows_carry_the_error(ray_local, world, tmp_path):
     killed = []
     killer = threading.Thread(target=_kill_first,
-                              args=("ray::HFRewardScorer", tmp_path / "doomed" / "manifest.jsonl", killed))
+                              args=("ray::HFRewardScorer", tmp_path / "doomed" / FIRST_BATCH, killed))
     killer.start()
     cfg = pool_config(world, tmp_path, "doomed", batch=4, max_retries=0)
     summary = run_generate(build(GenerateConfig, cfg), progress=False)
@@ -154,5 +168,12 @@ def test_retries_are_bounded_then_rows_carry_the_error(ray_local, world, tmp_pat
     rows = read_output(tmp_path / "doomed").to_pylist()
     assert killed and len(rows) == 40 and len({(r["id"], r["sample_index"]) for r in rows}) == 40
     failed = [r for r in rows if r["finish_reason"] == "error"]
-    assert failed and summary["error_rows"] == len(failed)
-    assert all("micro-batch failed after 0 retries" in r["error"] and "Actor" in r["error"] for r in failed)
+    assert failed and summary["error_rows"] == summary["retryable_error_rows"] == len(failed)
+    assert all(r["error"].startswith("infrastructure: micro-batch failed after 0 retries") and "Actor" in r["error"]
+               for r in failed)
+    # the output shows them, but they are not finished: a rerun takes them out and makes them
+    again = run_generate(build(GenerateConfig, cfg), progress=False)
+    assert again["retried_rows"] == again["rows"] == len(failed) and again["error_rows"] == 0
+    rows = read_output(tmp_path / "doomed").to_pylist()
+    assert len(rows) == 40 and len({(r["id"], r["sample_index"]) for r in rows}) == 40
+    assert all(r["error"] is None for r in rows)

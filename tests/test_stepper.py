@@ -9,7 +9,7 @@ from pargs_batch.config import GenerateConfig
 
 from pargs_batch.configlib import build
 from pargs_batch.generate import run_generate
-from pargs_batch.io import read_output
+from pargs_batch.output import read_output
 
 from conftest import base_config
 
@@ -27,7 +27,7 @@ def test_batching_never_changes_an_output(world, tmp_path, models):
     data = {"limit": 64}
     one, _ = generate(world, tmp_path, models, "b64", data=data, decode={"micro_batch_size": 64})
     sevens, summary = generate(world, tmp_path, models, "b7", data=data, decode={"micro_batch_size": 7})
-    assert summary["shards"] == 10 and len(one) == len(sevens) == 64
+    assert summary["micro_batches"] == 10 and len(one) == len(sevens) == 64
     for a, b in zip(one, sevens):
         assert a["response_token_ids"] == b["response_token_ids"] and a["response"] == b["response"]
         assert np.allclose(a["rewards"], b["rewards"], atol=1e-4)

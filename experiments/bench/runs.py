@@ -53,7 +53,7 @@ def time_generate(config: dict, models) -> tuple[dict, list]:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.generate import run_generate
-    from pargs_batch.io import read_output
+    from pargs_batch.output import read_output
 
     cfg = build(GenerateConfig, config)
     summary = run_generate(cfg, models=models.for_config(cfg), progress=False)
@@ -72,7 +72,7 @@ def check_guard(runs: dict, models) -> dict:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import load_config
     from pargs_batch.generate import run_generate
-    from pargs_batch.io import read_output
+    from pargs_batch.output import read_output
 
     result = {}
     for (mode, backend, b), (cfg, rows) in runs.items():

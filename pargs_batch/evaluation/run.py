@@ -19,21 +19,21 @@ from pargs_batch.evaluation.config import EvalConfig
 
 def load_runs(config: EvalConfig) -> dict[str, dict]:
     """label -> {path, config (from the Parquet metadata), rows}."""
-    import pyarrow.parquet as pq
-
-    from pargs_batch.io import read_output
+    from pargs_batch.output import read_output
 
     runs = {}
     for i, path in enumerate(config.runs):
-        shards = sorted(Path(path).glob("shard-*.parquet"))
-        if not shards:
-            raise ConfigError("runs", path, "holds no Parquet shards (shard-*.parquet); is it a generation output?")
-        gen_config = json.loads(pq.read_schema(shards[0]).metadata[b"pargs_batch.config"])
+        try:
+            table = read_output(path)
+        except FileNotFoundError:
+            raise ConfigError("runs", path, "holds no Parquet part files (part-*.parquet); "
+                              "is it a finished generation output?") from None
+        gen_config = json.loads(table.schema.metadata[b"pargs_batch.config"])
         d = gen_config["decode"]
         label = config.labels[i] if config.labels else f"{d['method']} beta={d['beta']:g}"
         if label in runs:
             label = f"{label} ({Path(path).name})"
-        runs[label] = {"path": str(path), "config": gen_config, "rows": read_output(path).to_pylist()}
+        runs[label] = {"path": str(path), "config": gen_config, "rows": table.to_pylist()}
     return runs
 
 
