@@ -47,6 +47,9 @@ def add_bench_command(sub) -> None:
                        help="prefix lengths of the reward-vs-prefix curve")
     bench.add_argument("--model-sets", default="world,paper-ratio",
                        help="LLM + reward models to time: world, paper-ratio")
+    bench.add_argument("--memory", action="store_true",
+                       help="instead: the driver's peak memory at --memory-sizes prompts (fresh run and resume)")
+    bench.add_argument("--memory-sizes", default="20000,1000000", metavar="N1,N2,...")
     bench.set_defaults(func=_bench)
 
 
@@ -78,6 +81,11 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.memory:
+        from experiments.bench.memory import TARGET_BYTES_PER_PROMPT, run_memory
+
+        result = run_memory(args.out, [int(n) for n in args.memory_sizes.split(",")])
+        return 0 if all(b <= TARGET_BYTES_PER_PROMPT for b in result["bytes_per_prompt"].values()) else 1
     from experiments.bench import run_bench
 
     result = run_bench(out_dir=args.out, world_dir=args.world_dir, reduced_world=args.reduced_world,

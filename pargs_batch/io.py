@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 from pargs_batch.batch import PromptRow, prompt_of
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
+from pargs_batch.decoding import id_hash
+from pargs_batch.output import IdSet, filesystem
 
 
 def conversation(messages: Any) -> tuple[str | None, str | None]:
@@ -127,7 +129,7 @@ class PromptSource:
         """Micro-batches of ``size`` prompt rows, each with a stable id; ids for which ``skip``
         is true (finished in an earlier run) are left out."""
         c = self.config
-        seen: set[str] = set()
+        seen = IdSet()  # 64-bit hashes: 8 bytes an id, however many rows
         batch: list[PromptRow] = []
         for index, record in enumerate(self._records() if records is None else records):
             if c.limit is not None and index >= c.limit:
@@ -148,9 +150,10 @@ class PromptSource:
                     messages = [{"role": "user", "content": prompt}]
             if raw_id is None:
                 error = error or f"{c.id_column} is missing"
-            elif row_id in seen:
+            h = id_hash(row_id)
+            if raw_id is not None and h in seen:
                 error = error or f"duplicate id {row_id!r}"
-            seen.add(row_id)
+            seen.add(h)
             if skip(row_id):
                 continue
             batch.append(PromptRow(row_id, prompt, error, messages if error is None else None))
@@ -190,8 +193,6 @@ def _lines(stream, chunk: int = 1 << 20) -> Iterator[bytes]:
 def _open_fs(source: str):
     """(filesystem, path) of a prompt file, or a config error when it cannot be opened."""
     import pyarrow.fs as pafs
-
-    from pargs_batch.output import filesystem
 
     try:
         fs, path = filesystem(source)
