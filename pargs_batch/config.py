@@ -144,12 +144,17 @@ class DataConfig:
     def __post_init__(self):
         if not self.source:
             raise ConfigError("data.source", self.source, "a .jsonl/.parquet path or dataset name is required")
-        local = self.source.endswith((".jsonl", ".json", ".parquet")) and "://" not in self.source
+        local = self.is_file and "://" not in self.source
         if local and not os.path.isfile(self.source):
             raise ConfigError("data.source", self.source, "no such file")
         if local and not os.access(self.source, os.R_OK):
             raise ConfigError("data.source", self.source, "the file is not readable (permissions)")
         positive("data.limit", self.limit)
+
+    @property
+    def is_file(self) -> bool:
+        """A prompt file (.jsonl, .json, .parquet; a URI may carry ?options), not a dataset name."""
+        return self.source.split("?")[0].endswith((".jsonl", ".json", ".parquet"))
 
     @property
     def chat(self) -> bool:

@@ -48,8 +48,8 @@ class PromptSource:
     def __init__(self, config: DataConfig):
         self.config = config
         src = config.source
-        if src.endswith((".jsonl", ".json", ".parquet")):
-            self.kind = "parquet" if src.endswith(".parquet") else "jsonl"
+        if config.is_file:
+            self.kind = "parquet" if src.split("?")[0].endswith(".parquet") else "jsonl"
             self.fs, self.path = _open_fs(src)
             if self.kind == "parquet":
                 self.columns = list(pq.ParquetFile(self.path, filesystem=self.fs).schema_arrow.names)
