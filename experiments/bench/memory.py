@@ -38,7 +38,7 @@ def generate(config: Path, log: Path) -> dict:
     return summary
 
 
-def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_batch: int = 4096) -> dict:
+def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_batch: int = 1024) -> dict:
     import yaml
 
     from experiments.world.tiny import build_tiny_world
@@ -65,10 +65,13 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
         row = {"prompts": n, "fresh_peak_rss_mb": fresh["driver_peak_rss_mb"],
                "resume_peak_rss_mb": resume["driver_peak_rss_mb"], "fresh_s": fresh["command_s"],
                "resume_s": resume["command_s"], "files": fresh["files"], "finished_ids_bytes": fresh["finished_ids_bytes"],
-               "resumed_rows": resume["resumed_rows"]}
+               "resumed_rows": resume["resumed_rows"],
+               "file_mb": [round(f.stat().st_size / (1 << 20), 2)
+                           for f in sorted((out / f"out-{n}").glob("part-*.parquet"))]}
         rows.append(row)
         print(f"  {n:>9} prompts: driver peak {row['fresh_peak_rss_mb']:.0f} MB fresh ({row['fresh_s']} s), "
-              f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s); {row['files']} file(s)", flush=True)
+              f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s); {row['files']} file(s) of "
+              f"{', '.join(map(str, row['file_mb']))} MB", flush=True)
     small, large = rows[0], rows[-1]
     span = large["prompts"] - small["prompts"]
     growth = {kind: (large[f"{kind}_peak_rss_mb"] - small[f"{kind}_peak_rss_mb"]) * (1 << 20) / span
