@@ -16,11 +16,11 @@ Everything but the rows sits under ``.pargs``: pyarrow, pandas, Ray Data, Spark 
 (locally: to a temporary name, then renamed; on an object store a PUT appears whole or not at all):
 from then on its rows are finished. When the open file's micro-batches reach
 ``output.rows_per_file`` rows or ``output.target_file_mb`` MB, they are compacted into
-``part-N.parquet`` (large row groups) the same way, and then the pending directory is deleted. On
-opening, a pending directory whose part file exists is stale (a crash between the two steps) and
-is deleted; any other holds the open file's micro-batches, which the next file takes in. A kill
-therefore costs only the micro-batches in flight; nothing is renamed on object stores, where
-"committed" means "the object exists".
+``part-N.parquet`` (row groups of up to 131,072 rows or 32 MB) the same way, and then the pending
+directory is deleted. On opening, a pending directory whose part file exists is stale (a crash
+between the two steps) and is deleted; any other holds the open file's micro-batches, which the
+next file takes in. A kill therefore costs only the micro-batches in flight; nothing is renamed on
+object stores, where "committed" means "the object exists".
 
 **Finished rows** are prompt ids, kept as 64-bit hashes in sorted arrays (``IdSet``: 8 bytes a
 prompt), rebuilt on resume by reading the ``id`` and ``error`` columns only. Rows that failed for
@@ -49,7 +49,8 @@ RETRYABLE = "infrastructure: "  # how the errors of rows a rerun retries start
 META, PENDING, CANDIDATES = ".pargs", ".pargs/pending", ".pargs/candidates"
 PART = re.compile(r"part-(\d+)\.parquet$")
 MB = re.compile(r"(mb|cand)-(\d+)\.parquet$")
-ROW_GROUP_BYTES = 64 << 20  # in-memory Arrow bytes gathered into one row group when compacting
+ROW_GROUP_BYTES = 32 << 20  # a row group closes at this many in-memory Arrow bytes when compacting,
+ROW_GROUP_ROWS = 1 << 17    # or at this many rows: what the writer and a resume hold in memory at once
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -273,16 +274,16 @@ class RunDir:
         schema = schema.with_metadata(self.metadata)
         with self.fs.open_output_stream(target) as sink, \
                 pq.ParquetWriter(sink, schema, compression=self.compression) as writer:
-            group, size = [], 0
+            group, size, rows = [], 0, 0
             for path in sources:
                 table = pq.read_table(path, filesystem=self.fs).cast(schema)
                 group.append(table)
-                size += table.nbytes
-                if size >= ROW_GROUP_BYTES:
-                    writer.write_table(pa.concat_tables(group), row_group_size=1 << 30)
-                    group, size = [], 0
+                size, rows = size + table.nbytes, rows + table.num_rows
+                if size >= ROW_GROUP_BYTES or rows >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(group), row_group_size=ROW_GROUP_ROWS)
+                    group, size, rows = [], 0, 0
             if group:
-                writer.write_table(pa.concat_tables(group), row_group_size=1 << 30)
+                writer.write_table(pa.concat_tables(group), row_group_size=ROW_GROUP_ROWS)
         if self.local:
             self.fs.move(target, dest)
 
