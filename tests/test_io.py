@@ -177,7 +177,8 @@ def test_finished_ids_cost_eight_bytes_each():
         ids.add(id_hash(f"p{i}"))
     ids.add_many(np.fromiter((id_hash(f"q{i}") for i in range(50_000)), dtype=np.uint64))
     assert id_hash("p77") in ids and id_hash("q49999") in ids and id_hash("p100000") not in ids
-    assert ids.nbytes() <= 8 * 150_000 and len(ids.levels) <= 18
+    assert ids.nbytes() <= 8 * 150_000 and max(len(levels) for levels in ids.buckets) <= 12
+    assert all(np.all(np.diff(level) > 0) for levels in ids.buckets for level in levels)  # sorted, unique
 
 
 def test_a_different_config_is_refused_unless_overwrite(tmp_path):
