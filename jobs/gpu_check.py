@@ -153,10 +153,8 @@ def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompt
     for name, case in report["cases"].items():
         check(f"{name}: error rows", case["error_rows"], case["error_rows"] == 0, "= 0")
     if reference:
-        from pargs_batch.output import read_output as read
-
         for name in rows:
-            a = agreement(rows[name], read(Path(reference) / name).to_pylist())
+            a = agreement(rows[name], read_output(Path(reference) / name).to_pylist())
             check(f"{name} vs CPU: rows with the same tokens", a["same_tokens"], a["same_tokens"] >= SAME_AS_CPU,
                   f">= {SAME_AS_CPU}")
             check(f"{name} vs CPU: largest reward difference before rows differ", a["max_reward_diff"],

@@ -9,7 +9,7 @@ Layout of ``output.path`` (a local path or any ``pyarrow.fs`` URI: ``s3://``, ``
     .pargs/pending/part-N/mb-M.parquet             finished micro-batches of the open file N
     .pargs/candidates/part-N.parquet               best-of-n candidates (``output.keep_all_candidates``)
 
-Everything but the rows sits under ``.pargs``: pyarrow, pandas, Ray Data, Spark and Hugging Face
+Everything but the rows sits under ``.pargs``: pyarrow, pandas, Ray Data and Hugging Face
 ``datasets`` skip names that start with a dot, so the directory reads as one table.
 
 **Commit protocol.** A finished micro-batch is written whole as ``.pargs/pending/part-N/mb-M.parquet``
