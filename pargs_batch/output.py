@@ -16,14 +16,15 @@ Everything but the rows sits under ``.pargs``: pyarrow, pandas, Ray Data and Hug
 (locally: to a temporary name, then renamed; on an object store a PUT appears whole or not at all):
 from then on its rows are finished. When the open file's micro-batches reach
 ``output.rows_per_file`` rows or ``output.target_file_mb`` MB, they are compacted into
-``part-N.parquet`` (row groups of up to 131,072 rows or 32 MB) the same way, and then the pending
-directory is deleted. On opening, a pending directory whose part file exists is stale (a crash
+``part-N.parquet`` (row groups of up to 131,072 rows or 4 MB of Arrow memory: the compaction's
+buffer, read on one thread) the same way, and then the pending directory is deleted. On opening, a pending directory whose part file exists is stale (a crash
 between the two steps) and is deleted; any other holds the open file's micro-batches, which the
 next file takes in. A kill therefore costs only the micro-batches in flight; nothing is renamed on
 object stores, where "committed" means "the object exists".
 
-**Finished rows** are prompt ids, kept as 64-bit hashes in sorted arrays (``IdSet``: 8 bytes a
-prompt), rebuilt on resume by reading the ``id`` and ``error`` columns only. Rows that failed for
+**Finished rows** are the prompt ids earlier runs wrote, kept as 64-bit hashes in sorted arrays
+(``IdSet``: 8 bytes a prompt), rebuilt on resume by reading the ``id`` and ``error`` columns only;
+a run does not add its own (the reader's duplicate check already holds every id it read). Rows that failed for
 infrastructure reasons (``RETRYABLE`` errors: a worker that died past its retries) are written, so
 the output shows them, but never count as finished: a rerun removes them from their files and
 generates them again.
@@ -49,8 +50,8 @@ RETRYABLE = "infrastructure: "  # how the errors of rows a rerun retries start
 META, PENDING, CANDIDATES = ".pargs", ".pargs/pending", ".pargs/candidates"
 PART = re.compile(r"part-(\d+)\.parquet$")
 MB = re.compile(r"(mb|cand)-(\d+)\.parquet$")
-ROW_GROUP_BYTES = 32 << 20  # a row group closes at this many in-memory Arrow bytes when compacting,
-ROW_GROUP_ROWS = 1 << 17    # or at this many rows: what the writer and a resume hold in memory at once
+ROW_GROUP_BYTES = 4 << 20  # a row group closes at this many in-memory Arrow bytes when compacting,
+ROW_GROUP_ROWS = 1 << 17   # or at this many rows: what the writer and a resume hold in memory at once
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -210,7 +211,7 @@ class RunDir:
         Returns the rows it keeps."""
         pf = pq.ParquetFile(path, filesystem=self.fs)
         retry = 0
-        for batch in pf.iter_batches(columns=["id", "error"], batch_size=8192):
+        for batch in pf.iter_batches(columns=["id", "error"], batch_size=8192, use_threads=False):
             ids, errors = batch.column(0).to_pylist(), batch.column(1).to_pylist()
             keep = [i for i, e in zip(ids, errors) if not (e and e.startswith(RETRYABLE))]
             retry += len(ids) - len(keep)
@@ -226,7 +227,9 @@ class RunDir:
     # -- writing -------------------------------------------------------------------------------
 
     def is_finished(self, row_id: str) -> bool:
-        """Whether a prompt's rows were written by an earlier run (all its samples share a micro-batch)."""
+        """Whether an earlier run wrote a prompt's rows (all its samples share a micro-batch): what a
+        resume skips. This run's own rows are not added: the reader never meets an id twice (a
+        repeated id is an error row), so a fresh run keeps no finished set at all."""
         return id_hash(row_id) in self.finished
 
     def write(self, rows: list[ResponseRow], candidates: list[CandidateRow] = ()) -> None:
@@ -237,8 +240,6 @@ class RunDir:
         if candidates:
             self._put(candidates_table(list(candidates), self.metadata), f"{self.pending_dir}/cand-{name}")
         size = self._put(to_table(rows, self.metadata), f"{self.pending_dir}/mb-{name}")
-        for row_id in {r.id for r in rows if not (r.error and r.error.startswith(RETRYABLE))}:
-            self.finished.add(id_hash(row_id))
         self.next_mb += 1
         self.micro_batches += 1
         self.rows += len(rows)
@@ -280,8 +281,8 @@ class RunDir:
         with self.fs.open_output_stream(target) as sink, \
                 pq.ParquetWriter(sink, schema, compression=self.compression) as writer:
             group, size, rows = [], 0, 0
-            for path in sources:
-                table = pq.read_table(path, filesystem=self.fs).cast(schema)
+            for path in sources:  # one thread: per-thread allocator heaps would each keep a group's worth
+                table = pq.ParquetFile(path, filesystem=self.fs).read(use_threads=False).cast(schema)
                 group.append(table)
                 size, rows = size + table.nbytes, rows + table.num_rows
                 if size >= ROW_GROUP_BYTES or rows >= ROW_GROUP_ROWS:
@@ -291,6 +292,7 @@ class RunDir:
                 writer.write_table(pa.concat_tables(group), row_group_size=ROW_GROUP_ROWS)
         if self.local:
             self.fs.move(target, dest)
+        pa.default_memory_pool().release_unused()
 
     def _put(self, table: pa.Table, path: str) -> int:
         """Write ``table`` so that ``path`` appears whole or not at all; returns its size in bytes."""

@@ -4,8 +4,8 @@ Runs `pargs-batch generate` as a user would (a subprocess each, so each peak is 
 world's LLM - method ``topk``, one new token, Ray off - over N synthetic prompts for each N, then
 runs the same command again on the finished output (a resume: it reads every finished id and
 generates nothing). Reports the driver's peak RSS of each run and the growth per prompt between
-the smallest and the largest N: what bookkeeping costs a prompt (finished ids and the reader's
-duplicate check are 64-bit hashes, 8 bytes a prompt each).
+the smallest and the largest N: what bookkeeping costs a prompt (the reader's duplicate check and,
+on a resume, the earlier run's finished ids are 64-bit hashes, 8 bytes a prompt each).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def generate(config: Path, log: Path) -> dict:
 
 
 def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_batch: int = 1024) -> dict:
+    import pyarrow.parquet as pq
     import yaml
 
     from experiments.world.tiny import build_tiny_world
@@ -67,7 +68,8 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
                "resume_s": resume["command_s"], "files": fresh["files"], "finished_ids_bytes": fresh["finished_ids_bytes"],
                "resumed_rows": resume["resumed_rows"],
                "file_mb": [round(f.stat().st_size / (1 << 20), 2)
-                           for f in sorted((out / f"out-{n}").glob("part-*.parquet"))]}
+                           for f in sorted((out / f"out-{n}").glob("part-*.parquet"))],
+               "row_groups": [pq.ParquetFile(f).num_row_groups for f in sorted((out / f"out-{n}").glob("part-*.parquet"))]}
         rows.append(row)
         print(f"  {n:>9} prompts: driver peak {row['fresh_peak_rss_mb']:.0f} MB fresh ({row['fresh_s']} s), "
               f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s); {row['files']} file(s) of "
