@@ -48,7 +48,8 @@ def add_bench_command(sub) -> None:
     bench.add_argument("--model-sets", default="world,paper-ratio",
                        help="LLM + reward models to time: world, paper-ratio")
     bench.add_argument("--memory", action="store_true",
-                       help="instead: the driver's peak memory at --memory-sizes prompts (fresh run and resume)")
+                       help="instead: the driver's peak memory at --memory-sizes prompts (fresh run, resume, evaluation) "
+                            "and the part files 100k text rows make")
     bench.add_argument("--memory-sizes", default="20000,1000000", metavar="N1,N2,...")
     bench.set_defaults(func=_bench)
 
@@ -85,7 +86,8 @@ def _bench(args) -> int:
         from experiments.bench.memory import TARGET_BYTES_PER_PROMPT, run_memory
 
         result = run_memory(args.out, [int(n) for n in args.memory_sizes.split(",")])
-        return 0 if all(b <= TARGET_BYTES_PER_PROMPT for b in result["bytes_per_prompt"].values()) else 1
+        growth = result["bytes_per_prompt"]
+        return 0 if all(growth.get(k, 0) <= TARGET_BYTES_PER_PROMPT for k in ("fresh", "resume")) else 1
     from experiments.bench import run_bench
 
     result = run_bench(out_dir=args.out, world_dir=args.world_dir, reduced_world=args.reduced_world,

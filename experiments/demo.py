@@ -125,7 +125,8 @@ def format_table(rows: list[dict], beta: float, num_samples: int) -> str:
                      f"{'yes' if r['single_response'] else 'no':>13}{gold:>20}{rm:>22}{rouge:>9}"
                      f"{r['mean_tokens']:>8.1f}{r['tokens_per_s']:>7.0f}")
     lines.append(f"(β = {beta:g}, k = 10, best-of-n N = 10; {rows[0]['rows']} rows per method = prompts × "
-                 f"{num_samples} samples; ROUGE-L between a prompt's samples, lower = more diverse; "
+                 f"{num_samples} samples; ± is the standard error over prompts, each prompt's samples "
+                 "averaged first; ROUGE-L between a prompt's samples, lower = more diverse; "
                  "tok/s counts best-of-n's N candidates)")
     return "\n".join(lines)
 

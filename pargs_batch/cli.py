@@ -51,7 +51,7 @@ def _evaluate(args) -> int:
     print((Path(config.output_dir) / "report.md").read_text())
     judged = report["judge"]["pairs"] if report["judge"] else []
     print("summary: " + json.dumps({"runs": len(report["runs"]), "judge_requests": sum(p["requests"] for p in judged),
-                                    "output": config.output_dir}))
+                                    "output": config.output_dir, "peak_rss_mb": report["peak_rss_mb"]}))
     return 0
 
 

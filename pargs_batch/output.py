@@ -330,9 +330,9 @@ def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def read_output(path: str | Path, kind: str = "rows") -> pa.Table:
-    """A finished output as one Arrow table (part files in number order); ``kind="candidates"``
-    reads the best-of-n candidates. The same table ``pyarrow.parquet.read_table(path)`` gives."""
+def output_files(path: str | Path, kind: str = "rows") -> tuple[pafs.FileSystem, list[str]]:
+    """(filesystem, part files in number order) of a finished output; ``kind="candidates"``: the
+    best-of-n candidates' files. ``FileNotFoundError`` when there are none."""
     fs, base = filesystem(str(path))
     if kind == "candidates":
         base = f"{base}/{CANDIDATES}"
@@ -340,4 +340,29 @@ def read_output(path: str | Path, kind: str = "rows") -> pa.Table:
     files = sorted((part_number(i.base_name), i.path) for i in infos if part_number(i.base_name) is not None)
     if not files:
         raise FileNotFoundError(f"no Parquet part files in {path}")
-    return pa.concat_tables([pq.read_table(p, filesystem=fs) for _, p in files])
+    return fs, [p for _, p in files]
+
+
+def read_output(path: str | Path, kind: str = "rows") -> pa.Table:
+    """A finished output as one Arrow table (part files in number order); ``kind="candidates"``
+    reads the best-of-n candidates. The same table ``pyarrow.parquet.read_table(path)`` gives."""
+    fs, files = output_files(path, kind)
+    return pa.concat_tables([pq.read_table(p, filesystem=fs) for p in files])
+
+
+def iter_output(path: str | Path, columns: list[str] | None = None, batch_size: int = 4096):
+    """A finished output's rows as record batches of at most ``batch_size`` rows, in file order:
+    memory holds one batch (and one row group's pages), however large the output."""
+    fs, files = output_files(path)
+    for p in files:
+        yield from pq.ParquetFile(p, filesystem=fs).iter_batches(batch_size=batch_size, columns=columns,
+                                                                 use_threads=False)
+
+
+def output_info(path: str | Path) -> tuple[dict, int]:
+    """(the generation config from the file metadata, total rows) of a finished output, from footers only."""
+    fs, files = output_files(path)
+    first = pq.ParquetFile(files[0], filesystem=fs)
+    config = json.loads(first.schema_arrow.metadata[b"pargs_batch.config"])
+    rows = sum(pq.ParquetFile(p, filesystem=fs).metadata.num_rows for p in files)
+    return config, rows

@@ -9,12 +9,27 @@ from pargs_batch.evaluation.judge import a_goes_first, load_template, parse_scor
 
 
 def test_mean_and_standard_error_by_hand():
-    stat = metrics.mean_se([1.0, 2.0, 4.0, 5.0])
-    # mean 3; sample variance (4 + 1 + 1 + 4) / 3 = 10/3; SE = sqrt(10/3 / 4)
-    assert stat["mean"] == 3.0 and stat["n"] == 4
+    stat = metrics.over_prompts({"a": [1.0], "b": [2.0], "c": [4.0], "d": [5.0]})
+    # one sample a prompt: mean 3; sample variance (4 + 1 + 1 + 4) / 3 = 10/3; SE = sqrt(10/3 / 4)
+    assert math.isclose(stat["mean"], 3.0) and stat["prompts"] == 4 and stat["rows"] == 4
     assert math.isclose(stat["se"], math.sqrt(10 / 12))
-    assert metrics.mean_se([]) == {"mean": None, "se": None, "n": 0}
-    assert metrics.mean_se([2.5])["se"] is None
+    assert metrics.over_prompts({}) == {"mean": None, "se": None, "prompts": 0, "rows": 0, "samples_per_prompt": None}
+    assert metrics.over_prompts({"a": [2.5, 3.5]})["se"] is None  # one prompt: no spread to measure
+
+
+def test_standard_error_is_over_prompts_not_rows():
+    # two prompts, two samples each; prompt means 1.5 and 5.0 -> mean 3.25,
+    # variance (1.75^2 + 1.75^2) / 1 = 6.125, SE = sqrt(6.125 / 2) = 1.75
+    stat = metrics.over_prompts({"p": [1.0, 2.0], "q": [4.0, 6.0], "empty": []})
+    assert math.isclose(stat["mean"], 3.25) and math.isclose(stat["se"], 1.75)
+    assert (stat["prompts"], stat["rows"], stat["samples_per_prompt"]) == (2, 4, 2.0)
+    # identical samples (greedy decoding) do not shrink the SE: over rows, n would double
+    twice = metrics.over_prompts({"p": [1.0, 1.0], "q": [4.0, 4.0], "r": [7.0, 7.0]})
+    once = metrics.over_prompts({"p": [1.0], "q": [4.0], "r": [7.0]})
+    assert math.isclose(twice["se"], once["se"]) and math.isclose(once["se"], math.sqrt(9 / 3))
+    rows = [1.0, 1.0, 4.0, 4.0, 7.0, 7.0]  # what the row-level SE would claim: smaller by about sqrt 2
+    row_se = math.sqrt(sum((v - 4) ** 2 for v in rows) / 5 / 6)
+    assert row_se < once["se"] / 1.3
 
 
 def test_rouge_l_diversity_by_hand():

@@ -100,17 +100,40 @@ def judge(url, pairs=(("pargs b3", "topk"),), **extra):
             "api_key_env": "TEST_JUDGE_KEY", "parse_retries": 1, **extra}
 
 
-def test_report_numbers_match_a_hand_computation(world, runs, tmp_path, scorer):
-    from pargs_batch.evaluation.metrics import mean_se
+def test_report_numbers_match_a_hand_computation(world, runs, tmp_path):
+    import pandas as pd
+
+    from pargs_batch.config import RewardConfig
+    from pargs_batch.reward import HFRewardScorer
+
     from pargs_batch.output import read_output
 
-    report = run_evaluate(eval_config(world, runs, tmp_path / "eval"), progress=False)
+    # batches of 3 rows: a prompt's two samples are split across batches, and still grouped
+    report = run_evaluate(eval_config(world, runs, tmp_path / "eval", batch_rows=3), progress=False)
     rows = [r for r in read_output(runs["pargs3"]).to_pylist() if r["error"] is None]
-    gold = [sentiment(r["response"]) for r in rows]
+    by_prompt = {}
+    for row in rows:
+        by_prompt.setdefault(row["id"], []).append(sentiment(row["response"]))
+    means = [sum(v) / len(v) for v in by_prompt.values()]
+    mean = sum(means) / len(means)
+    se = (sum((m - mean) ** 2 for m in means) / (len(means) - 1) / len(means)) ** 0.5
     r = report["runs"]["pargs b3"]
-    assert r["rows"] == 20 and r["error_rows"] == 0 and r["gold"] == mean_se(gold)
+    assert r["rows"] == 20 and r["error_rows"] == 0 and r["samples_per_prompt"] == 2
+    assert abs(r["gold"]["mean"] - mean) < 1e-12 and abs(r["gold"]["se"] - se) < 1e-12
+    assert (r["gold"]["prompts"], r["gold"]["rows"]) == (10, 20)
     assert report["evaluation_model"] == world["reward_model_init"]
-    assert r["reward"]["n"] == 20 and r["diversity"]["prompts"] == 10 and 0 <= r["diversity"]["rouge_l"] <= 1
+    assert r["reward"]["prompts"] == 10 and r["diversity"]["prompts"] == 10 and 0 <= r["diversity"]["rouge_l"] <= 1
+    # every row's scores sit beside the report, which holds aggregates only
+    scores = pd.read_parquet(tmp_path / "eval" / "scores.parquet")
+    mine = scores[scores["run"] == "pargs b3"]
+    assert len(scores) == 80 and len(mine) == 20
+    assert sorted(mine["gold"]) == sorted(sentiment(x["response"]) for x in rows)
+    evaluator = HFRewardScorer(RewardConfig(path=world["reward_model_init"]))
+    expected = evaluator.score([x["prompt"] for x in rows], [x["response"] for x in rows]).tolist()
+    assert max(abs(a - b) for a, b in zip(sorted(mine["reward"]), sorted(expected))) < 1e-5
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert "pargs b3" in saved["runs"] and len(json.dumps(saved)) < 20_000
+    assert not any(isinstance(v, list) and len(v) >= 20 for run in saved["runs"].values() for v in run.values())
     # guidance works on the known reward too: beta 3 beats top-k sampling
     assert r["gold"]["mean"] > report["runs"]["topk"]["gold"]["mean"]
     assert report["beta_groups"] == [["pargs b1", "pargs b3"]]
@@ -133,7 +156,12 @@ def test_judge_parses_shuffles_and_never_pays_twice(world, runs, tmp_path, judge
         pair = report["judge"]["pairs"][0]
         assert first == 20 and pair["prompts"] == 10 and pair["invalid"] == 0
         assert pair["win"] + pair["tie"] + pair["loss"] == 10
-        orders = {rec["a_first"] for rec in pair["records"]}
+        import pandas as pd
+
+        records = pd.read_parquet(tmp_path / "eval" / "judge.parquet")
+        records = records[(records["a"] == "pargs b3") & (records["b"] == "topk")].to_dict("records")
+        assert len(records) == 10 and "records" not in pair
+        orders = {rec["a_first"] for rec in records}
         assert orders == {True, False}  # both positions used
         # the server grades by content, so each outcome must agree with the responses, whatever the order
         from pargs_batch.output import read_output
@@ -141,16 +169,17 @@ def test_judge_parses_shuffles_and_never_pays_twice(world, runs, tmp_path, judge
         a = {r["id"]: r["response"] for r in read_output(runs["pargs3"]).to_pylist() if r["sample_index"] == 0}
         b = {r["id"]: r["response"] for r in read_output(runs["topk"]).to_pylist() if r["sample_index"] == 0}
         grade = lambda text: min(10, 1 + sum(text.split().count(w) for w in GOOD_WORDS) * 2)  # noqa: E731
-        for rec in pair["records"]:
+        for rec in records:
             ga, gb = grade(a[rec["id"]]), grade(b[rec["id"]])
             assert rec["outcome"] == ("win" if ga > gb else "tie" if ga == gb else "loss")
+            assert (rec["score_a"], rec["score_b"]) == (ga, gb)  # in A, B order whatever went first
         assert (tmp_path / "eval" / "plots" / "win_tie.png").exists()
         assert "test-key" not in (tmp_path / "eval" / "report.json").read_text()
 
         again = run_evaluate(cfg, progress=False)
         assert server.requests == first  # a rerun is answered from the cache
         assert [p["win_tie_rate"] for p in again["judge"]["pairs"]] == [p["win_tie_rate"] for p in report["judge"]["pairs"]]
-        assert all(rec["cached"] for rec in again["judge"]["pairs"][0]["records"])
+        assert pd.read_parquet(tmp_path / "eval" / "judge.parquet")["cached"].all()
     finally:
         server.close()
 
@@ -258,7 +287,9 @@ def test_vllm_serve_judge_replies_that_do_not_parse_count_as_invalid(world, runs
                                  "model": "tiny-judge", "max_tokens": 16})
         pair = run_evaluate(cfg, progress=False)["judge"]["pairs"][0]
         assert pair["prompts"] == 3 and pair["invalid"] == 3 and pair["requests"] == 3
-        assert all(rec["scores"] is None for rec in pair["records"])
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(tmp_path / "eval" / "judge.parquet")["score_a"].null_count == 3
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -270,5 +301,5 @@ def test_scoring_on_ray_actors_equals_scoring_here(world, runs, tmp_path, ray_lo
                                       ray={"enabled": True, "num_actors": 2, "resources": {"num_cpus": 0.5}}),
                           progress=False)
     for label, r in here["runs"].items():
-        assert actors["runs"][label]["reward"]["n"] == r["reward"]["n"]
+        assert actors["runs"][label]["reward"]["rows"] == r["reward"]["rows"]
         assert abs(actors["runs"][label]["reward"]["mean"] - r["reward"]["mean"]) < 1e-5

@@ -90,3 +90,14 @@ def test_write_kill_resume_and_read_back_on_s3(world, models, tmp_path, s3):
     names = sorted(i.path for i in fs.get_file_info(selector) if i.type == pafs.FileType.File)
     assert names == ["runs/out/.pargs/run.json", "runs/out/.pargs/summary.json"] + [
         f"runs/out/part-00000{n}.parquet" for n in range(4)]
+    # the evaluation job reads the run from the bucket as it reads it from disk
+    from pargs_batch.evaluation.config import EvalConfig
+    from pargs_batch.evaluation.run import run_evaluate
+
+    def evaluate(run, out):
+        return run_evaluate(build(EvalConfig, {"runs": [run], "labels": ["r"], "output_dir": str(tmp_path / out),
+                                               "gold_reward": "experiments.world.tiny:gold_reward",
+                                               "batch_rows": 5}), progress=False)["runs"]["r"]
+
+    on_s3, on_disk = evaluate(uri("out"), "eval-s3"), evaluate(str(tmp_path / "out"), "eval-local")
+    assert on_s3["gold"] == on_disk["gold"] and on_s3["rows"] == 24 and on_s3["gold"]["prompts"] == 24

@@ -3,7 +3,8 @@
 Runs `pargs-batch generate` as a user would (a subprocess each, so each peak is its own) on the tiny
 world's LLM - method ``topk``, one new token, Ray off - over N synthetic prompts for each N, then
 runs the same command again on the finished output (a resume: it reads every finished id and
-generates nothing). Reports the driver's peak RSS of each run and the growth per prompt between
+generates nothing), then `pargs-batch evaluate` on it (gold reward only: it streams the output in
+record batches). Reports the driver's peak RSS of each run and the growth per prompt between
 the smallest and the largest N: what bookkeeping costs a prompt (the reader's duplicate check and,
 on a resume, the earlier run's finished ids are 64-bit hashes, 8 bytes a prompt each).
 """
@@ -26,16 +27,52 @@ def write_prompts(path: Path, n: int) -> None:
                             for i in range(start, min(n, start + 100_000))))
 
 
-def generate(config: Path, log: Path) -> dict:
-    """One `pargs-batch generate` run; its summary."""
+def generate(config: Path, log: Path, command: str = "generate") -> dict:
+    """One `pargs-batch generate` (or ``evaluate``) run; its summary."""
     cli = str(Path(sys.executable).parent / "pargs-batch")
     t0 = time.perf_counter()
     with open(log, "w") as err:
-        out = subprocess.run([cli, "generate", "--config", str(config), "--no-progress"], stdout=subprocess.PIPE,
+        out = subprocess.run([cli, command, "--config", str(config), "--no-progress"], stdout=subprocess.PIPE,
                              stderr=err, text=True, check=True).stdout
     summary = json.loads(next(x for x in out.splitlines() if x.startswith("summary: "))[9:])
     summary["command_s"] = round(time.perf_counter() - t0, 1)
     return summary
+
+
+def text_files(out: Path, n: int = 100_000, words: int = 150, tokens: int = 200) -> dict:
+    """The part files ``n`` rows of typical text make with the default ``output.*`` settings:
+    synthetic rows (a 20-word prompt, a ``words``-word response drawn from 5,000 made-up words,
+    ``tokens`` token ids and rewards, as a ``pargs`` row has) written through ``RunDir`` in
+    micro-batches of 64, then read back whole by pyarrow."""
+    import random
+
+    import pyarrow.parquet as pq
+
+    from pargs_batch.batch import ResponseRow
+    from pargs_batch.output import RunDir, read_output
+
+    rng = random.Random(0)
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    path = out / "text-files"
+    run = RunDir(path, {"bench": "text"}, {"pargs_batch.config": "{}"}, overwrite=True)
+    t0 = time.perf_counter()
+    for start in range(0, n, 64):
+        run.write([ResponseRow(f"q{i:08d}", 0, " ".join(rng.choices(vocab, k=20)), " ".join(rng.choices(vocab, k=words)),
+                               [rng.randrange(50_000) for _ in range(tokens)], "eos", "pargs", 1.5, 10, 1.0, 0,
+                               [rng.uniform(-3, 3) for _ in range(tokens)], "meta-llama/Llama-3.1-8B-Instruct",
+                               "my-org/partial-rm", None) for i in range(start, min(n, start + 64))])
+    run.close()
+    write_s = time.perf_counter() - t0
+    files = sorted(path.glob("part-*.parquet"))
+    t0 = time.perf_counter()
+    rows = read_output(path).num_rows
+    result = {"rows": rows, "files": len(files), "file_mb": [round(f.stat().st_size / (1 << 20), 1) for f in files],
+              "row_groups": [pq.ParquetFile(f).num_row_groups for f in files], "write_s": round(write_s, 1),
+              "read_s": round(time.perf_counter() - t0, 2)}
+    print(f"  {n} text rows ({words} words, {tokens} tokens each): {result['files']} part file(s) of "
+          f"{', '.join(map(str, result['file_mb']))} MB, {sum(result['row_groups'])} row groups; "
+          f"pyarrow reads them in {result['read_s']} s", flush=True)
+    return result
 
 
 def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_batch: int = 1024) -> dict:
@@ -63,27 +100,38 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
         fresh = generate(config, out / f"run-{n}.log")
         config.write_text(config.read_text().replace("overwrite: true", "overwrite: false"))
         resume = generate(config, out / f"resume-{n}.log")
+        eval_config = out / f"eval-{n}.yaml"  # the evaluation job streams the same output back
+        eval_config.write_text(yaml.safe_dump({"runs": [str(out / f"out-{n}")], "output_dir": str(out / f"eval-{n}"),
+                                               "gold_reward": "experiments.world.tiny:gold_reward"}))
+        evaluation = generate(eval_config, out / f"eval-{n}.log", "evaluate")
+        parts = sorted((out / f"out-{n}").glob("part-*.parquet"))
         row = {"prompts": n, "fresh_peak_rss_mb": fresh["driver_peak_rss_mb"],
-               "resume_peak_rss_mb": resume["driver_peak_rss_mb"], "fresh_s": fresh["command_s"],
-               "resume_s": resume["command_s"], "files": fresh["files"], "finished_ids_bytes": fresh["finished_ids_bytes"],
+               "resume_peak_rss_mb": resume["driver_peak_rss_mb"], "evaluate_peak_rss_mb": evaluation["peak_rss_mb"],
+               "fresh_s": fresh["command_s"], "resume_s": resume["command_s"], "evaluate_s": evaluation["command_s"],
+               "files": fresh["files"], "finished_ids_bytes": resume["finished_ids_bytes"],
                "resumed_rows": resume["resumed_rows"],
-               "file_mb": [round(f.stat().st_size / (1 << 20), 2)
-                           for f in sorted((out / f"out-{n}").glob("part-*.parquet"))],
-               "row_groups": [pq.ParquetFile(f).num_row_groups for f in sorted((out / f"out-{n}").glob("part-*.parquet"))]}
+               "file_mb": [round(f.stat().st_size / (1 << 20), 2) for f in parts],
+               "row_groups": [pq.ParquetFile(f).num_row_groups for f in parts]}
         rows.append(row)
         print(f"  {n:>9} prompts: driver peak {row['fresh_peak_rss_mb']:.0f} MB fresh ({row['fresh_s']} s), "
-              f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s); {row['files']} file(s) of "
+              f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s), evaluation "
+              f"{row['evaluate_peak_rss_mb']:.0f} MB ({row['evaluate_s']} s); {row['files']} file(s) of "
               f"{', '.join(map(str, row['file_mb']))} MB", flush=True)
     small, large = rows[0], rows[-1]
     span = large["prompts"] - small["prompts"]
     growth = {kind: (large[f"{kind}_peak_rss_mb"] - small[f"{kind}_peak_rss_mb"]) * (1 << 20) / span
-              for kind in ("fresh", "resume")} if span else {}
-    result = {"rows": rows, "bytes_per_prompt": growth, "target_bytes_per_prompt": TARGET_BYTES_PER_PROMPT}
-    print(f"\n{'prompts':>10} {'fresh MB':>10} {'resume MB':>10} {'fresh s':>9} {'resume s':>9}")
+              for kind in ("fresh", "resume", "evaluate")} if span else {}
+    result = {"rows": rows, "bytes_per_prompt": growth, "target_bytes_per_prompt": TARGET_BYTES_PER_PROMPT,
+              "text_files": text_files(out)}
+    print(f"\n{'prompts':>10} {'fresh MB':>10} {'resume MB':>10} {'evaluate MB':>12} {'fresh s':>9} {'resume s':>9} "
+          f"{'evaluate s':>11}")
     for r in rows:
         print(f"{r['prompts']:>10} {r['fresh_peak_rss_mb']:>10.0f} {r['resume_peak_rss_mb']:>10.0f} "
-              f"{r['fresh_s']:>9} {r['resume_s']:>9}")
+              f"{r['evaluate_peak_rss_mb']:>12.0f} {r['fresh_s']:>9} {r['resume_s']:>9} {r['evaluate_s']:>11}")
     for kind, b in growth.items():
+        if kind == "evaluate":
+            print(f"evaluation growth per row: {b:.1f} bytes (streamed in record batches)")
+            continue
         print(f"driver growth per prompt ({kind}): {b:.1f} bytes "
               f"[{'met' if b <= TARGET_BYTES_PER_PROMPT else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]")
     (Path(out_dir) / "memory.json").write_text(json.dumps(result, indent=2))

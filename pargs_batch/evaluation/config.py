@@ -58,9 +58,11 @@ class EvalRay:
 class EvalConfig:
     """Everything `pargs-batch evaluate` needs."""
 
-    runs: list[str] = option("generation output directories", factory=list)
+    runs: list[str] = option("generation output directories (local paths or pyarrow.fs URIs)", factory=list)
     labels: list[str] = option("a label per run; default: 'method beta=...'", factory=list)
-    output_dir: str = option("where report.md, report.json and plots/ go", "outputs/eval")
+    output_dir: str = option("where report.md, report.json, scores.parquet, judge.parquet and plots/ go",
+                             "outputs/eval")
+    batch_rows: int = option("rows read and scored at a time: what memory holds of a run's text", 4096)
     reward: RewardConfig = option("the evaluation reward model (not the guidance one)", factory=RewardConfig)
     allow_same_model: bool = option("allow the guidance reward model to also evaluate", False)
     gold_reward: str | None = option("'module:function' scoring (prompts, responses) -> floats", None)
@@ -72,8 +74,9 @@ class EvalConfig:
         if not self.runs:
             raise ConfigError("runs", self.runs, "list at least one generation output directory")
         for run in self.runs:
-            if not os.path.isdir(run):
+            if "://" not in run and not os.path.isdir(run):
                 raise ConfigError("runs", run, "no such directory")
+        positive("batch_rows", self.batch_rows)
         if self.labels and len(self.labels) != len(self.runs):
             raise ConfigError("labels", self.labels, f"give one label per run ({len(self.runs)})")
         if not self.reward.path and not self.gold_reward:

@@ -1,4 +1,9 @@
-"""The numbers of the paper's tables, as pure functions: mean ± SE, pairwise ROUGE-L, β groups."""
+"""The numbers of the paper's tables: mean ± SE over prompts, pairwise ROUGE-L, β groups, win-tie.
+
+Samples of one prompt are not independent (greedy methods repeat themselves), so every reported
+mean ± SE is over prompts: a prompt's samples are averaged first, then the SE is taken across
+prompts (``OverPrompts``). Both accumulate as rows stream by, a prompt at a time.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,69 @@ from collections import defaultdict
 from itertools import combinations
 
 
-def mean_se(values) -> dict:
-    """Mean, standard error of the mean (sample standard deviation / sqrt n) and count."""
-    values = [float(v) for v in values]
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "se": None, "n": 0}
-    mean = sum(values) / n
-    if n == 1:
-        return {"mean": mean, "se": None, "n": 1}
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return {"mean": mean, "se": math.sqrt(var / n), "n": n}
+class OverPrompts:
+    """Mean ± SE over prompts, one prompt's values at a time (Welford's update on the prompt means):
+    the SE is the sample standard deviation of the prompt means over sqrt(prompts)."""
+
+    def __init__(self):
+        self.prompts = self.rows = 0
+        self._mean = self._m2 = 0.0
+
+    def add(self, values) -> None:
+        """One prompt's values (its samples); a prompt with none is not counted."""
+        values = [float(v) for v in values]
+        if not values:
+            return
+        x = sum(values) / len(values)
+        self.prompts += 1
+        self.rows += len(values)
+        delta = x - self._mean
+        self._mean += delta / self.prompts
+        self._m2 += delta * (x - self._mean)
+
+    def result(self) -> dict:
+        """mean, se (None below 2 prompts), prompts, rows and samples_per_prompt (rows / prompts)."""
+        p = self.prompts
+        return {"mean": self._mean if p else None,
+                "se": math.sqrt(self._m2 / (p - 1) / p) if p > 1 else None,
+                "prompts": p, "rows": self.rows, "samples_per_prompt": self.rows / p if p else None}
+
+
+def over_prompts(values_by_prompt: dict[str, list[float]]) -> dict:
+    """``OverPrompts`` of a whole mapping prompt id -> its samples' values."""
+    acc = OverPrompts()
+    for values in values_by_prompt.values():
+        acc.add(values)
+    return acc.result()
+
+
+class RougeDiversity:
+    """Mean pairwise ROUGE-L F1 between a prompt's samples, averaged over prompts with >= 2 samples,
+    one prompt at a time. Lower means more diverse (the paper's Table 3)."""
+
+    def __init__(self):
+        from rouge_score import rouge_scorer
+
+        self.scorer = rouge_scorer.RougeScorer(["rougeL"])
+        self.total, self.prompts = 0.0, 0
+
+    def add(self, samples: list[str]) -> None:
+        if len(samples) < 2:
+            return
+        pairs = [self.scorer.score(a, b)["rougeL"].fmeasure for a, b in combinations(samples, 2)]
+        self.total += sum(pairs) / len(pairs)
+        self.prompts += 1
+
+    def result(self) -> dict:
+        return {"rouge_l": self.total / self.prompts if self.prompts else None, "prompts": self.prompts}
 
 
 def rouge_l_diversity(responses_by_prompt: dict[str, list[str]]) -> dict:
-    """Mean pairwise ROUGE-L F1 between a prompt's samples, averaged over prompts with >= 2.
-
-    Lower means more diverse (the paper's Table 3).
-    """
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    per_prompt = []
+    """``RougeDiversity`` of a whole mapping prompt id -> its samples."""
+    acc = RougeDiversity()
     for samples in responses_by_prompt.values():
-        if len(samples) < 2:
-            continue
-        pairs = [scorer.score(a, b)["rougeL"].fmeasure for a, b in combinations(samples, 2)]
-        per_prompt.append(sum(pairs) / len(pairs))
-    if not per_prompt:
-        return {"rouge_l": None, "prompts": 0}
-    return {"rouge_l": sum(per_prompt) / len(per_prompt), "prompts": len(per_prompt)}
+        acc.add(samples)
+    return acc.result()
 
 
 def beta_groups(runs: dict[str, dict]) -> list[list[str]]:

@@ -1,4 +1,8 @@
-"""report.md (the tables to paste), report.json (every number) and plots/*.png."""
+"""report.md (the tables to paste), report.json (the aggregates) and plots/*.png.
+
+Per-row scores are not in the report: they are in ``scores.parquet`` beside it, which the
+distribution plots read (its number columns only).
+"""
 
 from __future__ import annotations
 
@@ -24,14 +28,17 @@ def markdown(report: dict) -> str:
                      " unless allow_same_model was set).")
     if report["gold_reward"]:
         lines.append(f"Gold reward: `{report['gold_reward']}`.")
-    lines += ["", "## Average reward ± standard error (Table 1)", "",
-              "| run | method | β | rows | errors | mean tokens | reward ± SE | gold ± SE | ROUGE-L ↓ |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "## Average reward ± standard error over prompts (Table 1)", "",
+              "| run | method | β | rows | errors | prompts × samples | mean tokens | reward ± SE | gold ± SE | "
+              "ROUGE-L ↓ |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in report["runs"].items():
         div = r["diversity"]["rouge_l"]
+        stat = r.get("reward") or r.get("gold") or {}
         lines.append(f"| {label} | {r['method']} | {r['beta']:g} | {r['rows']} | {r['error_rows']} | "
-                     f"{r['mean_tokens'] or 0:.1f} | {_pm(r.get('reward'))} | {_pm(r.get('gold'))} | "
-                     f"{'—' if div is None else f'{div:.4f}'} |")
+                     f"{stat.get('prompts', 0)} × {r['samples_per_prompt']} | {r['mean_tokens'] or 0:.1f} | "
+                     f"{_pm(r.get('reward'))} | {_pm(r.get('gold'))} | {'—' if div is None else f'{div:.4f}'} |")
+    lines += ["", "Each prompt's samples are averaged first; ± is the standard error across prompts "
+              "(samples of one prompt are not independent)."]
     if report["judge"]:
         j = report["judge"]
         lines += ["", f"## LLM judge: win-tie of A against B (Table 2) — `{j['model']}`, template "
@@ -52,8 +59,10 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plots(report: dict, out: Path) -> list[str]:
+def plots(report: dict, out: Path, scores: Path | None = None) -> list[str]:
     import matplotlib
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -61,17 +70,24 @@ def plots(report: dict, out: Path) -> list[str]:
     made = []
     out.mkdir(parents=True, exist_ok=True)
     runs = report["runs"]
-    for key, title in (("reward_values", "evaluation reward"), ("gold_values", "gold reward")):
-        data = {label: r[key] for label, r in runs.items() if r.get(key)}
+    table = pq.read_table(scores, columns=["run", "reward", "gold"]) if scores and scores.exists() else None
+    for key, title in (("reward", "evaluation reward"), ("gold", "gold reward")):
+        data = {}
+        for label in runs:
+            if table is None:
+                break
+            values = table.filter(pc.equal(table["run"], label))[key].drop_null().to_numpy()
+            if len(values):
+                data[label] = values
         if not data:
             continue
         fig, ax = plt.subplots(figsize=(1.6 * len(data) + 2, 4))
-        ax.boxplot(list(data.values()), showmeans=True)
+        ax.boxplot(list(data.values()), showmeans=True, showfliers=max(map(len, data.values())) <= 10_000)
         ax.set_xticks(range(1, len(data) + 1), list(data), rotation=20, ha="right")
         ax.set_ylabel(title)
         ax.set_title(f"{title} per run")
         fig.tight_layout()
-        name = f"{key.removesuffix('_values')}_distribution.png"
+        name = f"{key}_distribution.png"
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         made.append(name)
@@ -113,6 +129,6 @@ def plots(report: dict, out: Path) -> list[str]:
 
 def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    report["plots"] = plots(report, out / "plots")
+    report["plots"] = plots(report, out / "plots", out / "scores.parquet")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))

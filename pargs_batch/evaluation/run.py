@@ -1,16 +1,23 @@
 """`pargs-batch evaluate`: read generation runs, measure them, write the report.
 
-Rows with an ``error`` are counted and excluded, never scored. The evaluation reward model must not
-be a run's guidance model unless ``allow_same_model`` (the paper scores with a separate one).
+Runs are streamed in record batches (``batch_rows``), never loaded whole: each row's scores go to
+``scores.parquet`` and each judgement to ``judge.parquet`` as they are made, and ``report.json``
+holds aggregates only. Rows with an ``error`` are counted and excluded, never scored. The
+evaluation reward model must not be a run's guidance model unless ``allow_same_model`` (the paper
+scores with a separate one).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
+import resource
 import time
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pargs_batch.configlib import ConfigError
 from pargs_batch.evaluation import metrics
@@ -18,22 +25,23 @@ from pargs_batch.evaluation.config import EvalConfig
 
 
 def load_runs(config: EvalConfig) -> dict[str, dict]:
-    """label -> {path, config (from the Parquet metadata), rows}."""
-    from pargs_batch.output import read_output
+    """label -> {path, config (from the Parquet metadata), rows}: footers only, no rows are read."""
+    from pargs_batch.output import output_info
 
     runs = {}
     for i, path in enumerate(config.runs):
         try:
-            table = read_output(path)
+            gen_config, rows = output_info(path)
         except FileNotFoundError:
             raise ConfigError("runs", path, "holds no Parquet part files (part-*.parquet); "
                               "is it a finished generation output?") from None
-        gen_config = json.loads(table.schema.metadata[b"pargs_batch.config"])
+        except OSError as e:
+            raise ConfigError("runs", path, f"cannot be read ({str(e).splitlines()[0]})") from None
         d = gen_config["decode"]
         label = config.labels[i] if config.labels else f"{d['method']} beta={d['beta']:g}"
         if label in runs:
             label = f"{label} ({Path(path).name})"
-        runs[label] = {"path": str(path), "config": gen_config, "rows": table.to_pylist()}
+        runs[label] = {"path": str(path), "config": gen_config, "rows": rows}
     return runs
 
 
@@ -60,88 +68,200 @@ def import_callable(spec: str):
         raise ConfigError("gold_reward", spec, f"cannot be imported ({type(e).__name__})") from None
 
 
-def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dict[str, dict]:
-    """Per run: rows, error rows, reward ± SE (evaluation RM and gold), diversity, raw scores."""
-    from tqdm import tqdm
+SCORES = pa.schema([("run", pa.string()), ("id", pa.string()), ("sample_index", pa.int32()),
+                    ("num_tokens", pa.int32()), ("error", pa.string()), ("reward", pa.float64()),
+                    ("gold", pa.float64())])
+JUDGED = pa.schema([("a", pa.string()), ("b", pa.string()), ("id", pa.string()), ("a_first", pa.bool_()),
+                    ("outcome", pa.string()), ("score_a", pa.float64()), ("score_b", pa.float64()),
+                    ("cached", pa.bool_())])
+READ = ["id", "sample_index", "prompt", "response", "num_tokens", "error"]
+JUDGE_CHUNK = 16_384  # judged prompts whose texts are held at once
 
-    scorer = None
-    if config.reward.path and config.ray.enabled:  # the generation pool's reward actors, sharing the work
+
+class PromptGroups:
+    """Rows gathered into prompts as they stream by. A prompt's samples share a micro-batch, so
+    they arrive together; a prompt is handed on once it has ``num_samples`` rows (a repeated id
+    starts a new group), the rest at the end. Memory holds only the prompts still open."""
+
+    def __init__(self, num_samples: int):
+        self.num_samples = num_samples
+        self.open: dict[str, list] = {}
+
+    def add(self, prompt_id: str, row) -> list | None:
+        """Add a row; returns its prompt's rows when that prompt is complete."""
+        group = self.open.setdefault(prompt_id, [])
+        group.append(row)
+        if len(group) == self.num_samples:
+            return self.open.pop(prompt_id)
+        return None
+
+    def rest(self) -> list[list]:
+        rest, self.open = list(self.open.values()), {}
+        return rest
+
+
+def make_scorer(config: EvalConfig):
+    """The evaluation reward model: here, or on Ray reward actors sharing the work; None without one."""
+    if config.reward.path and config.ray.enabled:
         from pargs_batch.pool import RemoteScorer, init_ray, reward_actors
 
         init_ray(config.ray.address)
-        scorer = RemoteScorer(reward_actors(config.reward, [config.ray.resources] * config.ray.num_actors))
-    elif config.reward.path:
+        return RemoteScorer(reward_actors(config.reward, [config.ray.resources] * config.ray.num_actors))
+    if config.reward.path:
         from pargs_batch.reward import HFRewardScorer
 
-        scorer = HFRewardScorer(config.reward)
+        return HFRewardScorer(config.reward)
+    return None
+
+
+def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dict[str, dict]:
+    """Per run: rows, error rows, reward and gold mean ± SE over prompts, diversity. Runs are read in
+    record batches of ``batch_rows``; every row's scores go to ``scores.parquet`` as they are made."""
+    from tqdm import tqdm
+
+    scorer = make_scorer(config)
     gold = import_callable(config.gold_reward) if config.gold_reward else None
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for label, run in tqdm(runs.items(), desc="score runs", unit="run", disable=not progress):
-        ok = [r for r in run["rows"] if r["error"] is None]
-        prompts, responses = [r["prompt"] for r in ok], [r["response"] for r in ok]
-        d = run["config"]["decode"]
-        result = {"path": run["path"], "method": d["method"], "beta": d["beta"], "rows": len(run["rows"]),
-                  "error_rows": len(run["rows"]) - len(ok),
-                  "guidance_model": run["config"]["reward"]["path"] or None}
-        if scorer is not None:
-            rewards = scorer.score(prompts, responses).tolist() if ok else []
-            result["reward"] = metrics.mean_se(rewards)
-            result["reward_values"] = rewards
-        if gold is not None:
-            values = [float(x) for x in gold(prompts, responses)] if ok else []
-            result["gold"] = metrics.mean_se(values)
-            result["gold_values"] = values
-        by_prompt: dict[str, list[str]] = {}
-        for r in ok:
-            by_prompt.setdefault(r["id"], []).append(r["response"])
-        result["diversity"] = metrics.rouge_l_diversity(by_prompt)
-        result["mean_tokens"] = metrics.mean_se([r["num_tokens"] for r in ok])["mean"]
-        results[label] = result
+    bar = tqdm(total=sum(r["rows"] for r in runs.values()), desc="score", unit="row", disable=not progress)
+    with pq.ParquetWriter(out / "scores.parquet.tmp", SCORES, compression="zstd") as writer:
+        for label, run in runs.items():
+            results[label] = score_run(label, run, scorer, gold, writer, config.batch_rows, bar)
+    bar.close()
+    (out / "scores.parquet.tmp").replace(out / "scores.parquet")
     return results
 
 
+def score_run(label: str, run: dict, scorer, gold, writer, batch_rows: int, bar) -> dict:
+    from pargs_batch.output import iter_output
+
+    d = run["config"]["decode"]
+    groups = PromptGroups(d.get("num_samples", 1))
+    reward, gold_stat = metrics.OverPrompts(), metrics.OverPrompts()
+    diversity = metrics.RougeDiversity()
+    ok_rows = tokens = 0
+
+    def finish(group: list[tuple]) -> None:  # (ok, response, reward, gold) of one prompt's rows
+        fine = [g for g in group if g[0]]
+        reward.add([g[2] for g in fine if g[2] is not None])
+        gold_stat.add([g[3] for g in fine if g[3] is not None])
+        diversity.add([g[1] for g in fine])
+
+    for batch in iter_output(run["path"], READ, batch_rows):
+        cols = batch.to_pydict()
+        n = batch.num_rows
+        ok = [i for i, e in enumerate(cols["error"]) if e is None]
+        prompts, responses = [cols["prompt"][i] for i in ok], [cols["response"][i] for i in ok]
+        rewards, golds = [None] * n, [None] * n
+        if scorer is not None and ok:
+            for i, v in zip(ok, scorer.score(prompts, responses).tolist()):
+                rewards[i] = float(v)
+        if gold is not None and ok:
+            for i, v in zip(ok, gold(prompts, responses)):
+                golds[i] = float(v)
+        writer.write_batch(pa.record_batch([pa.array([label] * n, pa.string()), batch["id"], batch["sample_index"],
+                                            batch["num_tokens"], batch["error"], pa.array(rewards, pa.float64()),
+                                            pa.array(golds, pa.float64())], schema=SCORES))
+        for i in range(n):
+            done = groups.add(cols["id"][i], (cols["error"][i] is None, cols["response"][i], rewards[i], golds[i]))
+            if done is not None:
+                finish(done)
+        ok_rows += len(ok)
+        tokens += sum(cols["num_tokens"][i] for i in ok)
+        bar.update(n)
+    for group in groups.rest():
+        finish(group)
+    result = {"path": run["path"], "method": d["method"], "beta": d["beta"], "rows": run["rows"],
+              "error_rows": run["rows"] - ok_rows, "samples_per_prompt": d.get("num_samples", 1),
+              "guidance_model": run["config"]["reward"]["path"] or None,
+              "diversity": diversity.result(), "mean_tokens": tokens / ok_rows if ok_rows else None}
+    if scorer is not None:
+        result["reward"] = reward.result()
+    if gold is not None:
+        result["gold"] = gold_stat.result()
+    return result
+
+
+def check_judge(config: EvalConfig, runs: dict[str, dict]) -> None:
+    """The judge's pairs name runs, and its key is set: checked before any model loads."""
+    j = config.judge
+    for pair in j.pairs:
+        for label in pair:
+            if label not in runs:
+                raise ConfigError("judge.pairs", pair, f"no run is labelled {label!r}; labels: {', '.join(runs)}")
+    if j.pairs and os.environ.get(j.api_key_env) is None:
+        raise ConfigError("judge.api_key_env", j.api_key_env, "no such environment variable is set")
+
+
+def first_samples(path: str, batch_rows: int, wanted: pa.Array | None = None):
+    """Sample 0 of each prompt, where it has no error: without ``wanted``, their ids (an Arrow array,
+    in output order); with it, {id: (prompt, response)} for those ids only."""
+    from pargs_batch.output import iter_output
+
+    columns = ["id", "sample_index", "error"] + ([] if wanted is None else ["prompt", "response"])
+    ids, texts = [], {}
+    for batch in iter_output(path, columns, batch_rows):
+        keep = pc.and_(pc.equal(batch["sample_index"], 0), pc.is_null(batch["error"]))
+        if wanted is not None:
+            keep = pc.and_(keep, pc.is_in(batch["id"], value_set=wanted))
+        batch = batch.filter(keep)
+        if wanted is None:
+            ids.append(batch["id"])
+        else:
+            texts.update(zip(batch["id"].to_pylist(), zip(batch["prompt"].to_pylist(),
+                                                          batch["response"].to_pylist())))
+    return pa.chunked_array(ids, pa.string()).combine_chunks() if wanted is None else texts
+
+
 def judge_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> list[dict]:
-    """Win/tie/loss/invalid of A against B for each requested pair, on their shared prompts."""
+    """Win/tie/loss/invalid of A against B for each requested pair, on their shared prompts (first
+    samples), judged ``JUDGE_CHUNK`` prompts at a time; every judgement goes to ``judge.parquet``."""
     from pargs_batch.evaluation.judge import Judge, JudgeCache
 
     j = config.judge
     if not j.pairs:
         return []
-    for pair in j.pairs:
-        for label in pair:
-            if label not in runs:
-                raise ConfigError("judge.pairs", pair, f"no run is labelled {label!r}; labels: {', '.join(runs)}")
-    api_key = os.environ.get(j.api_key_env)
-    if api_key is None:
-        raise ConfigError("judge.api_key_env", j.api_key_env, "no such environment variable is set")
+    check_judge(config, runs)
+    api_key = os.environ[j.api_key_env]
     cache = JudgeCache(config.cache_dir or Path(config.output_dir) / "judge_cache.sqlite")
     judge = Judge(j.base_url, j.model, api_key, j.template, cache, j.max_concurrency, j.max_retries,
                   j.parse_retries, j.timeout, j.max_tokens)
-    out = []
-    for a, b in j.pairs:
-        first = {r["id"]: r for r in runs[a]["rows"] if r["error"] is None and r["sample_index"] == 0}
-        second = {r["id"]: r for r in runs[b]["rows"] if r["error"] is None and r["sample_index"] == 0}
-        shared = [i for i in first if i in second][: j.max_prompts]
-        if not shared:
-            raise ConfigError("judge.pairs", [a, b], "the two runs share no prompt ids")
-        items = [(i, first[i]["prompt"], first[i]["response"], second[i]["response"]) for i in shared]
-        before = judge.requests
-        records = judge.compare_all(items, j.seed, progress)
-        out.append({"a": a, "b": b, "prompts": len(shared), "seed": j.seed,
-                    "requests": judge.requests - before,
-                    **metrics.win_tie([r["outcome"] for r in records]), "records": records})
+    out, path = [], Path(config.output_dir) / "judge.parquet"
+    with pq.ParquetWriter(str(path) + ".tmp", JUDGED, compression="zstd") as writer:
+        for a, b in j.pairs:
+            mine, theirs = (first_samples(runs[x]["path"], config.batch_rows) for x in (a, b))
+            shared = mine.filter(pc.is_in(mine, value_set=theirs))[: j.max_prompts]
+            if len(shared) == 0:
+                raise ConfigError("judge.pairs", [a, b], "the two runs share no prompt ids")
+            before, outcomes = judge.requests, []
+            for start in range(0, len(shared), JUDGE_CHUNK):
+                chunk = shared[start:start + JUDGE_CHUNK]
+                ta, tb = (first_samples(runs[x]["path"], config.batch_rows, chunk) for x in (a, b))
+                items = [(i, ta[i][0], ta[i][1], tb[i][1]) for i in chunk.to_pylist()]
+                records = judge.compare_all(items, j.seed, progress)
+                outcomes += [r["outcome"] for r in records]
+                scores = [r["scores"] if r["a_first"] or r["scores"] is None else r["scores"][::-1] for r in records]
+                writer.write_table(pa.table({
+                    "a": [a] * len(records), "b": [b] * len(records), "id": [r["id"] for r in records],
+                    "a_first": [r["a_first"] for r in records], "outcome": [r["outcome"] for r in records],
+                    "score_a": [s and s[0] for s in scores], "score_b": [s and s[1] for s in scores],
+                    "cached": [r["cached"] for r in records]}, schema=JUDGED))
+            out.append({"a": a, "b": b, "prompts": len(shared), "seed": j.seed,
+                        "requests": judge.requests - before, **metrics.win_tie(outcomes)})
+    Path(str(path) + ".tmp").replace(path)
     return out
 
 
 def run_evaluate(config: EvalConfig, progress: bool = True) -> dict:
-    """Measure every run, judge the pairs, write report.md, report.json and plots/ and return it all."""
+    """Measure every run, judge the pairs, write report.md, report.json (aggregates), plots/ and
+    return the report; per-row scores are in scores.parquet, judgements in judge.parquet."""
     from pargs_batch.evaluation.report import write_report
 
     start = time.perf_counter()
     runs = load_runs(config)
     check_models(config, runs)
-    if config.judge.pairs and os.environ.get(config.judge.api_key_env) is None:  # before any model loads
-        raise ConfigError("judge.api_key_env", config.judge.api_key_env, "no such environment variable is set")
+    check_judge(config, runs)
     results = score_runs(config, runs, progress)
     judged = judge_runs(config, runs, progress)
     groups = metrics.beta_groups({label: run["config"] for label, run in runs.items()})
@@ -153,6 +273,7 @@ def run_evaluate(config: EvalConfig, progress: bool = True) -> dict:
                   "pairs": judged} if judged else None,
         "beta_groups": groups,
         "seconds": round(time.perf_counter() - start, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     write_report(report, Path(config.output_dir))
     return report
