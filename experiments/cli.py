@@ -19,6 +19,13 @@ def add_world_command(sub) -> None:
     build.add_argument("--out", default="outputs/world")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_world)
+    judge = world_sub.add_parser("judge-server", help="the default world's gold judge: an OpenAI-compatible "
+                                                      "chat endpoint on localhost grading by the gold reward")
+    judge.add_argument("--port", type=int, default=8199)
+    judge.add_argument("--noise", type=float, default=0.5, help="std of the Gaussian noise added to the gold reward")
+    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
+    judge.set_defaults(func=_judge_server)
 
 
 def add_demo_command(sub) -> None:
@@ -32,6 +39,8 @@ def add_demo_command(sub) -> None:
     demo.add_argument("--max-new-tokens", type=int, default=48)
     demo.add_argument("--sweep-beta", metavar="B1,B2,...",
                       help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
+    demo.add_argument("--judge-noise", type=float, default=0.5,
+                      help="std of the gold judge's noise on the gold reward (0: an exact judge)")
     demo.set_defaults(func=_demo)
 
 
@@ -71,13 +80,33 @@ def _world(args) -> int:
     return 0
 
 
+def _judge_server(args) -> int:
+    import os
+
+    from experiments.world.judge_server import GoldJudgeServer
+
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and key is None:
+        print(f"config error: --api-key-env={args.api_key_env!r} is not allowed: no such environment variable "
+              "is set", file=sys.stderr)
+        return 2
+    server = GoldJudgeServer(noise=args.noise, seed=args.seed, port=args.port, api_key=key)
+    print(f"gold judge at {server.url} (model gold-judge, noise {args.noise}, seed {args.seed}); Ctrl-C stops it",
+          flush=True)
+    try:
+        server.thread.join()
+    except KeyboardInterrupt:
+        server.close()
+    return 0
+
+
 def _demo(args) -> int:
     from experiments.demo import run_demo
 
     sweep = [float(b) for b in args.sweep_beta.split(",")] if args.sweep_beta else None
     run_demo(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts, beta=args.beta,
              max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, sweep_beta=sweep,
-             reduced_world=args.reduced_world)
+             reduced_world=args.reduced_world, judge_noise=args.judge_noise)
     return 0
 
 

@@ -5,8 +5,10 @@ An experiment on top of the library: it builds configs as a user's YAML would an
 
 Builds (or reuses) the default world, generates for its held-out prompts with every method - one
 vLLM engine and one scorer per reward model shared by all runs - evaluates the runs with the
-evaluation job (separate evaluation RM, gold reward, ROUGE-L diversity), checks the guidance RMs on
-held-out prefix pairs (`diagnose-rm`), and prints the tables. Everything lands in ``out_dir``.
+evaluation job (separate evaluation RM, gold reward, ROUGE-L diversity, and the world's gold judge
+server on localhost through the real ``openai`` client: PARGS against each other method), checks
+the guidance RMs on held-out prefix pairs (`diagnose-rm`), and prints the tables. Everything lands
+in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta
 
 def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prompts: int = 256,
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
-             sweep_beta: list[float] | None = None, reduced_world: bool = False) -> dict:
+             sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5) -> dict:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.generate import run_generate
@@ -75,12 +77,14 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
         summaries[label] = run_generate(config, models=models.for_config(config))
     generate_s = time.perf_counter() - start
 
-    report = evaluate(world, out, configs)
+    report = evaluate(world, out, configs, judge_noise)
     rows = table_rows(report, summaries)
     print("\n" + format_table(rows, beta, num_samples))
+    print("\n" + format_judge_table(report))
     diagnosis = diagnose_guidance(world, out)
     result = {"world": {k: world[k] for k in ("llm_heldout_perplexity", "build_seconds", "reward_models")},
               "beta": beta, "num_prompts": num_prompts, "num_samples": num_samples, "table": rows,
+              "judge": report["judge"], "paired": report["paired"],
               "diagnose": diagnosis, "generate_seconds": round(generate_s, 1)}
     if sweep_beta:
         result["sweep"] = sweep(world, out, models, num_prompts, sweep_beta, max_new_tokens)
@@ -91,17 +95,33 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     return result
 
 
-def evaluate(world: dict, out: Path, configs: dict) -> dict:
-    """The evaluation job on every run: evaluation RM (never a guidance one), gold reward, ROUGE-L."""
+JUDGE_KEY_ENV = "PARGS_DEMO_JUDGE_KEY"
+
+
+def evaluate(world: dict, out: Path, configs: dict, judge_noise: float = 0.5) -> dict:
+    """The evaluation job on every run: evaluation RM (never a guidance one), gold reward, ROUGE-L,
+    paired differences, and the gold judge (a server on localhost, started and stopped here):
+    PARGS against each other method."""
+    import os
+    import secrets
+
+    from experiments.world.judge_server import GoldJudgeServer
     from pargs_batch.configlib import build
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.evaluation.run import run_evaluate
 
-    eval_config = build(EvalConfig, {
-        "runs": [c.output.path for c in configs.values()], "labels": list(configs),
-        "output_dir": str(out / "report"), "gold_reward": world["gold_reward"],
-        "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128}})
-    return run_evaluate(eval_config, progress=False)
+    os.environ[JUDGE_KEY_ENV] = key = secrets.token_hex(8)
+    others = [label for label in configs if label != PARGS.label]
+    with GoldJudgeServer(noise=judge_noise, api_key=key) as server:
+        eval_config = build(EvalConfig, {
+            "runs": [c.output.path for c in configs.values()], "labels": list(configs),
+            "output_dir": str(out / "report"), "gold_reward": world["gold_reward"],
+            "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128},
+            "paired": [[PARGS.label, other] for other in others] if PARGS.label in configs else [],
+            "judge": {"pairs": [[PARGS.label, other] for other in others] if PARGS.label in configs else [],
+                      "base_url": server.url, "api_key_env": JUDGE_KEY_ENV,
+                      "model": f"gold-judge-noise{judge_noise:g}"}})  # the cache tells noise levels apart
+        return run_evaluate(eval_config, progress=False)
 
 
 def table_rows(report: dict, summaries: dict) -> list[dict]:
@@ -111,6 +131,24 @@ def table_rows(report: dict, summaries: dict) -> list[dict]:
                      "rows": r["rows"], "mean_tokens": r["mean_tokens"], "gold": r["gold"], "eval_rm": r["reward"],
                      "rouge_l": r["diversity"]["rouge_l"], "tokens_per_s": summaries[label]["tokens_per_s"]})
     return rows
+
+
+def format_judge_table(report: dict) -> str:
+    """Table 2's shape: PARGS against each method, by the gold judge, and the paired gold difference."""
+    if not report.get("judge"):
+        return ""
+    paired = {(p["a"], p["b"]): p.get("gold") for p in report.get("paired", [])}
+    lines = [f"{'pargs vs':<17}{'win':>6}{'tie':>6}{'loss':>6}{'win-tie % [95% CI]':>22}{'gold diff [95% CI]':>26}"]
+    for p in report["judge"]["pairs"]:
+        lo, hi = p["win_tie_interval"] or (0.0, 0.0)
+        rate = f"{100 * p['win_tie_rate']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]" if p["win_tie_rate"] is not None else "—"
+        g = paired.get((p["a"], p["b"]))
+        diff = f"{g['diff']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}]" if g and g["interval"] else "—"
+        lines.append(f"{p['b']:<17}{p['win']:>6}{p['tie']:>6}{p['loss']:>6}{rate:>22}{diff:>26}")
+    lines.append(f"(gold judge: the world's gold reward + N(0, noise) per reply, graded 1-10 - not an LLM; "
+                 f"{report['judge']['pairs'][0]['prompts']} prompts, first sample each; Wilson intervals; "
+                 "gold diff = pargs minus the other, per prompt, mean ± 1.96 SE)")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict], beta: float, num_samples: int) -> str:

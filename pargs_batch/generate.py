@@ -3,8 +3,9 @@
 The driver streams prompts (Ray Data on the Ray path), skips those an earlier run into the same
 directory finished, keeps every worker busy with up to ``ray.inflight_per_worker`` micro-batches,
 and hands each finished micro-batch to ``output.RunDir`` (durable at once, compacted into large
-part files). Its memory grows by 8 bytes a prompt read (the reader's duplicate check) and 8 a
-prompt an earlier run finished (what a resume skips), plus the micro-batches in flight.
+part files). Its memory grows by 8 bytes a prompt: the hash of each id an earlier run finished
+(what a resume skips) or, for the rest, the reader's duplicate check; plus the micro-batches in
+flight.
 """
 
 from __future__ import annotations

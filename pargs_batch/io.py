@@ -129,7 +129,7 @@ class PromptSource:
         """Micro-batches of ``size`` prompt rows, each with a stable id; ids for which ``skip``
         is true (finished in an earlier run) are left out."""
         c = self.config
-        seen = IdSet()  # 64-bit hashes: 8 bytes an id, however many rows
+        seen = IdSet()  # 64-bit hashes of the ids not finished earlier: 8 bytes an id, however many rows
         batch: list[PromptRow] = []
         for index, record in enumerate(self._records() if records is None else records):
             if c.limit is not None and index >= c.limit:
@@ -138,6 +138,8 @@ class PromptSource:
             if "__line__" in record:  # a line that could not be read has no id of its own
                 raw_id = record.get(c.id_column, f"line-{record['__line__']}")
             row_id = str(raw_id) if raw_id is not None else f"row-{index}"
+            if skip(row_id):  # finished by an earlier run, repeats included: the duplicate check
+                continue      # needs only the ids still to come
             messages, error = None, record.get("__error__")
             if c.messages_column:
                 messages = record.get(c.messages_column)
@@ -154,8 +156,6 @@ class PromptSource:
             if raw_id is not None and h in seen:
                 error = error or f"duplicate id {row_id!r}"
             seen.add(h)
-            if skip(row_id):
-                continue
             batch.append(PromptRow(row_id, prompt, error, messages if error is None else None))
             if len(batch) == size:
                 yield batch

@@ -56,6 +56,28 @@ def test_win_tie_rates_exclude_invalid():
     out = metrics.win_tie(["win", "win", "tie", "loss", "invalid"])
     assert (out["win"], out["tie"], out["loss"], out["invalid"], out["valid"]) == (2, 1, 1, 1, 4)
     assert out["win_tie_rate"] == 0.75 and out["loss_rate"] == 0.25
+    assert out["win_tie_interval"] == metrics.wilson(3, 4) and out["win_interval"] == metrics.wilson(2, 4)
+    assert metrics.win_tie(["invalid"])["win_tie_interval"] is None
+
+
+def test_wilson_interval_by_hand():
+    # 8 of 10: centre (0.8 + z^2/20) / (1 + z^2/10), half-width z / (1 + z^2/10) * sqrt(0.016 + z^2/400)
+    z2 = metrics.Z95 ** 2
+    centre = (0.8 + z2 / 20) / (1 + z2 / 10)
+    half = metrics.Z95 / (1 + z2 / 10) * math.sqrt(0.8 * 0.2 / 10 + z2 / 400)
+    lo, hi = metrics.wilson(8, 10)
+    assert math.isclose(lo, centre - half) and math.isclose(hi, centre + half)
+    assert abs(lo - 0.490) < 5e-4 and abs(hi - 0.943) < 5e-4  # the published table's figures
+    assert metrics.wilson(0, 5)[0] == 0.0 and metrics.wilson(5, 5)[1] == 1.0 and metrics.wilson(0, 0) is None
+
+
+def test_paired_difference_by_hand():
+    # differences 1, 2, 3, 6: mean 3, sample variance (4 + 1 + 0 + 9) / 3 = 14/3, SE = sqrt(14/3 / 4)
+    out = metrics.paired_difference([1.0, 2.0, 3.0, 6.0])
+    se = math.sqrt(14 / 3 / 4)
+    assert math.isclose(out["diff"], 3.0) and math.isclose(out["se"], se) and out["prompts"] == 4
+    assert math.isclose(out["interval"][0], 3 - metrics.Z95 * se) and math.isclose(out["interval"][1], 3 + metrics.Z95 * se)
+    assert metrics.paired_difference([])["diff"] is None and metrics.paired_difference([2.0])["se"] is None
 
 
 @pytest.mark.parametrize("reply,expected", [
@@ -80,3 +102,27 @@ def test_templates_and_order():
     assert 70 < sum(orders) < 130  # both orders, about half each
     assert orders == [a_goes_first(0, f"p{i}") for i in range(200)]  # recorded: same seed, same order
     assert orders != [a_goes_first(1, f"p{i}") for i in range(200)]
+
+
+def test_judge_cache_of_an_earlier_version_is_still_read(tmp_path):
+    """Answers cached before attempts were counted (no "attempts", no "fields"), under the key the
+    default sampling fields still give: a valid one is final, an invalid one counts as a run's worth
+    of requests. Nothing here reaches an endpoint (none listens on port 9)."""
+    import hashlib
+    import json
+
+    from pargs_batch.evaluation.judge import Judge, JudgeCache
+
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    judge = Judge("http://127.0.0.1:9/v1", "m", "k", "dialogue", cache, parse_retries=2, max_attempts=3)
+    old_key = lambda q, x, y: hashlib.sha256(json.dumps(["m", judge.system, judge.user, q, x, y]).encode()).hexdigest()  # noqa: E731
+    cache.put(old_key("q", "a", "b"), {"scores": [7, 3], "reply": "7 3"})
+    cache.put(old_key("q", "b", "a"), {"scores": [3, 7], "reply": "3 7"})
+    cache.put(old_key("q2", "c", "d"), {"scores": None, "reply": "?"})
+    cache.put(old_key("q2", "d", "c"), {"scores": None, "reply": "?"})
+    for prompt_id in ("p1", "p2", "p3"):  # both orders are cached, so any per-prompt order is
+        rec = judge.compare(prompt_id, "q", "a", "b", seed=0)
+        assert rec["cached"] and rec["outcome"] == "win" and rec["attempts"] == 3
+        bad = judge.compare(prompt_id, "q2", "c", "d", seed=0)
+        assert bad["cached"] and bad["outcome"] == "invalid"
+    assert judge.requests == 0

@@ -33,19 +33,20 @@ class JudgeServer:
     """An OpenAI-compatible chat endpoint on 127.0.0.1 that grades each answer by its pleasant words."""
 
     def __init__(self, garbage: bool = False):
-        self.requests = 0
+        self.requests, self.garbage, self.bodies = 0, garbage, []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests += 1
+                server.bodies.append(body)
                 assert self.headers["Authorization"] == "Bearer test-key"
                 user = body["messages"][1]["content"]
                 one = re.search(r"\[Reply 1 begins\]\n(.*?)\n\[Reply 1 ends\]", user, re.S).group(1)
                 two = re.search(r"\[Reply 2 begins\]\n(.*?)\n\[Reply 2 ends\]", user, re.S).group(1)
                 grade = lambda text: min(10, 1 + sum(text.split().count(w) for w in GOOD_WORDS) * 2)  # noqa: E731
-                content = "I like both." if garbage else f"{grade(one)} {grade(two)}\nThe higher grade wins."
+                content = "I like both." if server.garbage else f"{grade(one)} {grade(two)}\nThe higher grade wins."
                 reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": content}}],
@@ -131,6 +132,17 @@ def test_report_numbers_match_a_hand_computation(world, runs, tmp_path):
     evaluator = HFRewardScorer(RewardConfig(path=world["reward_model_init"]))
     expected = evaluator.score([x["prompt"] for x in rows], [x["response"] for x in rows]).tolist()
     assert max(abs(a - b) for a, b in zip(sorted(mine["reward"]), sorted(expected))) < 1e-5
+    # paired: per prompt, pargs b3's mean gold minus topk's, over the prompts both have
+    topk = {}
+    for row in read_output(runs["topk"]).to_pylist():
+        topk.setdefault(row["id"], []).append(sentiment(row["response"]))
+    diffs = [sum(v) / len(v) - sum(topk[k]) / len(topk[k]) for k, v in by_prompt.items()]
+    pair = next(p for p in report["paired"] if (p["a"], p["b"]) == ("pargs b3", "topk"))
+    d = sum(diffs) / len(diffs)
+    d_se = (sum((x - d) ** 2 for x in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    assert pair["gold"]["prompts"] == 10 and abs(pair["gold"]["diff"] - d) < 1e-12
+    assert abs(pair["gold"]["se"] - d_se) < 1e-12 and pair["gold"]["interval"][0] < d < pair["gold"]["interval"][1]
+    assert len(report["paired"]) == 6  # every pair of the four runs
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert "pargs b3" in saved["runs"] and len(json.dumps(saved)) < 20_000
     assert not any(isinstance(v, list) and len(v) >= 20 for run in saved["runs"].values() for v in run.values())
@@ -138,7 +150,8 @@ def test_report_numbers_match_a_hand_computation(world, runs, tmp_path):
     assert r["gold"]["mean"] > report["runs"]["topk"]["gold"]["mean"]
     assert report["beta_groups"] == [["pargs b1", "pargs b3"]]
     md = (tmp_path / "eval" / "report.md").read_text()
-    assert "| pargs b3 | pargs | 3 | 20 | 0 |" in md and "Reward against β" in md
+    assert "| pargs b3 | pargs | 3 | 20 | 0 | 10 × 2 |" in md and "Reward against β" in md
+    assert "| pargs b3 | topk | 10 |" in md  # the paired table
     from PIL import Image
 
     for name in ("reward_distribution.png", "gold_distribution.png", "reward_vs_beta_0.png"):
@@ -196,6 +209,49 @@ def test_unparsable_replies_are_retried_then_invalid(world, runs, tmp_path, judg
         server.close()
 
 
+def test_unparsable_answers_are_asked_again_by_later_runs_up_to_max_attempts(world, runs, tmp_path, judge_key):
+    import pandas as pd
+
+    server = JudgeServer(garbage=True)
+    try:
+        def run(name, **extra):
+            cfg = eval_config(world, runs, tmp_path / name, cache_dir=str(tmp_path / "cache.sqlite"),
+                              judge=judge(server.url, max_prompts=4, parse_retries=0, **extra))
+            return run_evaluate(cfg, progress=False)["judge"]["pairs"][0]
+
+        assert run("a", max_attempts=2)["invalid"] == 4 and server.requests == 4
+        assert run("b", max_attempts=2)["invalid"] == 4 and server.requests == 8  # the invalid ones asked again
+        assert run("c", max_attempts=2)["invalid"] == 4 and server.requests == 8  # two attempts made: final
+        server.garbage = False
+        fixed = run("d", max_attempts=3)  # a larger budget: one more request each, which now parses
+        assert fixed["invalid"] == 0 and fixed["valid"] == 4 and server.requests == 12
+        assert run("e", max_attempts=3)["valid"] == 4 and server.requests == 12  # a parsed answer is final
+        judged = pd.read_parquet(tmp_path / "d" / "judge.parquet")
+        assert list(judged["attempts"]) == [3] * 4 and not judged["cached"].any()
+    finally:
+        server.close()
+
+
+def test_judge_request_fields_are_configurable(world, runs, tmp_path, judge_key):
+    server = JudgeServer()
+    try:
+        cache = str(tmp_path / "cache.sqlite")
+        run_evaluate(eval_config(world, runs, tmp_path / "a", cache_dir=cache, judge=judge(server.url, max_prompts=2)),
+                     progress=False)
+        assert server.bodies[-1]["max_tokens"] == 128 and server.bodies[-1]["temperature"] == 0.0
+        reasoning = judge(server.url, max_prompts=2, max_tokens_param="max_completion_tokens", max_tokens=512,
+                          temperature=None, extra_body={"top_k": 1, "reasoning_effort": "low"})
+        run_evaluate(eval_config(world, runs, tmp_path / "b", cache_dir=cache, judge=reasoning), progress=False)
+        body = server.bodies[-1]
+        assert body["max_completion_tokens"] == 512 and "max_tokens" not in body and "temperature" not in body
+        assert body["top_k"] == 1 and body["reasoning_effort"] == "low"
+        assert server.requests == 4  # other sampling fields are another cache key: asked again
+    finally:
+        server.close()
+    with pytest.raises(ConfigError, match="judge.max_tokens_param='max_output_tokens'"):
+        eval_config(world, runs, tmp_path / "c", judge=judge(server.url, max_tokens_param="max_output_tokens"))
+
+
 def test_unreachable_endpoint_keeps_what_was_paid_for(world, runs, tmp_path, judge_key):
     server = JudgeServer()
     cache = str(tmp_path / "cache.sqlite")
@@ -226,6 +282,8 @@ def test_bad_input_has_clear_messages(world, runs, tmp_path, monkeypatch, models
     monkeypatch.setenv("TEST_JUDGE_KEY", "x")
     with pytest.raises(ConfigError, match="no run is labelled 'ghost'"):
         run_evaluate(eval_config(world, runs, tmp_path / "e", judge=judge("http://127.0.0.1:9/v1", [("topk", "ghost")])))
+    with pytest.raises(ConfigError, match=r"paired=\['topk', 'ghost'\] is not allowed: no run is labelled 'ghost'"):
+        run_evaluate(eval_config(world, runs, tmp_path / "e", paired=[["topk", "ghost"]]))
     # a run over other prompts shares no ids with the rest
     (tmp_path / "q.jsonl").write_text('{"id": "zz", "prompt": "review of the cafe :"}\n')
     cfg = base_config(world, tmp_path, data={"source": str(tmp_path / "q.jsonl")}, decode={"method": "topk"})

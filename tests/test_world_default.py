@@ -51,6 +51,58 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
     assert tokenizers["rm_full"][1] != tokenizers["rm_partial_causal"][1]
 
 
+def test_sample_gold_mean_covers_every_split_and_both_replies(reduced_world):
+    from experiments.world.default import sample_gold_means
+    from experiments.world.gold import gold_score
+
+    p = "review of the cafe , mostly the coffee :"
+    good, bad = " the coffee was very fresh .", " the coffee was stale ."
+    drawn = {"guidance": ([p], [good], [bad]), "heldout": ([p, p], [bad, bad], [bad, good])}
+    g, b = gold_score(p, good), gold_score(p, bad)
+    out = sample_gold_means(drawn)
+    assert out["guidance"] == round((g + b) / 2, 3) and out["heldout"] == round((3 * b + g) / 4, 3)
+    assert out["all"] == round((2 * g + 4 * b) / 6, 3)
+    # the world's manifest: every split, not the last loop's leftovers
+    assert set(reduced_world["llm_sample_gold_by_split"]) == {"guidance", "evaluation", "heldout", "all"}
+    assert reduced_world["llm_sample_gold_mean"] == reduced_world["llm_sample_gold_by_split"]["all"]
+
+
+def test_gold_judge_server_answers_like_an_llm_judge_and_follows_the_gold_reward(tmp_path, monkeypatch):
+    """The world's judge through the real openai client: the answer format parses, an exact judge
+    (noise 0) prefers the reply with the higher gold reward in either order, grades repeat, a wrong
+    key is refused, and an unreadable message gets an answer without grades."""
+    from openai import AuthenticationError, OpenAI
+
+    from experiments.world.gold import gold_score
+    from experiments.world.judge_server import GoldJudgeServer
+    from pargs_batch.evaluation.judge import load_template, parse_scores
+
+    system, user = load_template("dialogue")
+    q = "review of the cafe , mostly the coffee :"
+    good, bad = "the coffee was very fresh . worth a visit .", "the coffee was stale but the staff was rude ."
+    assert gold_score(q, good) > gold_score(q, bad)
+    with GoldJudgeServer(noise=0.0, api_key="k") as server:
+        client = OpenAI(base_url=server.url, api_key="k", max_retries=0)
+
+        def ask(first, second, template=user):
+            out = client.chat.completions.create(model="gold-judge", temperature=0.0, max_tokens=32, messages=[
+                {"role": "system", "content": system},
+                {"role": "user", "content": template.format(question=q, answer_1=first, answer_2=second)}])
+            return out.choices[0].message.content
+
+        one, two = parse_scores(ask(good, bad)), parse_scores(ask(bad, good))
+        assert one[0] > one[1] and two == one[::-1]
+        assert parse_scores(ask(good, bad)) == one
+        assert parse_scores(ask(good, bad, "{question} / {answer_1} / {answer_2}")) is None
+        _, summary = load_template("summary")
+        assert parse_scores(ask(good, bad, summary)) == one
+        with pytest.raises(AuthenticationError):
+            OpenAI(base_url=server.url, api_key="wrong", max_retries=0).chat.completions.create(
+                model="gold-judge", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(ValueError, match="localhost only"):
+        GoldJudgeServer(host="0.0.0.0")
+
+
 def test_world_build_reuses_the_built_world(reduced_world):
     out = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "world", "build", "--kind", "reduced", "--out", out],
@@ -86,5 +138,14 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert set(demo["diagnose"]) == {"rm_full", "rm_partial", "rm_partial_causal"}
     assert set(demo["diagnose"]["rm_partial"]["prefix_accuracy"]) == {"0-25%", "25-50%", "50-75%", "75-100%"}
     assert (tmp_path / "diagnose" / "prefix_accuracy.png").exists()
+    # the gold judge ran through the real openai client: PARGS against each other method, with intervals
+    judged = {p["b"]: p for p in demo["judge"]["pairs"]}
+    assert set(judged) == {"topk", "args", "pargs-greedy", "pargs-causal-rm", "best-of-n"}
+    for p in judged.values():
+        assert p["prompts"] == 16 and p["invalid"] == 0 and p["requests"] == 16
+        lo, hi = p["win_tie_interval"]
+        assert lo <= p["win_tie_rate"] <= hi
+    assert "pargs vs" in result.stdout and "gold judge" in result.stdout
+    assert {(p["a"], p["b"]) for p in demo["paired"]} == {("pargs", b) for b in judged}
     assert [t["beta"] for t in demo["sweep"]["table"]] == [0.0, 3.0]
     assert (tmp_path / "sweep" / "report" / "plots" / "reward_vs_beta_0.png").exists()

@@ -5,8 +5,8 @@ world's LLM - method ``topk``, one new token, Ray off - over N synthetic prompts
 runs the same command again on the finished output (a resume: it reads every finished id and
 generates nothing), then `pargs-batch evaluate` on it (gold reward only: it streams the output in
 record batches). Reports the driver's peak RSS of each run and the growth per prompt between
-the smallest and the largest N: what bookkeeping costs a prompt (the reader's duplicate check and,
-on a resume, the earlier run's finished ids are 64-bit hashes, 8 bytes a prompt each).
+the smallest and the largest N: what bookkeeping costs a prompt (a 64-bit hash, 8 bytes: in the
+earlier runs' finished set or, for the ids still to come, the reader's duplicate check).
 """
 
 from __future__ import annotations

@@ -216,6 +216,18 @@ def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict) -> dict:
 
 # ---------------------------------------------------------------- build
 
+def sample_gold_means(drawn: dict[str, tuple[list[str], list[str], list[str]]]) -> dict[str, float]:
+    """Mean gold reward of the LM's samples - both replies of every pair - per split and over all
+    (``drawn``: split -> (queries, replies a, replies b))."""
+    out, everything = {}, []
+    for name, (queries, a, b) in drawn.items():
+        scores = [gold.gold_score(q, r) for q, r in zip(queries + queries, a + b)]
+        out[name] = round(sum(scores) / len(scores), 3)
+        everything += scores
+    out["all"] = round(sum(everything) / len(everything), 3)
+    return out
+
+
 def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWorldSpec(),
                         log=print) -> dict:
     """Build (or reuse, when its spec matches) the default world in ``out_dir``; return world.json."""
@@ -264,12 +276,13 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
     n_eval = int(len(shuffled) * spec.eval_prompt_share)
     splits = {"guidance": shuffled[n_eval:], "evaluation": shuffled[:n_eval], "heldout": heldout_prompts}
     files = {"llm": str(out / "llm"), "rm_init": str(out / "rm_init")}
-    pair_stats = {}
+    pair_stats, drawn = {}, {}
     for i, (name, prompts) in enumerate(splits.items()):
         reps = spec.pairs_per_prompt if name != "heldout" else max(1, -(-spec.heldout_pairs // len(prompts)))
         queries = [p for p in prompts for _ in range(reps)]
         a = sample_replies(llm, llm_tok, queries, spec.sample_max_tokens, spec.seed + 20 + 2 * i)
         b = sample_replies(llm, llm_tok, queries, spec.sample_max_tokens, spec.seed + 21 + 2 * i)
+        drawn[name] = (queries, a, b)
         rows = label_pairs(queries, a, b, spec.bt_temperature, spec.seed + 30 + i)
         if name == "heldout":
             rows = rows[: spec.heldout_pairs]
@@ -278,7 +291,7 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
         pair_stats[name] = {"prompts": len(prompts), "pairs": len(rows), "gold_agreement": round(agree, 3)}
         log(f"world: {name} preferences: {len(rows)} pairs on {len(prompts)} prompts "
             f"(chosen has the higher gold reward in {agree:.1%})")
-    samples = [gold.gold_score(p, r) for p, r in zip(queries, a)]
+    sample_gold = sample_gold_means(drawn)
     phase("preferences", t0)
 
     t0 = time.perf_counter()
@@ -295,7 +308,7 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
         "prompts": prompts_file, "template": TEMPLATE, "gold_reward": GOLD_REWARD,
         "preferences": {k: files[f"{k}_pairs"] for k in splits},
         "llm_heldout_perplexity": round(ppl, 3), "llm_final_train_loss": round(loss, 4),
-        "llm_sample_gold_mean": round(sum(samples) / len(samples), 3),
+        "llm_sample_gold_mean": sample_gold["all"], "llm_sample_gold_by_split": sample_gold,
         "pairs": pair_stats, "reward_models": rms, "timings_s": timings,
         "build_seconds": round(time.perf_counter() - start, 1),
     }

@@ -22,9 +22,17 @@ class JudgeConfig:
     seed: int = option("seed of the per-prompt order of the two responses", 0)
     max_concurrency: int = option("requests in flight", 8)
     max_retries: int = option("retries with backoff on 429, 5xx and timeouts", 3)
-    parse_retries: int = option("asks again when the first line holds no two grades", 2)
+    parse_retries: int = option("asks again, in the same run, when the first line holds no two grades "
+                                "(never past max_attempts)", 1)
+    max_attempts: int = option("requests per comparison over all runs: an unparsable answer is kept in the "
+                               "cache but asked again by the next run until this many were made", 3)
     timeout: float = option("seconds per request", 60.0)
     max_tokens: int = option("reply length limit", 128)
+    max_tokens_param: str = option("the request field carrying it: max_tokens (vLLM, most servers) or "
+                                   "max_completion_tokens (OpenAI reasoning models)", "max_tokens")
+    temperature: float | None = option("sampling temperature; null leaves it out of the request", 0.0)
+    extra_body: dict = option("more request fields, sent as they are (e.g. {top_k: 1} for vLLM, "
+                              "{reasoning_effort: low})", factory=dict)
     max_prompts: int | None = option("judge at most this many shared prompts per pair", None)
 
     def __post_init__(self):
@@ -38,6 +46,9 @@ class JudgeConfig:
         positive("judge.max_concurrency", self.max_concurrency)
         positive("judge.max_retries", self.max_retries, allow_zero=True)
         positive("judge.parse_retries", self.parse_retries, allow_zero=True)
+        positive("judge.max_attempts", self.max_attempts)
+        if self.max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError("judge.max_tokens_param", self.max_tokens_param, "one of: max_tokens, max_completion_tokens")
         positive("judge.max_prompts", self.max_prompts)
 
 
@@ -66,6 +77,8 @@ class EvalConfig:
     reward: RewardConfig = option("the evaluation reward model (not the guidance one)", factory=RewardConfig)
     allow_same_model: bool = option("allow the guidance reward model to also evaluate", False)
     gold_reward: str | None = option("'module:function' scoring (prompts, responses) -> floats", None)
+    paired: list[list[str]] = option("run label pairs [[A, B], ...] compared as A - B over their shared "
+                                     "prompts; empty: every pair of runs", factory=list)
     judge: JudgeConfig = option("LLM-judge win-tie", factory=JudgeConfig)
     cache_dir: str | None = option("judge cache; default: output_dir/judge_cache.sqlite", None)
     ray: EvalRay = option("optional Ray reward actors for scoring", factory=EvalRay)
@@ -77,6 +90,9 @@ class EvalConfig:
             if "://" not in run and not os.path.isdir(run):
                 raise ConfigError("runs", run, "no such directory")
         positive("batch_rows", self.batch_rows)
+        for pair in self.paired:
+            if len(pair) != 2:
+                raise ConfigError("paired", pair, "each pair is [label A, label B]")
         if self.labels and len(self.labels) != len(self.runs):
             raise ConfigError("labels", self.labels, f"give one label per run ({len(self.runs)})")
         if not self.reward.path and not self.gold_reward:

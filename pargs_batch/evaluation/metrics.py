@@ -101,10 +101,47 @@ def _without_beta(config: dict) -> str:
     return json.dumps(rest, sort_keys=True)
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> list[float] | None:
+    """The Wilson score interval of a binomial rate (95 % by default); None when n is 0.
+
+    Each judged prompt is one judgement (its first sample), so prompts are the independent trials."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def win_tie(outcomes: list[str]) -> dict:
-    """Counts and rates of 'win', 'tie', 'loss', 'invalid' (rates over valid judgements)."""
+    """Counts and rates of 'win', 'tie', 'loss', 'invalid' (rates over valid judgements), each rate
+    with its 95 % Wilson interval (``*_interval``)."""
     counts = {k: outcomes.count(k) for k in ("win", "tie", "loss", "invalid")}
     valid = counts["win"] + counts["tie"] + counts["loss"]
-    rates = {f"{k}_rate": (counts[k] / valid if valid else None) for k in ("win", "tie", "loss")}
-    return {**counts, "valid": valid, **rates,
-            "win_tie_rate": (counts["win"] + counts["tie"]) / valid if valid else None}
+    out = {**counts, "valid": valid}
+    for name, k in (("win", counts["win"]), ("tie", counts["tie"]), ("loss", counts["loss"]),
+                    ("win_tie", counts["win"] + counts["tie"])):
+        out[f"{name}_rate"] = k / valid if valid else None
+        out[f"{name}_interval"] = wilson(k, valid)
+    return out
+
+
+def paired_difference(diffs, z: float = Z95) -> dict:
+    """Mean of per-prompt differences a - b (each side a prompt's mean over its samples, on the
+    prompts both runs have), its standard error across those prompts and a 95 % interval (normal
+    approximation: mean ± 1.96 SE). The same prompts went through both runs: the pairing removes
+    the prompt-to-prompt spread both share, which two separate ± figures cannot."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        return {"diff": None, "se": None, "interval": None, "prompts": 0}
+    mean = float(d.mean())
+    if n == 1:
+        return {"diff": mean, "se": None, "interval": None, "prompts": 1}
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    return {"diff": mean, "se": se, "interval": [mean - z * se, mean + z * se], "prompts": n}

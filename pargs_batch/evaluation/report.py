@@ -17,8 +17,19 @@ def _pm(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f}{se}"
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.0f}%"
+def _pct_interval(rate: float | None, interval: list[float] | None) -> str:
+    if rate is None:
+        return "—"
+    return f"{100 * rate:.0f}% [{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]"
+
+
+def _diff(stat: dict | None, digits: int = 3) -> str:
+    if not stat or stat.get("diff") is None:
+        return "—"
+    if stat.get("interval") is None:
+        return f"{stat['diff']:+.{digits}f}"
+    lo, hi = stat["interval"]
+    return f"{stat['diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def markdown(report: dict) -> str:
@@ -39,17 +50,27 @@ def markdown(report: dict) -> str:
                      f"{_pm(r.get('reward'))} | {_pm(r.get('gold'))} | {'—' if div is None else f'{div:.4f}'} |")
     lines += ["", "Each prompt's samples are averaged first; ± is the standard error across prompts "
               "(samples of one prompt are not independent)."]
+    if report.get("paired"):
+        lines += ["", "## Paired differences A − B over shared prompts", "",
+                  "| A | B | prompts | reward A − B [95 % CI] | gold A − B [95 % CI] |", "| --- | --- | --- | --- | --- |"]
+        for p in report["paired"]:
+            n = (p.get("reward") or p.get("gold") or {}).get("prompts", 0)
+            lines.append(f"| {p['a']} | {p['b']} | {n} | {_diff(p.get('reward'))} | {_diff(p.get('gold'))} |")
+        lines += ["", "Per prompt, A's mean minus B's mean; the mean difference ± 1.96 SE across prompts "
+                  "(normal approximation). An interval that excludes 0 says which run scores higher."]
     if report["judge"]:
         j = report["judge"]
         lines += ["", f"## LLM judge: win-tie of A against B (Table 2) — `{j['model']}`, template "
                   f"`{j['template']}`", "",
-                  "| A | B | prompts | win | tie | loss | invalid | win-tie |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| A | B | prompts | win | tie | loss | invalid | win % [95 % CI] | win-tie % [95 % CI] |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in j["pairs"]:
             lines.append(f"| {p['a']} | {p['b']} | {p['prompts']} | {p['win']} | {p['tie']} | {p['loss']} | "
-                         f"{p['invalid']} | {_pct(p['win_tie_rate'])} |")
+                         f"{p['invalid']} | {_pct_interval(p['win_rate'], p['win_interval'])} | "
+                         f"{_pct_interval(p['win_tie_rate'], p['win_tie_interval'])} |")
         lines.append("")
         lines.append(f"Response order shuffled per prompt with seed {j['pairs'][0]['seed']}; rates are over valid "
-                     "judgements.")
+                     "judgements (one per prompt, its first sample), with 95 % Wilson score intervals.")
     for group in report["beta_groups"]:
         lines += ["", "## Reward against β (Table 4)", "", "| β | reward ± SE | gold ± SE |", "| --- | --- | --- |"]
         for label in group:
@@ -100,8 +121,14 @@ def plots(report: dict, out: Path, scores: Path | None = None) -> list[str]:
             widths = [p[outcome] / max(1, p["prompts"]) for p in pairs]
             ax.barh(names, widths, left=left, color=color, label=outcome)
             left = [a + b for a, b in zip(left, widths)]
+        for y, p in enumerate(pairs):  # the win-tie rate's 95 % interval, over valid judgements
+            if p["win_tie_interval"]:
+                share = p["valid"] / max(1, p["prompts"])
+                lo, hi = (share * x for x in p["win_tie_interval"])
+                mid = (p["win"] + p["tie"]) / max(1, p["prompts"])
+                ax.errorbar([mid], [y], xerr=[[mid - lo], [hi - mid]], color="black", capsize=4, lw=1.2)
         ax.set_xlim(0, 1)
-        ax.set_xlabel("share of prompts")
+        ax.set_xlabel("share of prompts (bar: win-tie rate's 95 % Wilson interval)")
         ax.legend(loc="lower right", ncols=4, fontsize=8)
         ax.set_title("LLM judge: A against B")
         fig.tight_layout()

@@ -73,7 +73,9 @@ SCORES = pa.schema([("run", pa.string()), ("id", pa.string()), ("sample_index", 
                     ("gold", pa.float64())])
 JUDGED = pa.schema([("a", pa.string()), ("b", pa.string()), ("id", pa.string()), ("a_first", pa.bool_()),
                     ("outcome", pa.string()), ("score_a", pa.float64()), ("score_b", pa.float64()),
-                    ("cached", pa.bool_())])
+                    ("cached", pa.bool_()), ("attempts", pa.int32())])
+PROMPTS = pa.schema([("run", pa.string()), ("id", pa.string()), ("samples", pa.int32()), ("reward", pa.float64()),
+                     ("gold", pa.float64())])
 READ = ["id", "sample_index", "prompt", "response", "num_tokens", "error"]
 JUDGE_CHUNK = 16_384  # judged prompts whose texts are held at once
 
@@ -95,8 +97,8 @@ class PromptGroups:
             return self.open.pop(prompt_id)
         return None
 
-    def rest(self) -> list[list]:
-        rest, self.open = list(self.open.values()), {}
+    def rest(self) -> list[tuple[str, list]]:
+        rest, self.open = list(self.open.items()), {}
         return rest
 
 
@@ -125,28 +127,52 @@ def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dic
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     bar = tqdm(total=sum(r["rows"] for r in runs.values()), desc="score", unit="row", disable=not progress)
-    with pq.ParquetWriter(out / "scores.parquet.tmp", SCORES, compression="zstd") as writer:
-        for label, run in runs.items():
-            results[label] = score_run(label, run, scorer, gold, writer, config.batch_rows, bar)
-    bar.close()
-    (out / "scores.parquet.tmp").replace(out / "scores.parquet")
+    tmp = {name: out / f"{name}.parquet.tmp" for name in ("scores", "prompts")}
+    try:
+        with pq.ParquetWriter(tmp["scores"], SCORES, compression="zstd") as rows, \
+                pq.ParquetWriter(tmp["prompts"], PROMPTS, compression="zstd") as prompts:
+            for label, run in runs.items():
+                results[label] = score_run(label, run, scorer, gold, (rows, prompts), config.batch_rows, bar)
+        for name, path in tmp.items():
+            path.replace(out / f"{name}.parquet")
+    finally:
+        bar.close()
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
     return results
 
 
-def score_run(label: str, run: dict, scorer, gold, writer, batch_rows: int, bar) -> dict:
+def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar) -> dict:
+    """One run, streamed: each row's scores to ``writers[0]``, each prompt's means to ``writers[1]``."""
     from pargs_batch.output import iter_output
 
+    writer, prompt_writer = writers
     d = run["config"]["decode"]
     groups = PromptGroups(d.get("num_samples", 1))
     reward, gold_stat = metrics.OverPrompts(), metrics.OverPrompts()
     diversity = metrics.RougeDiversity()
     ok_rows = tokens = 0
+    per_prompt: dict[str, list] = {"id": [], "samples": [], "reward": [], "gold": []}
 
-    def finish(group: list[tuple]) -> None:  # (ok, response, reward, gold) of one prompt's rows
+    def flush() -> None:
+        n = len(per_prompt["id"])
+        if n:
+            prompt_writer.write_table(pa.table({"run": [label] * n, **per_prompt}, schema=PROMPTS))
+        for values in per_prompt.values():
+            values.clear()
+
+    def finish(prompt_id: str, group: list[tuple]) -> None:  # (ok, response, reward, gold) of its rows
         fine = [g for g in group if g[0]]
-        reward.add([g[2] for g in fine if g[2] is not None])
-        gold_stat.add([g[3] for g in fine if g[3] is not None])
+        rewards, golds = [g[2] for g in fine if g[2] is not None], [g[3] for g in fine if g[3] is not None]
+        reward.add(rewards)
+        gold_stat.add(golds)
         diversity.add([g[1] for g in fine])
+        for key, value in (("id", prompt_id), ("samples", len(fine)),
+                           ("reward", sum(rewards) / len(rewards) if rewards else None),
+                           ("gold", sum(golds) / len(golds) if golds else None)):
+            per_prompt[key].append(value)
+        if len(per_prompt["id"]) >= batch_rows:
+            flush()
 
     for batch in iter_output(run["path"], READ, batch_rows):
         cols = batch.to_pydict()
@@ -166,12 +192,13 @@ def score_run(label: str, run: dict, scorer, gold, writer, batch_rows: int, bar)
         for i in range(n):
             done = groups.add(cols["id"][i], (cols["error"][i] is None, cols["response"][i], rewards[i], golds[i]))
             if done is not None:
-                finish(done)
+                finish(cols["id"][i], done)
         ok_rows += len(ok)
         tokens += sum(cols["num_tokens"][i] for i in ok)
         bar.update(n)
-    for group in groups.rest():
-        finish(group)
+    for prompt_id, group in groups.rest():
+        finish(prompt_id, group)
+    flush()
     result = {"path": run["path"], "method": d["method"], "beta": d["beta"], "rows": run["rows"],
               "error_rows": run["rows"] - ok_rows, "samples_per_prompt": d.get("num_samples", 1),
               "guidance_model": run["config"]["reward"]["path"] or None,
@@ -181,6 +208,36 @@ def score_run(label: str, run: dict, scorer, gold, writer, batch_rows: int, bar)
     if gold is not None:
         result["gold"] = gold_stat.result()
     return result
+
+
+def pair_labels(config: EvalConfig, runs: dict[str, dict]) -> list[list[str]]:
+    """The run pairs to compare over shared prompts: ``paired``, or every pair in the given order."""
+    labels = list(runs)
+    pairs = config.paired or [[a, b] for i, a in enumerate(labels) for b in labels[i + 1:]]
+    for pair in pairs:
+        for label in pair:
+            if label not in runs:
+                raise ConfigError("paired", pair, f"no run is labelled {label!r}; labels: {', '.join(runs)}")
+    return pairs
+
+
+def paired_runs(config: EvalConfig, runs: dict[str, dict], results: dict[str, dict]) -> list[dict]:
+    """A - B of each pair's per-prompt means (reward and gold), joined on the prompt id: the
+    difference's mean, SE over the shared prompts and 95 % interval."""
+    path = Path(config.output_dir) / "prompts.parquet"
+    out = []
+    for a, b in pair_labels(config, runs):
+        entry = {"a": a, "b": b}
+        for metric in ("reward", "gold"):
+            if metric not in results[a]:
+                continue
+            ta, tb = (pq.read_table(path, columns=["id", metric], filters=[("run", "=", x)]).drop_null()
+                      for x in (a, b))
+            joined = ta.join(tb, "id", join_type="inner", left_suffix="_a", right_suffix="_b")
+            diffs = pc.subtract(joined[f"{metric}_a"], joined[f"{metric}_b"]).to_numpy()
+            entry[metric] = metrics.paired_difference(diffs)
+        out.append(entry)
+    return out
 
 
 def check_judge(config: EvalConfig, runs: dict[str, dict]) -> None:
@@ -220,15 +277,31 @@ def judge_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> lis
     from pargs_batch.evaluation.judge import Judge, JudgeCache
 
     j = config.judge
+    path = Path(config.output_dir) / "judge.parquet"
     if not j.pairs:
+        path.unlink(missing_ok=True)  # an earlier evaluation's judgements would not match this report
         return []
     check_judge(config, runs)
     api_key = os.environ[j.api_key_env]
     cache = JudgeCache(config.cache_dir or Path(config.output_dir) / "judge_cache.sqlite")
     judge = Judge(j.base_url, j.model, api_key, j.template, cache, j.max_concurrency, j.max_retries,
-                  j.parse_retries, j.timeout, j.max_tokens)
-    out, path = [], Path(config.output_dir) / "judge.parquet"
-    with pq.ParquetWriter(str(path) + ".tmp", JUDGED, compression="zstd") as writer:
+                  j.parse_retries, j.timeout, j.max_tokens, j.max_attempts, j.max_tokens_param, j.temperature,
+                  j.extra_body)
+    out, tmp = [], Path(str(path) + ".tmp")
+    try:
+        judge_pairs(config, runs, judge, tmp, out, progress)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def judge_pairs(config: EvalConfig, runs: dict[str, dict], judge, tmp: Path, out: list, progress: bool) -> None:
+    """Judge each pair in chunks, appending its aggregates to ``out`` and its judgements to ``tmp``.
+    Texts are read per chunk: each chunk is one pass over both runs (one pass in all when the
+    shared prompts fit in one chunk)."""
+    j = config.judge
+    with pq.ParquetWriter(tmp, JUDGED, compression="zstd") as writer:
         for a, b in j.pairs:
             mine, theirs = (first_samples(runs[x]["path"], config.batch_rows) for x in (a, b))
             shared = mine.filter(pc.is_in(mine, value_set=theirs))[: j.max_prompts]
@@ -246,11 +319,10 @@ def judge_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> lis
                     "a": [a] * len(records), "b": [b] * len(records), "id": [r["id"] for r in records],
                     "a_first": [r["a_first"] for r in records], "outcome": [r["outcome"] for r in records],
                     "score_a": [s and s[0] for s in scores], "score_b": [s and s[1] for s in scores],
-                    "cached": [r["cached"] for r in records]}, schema=JUDGED))
+                    "cached": [r["cached"] for r in records], "attempts": [r["attempts"] for r in records]},
+                    schema=JUDGED))
             out.append({"a": a, "b": b, "prompts": len(shared), "seed": j.seed,
                         "requests": judge.requests - before, **metrics.win_tie(outcomes)})
-    Path(str(path) + ".tmp").replace(path)
-    return out
 
 
 def run_evaluate(config: EvalConfig, progress: bool = True) -> dict:
@@ -262,13 +334,16 @@ def run_evaluate(config: EvalConfig, progress: bool = True) -> dict:
     runs = load_runs(config)
     check_models(config, runs)
     check_judge(config, runs)
+    pair_labels(config, runs)
     results = score_runs(config, runs, progress)
+    paired = paired_runs(config, runs, results)
     judged = judge_runs(config, runs, progress)
     groups = metrics.beta_groups({label: run["config"] for label, run in runs.items()})
     report = {
         "evaluation_model": config.reward.path or None,
         "gold_reward": config.gold_reward,
         "runs": results,
+        "paired": paired,
         "judge": {"model": config.judge.model, "base_url": config.judge.base_url, "template": config.judge.template,
                   "pairs": judged} if judged else None,
         "beta_groups": groups,
