@@ -170,13 +170,23 @@ def format_table(rows: list[dict], beta: float, num_samples: int) -> str:
 
 
 def diagnose_guidance(world: dict, out: Path) -> dict:
-    """`diagnose-rm` for the guidance reward models on the held-out preference pairs."""
+    """`diagnose-rm` for the guidance reward models on the held-out preference pairs, and the
+    accuracy of Eq. 5's labels against the gold order of each prefix pair (rm_partial's tokens)."""
     from pargs_batch.config import RewardConfig
     from rm_training.diagnose import diagnose_models
 
     models = {key: RewardConfig(path=world[key], template=world["template"], max_length=128, batch_size=512)
               for key in DIAGNOSED}
-    return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: print("\n" + t))
+    gold = import_gold(world["gold_reward"])
+    return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: print("\n" + t),
+                           gold=gold, labels_with="rm_partial")
+
+
+def import_gold(spec: str):
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],

@@ -22,37 +22,99 @@ def bucket_name(lo: float, hi: float) -> str:
     return f"{int(lo * 100)}-{int(hi * 100)}%"
 
 
-def whole_accuracy(scorer, triples) -> float:
+RESAMPLES = 2000  # cluster-bootstrap resamples behind each 95 % interval
+
+
+def cluster_interval(correct, prompts, resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
+    """95 % percentile interval of an accuracy when prompts, not pairs, are resampled (seeded):
+    the pairs of one prompt (its two triples, every prefix of them) are not independent."""
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(correct) == 0:
+        return None
+    _, cluster = np.unique(np.asarray(prompts, dtype=object).astype(str), return_inverse=True)
+    hits, sizes = np.bincount(cluster, weights=correct), np.bincount(cluster).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(sizes), size=(resamples, len(sizes)))
+    rates = hits[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    return [float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))]
+
+
+def whole_accuracy(scorer, triples) -> dict:
     prompts = [t.prompt for t in triples]
-    return float(np.mean(scorer.score(prompts, [t.chosen for t in triples])
-                         > scorer.score(prompts, [t.rejected for t in triples])))
+    correct = scorer.score(prompts, [t.chosen for t in triples]) > scorer.score(prompts, [t.rejected for t in triples])
+    return {"accuracy": float(np.mean(correct)), "interval": cluster_interval(correct, prompts)}
 
 
-def prefix_accuracy(scorer, triples) -> dict:
-    """Accuracy and pair count per prefix-length bucket, over every prefix length of each triple."""
+def bucketed_prefixes(triples, tokenizer) -> dict[str, tuple[list, list, list]]:
+    """(prompts, chosen prefixes, rejected prefixes) per prefix-length bucket, every prefix length
+    of each triple (the pairs Eq. 5 labels with the whole responses' preference)."""
     groups = {bucket_name(lo, hi): ([], [], []) for lo, hi in BUCKETS}
     for t in triples:
-        for pair in prefix_pairs(t.chosen, t.rejected, scorer.tokenizer, "every")[0]:
+        for pair in prefix_pairs(t.chosen, t.rejected, tokenizer, "every")[0]:
             lo, hi = next(b for b in BUCKETS if pair.fraction <= b[1])
             prompts, chosen, rejected = groups[bucket_name(lo, hi)]
             prompts.append(t.prompt)
             chosen.append(pair.chosen)
             rejected.append(pair.rejected)
-    return {name: {"accuracy": float(np.mean(scorer.score(p, c) > scorer.score(p, r))), "pairs": len(p)}
-            for name, (p, c, r) in groups.items() if p}
+    return groups
+
+
+def prefix_accuracy(scorer, triples) -> dict:
+    """Accuracy, its 95 % cluster-bootstrap interval and the pair count per prefix-length bucket."""
+    out = {}
+    for name, (p, c, r) in bucketed_prefixes(triples, scorer.tokenizer).items():
+        if p:
+            correct = scorer.score(p, c) > scorer.score(p, r)
+            out[name] = {"accuracy": float(np.mean(correct)), "interval": cluster_interval(correct, p), "pairs": len(p)}
+    return out
+
+
+def label_accuracy(triples, tokenizer, gold) -> dict:
+    """How often Eq. 5's label (the whole responses' preference, given to every prefix pair) agrees
+    with a known reward's order of the two prefixes, per bucket: the noise the partial-sequence
+    loss trains on. ``gold(prompts, responses) -> floats``; equal gold values are ties (counted
+    apart, excluded from the accuracy). "whole" is the label against the whole responses' gold."""
+    out = {}
+    groups = bucketed_prefixes(triples, tokenizer)
+    groups["whole"] = ([t.prompt for t in triples], [t.chosen for t in triples], [t.rejected for t in triples])
+    for name, (p, c, r) in groups.items():
+        if not p:
+            continue
+        gc, gr = np.asarray(gold(p, c), dtype=np.float64), np.asarray(gold(p, r), dtype=np.float64)
+        decided = gc != gr
+        agree = (gc > gr)[decided]
+        kept = [x for x, d in zip(p, decided) if d]
+        out[name] = {"accuracy": float(np.mean(agree)) if len(agree) else None,
+                     "interval": cluster_interval(agree, kept), "pairs": len(p), "ties": int((~decided).sum())}
+    return out
 
 
 def diagnose(scorer, triples) -> dict:
-    return {"pairwise_accuracy": whole_accuracy(scorer, triples), "triples": len(triples),
+    whole = whole_accuracy(scorer, triples)
+    return {"pairwise_accuracy": whole["accuracy"], "pairwise_interval": whole["interval"], "triples": len(triples),
             "prefix_accuracy": prefix_accuracy(scorer, triples)}
 
 
+def _ci(interval) -> str:
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+
+
 def table(result: dict, name: str) -> str:
-    lines = [f"reward model {name}: {result['triples']} preference triples",
-             f"  {'responses':<18}{'accuracy':>9}{'pairs':>8}",
-             f"  {'whole':<18}{result['pairwise_accuracy']:>9.3f}{result['triples']:>8}"]
+    lines = [f"reward model {name}: {result['triples']} preference triples (95 % intervals: prompts resampled)",
+             f"  {'responses':<18}{'accuracy':>9}{'95% interval':>17}{'pairs':>8}",
+             f"  {'whole':<18}{result['pairwise_accuracy']:>9.3f}{_ci(result.get('pairwise_interval')):>17}"
+             f"{result['triples']:>8}"]
     for bucket, b in result["prefix_accuracy"].items():
-        lines.append(f"  {'prefix ' + bucket:<18}{b['accuracy']:>9.3f}{b['pairs']:>8}")
+        lines.append(f"  {'prefix ' + bucket:<18}{b['accuracy']:>9.3f}{_ci(b.get('interval')):>17}{b['pairs']:>8}")
+    return "\n".join(lines)
+
+
+def label_table(result: dict) -> str:
+    lines = ["Eq. 5's labels against the known reward's order of each prefix pair (ties excluded)",
+             f"  {'pairs':<18}{'agree':>9}{'95% interval':>17}{'pairs':>8}{'ties':>7}"]
+    for bucket, b in result.items():
+        name = bucket if bucket == "whole" else "prefix " + bucket
+        acc = "—" if b["accuracy"] is None else f"{b['accuracy']:.3f}"
+        lines.append(f"  {name:<18}{acc:>9}{_ci(b['interval']):>17}{b['pairs']:>8}{b['ties']:>7}")
     return "\n".join(lines)
 
 
@@ -80,26 +142,35 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def diagnose_models(reward_models: dict, pairs_file: str, out: str | Path, fmt: str = "generic",
-                    limit: int | None = None, log=print) -> dict:
+                    limit: int | None = None, log=print, gold=None, labels_with: str | None = None) -> dict:
     """``diagnose`` each named reward model (name -> ``pargs_batch.config.RewardConfig``) on the
     preference triples of ``pairs_file``; prints a table each, writes ``diagnose.json`` and
-    ``prefix_accuracy.png`` to ``out``, returns name -> result."""
+    ``prefix_accuracy.png`` to ``out``, returns name -> result. With a known reward ``gold``
+    (prompts, responses -> floats), also the accuracy of Eq. 5's labels per bucket, under the
+    key ``"labels"`` (prefixes cut with the tokenizer of model ``labels_with``, default the last)."""
     from pargs_batch.reward import HFRewardScorer
     from rm_training import data as prefs
 
     rows, _ = prefs.read_rows(pairs_file)
     columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
     triples, report = prefs.to_triples(rows, fmt, columns, limit)
-    results = {}
+    results, tokenizers = {}, {}
     for name, reward in reward_models.items():
-        results[name] = diagnose(HFRewardScorer(reward), triples)
+        scorer = HFRewardScorer(reward)
+        tokenizers[name] = scorer.tokenizer
+        results[name] = diagnose(scorer, triples)
         log(table(results[name], name))
+    labels = None
+    if gold is not None and tokenizers:
+        labels = label_accuracy(triples, tokenizers[labels_with or name], gold)
+    if labels:
+        log(label_table(labels))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "diagnose.json").write_text(json.dumps({"pairs_file": pairs_file, "data": report.to_dict(),
-                                                   "reward_models": results}, indent=2))
+                                                   "reward_models": results, "labels": labels}, indent=2))
     plot(results, out / "prefix_accuracy.png")
-    return results
+    return {**results, "labels": labels} if labels else results
 
 
 def add_command(sub) -> None:

@@ -215,7 +215,8 @@ def evaluate_checkpoint(cfg: TrainConfig, out_dir: str, held: list[prefs.Triple]
         return {}
     scorer = HFRewardScorer(RewardConfig(path=out_dir, template=cfg.template, max_length=cfg.training.max_length,
                                          batch_size=cfg.training.per_device_eval_batch_size))
-    result = {"pairwise_accuracy": whole_accuracy(scorer, held), "eval_triples": len(held)}
+    whole = whole_accuracy(scorer, held)
+    result = {"pairwise_accuracy": whole["accuracy"], "pairwise_interval": whole["interval"], "eval_triples": len(held)}
     if cfg.mode != "full":
         result["prefix_accuracy"] = prefix_accuracy(scorer, held)
     return result

@@ -126,3 +126,17 @@ def test_judge_cache_of_an_earlier_version_is_still_read(tmp_path):
         bad = judge.compare(prompt_id, "q2", "c", "d", seed=0)
         assert bad["cached"] and bad["outcome"] == "invalid"
     assert judge.requests == 0
+
+
+def test_the_example_evaluation_config_loads(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a hub id is then taken on trust, not looked up
+
+    from pargs_batch.configlib import load_config
+    from pargs_batch.evaluation.config import EvalConfig
+
+    path = Path(__file__).parent.parent / "jobs" / "configs" / "eval.yaml"
+    config = load_config(EvalConfig, str(path), [f"runs=[{tmp_path}, {tmp_path}, {tmp_path}]"])
+    assert config.paired == [["pargs", "args"], ["pargs", "topk"]] and config.judge.max_attempts == 3
+    assert config.reward.input == "pair"

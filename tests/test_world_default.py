@@ -135,7 +135,12 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert report["gold_reward"] == "experiments.world.gold:gold_reward"
     assert (tmp_path / "report" / "plots" / "gold_distribution.png").exists()
     # the diagnostic ran for the full- and the partial-sequence RMs, by prefix bucket
-    assert set(demo["diagnose"]) == {"rm_full", "rm_partial", "rm_partial_causal"}
+    assert set(demo["diagnose"]) == {"rm_full", "rm_partial", "rm_partial_causal", "labels"}
+    labels = demo["diagnose"]["labels"]
+    assert set(labels) == {"0-25%", "25-50%", "50-75%", "75-100%", "whole"}
+    assert 0.5 < labels["whole"]["accuracy"] <= 1 and labels["whole"]["interval"][0] <= labels["whole"]["accuracy"]
+    lo, hi = demo["diagnose"]["rm_partial"]["pairwise_interval"]
+    assert lo <= demo["diagnose"]["rm_partial"]["pairwise_accuracy"] <= hi
     assert set(demo["diagnose"]["rm_partial"]["prefix_accuracy"]) == {"0-25%", "25-50%", "50-75%", "75-100%"}
     assert (tmp_path / "diagnose" / "prefix_accuracy.png").exists()
     # the gold judge ran through the real openai client: PARGS against each other method, with intervals
