@@ -147,7 +147,8 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     judged = {p["b"]: p for p in demo["judge"]["pairs"]}
     assert set(judged) == {"topk", "args", "pargs-greedy", "pargs-causal-rm", "best-of-n"}
     for p in judged.values():
-        assert p["prompts"] == 16 and p["invalid"] == 0 and p["requests"] == 16
+        # identical replies from two methods are one comparison: the cache answers the repeat
+        assert p["prompts"] == 16 and p["invalid"] == 0 and 1 <= p["requests"] <= 16
         lo, hi = p["win_tie_interval"]
         assert lo <= p["win_tie_rate"] <= hi
     assert "pargs vs" in result.stdout and "gold judge" in result.stdout
