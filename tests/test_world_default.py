@@ -103,6 +103,37 @@ def test_gold_judge_server_answers_like_an_llm_judge_and_follows_the_gold_reward
         GoldJudgeServer(host="0.0.0.0")
 
 
+def test_judge_server_command_serves_until_stopped(tmp_path):
+    """`pargs-batch world judge-server` as the README shows it: serves on the port, answers the
+    openai client, stops on a signal; an unset key variable is a config error."""
+    import os
+    import signal
+    import socket
+
+    from openai import OpenAI
+
+    with socket.socket() as sock:  # a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "JUDGE_KEY": "k"}
+    server = subprocess.Popen([CLI, "world", "judge-server", "--port", str(port), "--noise", "0", "--api-key-env",
+                               "JUDGE_KEY"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert f"gold judge at http://127.0.0.1:{port}/v1" in server.stdout.readline()
+        reply = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0).chat.completions.create(
+            model="gold-judge", messages=[{"role": "user", "content": "[Question]\nreview of the cafe , mostly the "
+                                           "coffee :\n\n[Reply 1 begins]\n the coffee was fresh .\n[Reply 1 ends]\n\n"
+                                           "[Reply 2 begins]\n the coffee was stale .\n[Reply 2 ends]"}])
+        first = reply.choices[0].message.content.splitlines()[0].split()
+        assert int(first[0]) > int(first[1])
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    unset = subprocess.run([CLI, "world", "judge-server", "--api-key-env", "NO_SUCH_VARIABLE_HERE"],
+                           capture_output=True, text=True, timeout=60)
+    assert unset.returncode == 2 and unset.stderr.startswith("config error: --api-key-env='NO_SUCH_VARIABLE_HERE'")
+
+
 def test_world_build_reuses_the_built_world(reduced_world):
     out = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "world", "build", "--kind", "reduced", "--out", out],
