@@ -26,6 +26,15 @@ def add_world_command(sub) -> None:
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
     judge.set_defaults(func=_judge_server)
+    compare = world_sub.add_parser("compare-rms", help="the full- and partial-sequence RMs at matched compute "
+                                                      "(steps, tokens, learning rate chosen on the evaluation split)")
+    compare.add_argument("--world-dir", default="outputs/world")
+    compare.add_argument("--out", default="outputs/compare-rms")
+    compare.add_argument("--steps", type=int, default=1500)
+    compare.add_argument("--lrs", default="1e-3,3e-3,1e-2", metavar="LR1,LR2,...")
+    compare.add_argument("--seeds", default="0,1,2", metavar="S1,S2,...")
+    compare.add_argument("--select-limit", type=int, default=600, help="evaluation-split triples scoring the grid")
+    compare.set_defaults(func=_compare_rms)
 
 
 def add_demo_command(sub) -> None:
@@ -77,6 +86,18 @@ def _world(args) -> int:
             world = build_default_world(args.out, spec)
     print(json.dumps(world, indent=2))
     print(f"world ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _compare_rms(args) -> int:
+    from experiments.world.rm_compare import compare_rms
+
+    with contextlib.redirect_stdout(sys.stderr):  # training logs
+        report = compare_rms(args.world_dir, args.out, args.steps, [float(x) for x in args.lrs.split(",")],
+                             [int(x) for x in args.seeds.split(",")], args.select_limit, log=lambda t: print(t, file=sys.stderr))
+    from experiments.world.rm_compare import table
+
+    print(table(report))
     return 0
 
 

@@ -186,3 +186,23 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert {(p["a"], p["b"]) for p in demo["paired"]} == {("pargs", b) for b in judged}
     assert [t["beta"] for t in demo["sweep"]["table"]] == [0.0, 3.0]
     assert (tmp_path / "sweep" / "report" / "plots" / "reward_vs_beta_0.png").exists()
+
+
+@pytest.mark.slow
+def test_compare_rms_gives_both_modes_the_same_steps_and_tokens(reduced_world, tmp_path):
+    from experiments.world.rm_compare import BUCKETS, compare_rms
+
+    world_dir = str(Path(reduced_world["llm"]).parent)
+    report = compare_rms(world_dir, str(tmp_path), steps=6, lrs=(3e-3, 1e-2), seeds=(0,), select_limit=20,
+                         log=lambda text: None)
+    assert {g["steps"] for g in report["grid"].values()} == {6} and len(report["grid"]) == 4
+    full, partial = report["results"]["full"], report["results"]["partial"]
+    # the partial model's batch makes up for its shorter examples: about the same tokens a step
+    assert partial["batch"] >= full["batch"]
+    assert abs(partial["tokens_per_step"] - full["tokens_per_step"]) / full["tokens_per_step"] < 0.05
+    for mode in (full, partial):  # each mode's rate is the best of the grid on the evaluation split
+        best = max((g for g in report["grid"].values() if g["mode"] == ("full" if mode is full else "partial")),
+                   key=lambda g: g["selection_score"])
+        assert mode["lr"] == best["lr"] and set(mode["mean"]) == set(BUCKETS)
+        assert all(0 <= v <= 1 for v in mode["mean"].values())
+    assert json.loads((tmp_path / "compare.json").read_text())["steps"] == 6
