@@ -103,6 +103,8 @@ def _compare_rms(args) -> int:
 
 def _judge_server(args) -> int:
     import os
+    import signal
+    import threading
 
     from experiments.world.judge_server import GoldJudgeServer
 
@@ -112,12 +114,14 @@ def _judge_server(args) -> int:
               "is set", file=sys.stderr)
         return 2
     server = GoldJudgeServer(noise=args.noise, seed=args.seed, port=args.port, api_key=key)
-    print(f"gold judge at {server.url} (model gold-judge, noise {args.noise}, seed {args.seed}); Ctrl-C stops it",
-          flush=True)
-    try:
-        server.thread.join()
-    except KeyboardInterrupt:
-        server.close()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # set here: a parent may have left SIGINT ignored
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"gold judge at {server.url} (model gold-judge, noise {args.noise}, seed {args.seed}); "
+          "Ctrl-C or SIGTERM stops it", flush=True)
+    while not stop.wait(0.2):
+        pass
+    server.close()
     return 0
 
 

@@ -105,7 +105,8 @@ def test_gold_judge_server_answers_like_an_llm_judge_and_follows_the_gold_reward
 
 def test_judge_server_command_serves_until_stopped(tmp_path):
     """`pargs-batch world judge-server` as the README shows it: serves on the port, answers the
-    openai client, stops on a signal; an unset key variable is a config error."""
+    openai client, stops on SIGTERM and on SIGINT even when its parent left SIGINT ignored (as
+    after Ray or vLLM in this process); an unset key variable is a config error."""
     import os
     import signal
     import socket
@@ -116,8 +117,15 @@ def test_judge_server_command_serves_until_stopped(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "JUDGE_KEY": "k"}
-    server = subprocess.Popen([CLI, "world", "judge-server", "--port", str(port), "--noise", "0", "--api-key-env",
-                               "JUDGE_KEY"], stdout=subprocess.PIPE, text=True, env=env)
+    command = [CLI, "world", "judge-server", "--port", str(port), "--noise", "0", "--api-key-env", "JUDGE_KEY"]
+    ignoring = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert "gold judge at" in ignoring.stdout.readline()
+    finally:
+        ignoring.send_signal(signal.SIGINT)
+        assert ignoring.wait(timeout=30) == 0
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert f"gold judge at http://127.0.0.1:{port}/v1" in server.stdout.readline()
         reply = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0).chat.completions.create(
@@ -127,7 +135,7 @@ def test_judge_server_command_serves_until_stopped(tmp_path):
         first = reply.choices[0].message.content.splitlines()[0].split()
         assert int(first[0]) > int(first[1])
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
     unset = subprocess.run([CLI, "world", "judge-server", "--api-key-env", "NO_SUCH_VARIABLE_HERE"],
                            capture_output=True, text=True, timeout=60)
