@@ -263,6 +263,9 @@ def test_unreachable_endpoint_keeps_what_was_paid_for(world, runs, tmp_path, jud
         with pytest.raises(JudgeError, match="127.0.0.1:9/v1 is unreachable"):
             run_evaluate(eval_config(world, runs, tmp_path / "b", cache_dir=cache,
                                      judge=judge(dead, max_prompts=6, max_retries=0)), progress=False)
+        # the scores were written whole; the judge's file, cut short, left nothing behind
+        assert (tmp_path / "b" / "scores.parquet").exists() and not list((tmp_path / "b").glob("*.tmp"))
+        assert not (tmp_path / "b" / "judge.parquet").exists()
         run_evaluate(eval_config(world, runs, tmp_path / "c", cache_dir=cache,
                                  judge=judge(server.url, max_prompts=6)), progress=False)
         assert server.requests == 6  # only the three new prompts were asked
