@@ -180,16 +180,12 @@ def diagnose_guidance(world: dict, out: Path) -> dict:
 
     models = {key: RewardConfig(path=world[key], template=world["template"], max_length=128, batch_size=512)
               for key in DIAGNOSED}
-    gold = import_gold(world["gold_reward"])
+    from pargs_batch.evaluation.run import import_callable
+
+    gold = import_callable(world["gold_reward"])
     return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: print("\n" + t),
                            gold=gold, labels_with="rm_partial")
 
-
-def import_gold(spec: str):
-    import importlib
-
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],
