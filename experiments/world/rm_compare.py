@@ -62,7 +62,7 @@ def accuracies(path: str, template: str, triples) -> dict:
 
 
 def train_one(world: dict, mode: str, lr: float, seed: int, steps: int, batch: int, out: Path) -> dict:
-    from experiments.world.default import TEMPLATE, DefaultWorldSpec, rm_config
+    from experiments.world.default import DefaultWorldSpec, rm_config
     from pargs_batch.configlib import build
     from rm_training.config import TrainConfig
     from rm_training.train import train
