@@ -68,7 +68,9 @@ def test_wilson_interval_by_hand():
     lo, hi = metrics.wilson(8, 10)
     assert math.isclose(lo, centre - half) and math.isclose(hi, centre + half)
     assert abs(lo - 0.490) < 5e-4 and abs(hi - 0.943) < 5e-4  # the published table's figures
-    assert metrics.wilson(0, 5)[0] == 0.0 and metrics.wilson(5, 5)[1] == 1.0 and metrics.wilson(0, 0) is None
+    assert metrics.wilson(0, 0) is None
+    for n in range(1, 300):  # all or none: the bound sits exactly on the rate (CI once met 1 - 1e-16)
+        assert metrics.wilson(0, n)[0] == 0.0 and metrics.wilson(n, n)[1] == 1.0
 
 
 def test_paired_difference_by_hand():
@@ -140,3 +142,12 @@ def test_the_example_evaluation_config_loads(tmp_path, monkeypatch):
     config = load_config(EvalConfig, str(path), [f"runs=[{tmp_path}, {tmp_path}, {tmp_path}]"])
     assert config.paired == [["pargs", "args"], ["pargs", "topk"]] and config.judge.max_attempts == 3
     assert config.reward.input == "pair"
+
+
+def test_win_tie_plot_draws_a_pair_that_won_every_prompt(tmp_path):
+    # 131 wins of 131: the Wilson bound is 1 and the bar's upper arm has length 0 (never below)
+    from pargs_batch.evaluation.report import plots
+
+    wins = {**metrics.win_tie(["win"] * 131), "a": "x", "b": "y", "prompts": 131, "seed": 0}
+    report = {"runs": {}, "beta_groups": [], "judge": {"pairs": [wins]}}
+    assert plots(report, tmp_path) == ["win_tie.png"] and (tmp_path / "win_tie.png").exists()

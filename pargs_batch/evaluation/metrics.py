@@ -113,7 +113,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> list[float] | None:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # at 0 or n successes the bound is exactly 0 or 1; rounding would put it a hair inside the rate
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return [lo, hi]
 
 
 def win_tie(outcomes: list[str]) -> dict:

@@ -126,7 +126,7 @@ def plots(report: dict, out: Path, scores: Path | None = None) -> list[str]:
                 share = p["valid"] / max(1, p["prompts"])
                 lo, hi = (share * x for x in p["win_tie_interval"])
                 mid = (p["win"] + p["tie"]) / max(1, p["prompts"])
-                ax.errorbar([mid], [y], xerr=[[mid - lo], [hi - mid]], color="black", capsize=4, lw=1.2)
+                ax.errorbar([mid], [y], xerr=[[max(0.0, mid - lo)], [max(0.0, hi - mid)]], color="black", capsize=4, lw=1.2)
         ax.set_xlim(0, 1)
         ax.set_xlabel("share of prompts (bar: win-tie rate's 95 % Wilson interval)")
         ax.legend(loc="lower right", ncols=4, fontsize=8)
