@@ -79,13 +79,17 @@ def _world(args) -> int:
 
         world = build_tiny_world(args.out, TinyWorldSpec(seed=args.seed))
     else:
-        from experiments.world.default import DefaultWorldSpec, build_default_world
+        from pathlib import Path
+
+        from experiments.world.default import DefaultWorldSpec, build_default_world, built_world
 
         spec = DefaultWorldSpec.reduced(args.seed) if args.kind == "reduced" else DefaultWorldSpec(seed=args.seed)
+        if built_world(Path(args.out), spec) is not None:
+            print(f"world: reusing {args.out}, built from the same spec", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):  # training logs; stdout carries only world.json
             world = build_default_world(args.out, spec)
     print(json.dumps(world, indent=2))
-    print(f"world ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(f"world ready in {time.perf_counter() - t0:.1f} s (fingerprint {world.get('fingerprint')})", file=sys.stderr)
     return 0
 
 

@@ -142,12 +142,47 @@ def test_judge_server_command_serves_until_stopped(tmp_path):
     assert unset.returncode == 2 and unset.stderr.startswith("config error: --api-key-env='NO_SUCH_VARIABLE_HERE'")
 
 
+def test_the_same_seed_builds_the_same_world_byte_for_byte(reduced_world, tmp_path):
+    """A second build in another process (another Python hash seed, so another order of every hash
+    map, Rust's included) gives identical weights, tokenizers, preference and prompt files, and the
+    same measured figures."""
+    import os
+
+    from experiments.world.default import artefact_hashes
+
+    out = tmp_path / "again"
+    result = subprocess.run([CLI, "world", "build", "--kind", "reduced", "--out", str(out)], capture_output=True,
+                            text=True, timeout=180, check=False, env={**os.environ, "PYTHONHASHSEED": "4242"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads(result.stdout)
+    first, second = artefact_hashes(Path(reduced_world["llm"]).parent), artefact_hashes(out)
+    assert len(first) == 29 and "rm_partial/model.safetensors" in first and "preferences_guidance.jsonl" in first
+    assert sorted(k for k in first if first[k] != second.get(k)) == [] and set(first) == set(second)
+    assert again["fingerprint"] == reduced_world["fingerprint"]
+    for key in ("llm_heldout_perplexity", "llm_final_train_loss", "llm_sample_gold_by_split", "pairs", "matched_compute"):
+        assert again[key] == reduced_world[key], key
+    for name, rm in reduced_world["reward_models"].items():
+        assert again["reward_models"][name]["heldout_accuracy"] == rm["heldout_accuracy"], name
+
+
+def test_world_full_and_partial_rms_get_matched_compute(reduced_world):
+    from experiments.world.default import DefaultWorldSpec
+
+    spec, rms, matched = DefaultWorldSpec.reduced(), reduced_world["reward_models"], reduced_world["matched_compute"]
+    assert rms["rm_full"]["steps"] == rms["rm_partial"]["steps"] == spec.rm_steps == matched["steps"]
+    assert (rms["rm_full"]["learning_rate"], rms["rm_partial"]["learning_rate"]) == (spec.rm_lr_full, spec.rm_lr_partial)
+    # prefix pairs are shorter, so the partial batch is larger, and the tokens a step agree within one example
+    batches, tokens = matched["batches"], matched["tokens_per_example"]
+    assert batches["full"] == spec.rm_batch_size < batches["partial"] == rms["rm_partial"]["batch_size"]
+    assert abs(matched["tokens_per_step"]["partial"] - matched["tokens_per_step"]["full"]) <= tokens["partial"]
+
+
 def test_world_build_reuses_the_built_world(reduced_world):
     out = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "world", "build", "--kind", "reduced", "--out", out],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0 and json.loads(result.stdout)["build_seconds"] == reduced_world["build_seconds"]
-    assert "world: llm done" not in result.stderr
+    assert "world: llm done" not in result.stderr and "world: reusing" in result.stderr
 
 
 @pytest.mark.slow

@@ -26,18 +26,28 @@ def train_llm_tokenizer(texts: list[str], vocab_size: int, max_length: int):
 
 
 def train_rm_tokenizer(texts: list[str], vocab_size: int):
-    """A lower-casing WordPiece tokenizer with [CLS]/[SEP] (BERT/DeBERTa style)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-casing WordPiece tokenizer with [CLS]/[SEP] (BERT/DeBERTa style), learned
+    deterministically: the special tokens, every character alone and as a ``##`` continuation, then
+    whole words by frequency (ties alphabetical) up to ``vocab_size``. (``tokenizers``'
+    WordPieceTrainer assigns ids, and breaks ties between merges, in the order of a Rust hash map
+    that is seeded afresh in every process, so two builds from one seed got different vocabularies.)
+    Words outside the vocabulary fall back to greedy longest-match pieces, as in any WordPiece model."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for t in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for w in counts for c in w})
+    vocab = special + chars + ["##" + c for c in chars]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = splitter
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
-                                        show_progress=False)
-    tok.train_from_iterator(texts, trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",

@@ -25,6 +25,8 @@ matches the spec and version is reused.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import random
@@ -36,7 +38,8 @@ from experiments.world import gold
 from experiments.world.builders import (encode_texts, new_deberta_rm, new_llm, train_llm, train_llm_tokenizer,
                                         train_rm_tokenizer)
 
-WORLD_VERSION = 2  # 2: the gold reward moved to experiments.world.gold
+WORLD_VERSION = 3  # 3: deterministic RM tokenizer; rm_full / rm_partial at matched compute
+STRIDE = 2  # every second token boundary of a pair is a prefix pair (Eq. 5)
 GOLD_REWARD = "experiments.world.gold:gold_reward"
 TEMPLATE = "{prompt}{response}"
 
@@ -62,15 +65,22 @@ class DefaultWorldSpec:
     heldout_pairs: int = 512
     sample_max_tokens: int = 64
     bt_temperature: float = 0.5
-    rm_epochs: float = 3.0
+    rm_epochs: float = 3.0  # rm_partial_causal and rm_eval
     rm_batch_size: int = 32
+    # rm_full and rm_partial: the same optimiser steps and about the same tokens (the partial batch
+    # scaled by the ratio of mean example lengths), each at the learning rate that
+    # `pargs-batch world compare-rms` chose on the evaluation split (grid 1e-3, 3e-3, 1e-2)
+    rm_steps: int = 1500
+    rm_lr_full: float = 1e-3
+    rm_lr_partial: float = 3e-3
+    threads: int = 2  # torch CPU threads while building: the artefacts depend on it
 
     @classmethod
     def reduced(cls, seed: int = 0) -> DefaultWorldSpec:
         """Tiny sizes for tests: the same pipeline in a minute or two."""
         return cls(seed=seed, corpus_size=3000, heldout_prompts=64, llm_vocab_size=400, llm_layers=2,
                    llm_width=64, llm_steps=300, rm_vocab_size=300, rm_width=32, pairs_per_prompt=2,
-                   heldout_pairs=64, sample_max_tokens=40, rm_epochs=1.0)
+                   heldout_pairs=64, sample_max_tokens=40, rm_epochs=1.0, rm_steps=40)
 
 
 # ---------------------------------------------------------------- language
@@ -184,7 +194,7 @@ def rm_config(spec: DefaultWorldSpec, mode: str, model: str, train: str, heldout
     return {
         "mode": mode, "model": model, "template": TEMPLATE,
         "data": {"source": train, "format": "generic", "eval_source": heldout},
-        "prefixes": {"strategy": "stride", "stride": 2, "min_length": 1, "seed": seed},
+        "prefixes": {"strategy": "stride", "stride": STRIDE, "min_length": 1, "seed": seed},
         "training": {"output_dir": out, "learning_rate": lr, "per_device_train_batch_size": spec.rm_batch_size,
                      "per_device_eval_batch_size": 128, "gradient_accumulation_steps": 1,
                      "num_train_epochs": spec.rm_epochs, "warmup_ratio": 0.05, "max_length": 128,
@@ -192,26 +202,78 @@ def rm_config(spec: DefaultWorldSpec, mode: str, model: str, train: str, heldout
     }
 
 
+def read_triples(path: str, limit: int | None = None):
+    from rm_training import data as prefs
+
+    rows, _ = prefs.read_rows(path)
+    triples, _ = prefs.to_triples(rows, "generic", {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+                                  limit)
+    return triples
+
+
+def mean_example_tokens(triples, tokenizer, template: str = TEMPLATE) -> dict[str, float]:
+    """Mean reward-model tokens of one training example (both sides of a pair) in each mode."""
+    import statistics
+
+    from rm_training.prefixes import prefix_pairs
+
+    def size(prompt: str, a: str, b: str) -> int:
+        return sum(len(tokenizer(template.format(prompt=prompt, response=r))["input_ids"]) for r in (a, b))
+
+    full = [size(t.prompt, t.chosen, t.rejected) for t in triples]
+    partial = [size(t.prompt, p.chosen, p.rejected) for t in triples
+               for p in prefix_pairs(t.chosen, t.rejected, tokenizer, "stride", 1, STRIDE)[0]]
+    return {"full": statistics.fmean(full), "partial": statistics.fmean(partial)}
+
+
+def matched_batches(rm_init: str, guidance: str, base_batch: int) -> tuple[dict[str, int], dict[str, float]]:
+    """Batch sizes that give rm_full and rm_partial about the same tokens a step: the full model's
+    ``base_batch`` and the partial model's scaled by the ratio of mean example lengths."""
+    from transformers import AutoTokenizer
+
+    tokens = mean_example_tokens(read_triples(guidance), AutoTokenizer.from_pretrained(rm_init))
+    return {"full": base_batch, "partial": max(1, round(base_batch * tokens["full"] / tokens["partial"]))}, tokens
+
+
+def matched_rm_config(spec: DefaultWorldSpec, mode: str, rm_init: str, guidance: str, heldout: str, out: str,
+                      lr: float, seed: int, steps: int, batch: int) -> dict:
+    """rm_full's or rm_partial's recipe: ``steps`` optimiser steps of ``batch`` examples (5 % warm-up,
+    linear decay), whatever the number of epochs that makes."""
+    cfg = rm_config(spec, mode, rm_init, guidance, heldout, out, lr, seed)
+    cfg["training"].update({"max_steps": steps, "num_train_epochs": 1000.0, "per_device_train_batch_size": batch,
+                            "logging_steps": max(1, steps // 10)})
+    return cfg
+
+
 def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict) -> dict:
     from pargs_batch.configlib import build
     from rm_training.config import TrainConfig
     from rm_training.train import train
 
+    batches, tokens = matched_batches(files["rm_init"], files["guidance_pairs"], spec.rm_batch_size)
+    matched = {"steps": spec.rm_steps, "batches": batches, "tokens_per_example": tokens,
+               "tokens_per_step": {m: round(batches[m] * tokens[m], 1) for m in batches}}
     jobs = {
-        "rm_full": ("full", files["rm_init"], files["guidance_pairs"], 3e-3),
-        "rm_partial": ("partial", files["rm_init"], files["guidance_pairs"], 3e-3),
+        "rm_full": ("full", files["rm_init"], files["guidance_pairs"], spec.rm_lr_full),
+        "rm_partial": ("partial", files["rm_init"], files["guidance_pairs"], spec.rm_lr_partial),
         "rm_partial_causal": ("partial-causal", files["llm"], files["guidance_pairs"], 1e-3),
         "rm_eval": ("full", files["rm_init"], files["evaluation_pairs"], 3e-3),
     }
     results = {}
     for i, (name, (mode, init, train_file, lr)) in enumerate(jobs.items()):
         t0 = time.perf_counter()
-        summary = train(build(TrainConfig, rm_config(spec, mode, init, train_file, files["heldout_pairs"],
-                                                     str(out / name), lr, spec.seed + 10 + i)))
+        if name in ("rm_full", "rm_partial"):
+            cfg = matched_rm_config(spec, mode, init, train_file, files["heldout_pairs"], str(out / name), lr,
+                                    spec.seed + 10 + i, spec.rm_steps, batches[mode])
+        else:
+            cfg = rm_config(spec, mode, init, train_file, files["heldout_pairs"], str(out / name), lr, spec.seed + 10 + i)
+        summary = train(build(TrainConfig, cfg))
         results[name] = {"path": str(out / name), "mode": mode, "train_pairs": summary["train_pairs"],
+                         "steps": summary["steps"], "learning_rate": lr,
+                         "batch_size": cfg["training"]["per_device_train_batch_size"],
                          "heldout_accuracy": summary.get("pairwise_accuracy"),
                          "seconds": round(time.perf_counter() - t0, 1)}
-    return results
+    return {"models": results, "matched": matched}
 
 
 # ---------------------------------------------------------------- build
@@ -228,17 +290,66 @@ def sample_gold_means(drawn: dict[str, tuple[list[str], list[str], list[str]]]) 
     return out
 
 
-def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWorldSpec(),
-                        log=print) -> dict:
-    """Build (or reuse, when its spec matches) the default world in ``out_dir``; return world.json."""
-    import torch
+RUN_RECORDS = {"world.json", "training_args.bin", "training_summary.json"}  # times and paths of one build
 
-    out = Path(out_dir)
-    manifest_path = out / "world.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+
+def artefact_hashes(world_dir: str | Path) -> dict[str, str]:
+    """SHA-256 of every artefact of a built world (weights, tokenizers, configs, preference and
+    prompt files) by relative path; leaves out the records of the build itself (times, paths)."""
+    root = Path(world_dir)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in RUN_RECORDS}
+
+
+def fingerprint(hashes: dict[str, str]) -> str:
+    """One short hash of a world's artefacts: two builds with the same fingerprint are the same world."""
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def built_world(out: Path, spec: DefaultWorldSpec) -> dict | None:
+    """The world.json in ``out`` when it was built from ``spec`` by this version, else None."""
+    path = Path(out) / "world.json"
+    if path.exists():
+        manifest = json.loads(path.read_text())
         if manifest.get("spec") == asdict(spec) and manifest.get("version") == WORLD_VERSION:
             return manifest
+    return None
+
+
+def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWorldSpec(),
+                        log=print) -> dict:
+    """Build (or reuse, when its spec and version match) the default world in ``out_dir``; return
+    world.json. The same spec gives the same artefacts, byte for byte, run after run on one machine
+    (``world.json``'s ``fingerprint``); see :func:`deterministic_torch` for what that takes."""
+    out = Path(out_dir)
+    manifest = built_world(out, spec)
+    if manifest is not None:
+        return manifest
+    with deterministic_torch(spec.seed, spec.threads):
+        return _build(out, spec, log)
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int, threads: int):
+    """Torch as the world build needs it: a fixed number of CPU threads (a matmul's reduction
+    order follows the thread count), deterministic algorithms, the seed set; restored afterwards.
+    Every other random choice in the build comes from its own seeded generator, and the RM
+    tokenizer is learned without hash-map order (:func:`~experiments.world.builders.train_rm_tokenizer`)."""
+    import torch
+
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+
+
+def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:
+    manifest_path = out / "world.json"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timings = {}
@@ -247,7 +358,6 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
         timings[name] = round(time.perf_counter() - t0, 1)
         log(f"world: {name} done in {timings[name]} s")
 
-    torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     train_prompts, heldout_prompts = split_prompts(spec)
     corpus = make_corpus(train_prompts, spec.corpus_size, spec.seed + 1)
@@ -295,7 +405,8 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
     phase("preferences", t0)
 
     t0 = time.perf_counter()
-    rms = train_reward_models(spec, out, files)
+    trained = train_reward_models(spec, out, files)
+    rms = trained["models"]
     phase("reward models", t0)
 
     prompts_file = write_jsonl(out / "prompts_heldout.jsonl",
@@ -309,19 +420,22 @@ def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWor
         "preferences": {k: files[f"{k}_pairs"] for k in splits},
         "llm_heldout_perplexity": round(ppl, 3), "llm_final_train_loss": round(loss, 4),
         "llm_sample_gold_mean": sample_gold["all"], "llm_sample_gold_by_split": sample_gold,
-        "pairs": pair_stats, "reward_models": rms, "timings_s": timings,
+        "pairs": pair_stats, "reward_models": rms, "matched_compute": trained["matched"], "timings_s": timings,
         "build_seconds": round(time.perf_counter() - start, 1),
+        "fingerprint": fingerprint(artefact_hashes(out)),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))
-    log(f"world: built in {manifest['build_seconds']} s -> {out}")
+    log(f"world: built in {manifest['build_seconds']} s -> {out} (fingerprint {manifest['fingerprint']})")
     return manifest
 
 
 def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
     """The default world (or its reduced twin) in ``world_dir``, built unless it is there."""
-    t0 = time.perf_counter()
     spec = DefaultWorldSpec.reduced() if reduced else DefaultWorldSpec()
-    world = build_default_world(world_dir, spec, log=log)
-    log(f"world ready in {world_dir} ({time.perf_counter() - t0:.1f} s; built in {world['build_seconds']} s, "
-        f"LM held-out perplexity {world['llm_heldout_perplexity']:.2f})")
-    return world
+    world = built_world(Path(world_dir), spec)
+    if world is not None:
+        log(f"world: reused {world_dir} (built earlier in {world['build_seconds']} s; fingerprint "
+            f"{world.get('fingerprint')}; LM held-out perplexity {world['llm_heldout_perplexity']:.2f})")
+        return world
+    log(f"world: building in {world_dir} (about {'1' if reduced else '8'} min on two cores)")
+    return build_default_world(world_dir, spec, log=log)

@@ -1,8 +1,8 @@
 """`pargs-batch world compare-rms`: the world's full- and partial-sequence RMs at matched compute.
 
-The world's own build gives the partial RM about eight times the updates of the full one (three
-epochs over 44k prefix pairs against three over 4.6k whole pairs), so its accuracies compare two
-different budgets. Here both start from the same untrained DeBERTa (``rm_init``) and get:
+The world's build trains ``rm_full`` and ``rm_partial`` with this recipe at the rates this tool
+chose (``DefaultWorldSpec.rm_lr_*``); run it again to check that choice or to see the spread over
+seeds. Both start from the same untrained DeBERTa (``rm_init``) and get:
 
 - the same number of optimiser steps (``steps``), warm-up share and linear decay;
 - the same tokens per step: the partial model's batch is the full model's times the ratio of their
@@ -23,29 +23,6 @@ import time
 from pathlib import Path
 
 BUCKETS = ("whole", "0-25%", "25-50%", "50-75%", "75-100%")
-STRIDE = 2  # the world's prefix stride (rm_training/configs/world_partial.yaml)
-
-
-def read_triples(path: str, limit: int | None = None):
-    from rm_training import data as prefs
-
-    rows, _ = prefs.read_rows(path)
-    triples, _ = prefs.to_triples(rows, "generic", {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-                                  limit)
-    return triples
-
-
-def mean_example_tokens(triples, tokenizer, template: str) -> dict[str, float]:
-    """Mean reward-model tokens of one training example (both sides of a pair) in each mode."""
-    from rm_training.prefixes import prefix_pairs
-
-    def size(prompt: str, a: str, b: str) -> int:
-        return sum(len(tokenizer(template.format(prompt=prompt, response=r))["input_ids"]) for r in (a, b))
-
-    full = [size(t.prompt, t.chosen, t.rejected) for t in triples]
-    partial = [size(t.prompt, p.chosen, p.rejected) for t in triples
-               for p in prefix_pairs(t.chosen, t.rejected, tokenizer, "stride", 1, STRIDE)[0]]
-    return {"full": statistics.fmean(full), "partial": statistics.fmean(partial)}
 
 
 def accuracies(path: str, template: str, triples) -> dict:
@@ -62,36 +39,28 @@ def accuracies(path: str, template: str, triples) -> dict:
 
 
 def train_one(world: dict, mode: str, lr: float, seed: int, steps: int, batch: int, out: Path) -> dict:
-    from experiments.world.default import DefaultWorldSpec, rm_config
+    from experiments.world.default import DefaultWorldSpec, matched_rm_config
     from pargs_batch.configlib import build
     from rm_training.config import TrainConfig
     from rm_training.train import train
 
-    spec = DefaultWorldSpec(**world["spec"])
-    cfg = rm_config(spec, mode, world["rm_init"], world["preferences"]["guidance"], world["preferences"]["heldout"],
-                    str(out), lr, seed)
-    cfg["training"].update({"max_steps": steps, "num_train_epochs": 1000.0, "per_device_train_batch_size": batch,
-                            "logging_steps": max(1, steps // 10)})
+    cfg = matched_rm_config(DefaultWorldSpec(**world["spec"]), mode, world["rm_init"], world["preferences"]["guidance"],
+                            world["preferences"]["heldout"], str(out), lr, seed, steps, batch)
     summary = train(build(TrainConfig, cfg))
     return {"steps": summary["steps"], "train_seconds": summary["train_seconds"], "train_pairs": summary["train_pairs"]}
 
 
 def compare_rms(world_dir: str, out_dir: str, steps: int = 1500, lrs=(1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
                 select_limit: int = 600, base_batch: int = 32, log=print) -> dict:
-    from transformers import AutoTokenizer
-
-    from experiments.world.default import TEMPLATE
+    from experiments.world.default import TEMPLATE, matched_batches, read_triples
 
     start = time.perf_counter()
     world = json.loads((Path(world_dir) / "world.json").read_text())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(world["rm_init"])
-    guidance = read_triples(world["preferences"]["guidance"])
     selection = read_triples(world["preferences"]["evaluation"], select_limit)
     heldout = read_triples(world["preferences"]["heldout"])
-    tokens = mean_example_tokens(guidance, tokenizer, TEMPLATE)
-    batches = {"full": base_batch, "partial": max(1, round(base_batch * tokens["full"] / tokens["partial"]))}
+    batches, tokens = matched_batches(world["rm_init"], world["preferences"]["guidance"], base_batch)
     log(f"compare-rms: {steps} steps each; tokens per example full {tokens['full']:.1f}, partial "
         f"{tokens['partial']:.1f} -> batches {batches}")
 
