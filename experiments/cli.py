@@ -8,6 +8,8 @@ import json
 import sys
 import time
 
+from pargs_batch.console import console
+
 
 def add_world_command(sub) -> None:
     world = sub.add_parser("world", help="the offline worlds (LM, reward models, gold reward, prompts)")
@@ -18,14 +20,14 @@ def add_world_command(sub) -> None:
                             "tiny: the unit tests' fixed world")
     build.add_argument("--out", default="outputs/world")
     build.add_argument("--seed", type=int, default=0)
-    build.set_defaults(func=_world)
+    build.set_defaults(func=_world, log_default=lambda a: f"{a.out}/build.log")
     judge = world_sub.add_parser("judge-server", help="the default world's gold judge: an OpenAI-compatible "
                                                       "chat endpoint on localhost grading by the gold reward")
     judge.add_argument("--port", type=int, default=8199)
     judge.add_argument("--noise", type=float, default=0.5, help="std of the Gaussian noise added to the gold reward")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
-    judge.set_defaults(func=_judge_server)
+    judge.set_defaults(func=_judge_server, quiet=False)
     compare = world_sub.add_parser("compare-rms", help="the full- and partial-sequence RMs at matched compute "
                                                       "(steps, tokens, learning rate chosen on the evaluation split)")
     compare.add_argument("--world-dir", default="outputs/world")
@@ -34,7 +36,7 @@ def add_world_command(sub) -> None:
     compare.add_argument("--lrs", default="1e-3,3e-3,1e-2", metavar="LR1,LR2,...")
     compare.add_argument("--seeds", default="0,1,2", metavar="S1,S2,...")
     compare.add_argument("--select-limit", type=int, default=600, help="evaluation-split triples scoring the grid")
-    compare.set_defaults(func=_compare_rms)
+    compare.set_defaults(func=_compare_rms, log_default=lambda a: f"{a.out}/compare-rms.log")
 
 
 def add_demo_command(sub) -> None:
@@ -50,7 +52,7 @@ def add_demo_command(sub) -> None:
                       help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
     demo.add_argument("--judge-noise", type=float, default=0.5,
                       help="std of the gold judge's noise on the gold reward (0: an exact judge)")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, log_default=lambda a: f"{a.out}/demo.log")
 
 
 def add_bench_command(sub) -> None:
@@ -69,7 +71,7 @@ def add_bench_command(sub) -> None:
                        help="instead: the driver's peak memory at --memory-sizes prompts (fresh run, resume, evaluation) "
                             "and the part files 100k text rows make")
     bench.add_argument("--memory-sizes", default="20000,1000000", metavar="N1,N2,...")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=_bench, log_default=lambda a: f"{a.out}/bench.log")
 
 
 def _world(args) -> int:
@@ -85,11 +87,11 @@ def _world(args) -> int:
 
         spec = DefaultWorldSpec.reduced(args.seed) if args.kind == "reduced" else DefaultWorldSpec(seed=args.seed)
         if built_world(Path(args.out), spec) is not None:
-            print(f"world: reusing {args.out}, built from the same spec", file=sys.stderr)
+            console.say(f"world: reusing {args.out}, built from the same spec")
         with contextlib.redirect_stdout(sys.stderr):  # training logs; stdout carries only world.json
             world = build_default_world(args.out, spec)
-    print(json.dumps(world, indent=2))
-    print(f"world ready in {time.perf_counter() - t0:.1f} s (fingerprint {world.get('fingerprint')})", file=sys.stderr)
+    console.show(json.dumps(world, indent=2))
+    console.say(f"world ready in {time.perf_counter() - t0:.1f} s (fingerprint {world.get('fingerprint')})")
     return 0
 
 
@@ -98,10 +100,10 @@ def _compare_rms(args) -> int:
 
     with contextlib.redirect_stdout(sys.stderr):  # training logs
         report = compare_rms(args.world_dir, args.out, args.steps, [float(x) for x in args.lrs.split(",")],
-                             [int(x) for x in args.seeds.split(",")], args.select_limit, log=lambda t: print(t, file=sys.stderr))
+                             [int(x) for x in args.seeds.split(",")], args.select_limit, log=console.say)
     from experiments.world.rm_compare import table
 
-    print(table(report))
+    console.show(table(report))
     return 0
 
 
@@ -114,14 +116,14 @@ def _judge_server(args) -> int:
 
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and key is None:
-        print(f"config error: --api-key-env={args.api_key_env!r} is not allowed: no such environment variable "
-              "is set", file=sys.stderr)
+        console.say(f"config error: --api-key-env={args.api_key_env!r} is not allowed: no such environment variable "
+              "is set")
         return 2
     server = GoldJudgeServer(noise=args.noise, seed=args.seed, port=args.port, api_key=key)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # set here: a parent may have left SIGINT ignored
         signal.signal(sig, lambda *_: stop.set())
-    print(f"gold judge at {server.url} (model gold-judge, noise {args.noise}, seed {args.seed}); "
+    console.show(f"gold judge at {server.url} (model gold-judge, noise {args.noise}, seed {args.seed}); "
           "Ctrl-C or SIGTERM stops it", flush=True)
     while not stop.wait(0.2):
         pass

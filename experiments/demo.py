@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pargs_batch.console import console
+
 
 @dataclass(frozen=True)
 class DemoRun:
@@ -64,24 +66,30 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     from pargs_batch.generate import run_generate
     from pargs_batch.models import Models
 
-    start = time.perf_counter()
-    from experiments.world.default import ensure_world
+    from experiments.world.default import DefaultWorldSpec, built_world, ensure_world
 
+    start = time.perf_counter()
+    spec = DefaultWorldSpec.reduced() if reduced_world else DefaultWorldSpec()
+    reused = built_world(Path(world_dir), spec) is not None
     world = ensure_world(world_dir, reduced_world)
     world_s = time.perf_counter() - start  # seconds spent on the world: building it, or reading world.json
     out = Path(out_dir)
     configs = {r.label: build(GenerateConfig, demo_config(world, r, out, num_prompts, beta, max_new_tokens,
                                                           num_samples)) for r in DEMO_RUNS}
     models = Models()  # one engine for every run, one scorer per reward model and backend
+    console.say(f"demo: generating {num_prompts} prompts x {num_samples} samples with {len(configs)} methods "
+                "(one vLLM engine for all; it takes about a minute to start)")
     summaries = {}
     for label, config in configs.items():
         summaries[label] = run_generate(config, models=models.for_config(config))
     generate_s = time.perf_counter() - start
 
+    console.say("demo: evaluating (evaluation RM, gold reward, ROUGE-L, gold judge on localhost)")
     report = evaluate(world, out, configs, judge_noise)
     rows = table_rows(report, summaries)
-    print("\n" + format_table(rows, beta, num_samples))
-    print("\n" + format_judge_table(report))
+    console.show("\n" + format_table(rows, beta, num_samples))
+    console.show("\n" + format_judge_table(report))
+    console.say("demo: diagnosing the guidance RMs on held-out prefix pairs")
     diagnosis = diagnose_guidance(world, out)
     result = {"world": {k: world[k] for k in ("llm_heldout_perplexity", "build_seconds", "reward_models")},
               "beta": beta, "num_prompts": num_prompts, "num_samples": num_samples, "table": rows,
@@ -92,9 +100,11 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     models.close()
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["world_seconds"] = round(world_s, 1)
+    result["world_reused"] = reused
     (out / "demo.json").write_text(json.dumps(result, indent=2))
-    print(f"\ndemo done in {result['seconds']} s, of which {result['world_seconds']} s for the world "
-          f"({'built now' if world_s > 60 else 'cached'}); table, report, plots and runs in {out}/")
+    what = "reused (built earlier)" if reused else "built now"
+    console.show(f"\ndemo done in {result['seconds']} s, of which {result['world_seconds']} s for the world "
+                 f"({what}; fingerprint {world.get('fingerprint')}); table, report, plots and runs in {out}/")
     return result
 
 
@@ -183,7 +193,7 @@ def diagnose_guidance(world: dict, out: Path) -> dict:
     from pargs_batch.evaluation.run import import_callable
 
     gold = import_callable(world["gold_reward"])
-    return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: print("\n" + t),
+    return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: console.show("\n" + t),
                            gold=gold, labels_with="rm_partial")
 
 
@@ -207,12 +217,12 @@ def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],
     report = run_evaluate(build(EvalConfig, {
         "runs": runs, "output_dir": str(out / "sweep" / "report"), "gold_reward": world["gold_reward"],
         "reward": {"path": world["rm_eval"], "template": world["template"], "max_length": 128}}), progress=False)
-    print(f"\n{'beta':>6}{'gold reward ± SE':>22}{'eval-RM reward ± SE':>24}")
+    console.show(f"\n{'beta':>6}{'gold reward ± SE':>22}{'eval-RM reward ± SE':>24}")
     table = []
     for label in report["beta_groups"][0]:
         r = report["runs"][label]
         table.append({"beta": r["beta"], "gold": r["gold"], "eval_rm": r["reward"]})
-        print(f"{r['beta']:>6g}{r['gold']['mean']:>14.3f} ± {r['gold']['se']:.3f}"
+        console.show(f"{r['beta']:>6g}{r['gold']['mean']:>14.3f} ± {r['gold']['se']:.3f}"
               f"{r['reward']['mean']:>16.3f} ± {r['reward']['se']:.3f}")
-    print(f"(pargs with the partial RM, {num_prompts} prompts; table and plot in {out / 'sweep' / 'report'}/)")
+    console.show(f"(pargs with the partial RM, {num_prompts} prompts; table and plot in {out / 'sweep' / 'report'}/)")
     return {"table": table}

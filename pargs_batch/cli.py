@@ -15,6 +15,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from pargs_batch.console import console, quiet
+
 COMMANDS = "pargs_batch.commands"
 
 
@@ -26,12 +28,12 @@ def _generate(args) -> int:
     overrides = args.overrides + (["output.overwrite=true"] if args.overwrite else [])
     config = load_config(GenerateConfig, args.config, overrides)
     summary = run_generate(config, progress=not args.no_progress)
-    print("summary: " + json.dumps(summary))
+    console.show("summary: " + json.dumps(summary))
     limit = config.output.max_error_fraction
     if summary["error_fraction"] > limit:
-        print(f"generate: {summary['error_rows']} of {summary['rows']} rows are errors "
+        console.say(f"generate: {summary['error_rows']} of {summary['rows']} rows are errors "
               f"({summary['error_fraction']:.1%} > output.max_error_fraction {limit}; "
-              f"{summary['retryable_error_rows']} retryable by a rerun)", file=sys.stderr)
+              f"{summary['retryable_error_rows']} retryable by a rerun)")
         return 3
     return 0
 
@@ -46,11 +48,11 @@ def _evaluate(args) -> int:
     try:
         report = run_evaluate(config, progress=not args.no_progress)
     except JudgeError as e:
-        print(f"judge error: {e} (answers already received are kept in the cache)", file=sys.stderr)
+        console.say(f"judge error: {e} (answers already received are kept in the cache)")
         return 1
-    print((Path(config.output_dir) / "report.md").read_text())
+    console.show((Path(config.output_dir) / "report.md").read_text())
     judged = report["judge"]["pairs"] if report["judge"] else []
-    print("summary: " + json.dumps({"runs": len(report["runs"]), "judge_requests": sum(p["requests"] for p in judged),
+    console.show("summary: " + json.dumps({"runs": len(report["runs"]), "judge_requests": sum(p["requests"] for p in judged),
                                     "output": config.output_dir, "peak_rss_mb": report["peak_rss_mb"]}))
     return 0
 
@@ -77,19 +79,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in sorted(entry_points(group=COMMANDS), key=lambda c: c.name):
         command.load()(sub)
+    for leaf in _leaves(parser):
+        if leaf.get_default("quiet") is not False:
+            leaf.add_argument("--verbose", action="store_true",
+                              help="show library output (trainer steps, vLLM and transformers warnings) here "
+                                   "instead of in the log file")
+            leaf.add_argument("--log-file", help="where library output goes (default: printed at the start)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pargs_batch.configlib import ConfigError
+def _leaves(parser: argparse.ArgumentParser):
+    """The parsers that run a command (sub-commands of sub-commands included)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in action.choices.values():
+            yield from _leaves(child)
 
+
+def log_path(args) -> Path:
+    """The log file of this invocation: ``--log-file``, else the command's own place (a demo's or
+    bench's output directory), else ``outputs/logs/<command>-<UTC time>.log``."""
+    import datetime
+
+    if args.log_file:
+        return Path(args.log_file)
+    place = getattr(args, "log_default", None)
+    if place is not None:
+        return Path(place(args))
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("outputs/logs") / f"{args.command}-{stamp}.log"
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # vLLM's per-request INFO lines drown the progress bar; VLLM_LOGGING_LEVEL=INFO brings them back
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if getattr(args, "verbose", True):
+        return _run(args)
+    log = log_path(args)
+    console.say(f"log: {log} (library output; --verbose shows it here)")
+    with quiet(log):
+        return _run(args)
+
+
+def _run(args) -> int:
+    from pargs_batch.configlib import ConfigError
+
     try:
         return args.func(args)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
+        console.say(str(e))
         return 2
 
 

@@ -71,6 +71,8 @@ e.g. from ``models.Models.for_config``)
     """
     from tqdm import tqdm
 
+    from pargs_batch.console import console
+
     source = PromptSource(config.data)
     check_chat_template(config)
     if METHODS[config.decode.method].uses_reward:
@@ -92,7 +94,8 @@ e.g. from ``models.Models.for_config``)
 
     startup = time.perf_counter() - started
     totals, row_maker = Totals(), RowMaker(config.decode, config.model.path, config.reward.path or None)
-    bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress, dynamic_ncols=True,
+               file=console.err)
 
     def write_next() -> None:
         prompts, (status, payload) = pool.next_result()

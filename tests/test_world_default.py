@@ -155,6 +155,9 @@ def test_the_same_seed_builds_the_same_world_byte_for_byte(reduced_world, tmp_pa
                             text=True, timeout=180, check=False, env={**os.environ, "PYTHONHASHSEED": "4242"})
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads(result.stdout)
+    # quiet: TRL's step logs went to the build's log, the terminal got one line per stage
+    assert "train_runtime" in (out / "build.log").read_text() and "train_runtime" not in result.stderr
+    assert "world: rm_partial (partial) trained: 40 steps" in result.stderr
     first, second = artefact_hashes(Path(reduced_world["llm"]).parent), artefact_hashes(out)
     assert len(first) == 29 and "rm_partial/model.safetensors" in first and "preferences_guidance.jsonl" in first
     assert sorted(k for k in first if first[k] != second.get(k)) == [] and set(first) == set(second)
@@ -229,6 +232,13 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert {(p["a"], p["b"]) for p in demo["paired"]} == {("pargs", b) for b in judged}
     assert [t["beta"] for t in demo["sweep"]["table"]] == [0.0, 3.0]
     assert (tmp_path / "sweep" / "report" / "plots" / "reward_vs_beta_0.png").exists()
+    # quiet by default: the terminal has stage lines, bars and tables; library output is in the log
+    log = (tmp_path / "demo.log").read_text()
+    assert result.stderr.startswith(f"log: {tmp_path / 'demo.log'}") and "world: reused" in result.stderr
+    for noise in ("Warning", "WARNING", "INFO"):
+        assert noise not in result.stdout + result.stderr, noise
+    assert "WARNING" in log or "Warning" in log  # vLLM's CPU platform warns on start: it is in the log
+    assert demo["world_reused"] is True and "world (reused (built earlier)" in result.stdout
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from experiments.bench.flops import K, machine_flops
 from experiments.bench.models import curve_model, paper_ratio_set, world_set
 from experiments.bench.report import format_table, targets
 from experiments.bench.runs import run_model_set
+from pargs_batch.console import console
 
 
 def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", batch_sizes=(1, 64, 256),
@@ -40,29 +41,29 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
     (out / "runs").mkdir(parents=True, exist_ok=True)
     world = ensure_world(world_dir, reduced_world)
     flops = machine_flops()
-    print(f"machine: {flops / 1e9:.1f} GFLOP/s sustained float32 matmul (the FLOP bound's rate)")
+    console.show(f"machine: {flops / 1e9:.1f} GFLOP/s sustained float32 matmul (the FLOP bound's rate)")
     chosen = {"world": lambda: world_set(world), "paper-ratio": lambda: paper_ratio_set(out / "paper-ratio", world)}
     rows, shapes, guards = [], {}, {}
     for name in model_sets:
         ms = chosen[name]()
-        print(f"models {ms.name}: {ms.note}")
+        console.show(f"models {ms.name}: {ms.note}")
         set_rows, shapes[ms.name], guards[ms.name] = run_model_set(ms, world, out, list(batch_sizes), tokens,
                                                                    reference_prompts, flops)
         rows += set_rows
     curve = reward_vs_prefix(curve_model(out / "curve-rm", world), list(prefix_lengths))
     plot_reward_vs_prefix(curve, out / "reward_vs_prefix.png")
     goals = targets(rows, curve, max(batch_sizes))
-    print("\n" + format_table(rows))
-    print(f"\nreward step of {curve['model']} (d_model {curve['shape']['d_model']}), B={curve['b']}, k={K}, "
+    console.show("\n" + format_table(rows))
+    console.show(f"\nreward step of {curve['model']} (d_model {curve['shape']['d_model']}), B={curve['b']}, k={K}, "
           f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
     for backend in ("hf", "causal"):
-        print(f"  {backend:<8}" + "".join(f"{1000 * curve[backend][x]:>9.1f}" for x in curve[backend]))
-    print("\ntargets:")
+        console.show(f"  {backend:<8}" + "".join(f"{1000 * curve[backend][x]:>9.1f}" for x in curve[backend]))
+    console.show("\ntargets:")
     for g in goals:
-        print(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {g['measured']:.3g}"
+        console.show(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {g['measured']:.3g}"
               + (f" ({g['config']})" if "config" in g else ""))
     result = {"k": K, "new_tokens": tokens, "batch_sizes": list(batch_sizes), "machine_flops": flops,
               "models": shapes, "rows": rows, "reward_vs_prefix": curve, "targets": goals, "guard": guards}
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nwritten: {out / 'bench.json'}, {out / 'reward_vs_prefix.png'}")
+    console.show(f"\nwritten: {out / 'bench.json'}, {out / 'reward_vs_prefix.png'}")
     return result

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from pargs_batch.console import console
+
 TARGET_BYTES_PER_PROMPT = 32
 
 
@@ -69,7 +71,7 @@ def text_files(out: Path, n: int = 100_000, words: int = 150, tokens: int = 200)
     result = {"rows": rows, "files": len(files), "file_mb": [round(f.stat().st_size / (1 << 20), 1) for f in files],
               "row_groups": [pq.ParquetFile(f).num_row_groups for f in files], "write_s": round(write_s, 1),
               "read_s": round(time.perf_counter() - t0, 2)}
-    print(f"  {n} text rows ({words} words, {tokens} tokens each): {result['files']} part file(s) of "
+    console.show(f"  {n} text rows ({words} words, {tokens} tokens each): {result['files']} part file(s) of "
           f"{', '.join(map(str, result['file_mb']))} MB, {sum(result['row_groups'])} row groups; "
           f"pyarrow reads them in {result['read_s']} s", flush=True)
     return result
@@ -113,7 +115,7 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
                "file_mb": [round(f.stat().st_size / (1 << 20), 2) for f in parts],
                "row_groups": [pq.ParquetFile(f).num_row_groups for f in parts]}
         rows.append(row)
-        print(f"  {n:>9} prompts: driver peak {row['fresh_peak_rss_mb']:.0f} MB fresh ({row['fresh_s']} s), "
+        console.show(f"  {n:>9} prompts: driver peak {row['fresh_peak_rss_mb']:.0f} MB fresh ({row['fresh_s']} s), "
               f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s), evaluation "
               f"{row['evaluate_peak_rss_mb']:.0f} MB ({row['evaluate_s']} s); {row['files']} file(s) of "
               f"{', '.join(map(str, row['file_mb']))} MB", flush=True)
@@ -123,16 +125,16 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
               for kind in ("fresh", "resume", "evaluate")} if span else {}
     result = {"rows": rows, "bytes_per_prompt": growth, "target_bytes_per_prompt": TARGET_BYTES_PER_PROMPT,
               "text_files": text_files(out)}
-    print(f"\n{'prompts':>10} {'fresh MB':>10} {'resume MB':>10} {'evaluate MB':>12} {'fresh s':>9} {'resume s':>9} "
+    console.show(f"\n{'prompts':>10} {'fresh MB':>10} {'resume MB':>10} {'evaluate MB':>12} {'fresh s':>9} {'resume s':>9} "
           f"{'evaluate s':>11}")
     for r in rows:
-        print(f"{r['prompts']:>10} {r['fresh_peak_rss_mb']:>10.0f} {r['resume_peak_rss_mb']:>10.0f} "
+        console.show(f"{r['prompts']:>10} {r['fresh_peak_rss_mb']:>10.0f} {r['resume_peak_rss_mb']:>10.0f} "
               f"{r['evaluate_peak_rss_mb']:>12.0f} {r['fresh_s']:>9} {r['resume_s']:>9} {r['evaluate_s']:>11}")
     for kind, b in growth.items():
         if kind == "evaluate":
-            print(f"evaluation growth per row: {b:.1f} bytes (streamed in record batches)")
+            console.show(f"evaluation growth per row: {b:.1f} bytes (streamed in record batches)")
             continue
-        print(f"driver growth per prompt ({kind}): {b:.1f} bytes "
+        console.show(f"driver growth per prompt ({kind}): {b:.1f} bytes "
               f"[{'met' if b <= TARGET_BYTES_PER_PROMPT else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]")
     (Path(out_dir) / "memory.json").write_text(json.dumps(result, indent=2))
     return result

@@ -99,13 +99,16 @@ def train_llm(model, tokenizer, texts: list[str], steps: int, seed: int, lr: flo
     import torch
     from tqdm import tqdm
 
+    from pargs_batch.console import console
+
     data, mask = encode_texts(tokenizer, texts, end)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps if decay else 1.0)
     model.train()
     loss = torch.tensor(float("nan"))
-    for _ in tqdm(range(steps), desc="train LM", unit="step", disable=not progress, mininterval=2):
+    for _ in tqdm(range(steps), desc="train LM", unit="step", disable=not progress, mininterval=2,
+                  file=console.err):
         rows = torch.randint(0, len(data), (batch_size,), generator=gen)
         labels = data[rows].masked_fill(mask[rows] == 0, -100)
         loss = model(input_ids=data[rows], attention_mask=mask[rows], labels=labels).loss

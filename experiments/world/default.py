@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from experiments.world import gold
+from pargs_batch.console import console
 from experiments.world.builders import (encode_texts, new_deberta_rm, new_llm, train_llm, train_llm_tokenizer,
                                         train_rm_tokenizer)
 
@@ -245,7 +246,7 @@ def matched_rm_config(spec: DefaultWorldSpec, mode: str, rm_init: str, guidance:
     return cfg
 
 
-def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict) -> dict:
+def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict, log=None) -> dict:
     from pargs_batch.configlib import build
     from rm_training.config import TrainConfig
     from rm_training.train import train
@@ -273,6 +274,9 @@ def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict) -> dict:
                          "batch_size": cfg["training"]["per_device_train_batch_size"],
                          "heldout_accuracy": summary.get("pairwise_accuracy"),
                          "seconds": round(time.perf_counter() - t0, 1)}
+        if log:
+            log(f"world: {name} ({mode}) trained: {summary['steps']} steps in {results[name]['seconds']} s, "
+                f"held-out accuracy {results[name]['heldout_accuracy']:.3f}")
     return {"models": results, "matched": matched}
 
 
@@ -290,7 +294,7 @@ def sample_gold_means(drawn: dict[str, tuple[list[str], list[str], list[str]]]) 
     return out
 
 
-RUN_RECORDS = {"world.json", "training_args.bin", "training_summary.json"}  # times and paths of one build
+RUN_RECORDS = {"world.json", "training_args.bin", "training_summary.json", "build.log"}  # times and paths of one build
 
 
 def artefact_hashes(world_dir: str | Path) -> dict[str, str]:
@@ -317,10 +321,11 @@ def built_world(out: Path, spec: DefaultWorldSpec) -> dict | None:
 
 
 def build_default_world(out_dir: str | Path, spec: DefaultWorldSpec = DefaultWorldSpec(),
-                        log=print) -> dict:
+                        log=None) -> dict:
     """Build (or reuse, when its spec and version match) the default world in ``out_dir``; return
     world.json. The same spec gives the same artefacts, byte for byte, run after run on one machine
     (``world.json``'s ``fingerprint``); see :func:`deterministic_torch` for what that takes."""
+    log = log or console.say
     out = Path(out_dir)
     manifest = built_world(out, spec)
     if manifest is not None:
@@ -405,7 +410,7 @@ def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:
     phase("preferences", t0)
 
     t0 = time.perf_counter()
-    trained = train_reward_models(spec, out, files)
+    trained = train_reward_models(spec, out, files, log)
     rms = trained["models"]
     phase("reward models", t0)
 
@@ -429,8 +434,9 @@ def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:
     return manifest
 
 
-def ensure_world(world_dir: str, reduced: bool, log=print) -> dict:
+def ensure_world(world_dir: str, reduced: bool, log=None) -> dict:
     """The default world (or its reduced twin) in ``world_dir``, built unless it is there."""
+    log = log or console.say
     spec = DefaultWorldSpec.reduced() if reduced else DefaultWorldSpec()
     world = built_world(Path(world_dir), spec)
     if world is not None:

@@ -165,9 +165,12 @@ class Judge:
         """``compare`` for (id, question, a, b) items, ``max_concurrency`` at a time, in order."""
         from tqdm import tqdm
 
+        from pargs_batch.console import console
+
         pool = ThreadPoolExecutor(self.max_concurrency)
         futures = [pool.submit(self.compare, *item, seed) for item in items]
         try:
-            return [f.result() for f in tqdm(futures, desc="judge", unit="pair", disable=not progress)]
+            return [f.result() for f in tqdm(futures, desc="judge", unit="pair", disable=not progress,
+                                                       file=console.err)]
         finally:  # on an endpoint error, stop asking; what was answered is in the cache
             pool.shutdown(wait=True, cancel_futures=True)

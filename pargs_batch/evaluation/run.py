@@ -121,12 +121,15 @@ def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dic
     record batches of ``batch_rows``; every row's scores go to ``scores.parquet`` as they are made."""
     from tqdm import tqdm
 
+    from pargs_batch.console import console
+
     scorer = make_scorer(config)
     gold = import_callable(config.gold_reward) if config.gold_reward else None
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    bar = tqdm(total=sum(r["rows"] for r in runs.values()), desc="score", unit="row", disable=not progress)
+    bar = tqdm(total=sum(r["rows"] for r in runs.values()), desc="score", unit="row", disable=not progress,
+               file=console.err)
     tmp = {name: out / f"{name}.parquet.tmp" for name in ("scores", "prompts")}
     try:
         with pq.ParquetWriter(tmp["scores"], SCORES, compression="zstd") as rows, \
