@@ -119,9 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "verbose", True):
         return _run(args)
     log = log_path(args)
-    console.say(f"log: {log} (library output; --verbose shows it here)")
-    with quiet(log):
-        return _run(args)
+    try:
+        with quiet(log):
+            return _run(args)
+    finally:  # said last, and only when the libraries said something (a config error leaves no log)
+        if log.exists() and log.stat().st_size == 0:
+            log.unlink()
+        elif log.exists():
+            console.say(f"log: {log} (library output; --verbose shows it here)")
 
 
 def _run(args) -> int:

@@ -12,6 +12,7 @@ the terminal's descriptors. Outside ``quiet`` (in-process callers, tests, ``--ve
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ class Console:
 
 
 console = Console()
+OWN_LOGGERS = ("pargs_batch", "rm_training", "experiments")
 
 
 @contextlib.contextmanager
@@ -59,9 +61,18 @@ def quiet(log_path: str | Path):
     os.dup2(log, 2)
     os.close(log)
     console._out, console._err = out, err
+    # this project's own warnings (a relative output path on Ray, a reward model's truncation) are
+    # meant for the user: they reach the terminal as well as the log
+    mine = logging.StreamHandler(err)
+    mine.setLevel(logging.WARNING)
+    mine.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).addHandler(mine)
     try:
         yield path
     finally:
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).removeHandler(mine)
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved[0], 1)

@@ -142,15 +142,17 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def diagnose_models(reward_models: dict, pairs_file: str, out: str | Path, fmt: str = "generic",
-                    limit: int | None = None, log=print, gold=None, labels_with: str | None = None) -> dict:
+                    limit: int | None = None, log=None, gold=None, labels_with: str | None = None) -> dict:
     """``diagnose`` each named reward model (name -> ``pargs_batch.config.RewardConfig``) on the
     preference triples of ``pairs_file``; prints a table each, writes ``diagnose.json`` and
     ``prefix_accuracy.png`` to ``out``, returns name -> result. With a known reward ``gold``
     (prompts, responses -> floats), also the accuracy of Eq. 5's labels per bucket, under the
     key ``"labels"`` (prefixes cut with the tokenizer of model ``labels_with``, default the last)."""
+    from pargs_batch.console import console
     from pargs_batch.reward import HFRewardScorer
     from rm_training import data as prefs
 
+    log = log or console.show
     rows, _ = prefs.read_rows(pairs_file)
     columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
     triples, report = prefs.to_triples(rows, fmt, columns, limit)
@@ -182,14 +184,15 @@ def add_command(sub) -> None:
     cmd.add_argument("--template", default="{prompt}{response}", help="as reward.template")
     cmd.add_argument("--limit", type=int, default=None, help="use the first N rows")
     cmd.add_argument("--out", default="outputs/diagnose", help="where diagnose.json and the plot go")
-    cmd.set_defaults(func=_diagnose_command)
+    cmd.set_defaults(func=_diagnose_command, log_default=lambda a: f"{a.out}/diagnose-rm.log")
 
 
 def _diagnose_command(args) -> int:
     from pargs_batch.config import RewardConfig
+    from pargs_batch.console import console
 
     models = {path: RewardConfig(path=path, template=args.template) for path in args.reward_model}
     diagnose_models(models, args.pairs, args.out, args.format, args.limit)
     out = Path(args.out)
-    print(f"written: {out / 'diagnose.json'}, {out / 'prefix_accuracy.png'}")
+    console.show(f"written: {out / 'diagnose.json'}, {out / 'prefix_accuracy.png'}")
     return 0

@@ -234,7 +234,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert (tmp_path / "sweep" / "report" / "plots" / "reward_vs_beta_0.png").exists()
     # quiet by default: the terminal has stage lines, bars and tables; library output is in the log
     log = (tmp_path / "demo.log").read_text()
-    assert result.stderr.startswith(f"log: {tmp_path / 'demo.log'}") and "world: reused" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"log: {tmp_path / 'demo.log'}") and "world: reused" in result.stderr
     for noise in ("Warning", "WARNING", "INFO"):
         assert noise not in result.stdout + result.stderr, noise
     assert "WARNING" in log or "Warning" in log  # vLLM's CPU platform warns on start: it is in the log
