@@ -259,3 +259,24 @@ def test_compare_rms_gives_both_modes_the_same_steps_and_tokens(reduced_world, t
         assert mode["lr"] == best["lr"] and set(mode["mean"]) == set(BUCKETS)
         assert all(0 <= v <= 1 for v in mode["mean"].values())
     assert json.loads((tmp_path / "compare.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("mode", ["full", "partial"])
+def test_the_world_rm_configs_hold_the_builds_matched_recipe(mode):
+    """rm_training/configs/world_{full,partial}.yaml train what the world's build trains."""
+    import yaml
+
+    from experiments.world.default import DefaultWorldSpec, matched_rm_config
+
+    spec = DefaultWorldSpec()
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "rm_training" / "configs" / f"world_{mode}.yaml").read_text())
+    lr = spec.rm_lr_full if mode == "full" else spec.rm_lr_partial
+    built = matched_rm_config(spec, mode, "init", "train", "heldout", "out", lr, 0, spec.rm_steps,
+                              shipped["training"]["per_device_train_batch_size"])
+    assert shipped["mode"] == built["mode"]
+    for key in ("learning_rate", "max_steps", "warmup_ratio", "max_length", "gradient_accumulation_steps"):
+        assert shipped["training"][key] == built["training"][key], key
+    if mode == "partial":
+        assert {k: shipped["prefixes"][k] for k in ("strategy", "stride")} == {"strategy": "stride", "stride": 2}
+    else:
+        assert shipped["training"]["per_device_train_batch_size"] == spec.rm_batch_size
