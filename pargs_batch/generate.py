@@ -94,7 +94,7 @@ e.g. from ``models.Models.for_config``)
 
     startup = time.perf_counter() - started
     totals, row_maker = Totals(), RowMaker(config.decode, config.model.path, config.reward.path or None)
-    bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress,
                file=console.err)
 
     def write_next() -> None:
