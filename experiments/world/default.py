@@ -443,5 +443,5 @@ def ensure_world(world_dir: str, reduced: bool, log=None) -> dict:
         log(f"world: reused {world_dir} (built earlier in {world['build_seconds']} s; fingerprint "
             f"{world.get('fingerprint')}; LM held-out perplexity {world['llm_heldout_perplexity']:.2f})")
         return world
-    log(f"world: building in {world_dir} (about {'1' if reduced else '8'} min on two cores)")
+    log(f"world: building in {world_dir} (about {'1' if reduced else '11'} min on two cores)")
     return build_default_world(world_dir, spec, log=log)
