@@ -102,7 +102,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     result["world_seconds"] = round(world_s, 1)
     result["world_reused"] = reused
     (out / "demo.json").write_text(json.dumps(result, indent=2))
-    what = "reused (built earlier)" if reused else "built now"
+    what = "reused, built earlier" if reused else "built now"
     console.show(f"\ndemo done in {result['seconds']} s, of which {result['world_seconds']} s for the world "
                  f"({what}; fingerprint {world.get('fingerprint')}); table, report, plots and runs in {out}/")
     return result
@@ -207,6 +207,7 @@ def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],
     from pargs_batch.evaluation.run import run_evaluate
     from pargs_batch.generate import run_generate
 
+    console.say(f"demo: sweeping beta over {', '.join(f'{b:g}' for b in betas)} (pargs, partial RM, 1 sample a prompt)")
     runs = []
     for beta in betas:
         cfg = demo_config(world, PARGS, out / "sweep", num_prompts, beta, max_new_tokens, 1)

@@ -238,7 +238,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     for noise in ("Warning", "WARNING", "INFO"):
         assert noise not in result.stdout + result.stderr, noise
     assert "WARNING" in log or "Warning" in log  # vLLM's CPU platform warns on start: it is in the log
-    assert demo["world_reused"] is True and "world (reused (built earlier)" in result.stdout
+    assert demo["world_reused"] is True and "world (reused, built earlier" in result.stdout
 
 
 @pytest.mark.slow

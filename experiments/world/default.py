@@ -47,7 +47,7 @@ TEMPLATE = "{prompt}{response}"
 
 @dataclass(frozen=True)
 class DefaultWorldSpec:
-    """Sizes of the default world (about 10 minutes on two cores); ``reduced()`` is the tests' one."""
+    """Sizes of the default world (about 11 minutes on two cores); ``reduced()`` is the tests' one."""
 
     seed: int = 0
     corpus_size: int = 20000
