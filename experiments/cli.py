@@ -117,14 +117,14 @@ def _judge_server(args) -> int:
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and key is None:
         console.say(f"config error: --api-key-env={args.api_key_env!r} is not allowed: no such environment variable "
-              "is set")
+                    "is set")
         return 2
     server = GoldJudgeServer(noise=args.noise, seed=args.seed, port=args.port, api_key=key)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # set here: a parent may have left SIGINT ignored
         signal.signal(sig, lambda *_: stop.set())
     console.show(f"gold judge at {server.url} (model gold-judge, noise {args.noise}, seed {args.seed}); "
-          "Ctrl-C or SIGTERM stops it", flush=True)
+                 "Ctrl-C or SIGTERM stops it")
     while not stop.wait(0.2):
         pass
     server.close()

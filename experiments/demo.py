@@ -224,6 +224,6 @@ def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],
         r = report["runs"][label]
         table.append({"beta": r["beta"], "gold": r["gold"], "eval_rm": r["reward"]})
         console.show(f"{r['beta']:>6g}{r['gold']['mean']:>14.3f} ± {r['gold']['se']:.3f}"
-              f"{r['reward']['mean']:>16.3f} ± {r['reward']['se']:.3f}")
+                     f"{r['reward']['mean']:>16.3f} ± {r['reward']['se']:.3f}")
     console.show(f"(pargs with the partial RM, {num_prompts} prompts; table and plot in {out / 'sweep' / 'report'}/)")
     return {"table": table}

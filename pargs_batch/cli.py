@@ -32,8 +32,8 @@ def _generate(args) -> int:
     limit = config.output.max_error_fraction
     if summary["error_fraction"] > limit:
         console.say(f"generate: {summary['error_rows']} of {summary['rows']} rows are errors "
-              f"({summary['error_fraction']:.1%} > output.max_error_fraction {limit}; "
-              f"{summary['retryable_error_rows']} retryable by a rerun)")
+                    f"({summary['error_fraction']:.1%} > output.max_error_fraction {limit}; "
+                    f"{summary['retryable_error_rows']} retryable by a rerun)")
         return 3
     return 0
 

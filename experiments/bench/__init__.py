@@ -55,13 +55,13 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
     goals = targets(rows, curve, max(batch_sizes))
     console.show("\n" + format_table(rows))
     console.show(f"\nreward step of {curve['model']} (d_model {curve['shape']['d_model']}), B={curve['b']}, k={K}, "
-          f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
+                 f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
     for backend in ("hf", "causal"):
         console.show(f"  {backend:<8}" + "".join(f"{1000 * curve[backend][x]:>9.1f}" for x in curve[backend]))
     console.show("\ntargets:")
     for g in goals:
         console.show(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {g['measured']:.3g}"
-              + (f" ({g['config']})" if "config" in g else ""))
+                     + (f" ({g['config']})" if "config" in g else ""))
     result = {"k": K, "new_tokens": tokens, "batch_sizes": list(batch_sizes), "machine_flops": flops,
               "models": shapes, "rows": rows, "reward_vs_prefix": curve, "targets": goals, "guard": guards}
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))

@@ -72,8 +72,8 @@ def text_files(out: Path, n: int = 100_000, words: int = 150, tokens: int = 200)
               "row_groups": [pq.ParquetFile(f).num_row_groups for f in files], "write_s": round(write_s, 1),
               "read_s": round(time.perf_counter() - t0, 2)}
     console.show(f"  {n} text rows ({words} words, {tokens} tokens each): {result['files']} part file(s) of "
-          f"{', '.join(map(str, result['file_mb']))} MB, {sum(result['row_groups'])} row groups; "
-          f"pyarrow reads them in {result['read_s']} s", flush=True)
+                 f"{', '.join(map(str, result['file_mb']))} MB, {sum(result['row_groups'])} row groups; "
+                 f"pyarrow reads them in {result['read_s']} s")
     return result
 
 
@@ -116,9 +116,9 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
                "row_groups": [pq.ParquetFile(f).num_row_groups for f in parts]}
         rows.append(row)
         console.show(f"  {n:>9} prompts: driver peak {row['fresh_peak_rss_mb']:.0f} MB fresh ({row['fresh_s']} s), "
-              f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s), evaluation "
-              f"{row['evaluate_peak_rss_mb']:.0f} MB ({row['evaluate_s']} s); {row['files']} file(s) of "
-              f"{', '.join(map(str, row['file_mb']))} MB", flush=True)
+                     f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s), evaluation "
+                     f"{row['evaluate_peak_rss_mb']:.0f} MB ({row['evaluate_s']} s); {row['files']} file(s) of "
+                     f"{', '.join(map(str, row['file_mb']))} MB")
     small, large = rows[0], rows[-1]
     span = large["prompts"] - small["prompts"]
     growth = {kind: (large[f"{kind}_peak_rss_mb"] - small[f"{kind}_peak_rss_mb"]) * (1 << 20) / span
@@ -126,15 +126,15 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
     result = {"rows": rows, "bytes_per_prompt": growth, "target_bytes_per_prompt": TARGET_BYTES_PER_PROMPT,
               "text_files": text_files(out)}
     console.show(f"\n{'prompts':>10} {'fresh MB':>10} {'resume MB':>10} {'evaluate MB':>12} {'fresh s':>9} {'resume s':>9} "
-          f"{'evaluate s':>11}")
+                 f"{'evaluate s':>11}")
     for r in rows:
         console.show(f"{r['prompts']:>10} {r['fresh_peak_rss_mb']:>10.0f} {r['resume_peak_rss_mb']:>10.0f} "
-              f"{r['evaluate_peak_rss_mb']:>12.0f} {r['fresh_s']:>9} {r['resume_s']:>9} {r['evaluate_s']:>11}")
+                     f"{r['evaluate_peak_rss_mb']:>12.0f} {r['fresh_s']:>9} {r['resume_s']:>9} {r['evaluate_s']:>11}")
     for kind, b in growth.items():
         if kind == "evaluate":
             console.show(f"evaluation growth per row: {b:.1f} bytes (streamed in record batches)")
             continue
         console.show(f"driver growth per prompt ({kind}): {b:.1f} bytes "
-              f"[{'met' if b <= TARGET_BYTES_PER_PROMPT else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]")
+                     f"[{'met' if b <= TARGET_BYTES_PER_PROMPT else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]")
     (Path(out_dir) / "memory.json").write_text(json.dumps(result, indent=2))
     return result
