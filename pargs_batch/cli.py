@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
             leaf.add_argument("--verbose", action="store_true",
                               help="show library output (trainer steps, vLLM and transformers warnings) here "
                                    "instead of in the log file")
-            leaf.add_argument("--log-file", help="where library output goes (default: printed at the start)")
+            leaf.add_argument("--log-file", help="where library output goes (its path is printed last)")
     return parser
 
 

@@ -51,12 +51,12 @@ def quiet(log_path: str | Path):
     while :data:`console` keeps the terminal; restored on exit."""
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # fails before anything changes
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
     err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
-    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)

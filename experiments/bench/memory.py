@@ -34,7 +34,7 @@ def generate(config: Path, log: Path, command: str = "generate") -> dict:
     cli = str(Path(sys.executable).parent / "pargs-batch")
     t0 = time.perf_counter()
     with open(log, "w") as err:
-        out = subprocess.run([cli, command, "--config", str(config), "--no-progress"], stdout=subprocess.PIPE,
+        out = subprocess.run([cli, command, "--config", str(config), "--no-progress", "--verbose"], stdout=subprocess.PIPE,
                              stderr=err, text=True, check=True).stdout
     summary = json.loads(next(x for x in out.splitlines() if x.startswith("summary: "))[9:])
     summary["command_s"] = round(time.perf_counter() - t0, 1)

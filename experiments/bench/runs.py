@@ -89,9 +89,12 @@ def check_guard(runs: dict, models) -> dict:
 
 
 def run_model_set(ms: ModelSet, world: dict, out: Path, batch_sizes: list[int], tokens: int, reference_prompts: int,
-                  flops: float, log=print) -> tuple[list[dict], dict, dict]:
+                  flops: float, log=None) -> tuple[list[dict], dict, dict]:
     """Every row of one model set, its shapes, and its correctness guard."""
+    from pargs_batch.console import console
     from pargs_batch.models import Models
+
+    log = log or console.say
 
     from experiments.bench.reference import reference_loop
 

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -342,7 +343,10 @@ def deterministic_torch(seed: int, threads: int):
     tokenizer is learned without hash-map order (:func:`~experiments.world.builders.train_rm_tokenizer`)."""
     import torch
 
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    # cuBLAS refuses deterministic mode without a fixed workspace (the RMs train on a GPU if one is there)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
@@ -350,7 +354,7 @@ def deterministic_torch(seed: int, threads: int):
         yield
     finally:
         torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
 
 
 def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:

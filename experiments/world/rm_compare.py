@@ -51,8 +51,11 @@ def train_one(world: dict, mode: str, lr: float, seed: int, steps: int, batch: i
 
 
 def compare_rms(world_dir: str, out_dir: str, steps: int = 1500, lrs=(1e-3, 3e-3, 1e-2), seeds=(0, 1, 2),
-                select_limit: int = 600, base_batch: int = 32, log=print) -> dict:
+                select_limit: int = 600, base_batch: int = 32, log=None) -> dict:
     from experiments.world.default import TEMPLATE, matched_batches, read_triples
+    from pargs_batch.console import console
+
+    log = log or console.say
 
     start = time.perf_counter()
     world = json.loads((Path(world_dir) / "world.json").read_text())
@@ -93,7 +96,6 @@ def compare_rms(world_dir: str, out_dir: str, steps: int = 1500, lrs=(1e-3, 3e-3
     report = {"steps": steps, "lrs": list(lrs), "seeds": list(seeds), "tokens_per_example": tokens,
               "grid": grid, "results": results, "seconds": round(time.perf_counter() - start, 1)}
     (out / "compare.json").write_text(json.dumps(report, indent=2))
-    log(table(report))
     return report
 
 
