@@ -52,6 +52,9 @@ def add_demo_command(sub) -> None:
                       help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
     demo.add_argument("--judge-noise", type=float, default=0.5,
                       help="std of the gold judge's noise on the gold reward (0: an exact judge)")
+    demo.add_argument("--with-trained-baselines", action="store_true",
+                      help="also fine-tune DPO and online-RL (RLOO) policies from the world's LM and add their rows "
+                           "(a few minutes more; see the README)")
     demo.set_defaults(func=_demo, log_default=lambda a: f"{a.out}/demo.log")
 
 
@@ -137,7 +140,8 @@ def _demo(args) -> int:
     sweep = [float(b) for b in args.sweep_beta.split(",")] if args.sweep_beta else None
     run_demo(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts, beta=args.beta,
              max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, sweep_beta=sweep,
-             reduced_world=args.reduced_world, judge_noise=args.judge_noise)
+             reduced_world=args.reduced_world, judge_noise=args.judge_noise,
+             with_trained_baselines=args.with_trained_baselines)
     return 0
 
 

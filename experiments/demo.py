@@ -27,6 +27,8 @@ class DemoRun:
     method: str
     reward_model: str | None  # key in world.json
     backend: str = "hf"
+    policy: str | None = None  # a fine-tuned baseline (experiments.world.policies): its merged checkpoint
+    name: str | None = None    # what the table prints, when not the label
 
 
 PARGS = DemoRun("pargs", "pargs", "rm_partial")  # also the run the beta sweep repeats
@@ -38,15 +40,19 @@ DEMO_RUNS = (
     DemoRun("pargs-causal-rm", "pargs", "rm_partial_causal", backend="causal"),  # the KV-keeping path
     DemoRun("best-of-n", "best-of-n", "rm_full"),
 )
+TRAINED_RUNS = (  # --with-trained-baselines: the same top-k sampler on the fine-tuned checkpoints
+    DemoRun("dpo-trained", "topk", None, policy="dpo", name="DPO (trained)"),
+    DemoRun("online-rl-trained", "topk", None, policy="online-rl", name="online RL (RLOO, trained)"),
+)
 DIAGNOSED = ("rm_full", "rm_partial", "rm_partial_causal")
 WORLD_DIR = "outputs/world"
 
 
 def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta: float,
-                max_new_tokens: int, num_samples: int) -> dict:
+                max_new_tokens: int, num_samples: int, policies: dict | None = None) -> dict:
     """The generate config of one demo run, as a plain dict (what a YAML file would hold)."""
     return {
-        "model": {"path": world["llm"], "dtype": "float32", "max_model_len": 256,
+        "model": {"path": policies[run.policy]["path"] if run.policy else world["llm"], "dtype": "float32", "max_model_len": 256,
                   "kv_cache_memory_bytes": 128 << 20},
         "reward": {"path": world[run.reward_model] if run.reward_model else "", "template": world["template"],
                    "batch_size": 512, "max_length": 128, "backend": run.backend},
@@ -60,7 +66,8 @@ def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta
 
 def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prompts: int = 256,
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
-             sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5) -> dict:
+             sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5,
+             with_trained_baselines: bool = False) -> dict:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.generate import run_generate
@@ -74,11 +81,20 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     world = ensure_world(world_dir, reduced_world)
     world_s = time.perf_counter() - start  # seconds spent on the world: building it, or reading world.json
     out = Path(out_dir)
+    runs, policies = DEMO_RUNS, {}
+    if with_trained_baselines:
+        from experiments.world.policies import train_policies
+
+        console.say("demo: fine-tuning the baselines from the world's LM: DPO, then online RL (RLOO) against rm_full "
+                    "(LoRA, merged)")
+        policies = train_policies(world, out / "policies", reduced_world, log=console.say)
+        runs = DEMO_RUNS + TRAINED_RUNS
     configs = {r.label: build(GenerateConfig, demo_config(world, r, out, num_prompts, beta, max_new_tokens,
-                                                          num_samples)) for r in DEMO_RUNS}
+                                                          num_samples, policies)) for r in runs}
     models = Models()  # one engine for every run, one scorer per reward model and backend
+    engines = "one vLLM engine for the frozen LM" + (", one per fine-tuned policy" if policies else " for all")
     console.say(f"demo: generating {num_prompts} prompts x {num_samples} samples with {len(configs)} methods "
-                "(one vLLM engine for all; it takes about a minute to start)")
+                f"({engines}; an engine takes about a minute to start)")
     summaries = {}
     for label, config in configs.items():
         summaries[label] = run_generate(config, models=models.for_config(config))
@@ -86,7 +102,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
 
     console.say("demo: evaluating (evaluation RM, gold reward, ROUGE-L, gold judge on localhost)")
     report = evaluate(world, out, configs, judge_noise)
-    rows = table_rows(report, summaries)
+    rows = table_rows(report, summaries, runs, policies)
     console.show("\n" + format_table(rows, beta, num_samples))
     console.show("\n" + format_judge_table(report))
     console.say("demo: diagnosing the guidance RMs on held-out prefix pairs")
@@ -95,6 +111,8 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
               "beta": beta, "num_prompts": num_prompts, "num_samples": num_samples, "table": rows,
               "judge": report["judge"], "paired": report["paired"],
               "diagnose": diagnosis, "generate_seconds": round(generate_s, 1)}
+    if policies:
+        result["policies"] = policies
     if sweep_beta:
         result["sweep"] = sweep(world, out, models, num_prompts, sweep_beta, max_new_tokens)
     models.close()
@@ -137,10 +155,14 @@ def evaluate(world: dict, out: Path, configs: dict, judge_noise: float = 0.5) ->
         return run_evaluate(eval_config, progress=False)
 
 
-def table_rows(report: dict, summaries: dict) -> list[dict]:
-    rows = []
+def table_rows(report: dict, summaries: dict, runs=DEMO_RUNS, policies: dict | None = None) -> list[dict]:
+    by_label, rows = {run.label: run for run in runs}, []
     for label, r in report["runs"].items():
-        rows.append({"method": label, "llm_frozen": True, "single_response": r["method"] != "best-of-n",
+        run = by_label[label]
+        trained = (policies or {}).get(run.policy)
+        rows.append({"method": label, "name": run.name or label, "llm_frozen": trained is None,
+                     "train_seconds": trained["seconds"] if trained else None,
+                     "single_response": r["method"] != "best-of-n",
                      "rows": r["rows"], "mean_tokens": r["mean_tokens"], "gold": r["gold"], "eval_rm": r["reward"],
                      "rouge_l": r["diversity"]["rouge_l"], "tokens_per_s": summaries[label]["tokens_per_s"]})
     return rows
@@ -151,13 +173,13 @@ def format_judge_table(report: dict) -> str:
     if not report.get("judge"):
         return ""
     paired = {(p["a"], p["b"]): p.get("gold") for p in report.get("paired", [])}
-    lines = [f"{'pargs vs':<17}{'win':>6}{'tie':>6}{'loss':>6}{'win-tie % [95% CI]':>22}{'gold diff [95% CI]':>26}"]
+    lines = [f"{'pargs vs':<19}{'win':>6}{'tie':>6}{'loss':>6}{'win-tie % [95% CI]':>22}{'gold diff [95% CI]':>26}"]
     for p in report["judge"]["pairs"]:
         lo, hi = p["win_tie_interval"] or (0.0, 0.0)
         rate = f"{100 * p['win_tie_rate']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]" if p["win_tie_rate"] is not None else "—"
         g = paired.get((p["a"], p["b"]))
         diff = f"{g['diff']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}]" if g and g["interval"] else "—"
-        lines.append(f"{p['b']:<17}{p['win']:>6}{p['tie']:>6}{p['loss']:>6}{rate:>22}{diff:>26}")
+        lines.append(f"{p['b']:<19}{p['win']:>6}{p['tie']:>6}{p['loss']:>6}{rate:>22}{diff:>26}")
     lines.append(f"(gold judge: the world's gold reward + N(0, noise) per reply, graded 1-10 - not an LLM; "
                  f"{report['judge']['pairs'][0]['prompts']} prompts, first sample each; Wilson intervals; "
                  "gold diff = pargs minus the other, per prompt, mean ± 1.96 SE)")
@@ -165,20 +187,25 @@ def format_judge_table(report: dict) -> str:
 
 
 def format_table(rows: list[dict], beta: float, num_samples: int) -> str:
-    head = (f"{'method':<17}{'LLM frozen':>11}{'single resp.':>13}{'gold reward ± SE':>20}"
-            f"{'eval-RM reward ± SE':>22}{'ROUGE-L':>9}{'tokens':>8}{'tok/s':>7}")
+    width = max(17, *(len(r.get("name") or r["method"]) + 2 for r in rows))
+    trained = any(not r["llm_frozen"] for r in rows)
+    head = (f"{'method':<{width}}{'LLM frozen':>11}{'single resp.':>13}{'gold reward ± SE':>20}"
+            f"{'eval-RM reward ± SE':>22}{'ROUGE-L':>9}{'tokens':>8}{'tok/s':>7}" + (f"{'train s':>9}" if trained else ""))
     lines = [head]
     for r in rows:
         gold = f"{r['gold']['mean']:.3f} ± {r['gold']['se']:.3f}"
         rm = f"{r['eval_rm']['mean']:.3f} ± {r['eval_rm']['se']:.3f}"
         rouge = "—" if r["rouge_l"] is None else f"{r['rouge_l']:.3f}"
-        lines.append(f"{r['method']:<17}{'yes' if r['llm_frozen'] else 'no':>11}"
+        train_s = "—" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
+        lines.append(f"{r.get('name') or r['method']:<{width}}{'yes' if r['llm_frozen'] else 'no':>11}"
                      f"{'yes' if r['single_response'] else 'no':>13}{gold:>20}{rm:>22}{rouge:>9}"
-                     f"{r['mean_tokens']:>8.1f}{r['tokens_per_s']:>7.0f}")
+                     f"{r['mean_tokens']:>8.1f}{r['tokens_per_s']:>7.0f}" + (f"{train_s:>9}" if trained else ""))
     lines.append(f"(β = {beta:g}, k = 10, best-of-n N = 10; {rows[0]['rows']} rows per method = prompts × "
                  f"{num_samples} samples; ± is the standard error over prompts, each prompt's samples "
                  "averaged first; ROUGE-L between a prompt's samples, lower = more diverse; "
-                 "tok/s counts best-of-n's N candidates)")
+                 "tok/s counts best-of-n's N candidates"
+                 + ("; trained rows: top-k sampling (k = 10) from the fine-tuned checkpoint, "
+                    "train s = the fine-tuning's wall time)" if trained else ")"))
     return "\n".join(lines)
 
 

@@ -1,0 +1,360 @@
+"""`python -m rm_training.policy --config FILE [key=value ...]`: the fine-tuned baselines.
+
+The paper compares PARGS, which keeps the LLM frozen, with policies fine-tuned by DPO and PPO
+(Tables 1-2). This job trains those baselines with TRL so that they can be generated and scored
+exactly like every guided run:
+
+- ``method: dpo``: TRL's ``DPOTrainer`` on the same preference triples the reward models use;
+- ``method: online-rl``: TRL's ``RLOOTrainer`` (TRL 1.x has no PPO trainer) - samples from the
+  policy, scores them with a reward model of the user's choice (its own tokenizer allowed, read
+  through ``pargs_batch.reward`` exactly as generation reads it) and subtracts a KL penalty to the
+  reference policy.
+
+LoRA adapters (peft) by default. The output directory is a merged Hugging Face checkpoint
+(adapters folded into the weights) plus its tokenizer and ``training_summary.json``: vLLM loads it
+as any model, ``pargs-batch generate model.path=<it> decode.method=topk``. Under ``torchrun`` /
+``accelerate launch`` the same command trains data-parallel, with ZeRO-3 when ``training.deepspeed``
+names ``rm_training/configs/zero3.json``. Bad input (missing columns, LoRA modules the model lacks,
+a reward model that cannot read the policy's responses) stops before training with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pargs_batch.configlib import ConfigError, load_config
+from rm_training import data as prefs
+from rm_training.policy_config import PolicyConfig
+
+log = logging.getLogger("rm_training")
+
+LABELS = {"dpo": "DPO", "online-rl": "online RL (RLOO)"}  # the name every report row carries
+MAX_UNKNOWN_SHARE = 0.02  # of the policy's response tokens the reward tokenizer may read as unknown
+_ADAPTABLE = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d")
+
+
+def label(method: str) -> str:
+    return LABELS[method]
+
+
+# ---------------------------------------------------------------- checks before training
+
+def check_policy_model(cfg: PolicyConfig) -> list[str]:
+    """The policy must be a causal LM whose modules include every LoRA target; returns the names of
+    its adaptable modules. Only the config is read: the skeleton is built on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(cfg.model)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError("model", cfg.model, f"its architecture ({config.model_type}) is not a causal LM")
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    adaptable = {name for name, module in skeleton.named_modules()
+                 if name and type(module).__name__ in _ADAPTABLE}
+    if cfg.lora.enabled and cfg.lora.target_modules != ["all-linear"]:
+        for target in cfg.lora.target_modules:
+            if not any(name == target or name.endswith("." + target) for name in adaptable):
+                kinds = sorted({name.rsplit(".", 1)[-1] for name in adaptable})
+                raise ConfigError("lora.target_modules", target, f"{cfg.model} has no adaptable module of that name; "
+                                  f"its linear/embedding modules are: {', '.join(kinds)}")
+    return sorted(adaptable)
+
+
+def check_reward_fits(cfg: PolicyConfig, triples: list[prefs.Triple]) -> None:
+    """online-rl: the reward model must be a one-output sequence classifier whose input settings work
+    and whose tokenizer can read the policy's responses (this data's responses stand in for them)."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    from pargs_batch.reward import check_reward_input
+
+    reward, key = cfg.online_rl.reward, "online_rl.reward.path"
+    rm_config = AutoConfig.from_pretrained(reward.path)
+    if rm_config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ConfigError(key, reward.path, f"its architecture ({rm_config.model_type}) has no sequence-classification "
+                          "head, so it cannot score responses")
+    check_reward_input(reward, "online_rl.reward")
+    positions = getattr(rm_config, "max_position_embeddings", None)
+    if reward.max_length and positions and reward.max_length > positions:
+        raise ConfigError("online_rl.reward.max_length", reward.max_length,
+                          f"the reward model reads at most {positions} positions")
+    tokenizer = AutoTokenizer.from_pretrained(reward.path)
+    if tokenizer.unk_token_id is None:
+        return  # byte-level tokenizers read any text
+    ids = [i for t in triples[:256] for side in (t.chosen, t.rejected)
+           for i in tokenizer(side, add_special_tokens=False)["input_ids"]]
+    share = sum(i == tokenizer.unk_token_id for i in ids) / max(1, len(ids))
+    if share > MAX_UNKNOWN_SHARE:
+        raise ConfigError(key, reward.path, f"its tokenizer reads {share:.0%} of the tokens of the policy's responses "
+                          f"(the responses in {cfg.data.source}) as {tokenizer.unk_token}; it was trained on "
+                          f"other text - choose a reward model whose tokenizer covers the policy's outputs")
+
+
+def check_batches(cfg: PolicyConfig) -> None:
+    t = cfg.training
+    if cfg.method == "online-rl" and (t.per_device_train_batch_size * t.gradient_accumulation_steps) \
+            % cfg.online_rl.num_generations:
+        raise ConfigError("training.per_device_train_batch_size", t.per_device_train_batch_size,
+                          f"per_device_train_batch_size x gradient_accumulation_steps "
+                          f"({t.per_device_train_batch_size} x {t.gradient_accumulation_steps}) must be a multiple of "
+                          f"online_rl.num_generations ({cfg.online_rl.num_generations}): each prompt's samples share "
+                          "one generation batch")
+
+
+def prepare(cfg: PolicyConfig):
+    """Every check that needs no weights; returns (train triples, held-out triples, data reports)."""
+    from rm_training.train import load_triples
+
+    check_batches(cfg)
+    check_policy_model(cfg)
+    train_triples, held, reports = load_triples(cfg)
+    if cfg.method == "online-rl":
+        check_reward_fits(cfg, train_triples)
+    return train_triples, held, reports
+
+
+# ---------------------------------------------------------------- pieces
+
+def load_tokenizer(cfg: PolicyConfig, padding_side: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError("tokenizer", cfg.tokenizer or cfg.model, "has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def lora_config(cfg: PolicyConfig):
+    if not cfg.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.lora.target_modules
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else list(targets))
+
+
+def common_args(cfg: PolicyConfig) -> dict:
+    """TrainingArguments shared by DPOConfig and RLOOConfig."""
+    from rm_training.train import _ddp_backend
+
+    t = cfg.training
+    return dict(output_dir=t.output_dir, learning_rate=t.learning_rate,
+                per_device_train_batch_size=t.per_device_train_batch_size,
+                per_device_eval_batch_size=t.per_device_eval_batch_size,
+                gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.num_train_epochs,
+                max_steps=t.max_steps, warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio
+                weight_decay=t.weight_decay, logging_steps=t.logging_steps, seed=t.seed, data_seed=t.seed,
+                bf16=t.bf16, fp16=t.fp16, gradient_checkpointing=t.gradient_checkpointing, deepspeed=t.deepspeed,
+                report_to=t.report_to, save_strategy="no", eval_strategy="no", ddp_backend=_ddp_backend(t.deepspeed))
+
+
+class RewardModelFunction:
+    """A TRL reward function: (prompts, completions) -> one reward each, scored by
+    ``pargs_batch.reward.HFRewardScorer`` - the RM's own tokenizer and the same input rule
+    (template, pair or chat) that generation and evaluation use."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, reward):
+        from pargs_batch.reward import HFRewardScorer
+
+        self.scorer = HFRewardScorer(reward)
+
+    def __call__(self, prompts, completions, **_) -> list[float]:
+        return [float(x) for x in self.scorer.score(list(prompts), list(completions))]
+
+
+def unique_prompts(triples: list[prefs.Triple]) -> list[str]:
+    return list(dict.fromkeys(t.prompt for t in triples))
+
+
+def heldout_reward(model, tokenizer, reward_fn, prompts: list[str], max_new_tokens: int, temperature: float,
+                   seed: int, samples: int = 2, batch_size: int = 32) -> dict:
+    """Mean reward of ``samples`` sampled responses per held-out prompt, ± SE over prompts (each
+    prompt's samples averaged first), with a fixed seed."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    model.eval()
+    per_prompt = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                                 pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        rewards = np.asarray(reward_fn([p for p in chunk for _ in range(samples)], texts)).reshape(len(chunk), samples)
+        per_prompt += rewards.mean(axis=1).tolist()
+    values = np.asarray(per_prompt)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return {"mean": round(float(values.mean()), 4), "se": round(se, 4), "prompts": len(values), "samples": samples}
+
+
+def save_merged(cfg: PolicyConfig, trainer, tokenizer) -> None:
+    """Write the output checkpoint: LoRA adapters folded into a fresh copy of the base weights (so the
+    same code serves ZeRO-3, where the trainer's model is partitioned), or the full weights."""
+    out = Path(cfg.training.output_dir)
+    if not cfg.lora.enabled:
+        trainer.save_model(str(out))
+    else:
+        adapter = out / "adapter"
+        trainer.save_model(str(adapter))
+        if trainer.is_world_process_zero():
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            if cfg.training.deepspeed:
+                from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+                unset_hf_deepspeed_config()  # load whole weights, not ZeRO-3 partitions
+            base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
+            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+            merged.save_pretrained(str(out))
+    if trainer.is_world_process_zero():
+        tokenizer.padding_side = "left" if cfg.method == "online-rl" else tokenizer.padding_side
+        tokenizer.save_pretrained(str(out))
+
+
+# ---------------------------------------------------------------- the two methods
+
+def train_dpo(cfg: PolicyConfig, train_triples, held) -> tuple[object, dict]:
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = load_tokenizer(cfg, "right")
+    d = cfg.dpo
+    args = DPOConfig(**common_args(cfg), beta=d.beta, loss_type=[d.loss_type], max_length=cfg.training.max_length)
+    trainer = DPOTrainer(model=cfg.model, args=args,
+                         train_dataset=datasets.Dataset.from_list(prefs.as_dicts(train_triples)),
+                         eval_dataset=datasets.Dataset.from_list(prefs.as_dicts(held)) if held else None,
+                         processing_class=tokenizer, peft_config=lora_config(cfg))
+    heldout = {}
+    if held and not cfg.training.deepspeed:  # (an evaluation first would leave DeepSpeed in inference mode)
+        heldout["before"] = _dpo_eval(trainer)
+    result, seconds = _fit(trainer)
+    if held:
+        heldout["after"] = _dpo_eval(trainer)
+    return (trainer, tokenizer, result, seconds), {"heldout_implicit_reward": heldout} if heldout else {}
+
+
+def _dpo_eval(trainer) -> dict:
+    m = trainer.evaluate()
+    return {"margin": round(m["eval_rewards/margins"], 4), "accuracy": round(m["eval_rewards/accuracies"], 4),
+            "loss": round(m["eval_loss"], 4)}
+
+
+def train_online_rl(cfg: PolicyConfig, train_triples, held) -> tuple[object, dict]:
+    import datasets
+    from trl import RLOOConfig, RLOOTrainer
+
+    tokenizer = load_tokenizer(cfg, "left")
+    o = cfg.online_rl
+    reward_fn = RewardModelFunction(o.reward)
+    args = RLOOConfig(**common_args(cfg), beta=o.beta, num_generations=o.num_generations,
+                      max_completion_length=o.max_completion_length, temperature=o.temperature, top_k=0,
+                      log_completions=False)
+    prompts = unique_prompts(train_triples)
+    trainer = RLOOTrainer(model=cfg.model, reward_funcs=reward_fn, args=args,
+                          train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
+                          processing_class=tokenizer, peft_config=lora_config(cfg))
+    eval_prompts = unique_prompts(held)[:o.heldout_prompts]
+    measure = (lambda model: heldout_reward(model, tokenizer, reward_fn, eval_prompts, o.max_completion_length,
+                                            o.temperature, cfg.training.seed)) if eval_prompts else None
+    heldout = {"before": measure(trainer.model)} if measure and not cfg.training.deepspeed else {}
+    result, seconds = _fit(trainer)
+    if measure and not cfg.training.deepspeed:
+        heldout["after"] = measure(trainer.model)
+    extra = {"algorithm": "RLOO", "kl_beta": o.beta, "train_prompts": len(prompts)}
+    if heldout:
+        extra["heldout_reward"] = heldout
+    return (trainer, tokenizer, result, seconds), extra
+
+
+def _fit(trainer):
+    start = time.perf_counter()
+    result = trainer.train()
+    return result, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- main
+
+def train_policy(cfg: PolicyConfig) -> dict:
+    """Run one policy-training job; returns (and writes) the training summary."""
+    import torch
+
+    start = time.perf_counter()
+    train_triples, held, reports = prepare(cfg)
+    log.info("%s: %d training triples, %d held out", label(cfg.method), len(train_triples), len(held))
+    torch.manual_seed(cfg.training.seed)
+    runner = train_dpo if cfg.method == "dpo" else train_online_rl
+    (trainer, tokenizer, result, fit_seconds), extra = runner(cfg, train_triples, held)
+    save_merged(cfg, trainer, tokenizer)
+    if not trainer.is_world_process_zero():
+        return {}
+    summary = {
+        "method": cfg.method, "label": label(cfg.method), "model": cfg.model, "output": cfg.training.output_dir,
+        "data": reports, "train_triples": len(train_triples), "heldout_triples": len(held),
+        "steps": result.global_step, "train_loss": result.training_loss,
+        "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": cfg.lora.target_modules} if cfg.lora.enabled
+        else None,
+        **extra,
+        "train_seconds": round(fit_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "config": _config_dict(cfg),
+    }
+    Path(cfg.training.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+    return summary
+
+
+def _config_dict(cfg: PolicyConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def print_summary(s: dict) -> None:
+    print(f"\n{s['label']} policy -> {s['output']} (merged checkpoint; vLLM loads it as model.path)")
+    print(f"  {s['train_triples']} training triples, {s['steps']} updates in {s['train_seconds']} s "
+          f"({s['wall_seconds']} s in all)")
+    for key, name in (("heldout_implicit_reward", "held-out implicit reward margin"),
+                      ("heldout_reward", "held-out mean reward")):
+        m = s.get(key)
+        if m and "after" in m:
+            fmt = (lambda x: f"{x['margin']:+.4f} (accuracy {x['accuracy']:.3f})") if key.endswith("implicit_reward") \
+                else (lambda x: f"{x['mean']:.4f} ± {x['se']:.4f} over {x['prompts']} prompts")
+            print(f"  {name}: " + (f"{fmt(m['before'])} -> " if "before" in m else "") + fmt(m["after"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rm_training.policy", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (see rm_training/configs/dpo.yaml, online_rl.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. method=dpo training.max_steps=10")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(PolicyConfig, args.config, args.overrides)
+        train_policy(cfg)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

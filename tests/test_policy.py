@@ -1,0 +1,154 @@
+"""The fine-tuned baselines (`python -m rm_training.policy`): real TRL DPO / RLOO, real peft LoRA, on
+the reduced default world; bad input stops before training with exit code 2."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.world.policies import policy_config
+from pargs_batch.configlib import ConfigError, build
+from rm_training.policy import main, train_policy
+from rm_training.policy_config import PolicyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def assert_merged_and_changed(out: Path, base: str) -> None:
+    """A plain checkpoint (LoRA folded in: same tensors as the base), whose weights moved."""
+    trained, original = weights(out), weights(base)
+    assert set(trained) == set(original) and not any("lora" in k for k in trained)
+    changed = [k for k in trained if not torch.equal(trained[k], original[k])]
+    assert changed and any(".attn." in k for k in changed), changed
+    assert (out / "tokenizer.json").exists() and (out / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_dpo_steps_change_the_weights_and_move_the_heldout_margin(reduced_world, tmp_path):
+    cfg = build(PolicyConfig, policy_config(reduced_world, "dpo", tmp_path, reduced=True))
+    summary = train_policy(cfg)
+    assert summary["label"] == "DPO" and summary["steps"] == 20
+    margin = summary["heldout_implicit_reward"]
+    # LoRA starts as the reference (B = 0): no margin before; after, held-out chosen replies gain on rejected ones
+    assert margin["before"]["margin"] == pytest.approx(0, abs=1e-6)
+    assert margin["after"]["margin"] > 0.001 and margin["after"]["loss"] < margin["before"]["loss"]
+    assert_merged_and_changed(tmp_path / "dpo", reduced_world["llm"])
+    on_disk = json.loads((tmp_path / "dpo" / "training_summary.json").read_text())
+    assert on_disk["train_seconds"] > 0 and on_disk["config"]["lora"]["r"] == 16
+
+
+@pytest.mark.slow
+def test_online_rl_steps_raise_the_heldout_reward(reduced_world, tmp_path):
+    cfg = build(PolicyConfig, policy_config(reduced_world, "online-rl", tmp_path, reduced=True))
+    summary = train_policy(cfg)
+    assert summary["label"] == "online RL (RLOO)" and summary["algorithm"] == "RLOO" and summary["steps"] == 40
+    before, after = summary["heldout_reward"]["before"], summary["heldout_reward"]["after"]
+    assert before["prompts"] == after["prompts"] == 64
+    # the reward model's mean on held-out prompts rises by more than twice its standard error
+    assert after["mean"] - before["mean"] > 2 * (before["se"] ** 2 + after["se"] ** 2) ** 0.5, (before, after)
+    assert_merged_and_changed(tmp_path / "online-rl", reduced_world["llm"])
+
+
+def run_main(world, tmp_path, method, capsys, **overrides) -> str:
+    cfg = policy_config(world, method, tmp_path, reduced=True)
+    args = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
+    path = tmp_path / "policy.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert not (tmp_path / method).exists()  # nothing trained, nothing written
+    return err
+
+
+def test_a_preference_set_missing_a_column_stops_before_training(reduced_world, tmp_path, capsys):
+    bad = tmp_path / "prefs.jsonl"
+    bad.write_text("".join(json.dumps({"prompt": "q", "chosen": "a"}) + "\n" for _ in range(4)))
+    err = run_main(reduced_world, tmp_path, "dpo", capsys, **{"data.source": str(bad)})
+    assert "config error: data.format='generic'" in err and "needs column(s) rejected" in err
+
+
+def test_a_lora_module_the_model_lacks_stops_before_training(reduced_world, tmp_path, capsys):
+    err = run_main(reduced_world, tmp_path, "dpo", capsys, **{"lora.target_modules": ["q_proj", "v_proj"]})
+    # GPT-2 names its projections c_attn / c_proj / c_fc: the message lists what it has
+    assert "lora.target_modules='q_proj'" in err and "c_attn" in err and "c_fc" in err
+
+
+def test_a_reward_model_that_cannot_read_the_policy_outputs_stops_before_training(reduced_world, tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # the world's rm_full with a tokenizer that knows digits only: every word of a reply is [UNK]
+    rm = tmp_path / "digits-rm"
+    shutil.copytree(reduced_world["rm_full"], rm)
+    for f in rm.glob("*token*"):
+        f.unlink()
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *"0123456789"])}
+    core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(rm)
+    err = run_main(reduced_world, tmp_path, "online-rl", capsys, **{"online_rl.reward.path": str(rm)})
+    assert f"online_rl.reward.path='{rm}'" in err and "as [UNK]" in err
+    # a chat-reading reward model needs a chat template its tokenizer does not have
+    err = run_main(reduced_world, tmp_path, "online-rl", capsys, **{"online_rl.reward.input": "chat"})
+    assert "online_rl.reward.input='chat'" in err and "no chat template" in err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["training.per_device_train_batch_size=6"], "must be a multiple of online_rl.num_generations (4)"),
+    (["online_rl.num_generations=1"], "online_rl.num_generations=1"),
+    (["online_rl.algorithm=ppo"], "online_rl.algorithm='ppo' is not allowed: expected one of rloo"),
+    (["online_rl.reward.path="], "online_rl.reward.path=''"),
+    (["lora.target_modules=[all-linear, c_attn]"], "all-linear stands alone"),
+    (["method=ppo"], "method='ppo' is not allowed: expected one of dpo, online-rl"),
+])
+def test_bad_policy_config_names_the_key(reduced_world, tmp_path, overrides, message):
+    import re
+
+    from pargs_batch.configlib import apply_overrides
+    from rm_training.policy import check_batches
+
+    cfg = policy_config(reduced_world, "online-rl", tmp_path, reduced=True)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_batches(build(PolicyConfig, apply_overrides(cfg, overrides)))
+
+
+@pytest.mark.parametrize("method", ["dpo", "online-rl"])
+def test_the_world_policy_configs_hold_the_demos_recipe(method):
+    """rm_training/configs/world_{dpo,online_rl}.yaml train what the demo's --with-trained-baselines trains."""
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "rm_training" / "configs" / f"world_{method.replace('-', '_')}.yaml").read_text())
+    world = {"llm": "outputs/world/llm", "rm_full": "outputs/world/rm_full", "template": "{prompt}{response}",
+             "preferences": {"guidance": "outputs/world/preferences_guidance.jsonl",
+                             "heldout": "outputs/world/preferences_heldout.jsonl"}}
+    built = policy_config(world, method, "outputs/policy")
+    for section in ("method", "model", "data", "lora", "dpo", "online_rl"):
+        assert shipped.get(section) == built.get(section), section
+    for key in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_ratio",
+                "max_length", "max_steps"):
+        assert shipped["training"].get(key, -1) == built["training"].get(key), key
+
+
+@pytest.mark.parametrize("name", ["dpo.yaml", "online_rl.yaml"])
+def test_the_paper_configs_are_valid(name, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(ROOT)
+    from pargs_batch.configlib import build as build_config
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # hub ids, not downloaded here
+    data = yaml.safe_load((ROOT / "rm_training" / "configs" / name).read_text())
+    cfg = build_config(PolicyConfig, data)
+    assert cfg.lora.r == cfg.lora.alpha == 16 and cfg.training.learning_rate in (5e-5, 1e-5)
+    assert cfg.training.deepspeed == "rm_training/configs/zero3.json"
