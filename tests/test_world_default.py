@@ -192,18 +192,33 @@ def test_world_build_reuses_the_built_world(reduced_world):
 def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     world_dir = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "demo", "--reduced-world", "--world-dir", world_dir, "--num-prompts", "16",
-                             "--max-new-tokens", "24", "--sweep-beta", "0,3", "--out", str(tmp_path)],
+                             "--max-new-tokens", "24", "--sweep-beta", "0,3", "--with-trained-baselines",
+                             "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
     assert "gold reward ± SE" in lines[header] and "eval-RM reward ± SE" in lines[header]
-    printed = [line.split()[0] for line in lines[header + 1: header + 7]]
-    assert printed == ["topk", "args", "pargs-greedy", "pargs", "pargs-causal-rm", "best-of-n"]
+    printed = [line.split()[0] for line in lines[header + 1: header + 9]]
+    assert printed == ["topk", "args", "pargs-greedy", "pargs", "pargs-causal-rm", "best-of-n", "DPO", "online"]
+    # the fine-tuned rows: LLM not frozen, their training wall time beside them
+    for line in lines[header + 7: header + 9]:
+        assert line.split(")")[1].split()[0] == "no" and line.split()[-1].isdigit(), line
 
     demo = json.loads((tmp_path / "demo.json").read_text())
     table = {r["method"]: r for r in demo["table"]}
     assert all(r["rows"] == 32 for r in table.values())  # 16 prompts x 2 samples
+    # the trained baselines: merged checkpoints that vLLM loaded and sampled with the same top-k sampler
+    for label, method in (("dpo-trained", "dpo"), ("online-rl-trained", "online-rl")):
+        row, policy = table[label], demo["policies"][method]
+        assert row["llm_frozen"] is False and row["train_seconds"] == policy["seconds"] > 0
+        assert policy["path"] == str(tmp_path / "policies" / method)
+        import pyarrow.parquet as pq
+
+        run = pq.read_table(tmp_path / label).to_pandas()
+        assert (run["llm"] == policy["path"]).all() and (run["method"] == "topk").all() and run["error"].isna().all()
+        assert (run["num_tokens"] > 0).all()
+    assert table["dpo-trained"]["name"] == "DPO (trained)" and table["pargs"]["llm_frozen"] is True
     assert table["best-of-n"]["single_response"] is False and table["pargs"]["single_response"] is True
     # greedy methods give both samples the same reply: no diversity at all
     assert table["args"]["rouge_l"] == pytest.approx(1.0) and table["topk"]["rouge_l"] < 1.0
@@ -222,7 +237,8 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert (tmp_path / "diagnose" / "prefix_accuracy.png").exists()
     # the gold judge ran through the real openai client: PARGS against each other method, with intervals
     judged = {p["b"]: p for p in demo["judge"]["pairs"]}
-    assert set(judged) == {"topk", "args", "pargs-greedy", "pargs-causal-rm", "best-of-n"}
+    assert set(judged) == {"topk", "args", "pargs-greedy", "pargs-causal-rm", "best-of-n", "dpo-trained",
+                           "online-rl-trained"}
     for p in judged.values():
         # identical replies from two methods are one comparison: the cache answers the repeat
         assert p["prompts"] == 16 and p["invalid"] == 0 and 1 <= p["requests"] <= 16

@@ -38,7 +38,8 @@ def policy_config(world: dict, method: str, out: str | Path, reduced: bool = Fal
         cfg["training"].update({"learning_rate": 1e-3, "num_train_epochs": 1.0,
                                 "max_steps": 20 if reduced else -1, "logging_steps": 5 if reduced else 50})
     else:
-        cfg["online_rl"] = {"reward": {"path": world["rm_full"], "template": world["template"], "max_length": 128,
+        cfg["online_rl"] = {"algorithm": "rloo",
+                            "reward": {"path": world["rm_full"], "template": world["template"], "max_length": 128,
                                        "batch_size": 256},
                             # the reduced world's RMs tell replies apart by ~0.01: a KL term sized for the
                             # full world's (rewards 2-5) would drown that in a 40-step test
