@@ -309,6 +309,7 @@ def train_policy(cfg: PolicyConfig) -> dict:
         "method": cfg.method, "label": label(cfg.method), "model": cfg.model, "output": cfg.training.output_dir,
         "data": reports, "train_triples": len(train_triples), "heldout_triples": len(held),
         "steps": result.global_step, "train_loss": result.training_loss,
+        "deepspeed_zero_stage": _zero_stage(trainer),
         "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": cfg.lora.target_modules} if cfg.lora.enabled
         else None,
         **extra,
@@ -319,6 +320,12 @@ def train_policy(cfg: PolicyConfig) -> dict:
     Path(cfg.training.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
+
+
+def _zero_stage(trainer) -> int | None:
+    from rm_training.train import _zero_stage as stage
+
+    return stage(trainer)
 
 
 def _config_dict(cfg: PolicyConfig) -> dict:

@@ -57,6 +57,32 @@ def test_online_rl_steps_raise_the_heldout_reward(reduced_world, tmp_path):
     assert_merged_and_changed(tmp_path / "online-rl", reduced_world["llm"])
 
 
+@pytest.mark.slow
+def test_dpo_with_lora_under_zero3_through_torchrun(reduced_world, tmp_path):
+    """The cluster path on CPU: torchrun, DeepSpeed ZeRO-3 (gloo), LoRA; the adapters are merged into
+    whole weights after training, not into ZeRO-3's empty partitions."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = policy_config(reduced_world, "dpo", tmp_path, reduced=True)
+    cfg["training"].update({"max_steps": 3, "per_device_train_batch_size": 8,
+                            "deepspeed": str(ROOT / "rm_training/configs/zero3.json")})
+    (tmp_path / "z3.yaml").write_text(yaml.safe_dump(cfg))
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    result = subprocess.run([torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29562",
+                             "-m", "rm_training.policy", "--config", str(tmp_path / "z3.yaml")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "dpo" / "training_summary.json").read_text())
+    assert summary["deepspeed_zero_stage"] == 3 and summary["steps"] == 3
+    assert_merged_and_changed(tmp_path / "dpo", reduced_world["llm"])
+    assert all(t.abs().sum() > 0 for k, t in weights(tmp_path / "dpo").items() if "bias" not in k)
+
+
 def run_main(world, tmp_path, method, capsys, **overrides) -> str:
     cfg = policy_config(world, method, tmp_path, reduced=True)
     args = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
