@@ -104,7 +104,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     report = evaluate(world, out, configs, judge_noise)
     rows = table_rows(report, summaries, runs, policies)
     console.show("\n" + format_table(rows, beta, num_samples))
-    console.show("\n" + format_judge_table(report))
+    console.show("\n" + format_judge_table(report, {r.label: r.name for r in runs if r.name}))
     console.say("demo: diagnosing the guidance RMs on held-out prefix pairs")
     diagnosis = diagnose_guidance(world, out)
     result = {"world": {k: world[k] for k in ("llm_heldout_perplexity", "build_seconds", "reward_models")},
@@ -168,18 +168,20 @@ def table_rows(report: dict, summaries: dict, runs=DEMO_RUNS, policies: dict | N
     return rows
 
 
-def format_judge_table(report: dict) -> str:
+def format_judge_table(report: dict, names: dict | None = None) -> str:
     """Table 2's shape: PARGS against each method, by the gold judge, and the paired gold difference."""
     if not report.get("judge"):
         return ""
     paired = {(p["a"], p["b"]): p.get("gold") for p in report.get("paired", [])}
-    lines = [f"{'pargs vs':<19}{'win':>6}{'tie':>6}{'loss':>6}{'win-tie % [95% CI]':>22}{'gold diff [95% CI]':>26}"]
+    names = names or {}
+    width = max(17, *(len(names.get(p["b"], p["b"])) + 2 for p in report["judge"]["pairs"]))
+    lines = [f"{'pargs vs':<{width}}{'win':>6}{'tie':>6}{'loss':>6}{'win-tie % [95% CI]':>22}{'gold diff [95% CI]':>26}"]
     for p in report["judge"]["pairs"]:
         lo, hi = p["win_tie_interval"] or (0.0, 0.0)
         rate = f"{100 * p['win_tie_rate']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]" if p["win_tie_rate"] is not None else "—"
         g = paired.get((p["a"], p["b"]))
         diff = f"{g['diff']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}]" if g and g["interval"] else "—"
-        lines.append(f"{p['b']:<19}{p['win']:>6}{p['tie']:>6}{p['loss']:>6}{rate:>22}{diff:>26}")
+        lines.append(f"{names.get(p['b'], p['b']):<{width}}{p['win']:>6}{p['tie']:>6}{p['loss']:>6}{rate:>22}{diff:>26}")
     lines.append(f"(gold judge: the world's gold reward + N(0, noise) per reply, graded 1-10 - not an LLM; "
                  f"{report['judge']['pairs'][0]['prompts']} prompts, first sample each; Wilson intervals; "
                  "gold diff = pargs minus the other, per prompt, mean ± 1.96 SE)")

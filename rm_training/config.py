@@ -94,6 +94,8 @@ class Training:
         positive("training.gradient_accumulation_steps", self.gradient_accumulation_steps)
         positive("training.num_train_epochs", self.num_train_epochs)
         positive("training.max_length", self.max_length)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("training.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
         if self.deepspeed and not os.path.exists(self.deepspeed):
             raise ConfigError("training.deepspeed", self.deepspeed, "no such file")
         if self.bf16 and self.fp16:

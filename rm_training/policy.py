@@ -20,14 +20,13 @@ a reward model that cannot read the policy's responses) stops before training wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 
-from pargs_batch.configlib import ConfigError, load_config
+from pargs_batch.configlib import ConfigError
 from rm_training import data as prefs
 from rm_training.policy_config import PolicyConfig
 
@@ -35,7 +34,6 @@ log = logging.getLogger("rm_training")
 
 LABELS = {"dpo": "DPO", "online-rl": "online RL (RLOO)"}  # the name every report row carries
 MAX_UNKNOWN_SHARE = 0.02  # of the policy's response tokens the reward tokenizer may read as unknown
-_ADAPTABLE = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d")
 
 
 def label(method: str) -> str:
@@ -54,10 +52,17 @@ def check_policy_model(cfg: PolicyConfig) -> list[str]:
     config = AutoConfig.from_pretrained(cfg.model)
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ConfigError("model", cfg.model, f"its architecture ({config.model_type}) is not a causal LM")
+    from transformers.pytorch_utils import Conv1D
+
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    needed = cfg.training.max_length if cfg.method == "dpo" else cfg.online_rl.max_completion_length
+    if positions and needed > positions:
+        key = "training.max_length" if cfg.method == "dpo" else "online_rl.max_completion_length"
+        raise ConfigError(key, needed, f"{cfg.model} reads at most {positions} positions")
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    adaptable = {name for name, module in skeleton.named_modules()
-                 if name and type(module).__name__ in _ADAPTABLE}
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+    adaptable = {name for name, module in skeleton.named_modules() if name and isinstance(module, kinds)}
     if cfg.lora.enabled and cfg.lora.target_modules != ["all-linear"]:
         for target in cfg.lora.target_modules:
             if not any(name == target or name.endswith("." + target) for name in adaptable):
@@ -68,7 +73,7 @@ def check_policy_model(cfg: PolicyConfig) -> list[str]:
 
 
 def check_reward_fits(cfg: PolicyConfig, triples: list[prefs.Triple]) -> None:
-    """online-rl: the reward model must be a one-output sequence classifier whose input settings work
+    """online-rl: the reward model must be a sequence classifier whose input settings work
     and whose tokenizer can read the policy's responses (this data's responses stand in for them)."""
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
@@ -97,15 +102,19 @@ def check_reward_fits(cfg: PolicyConfig, triples: list[prefs.Triple]) -> None:
                           f"other text - choose a reward model whose tokenizer covers the policy's outputs")
 
 
-def check_batches(cfg: PolicyConfig) -> None:
+def check_batches(cfg: PolicyConfig, world_size: int | None = None) -> None:
+    """online-rl: a generation batch (per device x ranks x accumulation) holds whole prompt groups."""
+    import os
+
     t = cfg.training
-    if cfg.method == "online-rl" and (t.per_device_train_batch_size * t.gradient_accumulation_steps) \
+    ranks = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.method == "online-rl" and (t.per_device_train_batch_size * ranks * t.gradient_accumulation_steps) \
             % cfg.online_rl.num_generations:
         raise ConfigError("training.per_device_train_batch_size", t.per_device_train_batch_size,
-                          f"per_device_train_batch_size x gradient_accumulation_steps "
-                          f"({t.per_device_train_batch_size} x {t.gradient_accumulation_steps}) must be a multiple of "
-                          f"online_rl.num_generations ({cfg.online_rl.num_generations}): each prompt's samples share "
-                          "one generation batch")
+                          f"per_device_train_batch_size x ranks x gradient_accumulation_steps "
+                          f"({t.per_device_train_batch_size} x {ranks} x {t.gradient_accumulation_steps}) must be a "
+                          f"multiple of online_rl.num_generations ({cfg.online_rl.num_generations}): each prompt's "
+                          "samples share one generation batch")
 
 
 def prepare(cfg: PolicyConfig):
@@ -175,6 +184,18 @@ class RewardModelFunction:
         return [float(x) for x in self.scorer.score(list(prompts), list(completions))]
 
 
+def reward_on_this_rank(reward):
+    """``device: auto`` on a multi-GPU launch means this rank's GPU (LOCAL_RANK), not GPU 0."""
+    import dataclasses
+    import os
+
+    import torch
+
+    if reward.device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return dataclasses.replace(reward, device=f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    return reward
+
+
 def unique_prompts(triples: list[prefs.Triple]) -> list[str]:
     return list(dict.fromkeys(t.prompt for t in triples))
 
@@ -204,9 +225,34 @@ def heldout_reward(model, tokenizer, reward_fn, prompts: list[str], max_new_toke
     return {"mean": round(float(values.mean()), 4), "se": round(se, 4), "prompts": len(values), "samples": samples}
 
 
-def save_merged(cfg: PolicyConfig, trainer, tokenizer) -> None:
-    """Write the output checkpoint: LoRA adapters folded into a fresh copy of the base weights (so the
-    same code serves ZeRO-3, where the trainer's model is partitioned), or the full weights."""
+def stored_dtype(model: str):
+    """The dtype a checkpoint's config records (float32 when it records none)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def clip_prompts(tokenizer, prompts: list[str], limit: int) -> tuple[list[str], int]:
+    """Prompts longer than ``limit`` tokens keep their last ``limit`` (the question is at the end, as
+    the reward scorer cuts too); returns them and how many were cut."""
+    out, cut = [], 0
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(ids) > limit:
+            prompt, cut = tokenizer.decode(ids[-limit:]), cut + 1
+        out.append(prompt)
+    return out, cut
+
+
+def save_merged(cfg: PolicyConfig, trainer) -> None:
+    """Write the output checkpoint: LoRA adapters folded into a fresh float32 copy of the base weights
+    (so the same code serves ZeRO-3, where the trainer's model is partitioned), stored in the base's
+    dtype; or the full weights. Every rank waits until rank 0 has written it."""
+    import torch
+
     out = Path(cfg.training.output_dir)
     if not cfg.lora.enabled:
         trainer.save_model(str(out))
@@ -221,21 +267,33 @@ def save_merged(cfg: PolicyConfig, trainer, tokenizer) -> None:
                 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
                 unset_hf_deepspeed_config()  # load whole weights, not ZeRO-3 partitions
-            base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
+            dtype = stored_dtype(cfg.model)
+            base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
             merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-            merged.save_pretrained(str(out))
+            merged.to(dtype).save_pretrained(str(out))
     if trainer.is_world_process_zero():
-        tokenizer.padding_side = "left" if cfg.method == "online-rl" else tokenizer.padding_side
-        tokenizer.save_pretrained(str(out))
+        from transformers import AutoTokenizer
+
+        # the tokenizer as the user gave it (training changed its padding side and pad token)
+        AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model).save_pretrained(str(out))
+    trainer.accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------- the two methods
 
-def train_dpo(cfg: PolicyConfig, train_triples, held) -> tuple[object, dict]:
+def train_dpo(cfg: PolicyConfig, train_triples, held) -> tuple[tuple, dict]:
     import datasets
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = load_tokenizer(cfg, "right")
+    limit = cfg.training.max_length
+    too_long = sum(len(tokenizer(t.prompt)["input_ids"]) >= limit for t in train_triples)
+    if too_long == len(train_triples):
+        raise ConfigError("training.max_length", limit, "every training prompt is at least this long: DPO would "
+                          "drop every pair")
+    if too_long:
+        log.warning("%d of %d training prompts reach training.max_length (%d): DPO drops their pairs",
+                    too_long, len(train_triples), limit)
     d = cfg.dpo
     args = DPOConfig(**common_args(cfg), beta=d.beta, loss_type=[d.loss_type], max_length=cfg.training.max_length)
     trainer = DPOTrainer(model=cfg.model, args=args,
@@ -245,10 +303,15 @@ def train_dpo(cfg: PolicyConfig, train_triples, held) -> tuple[object, dict]:
     heldout = {}
     if held and not cfg.training.deepspeed:  # (an evaluation first would leave DeepSpeed in inference mode)
         heldout["before"] = _dpo_eval(trainer)
+    elif held:
+        log.warning("DeepSpeed: the held-out margin is measured after training only")
     result, seconds = _fit(trainer)
     if held:
         heldout["after"] = _dpo_eval(trainer)
-    return (trainer, tokenizer, result, seconds), {"heldout_implicit_reward": heldout} if heldout else {}
+    extra = {"dropped_long_prompts": too_long}
+    if heldout:
+        extra["heldout_implicit_reward"] = heldout
+    return (trainer, result, seconds), extra
 
 
 def _dpo_eval(trainer) -> dict:
@@ -257,31 +320,39 @@ def _dpo_eval(trainer) -> dict:
             "loss": round(m["eval_loss"], 4)}
 
 
-def train_online_rl(cfg: PolicyConfig, train_triples, held) -> tuple[object, dict]:
+def train_online_rl(cfg: PolicyConfig, train_triples, held) -> tuple[tuple, dict]:
     import datasets
     from trl import RLOOConfig, RLOOTrainer
 
     tokenizer = load_tokenizer(cfg, "left")
     o = cfg.online_rl
-    reward_fn = RewardModelFunction(o.reward)
+    # made before RLOOConfig turns ZeRO-3 on for every from_pretrained; each rank's copy on its own GPU
+    reward_fn = RewardModelFunction(reward_on_this_rank(o.reward))
     args = RLOOConfig(**common_args(cfg), beta=o.beta, num_generations=o.num_generations,
                       max_completion_length=o.max_completion_length, temperature=o.temperature, top_k=0,
                       log_completions=False)
-    prompts = unique_prompts(train_triples)
+    prompts, cut = clip_prompts(tokenizer, unique_prompts(train_triples),
+                                cfg.training.max_length - o.max_completion_length)
+    if cut:
+        log.warning("%d of %d prompts kept only their last %d tokens (training.max_length - max_completion_length)",
+                    cut, len(prompts), cfg.training.max_length - o.max_completion_length)
     trainer = RLOOTrainer(model=cfg.model, reward_funcs=reward_fn, args=args,
                           train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
                           processing_class=tokenizer, peft_config=lora_config(cfg))
-    eval_prompts = unique_prompts(held)[:o.heldout_prompts]
+    eval_prompts, _ = clip_prompts(tokenizer, unique_prompts(held)[:o.heldout_prompts],
+                                   cfg.training.max_length - o.max_completion_length)
     measure = (lambda model: heldout_reward(model, tokenizer, reward_fn, eval_prompts, o.max_completion_length,
                                             o.temperature, cfg.training.seed)) if eval_prompts else None
     heldout = {"before": measure(trainer.model)} if measure and not cfg.training.deepspeed else {}
+    if measure and cfg.training.deepspeed:
+        log.warning("DeepSpeed: the held-out reward is not measured (the policy is partitioned across ranks)")
     result, seconds = _fit(trainer)
     if measure and not cfg.training.deepspeed:
         heldout["after"] = measure(trainer.model)
-    extra = {"algorithm": "RLOO", "kl_beta": o.beta, "train_prompts": len(prompts)}
+    extra = {"algorithm": "RLOO", "kl_beta": o.beta, "train_prompts": len(prompts), "clipped_prompts": cut}
     if heldout:
         extra["heldout_reward"] = heldout
-    return (trainer, tokenizer, result, seconds), extra
+    return (trainer, result, seconds), extra
 
 
 def _fit(trainer):
@@ -301,8 +372,8 @@ def train_policy(cfg: PolicyConfig) -> dict:
     log.info("%s: %d training triples, %d held out", label(cfg.method), len(train_triples), len(held))
     torch.manual_seed(cfg.training.seed)
     runner = train_dpo if cfg.method == "dpo" else train_online_rl
-    (trainer, tokenizer, result, fit_seconds), extra = runner(cfg, train_triples, held)
-    save_merged(cfg, trainer, tokenizer)
+    (trainer, result, fit_seconds), extra = runner(cfg, train_triples, held)
+    save_merged(cfg, trainer)
     if not trainer.is_world_process_zero():
         return {}
     summary = {
@@ -348,19 +419,10 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rm_training.policy", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML config (see rm_training/configs/dpo.yaml, online_rl.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. method=dpo training.max_steps=10")
-    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # deepspeed launcher
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(PolicyConfig, args.config, args.overrides)
-        train_policy(cfg)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    return 0
+    from rm_training.train import job_main
+
+    return job_main(argv, "python -m rm_training.policy", __doc__, PolicyConfig, train_policy,
+                    "rm_training/configs/dpo.yaml, online_rl.yaml")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from rm_training.config import PreferenceData, Training
 
 METHODS = ("dpo", "online-rl")
 ONLINE_RL_ALGORITHMS = ("rloo",)  # TRL 1.x ships no PPO trainer; RLOO is its KL-penalised REINFORCE
-DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust")
+DPO_LOSSES = ("sigmoid", "hinge", "ipo")
 
 
 @dataclass
@@ -46,7 +46,7 @@ class DPOOptions:
     """Direct preference optimisation (Rafailov et al.), TRL's DPOTrainer."""
 
     beta: float = option("KL strength: the implicit reward is beta * log(pi / pi_ref)", 0.1)
-    loss_type: str = option("sigmoid (the DPO paper's), hinge, ipo or robust", "sigmoid")
+    loss_type: str = option("sigmoid (the DPO paper's), hinge or ipo", "sigmoid")
 
     def __post_init__(self):
         positive("dpo.beta", self.beta)
@@ -86,7 +86,23 @@ class PolicyTraining(Training):
     learning_rate: float = option("peak learning rate", 5e-5)
     per_device_train_batch_size: int = option("pairs (dpo) or completions (online-rl) per device per step", 1)
     per_device_eval_batch_size: int = option("pairs per device per evaluation step", 8)
-    max_length: int = option("dpo: prompt + response limit in tokens (the prompt keeps its start)", 512)
+    max_length: int = option("prompt + response limit in tokens (dpo: longer pairs are cut, the prompt keeps its "
+                             "start; online-rl: prompts keep their last max_length - max_completion_length tokens)",
+                             512)
+
+
+def check_zero3_saves_weights(path: str) -> None:
+    """Under ZeRO-3 the trainer writes whole weights only when the config asks it to gather them."""
+    import json
+
+    try:
+        ds = json.loads(open(path).read())
+    except (OSError, ValueError) as e:
+        raise ConfigError("training.deepspeed", path, f"not a readable JSON file ({e.__class__.__name__})") from None
+    zero = ds.get("zero_optimization", {})
+    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
+        raise ConfigError("training.deepspeed", path, "ZeRO-3 without zero_optimization."
+                          "stage3_gather_16bit_weights_on_model_save: true saves no weights to merge")
 
 
 @dataclass
@@ -110,6 +126,12 @@ class PolicyConfig:
             check_model_path("tokenizer", self.tokenizer)
         if self.method == "online-rl" and not self.online_rl.reward.path:
             raise ConfigError("online_rl.reward.path", "", "online-rl needs a reward model")
+        if self.method == "online-rl" and self.online_rl.max_completion_length >= self.training.max_length:
+            raise ConfigError("online_rl.max_completion_length", self.online_rl.max_completion_length,
+                              f"must be below training.max_length ({self.training.max_length}), which holds the "
+                              "prompt too")
+        if self.training.deepspeed:
+            check_zero3_saves_weights(self.training.deepspeed)
         if self.method == "online-rl" and self.online_rl.reward.backend != "hf":
             raise ConfigError("online_rl.reward.backend", self.online_rl.reward.backend,
                               "online-rl scores whole responses with the hf scorer")

@@ -302,20 +302,25 @@ def print_summary(s: dict) -> None:
         print(f"    prefixes {name:>8} of the response: accuracy {b['accuracy']:.3f} over {b['pairs']} pairs")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rm_training.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML config (see rm_training/configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. mode=full training.max_steps=10")
+def job_main(argv: list[str] | None, prog: str, doc: str, schema: type, job, examples: str) -> int:
+    """The command line of a training job: ``--config FILE`` plus dotted overrides into ``schema``,
+    then ``job(config)``; a ConfigError is one line on stderr and exit code 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--config", help=f"YAML config (see {examples})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.max_steps=10")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # deepspeed launcher
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-        train(cfg)
+        job(load_config(schema, args.config, args.overrides))
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main(argv, "python -m rm_training.train", __doc__, TrainConfig, train, "rm_training/configs/")
 
 
 if __name__ == "__main__":

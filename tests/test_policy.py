@@ -137,6 +137,9 @@ def test_a_reward_model_that_cannot_read_the_policy_outputs_stops_before_trainin
     (["online_rl.reward.path="], "online_rl.reward.path=''"),
     (["lora.target_modules=[all-linear, c_attn]"], "all-linear stands alone"),
     (["method=ppo"], "method='ppo' is not allowed: expected one of dpo, online-rl"),
+    (["online_rl.max_completion_length=128"], "must be below training.max_length (128)"),
+    (["training.warmup_ratio=150"], "training.warmup_ratio=150.0 is not allowed: must be in [0, 1)"),
+    (["dpo.loss_type=robust"], "expected one of sigmoid, hinge, ipo"),
 ])
 def test_bad_policy_config_names_the_key(reduced_world, tmp_path, overrides, message):
     import re
@@ -147,6 +150,26 @@ def test_bad_policy_config_names_the_key(reduced_world, tmp_path, overrides, mes
     cfg = policy_config(reduced_world, "online-rl", tmp_path, reduced=True)
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_batches(build(PolicyConfig, apply_overrides(cfg, overrides)))
+
+
+def test_online_rl_batches_count_every_rank(reduced_world, tmp_path):
+    from rm_training.policy import check_batches
+
+    cfg = build(PolicyConfig, {**policy_config(reduced_world, "online-rl", tmp_path, reduced=True),
+                               "training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1}})
+    check_batches(cfg, world_size=2)  # 2 per device x 2 GPUs: one prompt's 4 samples
+    with pytest.raises(ConfigError, match=r"2 x 1 x 1\) must be a multiple"):
+        check_batches(cfg, world_size=1)
+
+
+def test_zero3_without_gathered_weights_is_refused(reduced_world, tmp_path):
+    shipped = json.loads((ROOT / "rm_training/configs/zero3.json").read_text())
+    shipped["zero_optimization"].pop("stage3_gather_16bit_weights_on_model_save")
+    (tmp_path / "z3.json").write_text(json.dumps(shipped))
+    cfg = policy_config(reduced_world, "dpo", tmp_path, reduced=True)
+    cfg["training"]["deepspeed"] = str(tmp_path / "z3.json")
+    with pytest.raises(ConfigError, match="stage3_gather_16bit_weights_on_model_save"):
+        build(PolicyConfig, cfg)
 
 
 @pytest.mark.parametrize("method", ["dpo", "online-rl"])
