@@ -62,7 +62,8 @@ def test_write_kill_resume_and_read_back_on_s3(world, models, tmp_path, s3):
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, **CREDENTIALS}
     driver = subprocess.Popen([CLI, "generate", "--config", str(path), "--no-progress"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     selector = pafs.FileSelector("runs/out", recursive=True, allow_not_found=True)
 
     def durable():  # micro-batches written: in part files, or pending for a part not yet written
@@ -74,7 +75,7 @@ def test_write_kill_resume_and_read_back_on_s3(world, models, tmp_path, s3):
     while time.time() < deadline and driver.poll() is None and durable() < 4:  # one file and one batch of the next
         time.sleep(0.05)
     assert driver.poll() is None, "the run finished before it could be killed"
-    driver.send_signal(signal.SIGKILL)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its vLLM engine process: no orphan left
     driver.wait()
     assert 4 <= durable() < 12
 

@@ -110,12 +110,13 @@ def test_a_driver_killed_at_random_points_resumes_exactly_once(ray_local, world,
     targets = sorted(rng.sample([n for n in range(2, 17) if n % 3], 2))
     for target in targets:
         driver = subprocess.Popen([CLI, "generate", "--config", str(path), "--no-progress"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None and durable_batches(out, 3) < target:
             time.sleep(0.05)
         assert driver.poll() is None, "the run finished before it could be killed"
-        driver.send_signal(signal.SIGKILL)
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its vLLM engine process: no orphan left
         driver.wait()
         assert target <= durable_batches(out, 3) < 20
         assert all(pq.read_metadata(f).num_rows == 6 for f in out.glob("part-*.parquet"))  # whole files only
