@@ -201,6 +201,8 @@ class RunDir:
             if match and match.group(1) == "mb":
                 self.pending_rows += self._collect(info.path)
                 self.pending_bytes += info.size
+        if self.pending_rows >= self.rows_per_file or self.pending_bytes >= self.target_bytes:
+            self.roll()  # the crash came during the roll that closes this file: finish it first
 
     def _parts(self) -> dict[int, str]:
         """The part files present: number -> path."""

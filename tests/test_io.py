@@ -130,6 +130,21 @@ def test_reopening_keeps_pending_micro_batches_and_drops_what_a_crash_left_half_
     assert listing(out) == [".pargs/run.json", "part-000000.parquet", "part-000001.parquet"]
 
 
+def test_a_crash_during_the_roll_that_closes_a_file_finishes_that_file_first(tmp_path):
+    """Killed after a file's last micro-batch was durable but before its compaction was renamed: the
+    rerun compacts it as it was, so no part file holds more than rows_per_file rows."""
+    run = open_run(tmp_path, rows_per_file=100)
+    run.write([response("a"), response("b")])  # what rows_per_file=2 would have rolled
+    out = tmp_path / "out"
+    (out / "part-000000.parquet.tmp").write_text("half")
+    again = open_run(tmp_path, rows_per_file=2)
+    assert again.resumed_rows == 2 and listing(out) == [".pargs/run.json", "part-000000.parquet"]
+    again.write([response("c")])
+    again.close()
+    assert [pq.read_metadata(out / f"part-00000{n}.parquet").num_rows for n in (0, 1)] == [2, 1]
+    assert read_output(again.path).column("id").to_pylist() == ["a", "b", "c"]
+
+
 def test_a_crash_between_compaction_and_clean_up_never_duplicates_rows(tmp_path):
     run = open_run(tmp_path)
     run.write([response("a")])
