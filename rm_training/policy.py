@@ -365,7 +365,11 @@ def _fit(trainer):
 
 def train_policy(cfg: PolicyConfig) -> dict:
     """Run one policy-training job; returns (and writes) the training summary."""
+    import dataclasses
+
     import torch
+
+    from rm_training.train import _zero_stage as zero_stage
 
     start = time.perf_counter()
     train_triples, held, reports = prepare(cfg)
@@ -380,29 +384,17 @@ def train_policy(cfg: PolicyConfig) -> dict:
         "method": cfg.method, "label": label(cfg.method), "model": cfg.model, "output": cfg.training.output_dir,
         "data": reports, "train_triples": len(train_triples), "heldout_triples": len(held),
         "steps": result.global_step, "train_loss": result.training_loss,
-        "deepspeed_zero_stage": _zero_stage(trainer),
+        "deepspeed_zero_stage": zero_stage(trainer),
         "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": cfg.lora.target_modules} if cfg.lora.enabled
         else None,
         **extra,
         "train_seconds": round(fit_seconds, 2),
         "wall_seconds": round(time.perf_counter() - start, 2),
-        "config": _config_dict(cfg),
+        "config": dataclasses.asdict(cfg),
     }
     Path(cfg.training.output_dir, "training_summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
-
-
-def _zero_stage(trainer) -> int | None:
-    from rm_training.train import _zero_stage as stage
-
-    return stage(trainer)
-
-
-def _config_dict(cfg: PolicyConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def print_summary(s: dict) -> None:
