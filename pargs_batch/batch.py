@@ -73,9 +73,51 @@ class ResponseRow:
     llm: str = column(pa.string())
     reward_model: str | None = column(pa.string())
     error: str | None = column(pa.string(), default=None)
+    # what the row cost (see ``Cost``)
+    llm_prefill_tokens: int = column(pa.int64(), default=0)
+    llm_decode_tokens: int = column(pa.int64(), default=0)
+    reward_tokens: int = column(pa.int64(), default=0)
+    reward_calls: int = column(pa.int64(), default=0)
+    wall_s: float = column(pa.float64(), default=0.0)
 
     def __post_init__(self):
         self.num_tokens = len(self.response_token_ids)
+
+    def charge(self, cost: Cost) -> ResponseRow:
+        """Set the row's cost columns from ``cost``."""
+        for name in COST_FIELDS:
+            setattr(self, name, getattr(cost, name))
+        return self
+
+
+@dataclass
+class Cost:
+    """The compute one row used, counted where it is spent:
+
+    - ``llm_prefill_tokens``: prompt tokens the LLM computed (not served from vLLM's prefix cache),
+      over every request made for the row - the stepped loop's one-token requests re-prefill the
+      tail that no cached block holds;
+    - ``llm_decode_tokens``: tokens the LLM generated for the row, kept or not (best-of-n's N
+      candidates, early rejection's dropped ones, blockwise's unchosen blocks);
+    - ``reward_tokens``: tokens the reward model(s) read for the row (each model's own tokenizer;
+      padding not counted);
+    - ``reward_calls``: (context, response prefix) inputs scored for the row, once per reward model.
+    """
+
+    llm_prefill_tokens: int = 0
+    llm_decode_tokens: int = 0
+    reward_tokens: int = 0
+    reward_calls: int = 0
+
+    def add(self, prefill: int = 0, decode: int = 0, reward_tokens: int = 0, reward_calls: int = 0) -> None:
+        self.llm_prefill_tokens += int(prefill)
+        self.llm_decode_tokens += int(decode)
+        self.reward_tokens += int(reward_tokens)
+        self.reward_calls += int(reward_calls)
+
+
+COST_FIELDS = tuple(f.name for f in dataclasses.fields(Cost))
+COST_COLUMNS = COST_FIELDS + ("wall_s",)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import CandidateRow, MicroBatchResult, PromptRow
+from pargs_batch.batch import CandidateRow, Cost, MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
 
@@ -31,13 +31,14 @@ class BestOfN:
             t0 = clock()
             seeds = decoding.request_seed(d.seed, decoding.id_hashes([p.id for _, p, _, _ in jobs]),
                                           np.array([s for _, _, _, s in jobs]))
+            prefill: list[int] = []
             samples = self.engine.sample([ids for _, _, ids, _ in jobs], self.n, seeds.tolist(), d.max_new_tokens,
-                                         d.top_k, d.temperature, d.stop, d.ignore_eos)
+                                         d.top_k, d.temperature, d.stop, d.ignore_eos, prefill=prefill)
             t1 = clock()
             flat = [(job, c) for job, cands in zip(jobs, samples) for c in cands]
-            rewards = self.scorer.score([job[1].context for job, _ in flat], [c[1] for _, c in flat])
+            rewards, read = self.scorer.score_costed([job[1].context for job, _ in flat], [c[1] for _, c in flat])
             t2 = clock()
-            rewards = rewards.reshape(len(jobs), self.n)
+            rewards, read = rewards.reshape(len(jobs), self.n), read.reshape(len(jobs), self.n).sum(1)
             best = decoding.greedy(np.where(np.isfinite(rewards), rewards, -np.inf))  # non-finite never wins
             failed = decoding.unscorable(rewards)
             for j, ((i, p, _, s), cands) in enumerate(zip(jobs, samples)):
@@ -46,7 +47,10 @@ class BestOfN:
                     rows[(i, s)] = self.rows.row(p.id, s, p.prompt, "", [], "error", None, self.rows.nonfinite_error(self.n, "(whole responses)"))
                 else:
                     rows[(i, s)] = self.rows.row(p.id, s, p.prompt, text, ids, reason, [float(rewards[j, best[j]])])
-                result.tokens += sum(len(c[0]) for c in cands)
+                cost = Cost()
+                cost.add(prefill[j], sum(len(c[0]) for c in cands), read[j], self.n)
+                rows[(i, s)].charge(cost)
+                result.tokens += cost.llm_decode_tokens
                 result.candidates += [CandidateRow(id=p.id, sample_index=s, candidate_index=c_i, response=c[1],
                                                    response_token_ids=c[0], finish_reason=c[2],
                                                    reward=float(rewards[j, c_i]), selected=bool(c_i == best[j]))

@@ -299,6 +299,10 @@ class CausalRewardScorer:
         """Whole (context, response) texts, tokenised with the shared tokenizer (as ``HFRewardScorer.score``).
         A conversation is rendered as the LLM saw it (its chat template, generation prompt added), so
         whole responses are read as the steps read their prefixes."""
+        return self.score_costed(contexts, responses)[0]
+
+    def score_costed(self, contexts: list, responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``score``, and the tokens read for each input."""
         tok, out = self.tokenizer, [None] * len(contexts)
         plain = [i for i, c in enumerate(contexts) if not isinstance(c, list)]
         chat = [i for i, c in enumerate(contexts) if isinstance(c, list)]
@@ -311,4 +315,4 @@ class CausalRewardScorer:
                      for i in chat]
             for i, ids in zip(chat, tok(texts, add_special_tokens=False)["input_ids"]):
                 out[i] = ids
-        return self.score_ids(out)
+        return self.score_ids(out), np.array([len(ids) for ids in out], dtype=np.int64)

@@ -107,7 +107,11 @@ class DecodeConfig:
     stop: list[str] = option("strings that end a response (not included in it)", factory=list)
     ignore_eos: bool = option("keep going past EOS until max_new_tokens (for benchmarks)", False)
     seed: int = option("seed of the per-(prompt, sample, step) random draws", 0)
-    n_candidates: int | None = option("best-of-n: whole responses sampled per prompt (default: top_k)", None)
+    n_candidates: int | None = option("best-of-n and early-rejection: responses sampled per prompt (N); blockwise: "
+                                      "samples per block (K); default: top_k", None)
+    block_tokens: int = option("blockwise: tokens per block; early-rejection: tokens between two reward checks", 8)
+    reject_fraction: float = option("early-rejection: share of the candidates still alive dropped at each check "
+                                    "(the worst by the reward model; at least one is kept), in [0, 1)", 0.5)
     micro_batch_size: int = option("prompts stepped together through engine and reward model", 64)
 
     def __post_init__(self):
@@ -120,6 +124,10 @@ class DecodeConfig:
         positive("decode.num_samples", self.num_samples)
         positive("decode.micro_batch_size", self.micro_batch_size)
         positive("decode.n_candidates", self.n_candidates)
+        if not isinstance(self.block_tokens, int) or self.block_tokens < 1:
+            raise ConfigError("decode.block_tokens", self.block_tokens, "must be an integer >= 1")
+        if not 0 <= self.reject_fraction < 1:
+            raise ConfigError("decode.reject_fraction", self.reject_fraction, "must be in [0, 1)")
         if any(not s for s in self.stop):
             raise ConfigError("decode.stop", self.stop, "stop strings must be non-empty")
 
@@ -259,7 +267,8 @@ class GenerateConfig:
         if self.decode.top_k > self.model.max_logprobs:
             raise ConfigError("decode.top_k", self.decode.top_k,
                               f"must be <= model.max_logprobs ({self.model.max_logprobs})")
-        if self.engine.mode == "fused" and self.decode.method != "best-of-n" and self.model.tensor_parallel_size > 1:
+        if self.engine.mode == "fused" and METHODS[self.decode.method].tokenwise and \
+                self.model.tensor_parallel_size > 1:
             raise ConfigError("engine.mode", self.engine.mode,
                               "fused with model.tensor_parallel_size > 1 is not supported: every tensor-parallel "
                               "rank would load and run its own copy of the reward model; use stepped mode")

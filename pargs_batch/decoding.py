@@ -24,6 +24,12 @@ class Method:
     uses_reward: bool
     greedy: bool
     help: str
+    runner: str = "token"  # token (stepped or fused), best-of-n, blockwise, early-rejection
+
+    @property
+    def tokenwise(self) -> bool:
+        """Chosen one token at a time (the stepped loop or the fused logits processor)."""
+        return self.runner == "token"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -31,7 +37,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("args", True, True, "argmax of log pi_ref + beta * r, with a full-sequence RM (ARGS)"),
     Method("pargs-greedy", True, True, "argmax of log pi_ref + beta * r, with a partial-sequence RM"),
     Method("pargs", True, False, "sample from softmax(log pi_ref + beta * r), with a partial-sequence RM"),
-    Method("best-of-n", True, False, "N whole top-k samples of pi_ref, the one the RM likes best kept"),
+    Method("best-of-n", True, False, "N whole top-k samples of pi_ref, the one the RM likes best kept",
+           "best-of-n"),
+    Method("blockwise", True, False, "per block of block_tokens tokens, K = n_candidates samples of pi_ref, one "
+           "drawn with probability softmax(beta * r / temperature)", "blockwise"),
+    Method("blockwise-greedy", True, True, "per block of block_tokens tokens, K = n_candidates samples of pi_ref, "
+           "the one with the highest log pi_ref(block) + beta * r kept", "blockwise"),
+    Method("early-rejection", True, True, "N = n_candidates samples of pi_ref grown together; every block_tokens "
+           "tokens the worst reject_fraction is dropped by the RM; the best survivor kept", "early-rejection"),
 ]}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -70,6 +83,15 @@ def request_seed(seed: int, id_hash: np.ndarray, sample_index: np.ndarray) -> np
     keyed hash at step 2**64 - 1, which no decode step reaches."""
     u = keyed_uniforms(seed, id_hash, sample_index, np.full(len(id_hash), 2**64 - 1, dtype=np.uint64))
     return (u * 2**63).astype(np.int64)
+
+
+def block_seeds(seed: int, id_hash: np.ndarray, sample_index: np.ndarray, block: np.ndarray,
+                candidate: np.ndarray) -> np.ndarray:
+    """A 63-bit vLLM seed per (prompt, sample, block, candidate) for the block methods' requests:
+    the keyed hash at a step of 2**62 + block * 2**20 + candidate, which no decode step reaches."""
+    step = np.uint64(2**62) + np.asarray(block).astype(np.uint64) * np.uint64(2**20) + \
+        np.asarray(candidate).astype(np.uint64)
+    return (keyed_uniforms(seed, id_hash, sample_index, step) * 2**63).astype(np.int64)
 
 
 def order_candidates(ids: np.ndarray, logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

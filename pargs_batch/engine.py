@@ -67,6 +67,12 @@ def _flat_positions(output) -> tuple:
     return lp.token_ids[start:end], lp.logprobs[start:end]
 
 
+def prefill_computed(output) -> int:
+    """Prompt tokens the engine computed for one request: those not served from the prefix cache
+    (vLLM's ``num_cached_tokens``; for ``n > 1`` the count of the child vLLM reports last)."""
+    return len(output.prompt_token_ids or []) - int(output.num_cached_tokens or 0)
+
+
 def _finish_reason(completion) -> str:
     """eos (an EOS id, vLLM's own or one of ``stop_token_ids``), stop (a stop string) or length."""
     if completion.finish_reason == "length":
@@ -98,6 +104,12 @@ class Engine:
         )
         # the stepped loop resubmits every sequence each token: only whole cached blocks are reused
         kwargs["block_size"] = config.block_size or (32 if current_platform.is_cpu() else 16)
+        if current_platform.is_cpu():
+            # vLLM's CPU runner cannot rewind a seeded request's torch generator when a step's token is
+            # discarded because its prompt was only partly prefilled ("CPU Generator does not use
+            # offset" kills the engine): whole prompts only (vLLM then sizes the step's token budget
+            # to hold the longest)
+            kwargs["enable_chunked_prefill"] = False
         if config.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
         else:
@@ -109,8 +121,10 @@ class Engine:
         # every mode stops on the same set (vLLM's own default would add only generation_config's)
         self.eos_ids = eos_token_ids(config.path, self.llm.get_tokenizer())
 
-    def topk(self, prefixes: list[list[int]], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """For each token-id prefix, the k most likely next tokens and their log-probabilities."""
+    def topk(self, prefixes: list[list[int]], k: int, prefill: list | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """For each token-id prefix, the k most likely next tokens and their log-probabilities;
+        ``prefill`` (a list) is extended with each request's computed prompt tokens."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -120,32 +134,45 @@ class Engine:
                                 flat_logprobs=True)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params,
                                     use_tqdm=False)
+        if prefill is not None:
+            prefill.extend(map(prefill_computed, outputs))
         return topk_arrays([_flat_positions(o.outputs[0]) for o in outputs], k)
 
     def sample(self, prefixes: list[list[int]], n: int, seeds: list[int], max_tokens: int, top_k: int,
-               temperature: float, stop: list[str], ignore_eos: bool = False) -> list[list[tuple]]:
+               temperature: float, stop: list[str], ignore_eos: bool = False, prefill: list | None = None,
+               logprob: bool = False) -> list[list[tuple]]:
         """n whole samples of pi_ref per prefix, one seeded request each (batch-independent).
 
         Returns, per prefix, n tuples (token ids, text, finish reason): ``eos``, ``stop`` (a stop
-        string, cut from the text as vLLM does) or ``length``. Text is vLLM's own detokenisation,
-        which its stop-string handling needs.
+        string, cut from the text as vLLM does) or ``length``; with ``logprob`` a fourth item, the
+        sample's log pi_ref (the sum of its tokens' raw logprobs). Text is vLLM's own
+        detokenisation, which its stop-string handling needs. ``prefill`` (a list) is extended
+        with each request's computed prompt tokens.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=n, seed=seed, max_tokens=max_tokens, top_k=top_k, temperature=temperature,
                                  stop=stop or None, ignore_eos=ignore_eos, skip_special_tokens=True,
-                                 stop_token_ids=None if ignore_eos else sorted(self.eos_ids))
+                                 stop_token_ids=None if ignore_eos else sorted(self.eos_ids),
+                                 logprobs=0 if logprob else None)
                   for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
-        return [[(list(c.token_ids), c.text, _finish_reason(c)) for c in sorted(o.outputs, key=lambda c: c.index)]
-                for o in outputs]
+        if prefill is not None:
+            prefill.extend(map(prefill_computed, outputs))
+
+        def item(c) -> tuple:
+            out = (list(c.token_ids), c.text, _finish_reason(c))
+            return out + (float(c.cumulative_logprob or 0.0),) if logprob else out
+
+        return [[item(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
 
     def guided(self, prefixes: list[list[int]], seeds: list[int], extra_args: list[dict], max_tokens: int,
-               temperature: float, stop: list[str], ignore_eos: bool = False) -> list[tuple]:
+               temperature: float, stop: list[str], ignore_eos: bool = False, prefill: list | None = None
+               ) -> list[tuple]:
         """Whole responses, one seeded request per prefix, guided by the fused logits processor.
 
-        Returns (token ids, text, finish reason) per prefix."""
+        Returns (token ids, text, finish reason) per prefix; ``prefill`` as in ``sample``."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -154,6 +181,8 @@ class Engine:
                                  stop_token_ids=None if ignore_eos else sorted(self.eos_ids))
                   for seed, extra in zip(seeds, extra_args)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prefixes], params, use_tqdm=False)
+        if prefill is not None:
+            prefill.extend(map(prefill_computed, outputs))
         return [(list(o.outputs[0].token_ids), o.outputs[0].text, _finish_reason(o.outputs[0])) for o in outputs]
 
     def fused_records(self, keys: list[str]) -> dict[str, dict]:

@@ -36,7 +36,7 @@ from vllm.v1.sample.logits_processor import (
 )
 
 from pargs_batch import decoding
-from pargs_batch.batch import MicroBatchResult, PromptRow
+from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig, RewardConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
 
@@ -61,6 +61,8 @@ class _Row:
     failed_at: int | None = None  # the step at which no candidate had a finite reward
     pending: tuple | None = None  # (candidate ids, their rewards, their detok windows) of the last step
     timings: dict = field(default_factory=lambda: defaultdict(float))
+    reward_tokens: int = 0        # what the reward model read for the row, and the inputs it scored
+    reward_calls: int = 0
 
     def reward_of(self, token: int) -> float | None:
         if self.pending is None:
@@ -207,6 +209,9 @@ class Guide:
         if guided and self.incremental:
             rewards[guided] = self._score_causal([rows[n] for n in guided], ids_np[guided])
             t2, t3 = t1, time.perf_counter()
+            for n in guided:  # one candidate token read per candidate
+                rows[n].reward_tokens += kmax
+                rows[n].reward_calls += kmax
         elif guided:
             states = [rows[n].detok for n in guided]
             flat = self.detok.decode_with(states, ids_np[guided])
@@ -216,8 +221,12 @@ class Guide:
                 texts += [self.detok.extended_text(rows[n].detok, w) for w in windows[n]]
                 prompts += [rows[n].prompt] * kmax
             t2 = time.perf_counter()
-            rewards[guided] = self.scorer.score(prompts, texts).reshape(len(guided), kmax)
+            scored, read = self.scorer.score_costed(prompts, texts)
+            rewards[guided] = scored.reshape(len(guided), kmax)
             t3 = time.perf_counter()
+            for n, tokens in zip(guided, read.reshape(len(guided), kmax).sum(1)):
+                rows[n].reward_tokens += int(tokens)
+                rows[n].reward_calls += kmax
         else:
             t2 = t3 = t1
         score = guided_scores(lp_np, rewards, np.array([r.beta for r in rows]), np.array([r.k for r in rows]),
@@ -249,6 +258,8 @@ class Guide:
             self._sync(r)  # tokens committed while it was out of the session
         if fresh:
             start = self.scorer.start([r.prompt_ids + list(r.out_ids[: r.seen]) for r in fresh])
+            for r in fresh:
+                r.reward_tokens += len(r.prompt_ids) + r.seen
             self.session = self.scorer.merge(self.session, start)
             self.order += fresh
             for r in fresh:
@@ -375,7 +386,8 @@ class RecordsExtension:
                             [[int(t), float(r)] for t, r in zip(row.pending[0], row.pending[1])]
                         found[key] = {"rewards": [None if r is None else float(r) for r in row.rewards],
                                       "last_token_rewards": last, "timings": dict(row.timings),
-                                      "failed_at": row.failed_at}
+                                      "failed_at": row.failed_at, "reward_tokens": row.reward_tokens,
+                                      "reward_calls": row.reward_calls}
         return found
 
 
@@ -398,13 +410,18 @@ class FusedRunner:
                                   "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.context}}
                      for key, (_, p, _, _) in zip(keys, jobs)]
             t0 = time.perf_counter()
+            prefill: list[int] = []
             outputs = self.engine.guided([ids for _, _, ids, _ in jobs], seeds.tolist(), extra, d.max_new_tokens,
-                                         0.0 if method.greedy else d.temperature, d.stop, d.ignore_eos)
+                                         0.0 if method.greedy else d.temperature, d.stop, d.ignore_eos,
+                                         prefill=prefill)
             records = self.engine.fused_records(keys)
             wall = time.perf_counter() - t0
             inside = defaultdict(float)
-            for key, (i, p, _, s), (token_ids, text, reason) in zip(keys, jobs, outputs):
+            for key, (i, p, _, s), (token_ids, text, reason), computed in zip(keys, jobs, outputs, prefill):
                 record = records.get(key)
+                cost = Cost()
+                cost.add(computed, len(token_ids), (record or {}).get("reward_tokens", 0),
+                         (record or {}).get("reward_calls", 0))
                 rewards = None
                 if method.uses_reward and record is not None:
                     rewards = list(record["rewards"][: len(token_ids)])
@@ -418,9 +435,9 @@ class FusedRunner:
                     rows[(i, s)] = self.rows.row(
                         p.id, s, p.prompt, self.tokenizer.decode(token_ids[:n], skip_special_tokens=True),
                         token_ids[:n], "error", rewards[:n] if rewards else None,
-                        self.rows.nonfinite_error(d.top_k, f"at step {n}"))
+                        self.rows.nonfinite_error(d.top_k, f"at step {n}")).charge(cost)
                 else:
-                    rows[(i, s)] = self.rows.row(p.id, s, p.prompt, text, token_ids, reason, rewards)
+                    rows[(i, s)] = self.rows.row(p.id, s, p.prompt, text, token_ids, reason, rewards).charge(cost)
                 result.tokens += len(token_ids)
             result.phase_s = {"reward": inside["reward"], "decode": inside["decode"],
                               "engine": wall - inside["reward"] - inside["decode"]}

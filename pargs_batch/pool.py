@@ -24,18 +24,25 @@ from dataclasses import replace
 from pargs_batch import placement
 from pargs_batch.batch import MicroBatchResult, PromptRow, Runner
 from pargs_batch.config import GenerateConfig, RewardConfig
+from pargs_batch.decoding import METHODS
 from pargs_batch.models import Models
 from pargs_batch.rows import RowMaker
 from pargs_batch.scorers import reward_placement
 
 
 def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
-    """The runner of ``config``: best-of-n, fused (guidance inside vLLM) or stepped."""
+    """The runner of ``config``: best-of-n, a block method, fused (guidance inside vLLM) or stepped."""
     rows = RowMaker(config.decode, config.model.path, config.reward.path or None)
-    if config.decode.method == "best-of-n":
+    runner = METHODS[config.decode.method].runner
+    if runner == "best-of-n":
         from pargs_batch.bestofn import BestOfN
 
         return BestOfN(engine, tokenizer, config.decode, rows, scorer)
+    if runner in ("blockwise", "early-rejection"):
+        from pargs_batch.blocks import Blockwise, EarlyRejection
+
+        cls = Blockwise if runner == "blockwise" else EarlyRejection
+        return cls(engine, tokenizer, config.decode, rows, scorer)
     if config.engine.mode == "fused":
         from pargs_batch.fused import FusedRunner
 
@@ -68,8 +75,8 @@ class LockedEngine:
                 if self.count:
                     self.preempted += self.engine.preemptions() - before
 
-    def topk(self, prefixes, k):
-        return self._locked(self.engine.topk, prefixes, k)
+    def topk(self, prefixes, k, **kwargs):
+        return self._locked(self.engine.topk, prefixes, k, **kwargs)
 
     def sample(self, *args, **kwargs):
         return self._locked(self.engine.sample, *args, **kwargs)
@@ -89,17 +96,21 @@ class RemoteScorer:
         self.actors = list(actors)
 
     def score(self, prompts: list[str], responses: list[str]):
+        return self.score_costed(prompts, responses)[0]
+
+    def score_costed(self, prompts: list[str], responses: list[str]):
+        """Scores and the tokens read per input, as ``HFRewardScorer.score_costed``."""
         import numpy as np
         import ray
 
         n = len(self.actors)
         if n == 1:
-            return ray.get(self.actors[0].score.remote(prompts, responses))
-        parts = [a.score.remote(prompts[i::n], responses[i::n]) for i, a in enumerate(self.actors)]
-        out = np.zeros(len(prompts), dtype=np.float32)
-        for i, part in enumerate(ray.get(parts)):
-            out[i::n] = part
-        return out
+            return ray.get(self.actors[0].score_costed.remote(prompts, responses))
+        parts = [a.score_costed.remote(prompts[i::n], responses[i::n]) for i, a in enumerate(self.actors)]
+        out, tokens = np.zeros(len(prompts), dtype=np.float32), np.zeros(len(prompts), dtype=np.int64)
+        for i, (part, part_tokens) in enumerate(ray.get(parts)):
+            out[i::n], tokens[i::n] = part, part_tokens
+        return out, tokens
 
 
 def reward_actors(reward: RewardConfig, options: list[dict], max_retries: int = 0) -> list:
@@ -132,9 +143,15 @@ class DecodeWorker:
         return worker
 
     def generate(self, prompts: list[PromptRow]) -> MicroBatchResult:
-        """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count."""
+        """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count. Each row's
+        ``wall_s`` is its equal share of the micro-batch's wall seconds (queueing for the engine
+        included: with several micro-batches in flight the shares sum to more than the run's wall)."""
         engine = LockedEngine(self.engine, self.lock)
+        t0 = time.perf_counter()
         result = make_runner(self.config, engine, self.tokenizer, self.scorer).run(prompts)
+        share = (time.perf_counter() - t0) / max(len(result.rows), 1)
+        for row in result.rows:
+            row.wall_s = share
         # the engine phase is the engine's own work; queueing behind another micro-batch is apart
         result.phase_s["engine"] = result.phase_s.get("engine", 0.0) - engine.wait_s
         result.phase_s["engine_wait"] = engine.wait_s

@@ -149,15 +149,20 @@ class HFRewardScorer:
 
     def score(self, contexts: list[Any], responses: list[str]) -> np.ndarray:
         """The reward of each (context, response prefix), as float32, in input order."""
+        return self.score_costed(contexts, responses)[0]
+
+    def score_costed(self, contexts: list[Any], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``score``, and the tokens the model read for each input (padding not counted)."""
         import torch
 
         out = np.zeros(len(contexts), dtype=np.float32)
         if not contexts:
-            return out
+            return out, np.zeros(0, dtype=np.int64)
         enc = self.encode(contexts, responses)
+        lengths = [len(x) for x in enc["input_ids"]]
         with torch.inference_mode():
-            for idx in length_sorted_batches([len(x) for x in enc["input_ids"]], self.config.batch_size):
+            for idx in length_sorted_batches(lengths, self.config.batch_size):
                 batch = self.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()}, return_tensors="pt")
                 logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
                 out[idx] = logits[:, 0].float().cpu().numpy()
-        return out
+        return out, np.asarray(lengths, dtype=np.int64)

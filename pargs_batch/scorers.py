@@ -2,11 +2,11 @@
 
 Placements:
 
-- ``engine``: fused mode (not best-of-n) - the scorer lives inside vLLM's process, beside the
+- ``engine``: fused mode (tokenwise methods) - the scorer lives inside vLLM's process, beside the
   logits processor that calls it every step;
 - ``worker``: beside the engine in the decode worker - the causal backend (it keeps per-sequence
-  KV state between steps, which cannot cross a process boundary every token), best-of-n in fused
-  mode, and every run without Ray;
+  KV state between steps, which cannot cross a process boundary every token), best-of-n and the
+  block methods in fused mode, and every run without Ray;
 - ``actor``: a separate Ray reward actor shared round-robin by the decode workers - the ``hf``
   backend in stepped mode on Ray, so one worker's engine steps while the actor scores.
 
@@ -19,9 +19,9 @@ from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.decoding import METHODS
 
 def guides_in_engine(config: GenerateConfig) -> bool:
-    """Whether the run's engine carries the fused logits processor: fused mode, every method but
-    best-of-n (which samples whole responses of pi_ref and scores them afterwards)."""
-    return config.engine.mode == "fused" and config.decode.method != "best-of-n"
+    """Whether the run's engine carries the fused logits processor: fused mode, the tokenwise methods
+    (best-of-n and the block methods sample pi_ref through plain requests and score afterwards)."""
+    return config.engine.mode == "fused" and METHODS[config.decode.method].tokenwise
 
 
 def reward_placement(config: GenerateConfig, on_ray: bool) -> str | None:

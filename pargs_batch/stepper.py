@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import MicroBatchResult, PromptRow, ResponseRow
+from pargs_batch.batch import Cost, MicroBatchResult, PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.detok import DetokState, IncrementalDetokenizer
 from pargs_batch.rows import RowMaker, tokenize_prompts
@@ -32,6 +32,7 @@ class _Sequence:
     detok: DetokState
     token_ids: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
 
 
 def _first_stop(text: str, start: int, stops: list[str]) -> int:
@@ -88,20 +89,28 @@ class Stepper:
         candidate with a finite reward (their token is meaningless: they end as errors)."""
         d, k, clock = self.decode, self.decode.top_k, time.perf_counter
         t0 = clock()
-        cand_ids, cand_lps = self.engine.topk([s.prompt_ids + s.token_ids for s in active], k)
+        prefill: list[int] = []
+        cand_ids, cand_lps = self.engine.topk([s.prompt_ids + s.token_ids for s in active], k, prefill=prefill)
         t1 = clock()
+        for s, n in zip(active, prefill):
+            s.cost.add(prefill=n, decode=1)
         rewards, windows = None, None
         if self.incremental:
             rewards = self.scorer.score_candidates(self.session, cand_ids)
             self.timings["reward"] += clock() - t1
+            for s in active:  # one candidate token read per candidate
+                s.cost.add(reward_tokens=k, reward_calls=k)
         elif self.method.uses_reward:
             windows = self.detok.decode_with([s.detok for s in active], cand_ids)
             texts = [self.detok.extended_text(s.detok, windows[b * k + j])
                      for b, s in enumerate(active) for j in range(k)]
             prompts = [s.context for s in active for _ in range(k)]
             t_text = clock()
-            rewards = self.scorer.score(prompts, texts).reshape(len(active), k)
+            rewards, read = self.scorer.score_costed(prompts, texts)
+            rewards, read = rewards.reshape(len(active), k), read.reshape(len(active), k).sum(1)
             self.timings["reward"] += clock() - t_text
+            for s, n in zip(active, read):
+                s.cost.add(reward_tokens=n, reward_calls=k)
             self.timings["decode"] += t_text - t1
         t2 = clock()
         uniforms = decoding.keyed_uniforms(
@@ -133,6 +142,8 @@ class Stepper:
         if self.incremental and active:
             t0 = time.perf_counter()
             self.session = self.scorer.start([s.prompt_ids for s in active])
+            for s in active:
+                s.cost.add(reward_tokens=len(s.prompt_ids))
             self.timings["reward"] += time.perf_counter() - t0
         while active:
             old_lens = [len(s.detok.text) for s in active]
@@ -142,7 +153,8 @@ class Stepper:
                 if failed[i]:
                     done.append(self.rows.row(seq.id, seq.sample_index, seq.prompt, seq.detok.text[:old_len],
                                               seq.token_ids, "error", seq.rewards[:-1],
-                                              self.rows.nonfinite_error(self.decode.top_k, f"at step {len(seq.token_ids)}")))
+                                              self.rows.nonfinite_error(self.decode.top_k, f"at step {len(seq.token_ids)}")
+                                              ).charge(seq.cost))
                     continue
                 seq.token_ids.append(int(token))
                 reason = self._finish_reason(seq, int(token), old_len)
@@ -152,7 +164,7 @@ class Stepper:
                 else:
                     done.append(self.rows.row(seq.id, seq.sample_index, seq.prompt, seq.detok.text,
                                               seq.token_ids, reason,
-                                              seq.rewards if self.method.uses_reward else None))
+                                              seq.rewards if self.method.uses_reward else None).charge(seq.cost))
             self.tokens_generated += len(active)
             if self.incremental and still:
                 self.scorer.keep(self.session, kept)

@@ -50,6 +50,19 @@ def markdown(report: dict) -> str:
                      f"{_pm(r.get('reward'))} | {_pm(r.get('gold'))} | {'—' if div is None else f'{div:.4f}'} |")
     lines += ["", "Each prompt's samples are averaged first; ± is the standard error across prompts "
               "(samples of one prompt are not independent)."]
+    costed = {label: r for label, r in report["runs"].items() if r.get("cost")}
+    if costed:
+        lines += ["", "## Compute spent (sums over the run's rows)", "",
+                  "| run | method | LLM prefill tokens | LLM decode tokens | reward tokens | reward calls | "
+                  "wall s (row shares) | reward tokens / prompt |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for label, r in costed.items():
+            c, prompts = r["cost"], r["rows"] / max(r["samples_per_prompt"], 1)
+            lines.append(f"| {label} | {r['method']} | {c['llm_prefill_tokens']:,} | {c['llm_decode_tokens']:,} | "
+                         f"{c['reward_tokens']:,} | {c['reward_calls']:,} | {c['wall_s']:.1f} | "
+                         f"{c['reward_tokens'] / prompts if prompts else 0:,.0f} |")
+        lines += ["", "Counted per row as it was generated: prompt tokens vLLM computed (not served from its prefix "
+                  "cache), tokens it generated (kept or not), tokens the reward model(s) read and inputs they scored; "
+                  "wall s is each row's share of its micro-batch's seconds."]
     if report.get("paired"):
         lines += ["", "## Paired differences A − B over shared prompts", "",
                   "| A | B | prompts | reward A − B [95 % CI] | gold A − B [95 % CI] |", "| --- | --- | --- | --- | --- |"]

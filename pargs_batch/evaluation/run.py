@@ -145,8 +145,18 @@ def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dic
     return results
 
 
+def output_columns(path: str) -> list[str]:
+    """The column names of a finished output (its first part file's footer)."""
+    from pargs_batch.output import output_files
+
+    fs, files = output_files(path)
+    return pq.ParquetFile(files[0], filesystem=fs).schema_arrow.names
+
+
 def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar) -> dict:
-    """One run, streamed: each row's scores to ``writers[0]``, each prompt's means to ``writers[1]``."""
+    """One run, streamed: each row's scores to ``writers[0]``, each prompt's means to ``writers[1]``;
+    the run's cost columns summed over all its rows (error rows spent compute too)."""
+    from pargs_batch.batch import COST_COLUMNS
     from pargs_batch.output import iter_output
 
     writer, prompt_writer = writers
@@ -156,6 +166,8 @@ def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar
     diversity = metrics.RougeDiversity()
     ok_rows = tokens = 0
     per_prompt: dict[str, list] = {"id": [], "samples": [], "reward": [], "gold": []}
+    costs = [c for c in COST_COLUMNS if c in output_columns(run["path"])]  # absent in outputs made before them
+    cost = dict.fromkeys(costs, 0)
 
     def flush() -> None:
         n = len(per_prompt["id"])
@@ -177,7 +189,9 @@ def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar
         if len(per_prompt["id"]) >= batch_rows:
             flush()
 
-    for batch in iter_output(run["path"], READ, batch_rows):
+    for batch in iter_output(run["path"], READ + costs, batch_rows):
+        for name in costs:
+            cost[name] += pc.sum(batch[name]).as_py() or 0
         cols = batch.to_pydict()
         n = batch.num_rows
         ok = [i for i, e in enumerate(cols["error"]) if e is None]
@@ -205,7 +219,8 @@ def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar
     result = {"path": run["path"], "method": d["method"], "beta": d["beta"], "rows": run["rows"],
               "error_rows": run["rows"] - ok_rows, "samples_per_prompt": d.get("num_samples", 1),
               "guidance_model": run["config"]["reward"]["path"] or None,
-              "diversity": diversity.result(), "mean_tokens": tokens / ok_rows if ok_rows else None}
+              "diversity": diversity.result(), "mean_tokens": tokens / ok_rows if ok_rows else None,
+              "cost": {k: round(v, 3) if isinstance(v, float) else v for k, v in cost.items()} if costs else None}
     if scorer is not None:
         result["reward"] = reward.result()
     if gold is not None:

@@ -1,0 +1,227 @@
+"""The block methods: vLLM writes blocks of ``decode.block_tokens`` tokens, the reward model judges
+the response prefixes between blocks.
+
+- ``blockwise`` / ``blockwise-greedy`` (the idea of blockwise controlled decoding, Mudgal et al.
+  2024): at every block, K = ``decode.n_candidates`` continuations of the response so far are
+  sampled from pi_ref (top-k, temperature) and one is kept. Both rules aim at the same tilted
+  distribution the tokenwise rule samples, pi_ref(block) * exp(beta * r):
+  ``blockwise`` draws one of the K samples with probability softmax(beta * r / T) (sampling
+  importance resampling: the samples already follow pi_ref), ``blockwise-greedy`` keeps the sample
+  with the highest log pi_ref(block) + beta * r (the mode among them). With one-token blocks and K
+  large enough to draw every top-k token, they are ``pargs`` and ``pargs-greedy``; with one block as
+  long as the response, ``blockwise-greedy`` at large beta is Best-of-K.
+- ``early-rejection`` (the idea of Speculative Rejection, Sun et al. 2024): N = ``n_candidates``
+  responses start together; every ``block_tokens`` tokens the reward model scores their partial
+  responses and the worst ``decode.reject_fraction`` of those still alive is dropped (at least one
+  kept); when every survivor has finished, the one with the best final reward is written.
+
+Each block is one vLLM request per sequence, continuing its token ids under prefix caching; its
+seed is keyed by (seed, prompt id, sample, block, candidate), and the choice's uniform by
+(seed, prompt id, sample, tokens so far), so a row never depends on its batch. A row's ``rewards``
+holds the reward of its response prefix at each block boundary (one per block, not per token).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pargs_batch import decoding
+from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
+from pargs_batch.config import DecodeConfig
+from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
+from pargs_batch.stepper import _first_stop
+
+
+@dataclass
+class Track:
+    """One candidate response, grown block by block."""
+
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    reason: str | None = None     # eos | stop | length once finished
+    logprob: float = 0.0          # log pi_ref of its last block (blockwise's score)
+    reward: float = float("nan")  # reward of its response so far
+    rewards: list[float] = field(default_factory=list)  # its reward at each block boundary
+
+
+@dataclass
+class Job:
+    """One (prompt, sample) of the micro-batch."""
+
+    position: int
+    prompt: PromptRow
+    prompt_ids: list[int]
+    sample_index: int
+    id_hash: np.uint64
+    tracks: list[Track]
+    cost: Cost = field(default_factory=Cost)
+    alive: list[int] = field(default_factory=list)  # early rejection: candidates alive after each check
+
+
+class BlockRunner:
+    """What the block methods share: growing tracks by a block through vLLM, and scoring them."""
+
+    def __init__(self, engine, tokenizer, decode: DecodeConfig, rows: RowMaker, scorer):
+        self.engine, self.tokenizer, self.decode, self.rows, self.scorer = engine, tokenizer, decode, rows, scorer
+        self.n = decode.n_candidates or decode.top_k
+        self.timings: dict[str, float] = defaultdict(float)
+        self.tokens = 0
+
+    def _jobs(self, prompts: list[PromptRow], tracks: int) -> tuple[list[Job], dict]:
+        jobs, rows = whole_request_jobs(prompts, self.tokenizer, self.engine.max_model_len, self.rows)
+        hashes = decoding.id_hashes([p.id for _, p, _, _ in jobs])
+        return [Job(i, p, ids, s, h, [Track() for _ in range(tracks)])
+                for (i, p, ids, s), h in zip(jobs, hashes)], rows
+
+    def _budget(self, job: Job, track: Track) -> int:
+        """Tokens the track's next block may have: the block, capped by the response and context limits."""
+        d = self.decode
+        return min(d.block_tokens, d.max_new_tokens - len(track.ids),
+                   self.engine.max_model_len - len(job.prompt_ids) - len(track.ids))
+
+    def _grow(self, job: Job, track: Track, block: tuple) -> Track:
+        """``track`` followed by ``block`` (token ids, text, vLLM's finish reason, log pi_ref): a new
+        track, finished when the block ended on EOS or a stop string (one may straddle the
+        boundary) or a length limit is reached."""
+        d = self.decode
+        ids, text, reason, logprob = block
+        new = Track(ids=track.ids + list(ids), text=track.text + text, logprob=logprob, rewards=list(track.rewards))
+        if d.stop:
+            cut = _first_stop(new.text, len(track.text), d.stop)
+            if cut >= 0:
+                new.text, new.reason = new.text[:cut], "stop"
+                return new
+        if reason in ("eos", "stop"):
+            new.reason = reason
+        elif len(new.ids) >= d.max_new_tokens or len(job.prompt_ids) + len(new.ids) >= self.engine.max_model_len:
+            new.reason = "length"
+        return new
+
+    def _generate(self, items: list[tuple[Job, Track, int, int]], n: int) -> list[list[Track]]:
+        """For each (job, track, block index, candidate index): n continuations of the track by a block."""
+        d, out = self.decode, [None] * len(items)
+        groups: dict[int, list[int]] = defaultdict(list)  # one engine call per block budget
+        for x, (job, track, _, _) in enumerate(items):
+            groups[self._budget(job, track)].append(x)
+        t0 = time.perf_counter()
+        for budget, members in groups.items():
+            sel = [items[x] for x in members]
+            seeds = decoding.block_seeds(d.seed, np.array([j.id_hash for j, _, _, _ in sel], dtype=np.uint64),
+                                         np.array([j.sample_index for j, _, _, _ in sel]),
+                                         np.array([b for _, _, b, _ in sel]), np.array([c for _, _, _, c in sel]))
+            prefill: list[int] = []
+            blocks = self.engine.sample([j.prompt_ids + t.ids for j, t, _, _ in sel], n, seeds.tolist(), budget,
+                                        d.top_k, d.temperature, d.stop, d.ignore_eos, prefill=prefill, logprob=True)
+            for x, (job, track, _, _), cands, computed in zip(members, sel, blocks, prefill):
+                made = sum(len(c[0]) for c in cands)
+                job.cost.add(prefill=computed, decode=made)
+                self.tokens += made
+                out[x] = [self._grow(job, track, c) for c in cands]
+        self.timings["engine"] += time.perf_counter() - t0
+        return out
+
+    def _score(self, pairs: list[tuple[Job, Track]]) -> None:
+        """Set each track's reward (and append it to its rewards), charging its job."""
+        if not pairs:
+            return
+        t0 = time.perf_counter()
+        rewards, read = self.scorer.score_costed([j.prompt.context for j, _ in pairs], [t.text for _, t in pairs])
+        for (job, track), r, tokens in zip(pairs, rewards, read):
+            track.reward = float(r)
+            track.rewards.append(float(r))
+            job.cost.add(reward_tokens=tokens, reward_calls=1)
+        self.timings["reward"] += time.perf_counter() - t0
+
+    def _row(self, job: Job, track: Track | None, rows: dict, where: str) -> None:
+        p, s = job.prompt, job.sample_index
+        if track is None or not np.isfinite(track.reward):
+            row = self.rows.row(p.id, s, p.prompt, "", [], "error", None,
+                                self.rows.nonfinite_error(len(job.tracks), where))
+        else:
+            row = self.rows.row(p.id, s, p.prompt, track.text, track.ids, track.reason, track.rewards)
+        rows[(job.position, s)] = row.charge(job.cost)
+
+    def _result(self, prompts: list[PromptRow], rows: dict) -> MicroBatchResult:
+        return MicroBatchResult(in_input_order(prompts, self.decode.num_samples, rows),
+                                phase_s=dict(self.timings), tokens=self.tokens)
+
+
+class Blockwise(BlockRunner):
+    """``blockwise`` and ``blockwise-greedy``: K samples per block, one kept."""
+
+    def run(self, prompts: list[PromptRow]) -> MicroBatchResult:
+        d = self.decode
+        greedy = decoding.METHODS[d.method].greedy
+        jobs, rows = self._jobs(prompts, 1)
+        block = 0
+        active = jobs
+        while active:
+            grown = self._generate([(j, j.tracks[0], block, 0) for j in active], self.n)
+            self._score([(j, t) for j, cands in zip(active, grown) for t in cands])
+            t0 = time.perf_counter()
+            r = np.array([[t.reward for t in cands] for cands in grown], dtype=np.float64)
+            failed = decoding.unscorable(r)
+            if greedy:
+                lp = np.array([[t.logprob for t in cands] for cands in grown])
+                choice = decoding.greedy(decoding.scores(lp, r, d.beta))
+            else:
+                u = decoding.keyed_uniforms(d.seed, np.array([j.id_hash for j in active], dtype=np.uint64),
+                                            np.array([j.sample_index for j in active]),
+                                            np.array([len(j.tracks[0].ids) for j in active]))
+                choice = decoding.sample(decoding.scores(np.zeros_like(r), r, d.beta), u, d.temperature)
+            self.timings["decode"] += time.perf_counter() - t0
+            still = []
+            for j, cands, c, bad in zip(active, grown, choice, failed):
+                if bad:
+                    self._row(j, None, rows, f"at block {block}")
+                    continue
+                j.tracks[0] = cands[c]
+                if j.tracks[0].reason is None:
+                    still.append(j)
+                else:
+                    self._row(j, j.tracks[0], rows, "")
+            active, block = still, block + 1
+        return self._result(prompts, rows)
+
+
+class EarlyRejection(BlockRunner):
+    """``early-rejection``: N candidates, the worst share dropped at every check, the best survivor kept."""
+
+    def run(self, prompts: list[PromptRow]) -> MicroBatchResult:
+        frac = self.decode.reject_fraction
+        jobs, rows = self._jobs(prompts, self.n)
+        alive = {id(j): list(range(self.n)) for j in jobs}  # candidate indices still in the race
+        block = 0
+        while True:
+            items = [(j, j.tracks[c], block, c) for j in jobs for c in alive[id(j)] if j.tracks[c].reason is None]
+            if not items:
+                break
+            grown = self._generate(items, 1)
+            for (j, _, _, c), (track,) in zip(items, grown):
+                j.tracks[c] = track
+            self._score([(j, j.tracks[c]) for j, _, _, c in items])
+            for j in jobs:
+                live = alive[id(j)]
+                if all(j.tracks[c].reason is not None for c in live):
+                    continue  # finished: nothing left to save by rejecting
+                drop = min(int(frac * len(live)), len(live) - 1)
+                # the worst first; a non-finite reward is worst of all; ties drop the higher index
+                order = sorted(live, key=lambda c: (_finite(j.tracks[c].reward), -c))
+                alive[id(j)] = sorted(order[drop:])
+                j.alive.append(len(alive[id(j)]))
+            block += 1
+        self.checks = {(j.prompt.id, j.sample_index): j.alive for j in jobs}
+        for j in jobs:
+            live = alive[id(j)]
+            best = max(live, key=lambda c: (_finite(j.tracks[c].reward), -c))
+            track = j.tracks[best]
+            self._row(j, track if np.isfinite(track.reward) else None, rows, "(partial responses)")
+        return self._result(prompts, rows)
+
+
+def _finite(x: float) -> float:
+    return x if np.isfinite(x) else -np.inf
