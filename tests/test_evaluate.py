@@ -152,6 +152,13 @@ def test_report_numbers_match_a_hand_computation(world, runs, tmp_path):
     md = (tmp_path / "eval" / "report.md").read_text()
     assert "| pargs b3 | pargs | 3 | 20 | 0 | 10 × 2 |" in md and "Reward against β" in md
     assert "| pargs b3 | topk | 10 |" in md  # the paired table
+    # the compute each run spent: its rows' cost columns, summed
+    table = read_output(runs["pargs3"])
+    for column in ("llm_prefill_tokens", "llm_decode_tokens", "reward_tokens", "reward_calls"):
+        assert r["cost"][column] == sum(table[column].to_pylist()) > 0
+    assert r["cost"]["reward_calls"] == 10 * r["cost"]["llm_decode_tokens"]  # k = 10 candidates a token
+    assert report["runs"]["topk"]["cost"]["reward_calls"] == 0
+    assert "## Compute spent" in md and f"| pargs b3 | pargs | {r['cost']['llm_prefill_tokens']:,} |" in md
     from PIL import Image
 
     for name in ("reward_distribution.png", "gold_distribution.png", "reward_vs_beta_0.png"):
