@@ -40,12 +40,14 @@ def prompt_of(context: Any) -> str:
 @dataclass
 class PromptRow:
     """One input row: a stable id, the prompt as read (maybe not a string), why it is unusable, and
-    - for chat models - the conversation to render with the LLM's chat template."""
+    - for chat models - the conversation to render with the LLM's chat template; its own
+    reward-model weights when the data has them."""
 
     id: str
     prompt: Any
     error: str | None = None
     messages: list[dict] | None = None
+    weights: list[float] | None = None  # its reward models' weights (data.weights_column)
 
     @property
     def context(self) -> Any:

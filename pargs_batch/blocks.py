@@ -33,6 +33,7 @@ from pargs_batch import decoding
 from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
+from pargs_batch.scorers import models_of, score_costed
 from pargs_batch.stepper import _first_stop
 
 
@@ -129,11 +130,12 @@ class BlockRunner:
         if not pairs:
             return
         t0 = time.perf_counter()
-        rewards, read = self.scorer.score_costed([j.prompt.context for j, _ in pairs], [t.text for _, t in pairs])
+        rewards, read = score_costed(self.scorer, [j.prompt.context for j, _ in pairs], [t.text for _, t in pairs],
+                                     [j.prompt.weights for j, _ in pairs])
         for (job, track), r, tokens in zip(pairs, rewards, read):
             track.reward = float(r)
             track.rewards.append(float(r))
-            job.cost.add(reward_tokens=tokens, reward_calls=1)
+            job.cost.add(reward_tokens=tokens, reward_calls=models_of(self.scorer))
         self.timings["reward"] += time.perf_counter() - t0
 
     def _row(self, job: Job, track: Track | None, rows: dict, where: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import math
 import re
 import string
 from dataclasses import dataclass
@@ -71,10 +72,18 @@ class RewardConfig:
     max_length: int | None = option("reward-model input limit in tokens; defaults to the model's", None)
     device: str = option("torch device: auto (cuda if available), cpu, cuda, cuda:N", "auto")
     dtype: str = option("reward-model dtype: float32, float16, bfloat16", "float32")
+    models: list[dict] = option("several reward models instead of reward.path, each {path, weight (default 1), and "
+                                "any reward.* key of its own}; the guidance reward is sum_j weight_j * r_j "
+                                "(per prompt from data.weights_column), so score = log pi_ref + beta * sum_j w_j r_j; "
+                                "hf backend only", factory=list)
 
     def __post_init__(self):
+        if self.path and self.models:
+            raise ConfigError("reward.models", self.models, "give reward.path or reward.models, not both")
         if self.path:
             check_model_path("reward.path", self.path)
+        for i, entry in enumerate(self.models):
+            self._member(i, entry)
         one_of("reward.backend", self.backend, ["hf", "causal"])
         one_of("reward.input", self.input, ["template", "pair", "chat"])
         if self.backend == "causal" and self.input != "template":
@@ -92,6 +101,45 @@ class RewardConfig:
         if fields != ["prompt", "response"]:
             raise ConfigError("reward.template", self.template,
                               "must contain {prompt} followed by {response}, once each, and no other field")
+
+    def _member(self, i: int, entry: dict) -> tuple[RewardConfig, float]:
+        """Entry ``i`` of ``models`` as a checked single-model config (the shared keys as defaults) and its weight."""
+        from pargs_batch.configlib import build
+
+        key = f"reward.models[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(key, entry, "expected a mapping with at least a path")
+        if "models" in entry:
+            raise ConfigError(f"{key}.models", entry["models"], "reward models do not nest")
+        if not entry.get("path"):
+            raise ConfigError(f"{key}.path", entry.get("path"), "a model directory or a Hugging Face hub id is required")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ConfigError(f"{key}.weight", weight, "expected a finite number")
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("path", "models")}
+        own = {k: v for k, v in entry.items() if k != "weight"}
+        try:
+            member = build(RewardConfig, {**shared, **own}, "reward.")
+        except ConfigError as e:
+            raise ConfigError(e.key.replace("reward.", f"{key}.", 1), e.value, e.allowed) from None
+        if member.backend != "hf":
+            raise ConfigError(f"{key}.backend", member.backend, "several reward models are scored by the hf backend "
+                              "(the causal one keeps a single model's KV state per sequence)")
+        return member, float(weight)
+
+    @property
+    def members(self) -> list[tuple[RewardConfig, float]]:
+        """(single-model config, weight) of each reward model: ``models``, or ``path`` with weight 1."""
+        if not self.models:
+            return [(self, 1.0)] if self.path else []
+        return [self._member(i, entry) for i, entry in enumerate(self.models)]
+
+    @property
+    def label(self) -> str:
+        """What the ``reward_model`` column says: the path, or each model's weight and path."""
+        if not self.models:
+            return self.path
+        return " + ".join(f"{w:g}*{m.path}" for m, w in self.members)
 
 
 @dataclass
@@ -147,6 +195,9 @@ class DataConfig:
     chat_template: bool = option("render each prompt as one user turn with the LLM tokenizer's chat template "
                                  "(generation prompt added); implied by messages_column", False)
     id_column: str | None = option("column holding a stable row id; default: the row index", None)
+    weights_column: str | None = option("column holding each prompt's reward-model weights (a list of numbers, one per "
+                                        "entry of reward.models, in order); rows without one use the configured "
+                                        "weights", None)
     limit: int | None = option("use only the first N rows", None)
 
     def __post_init__(self):
@@ -272,9 +323,15 @@ class GenerateConfig:
             raise ConfigError("engine.mode", self.engine.mode,
                               "fused with model.tensor_parallel_size > 1 is not supported: every tensor-parallel "
                               "rank would load and run its own copy of the reward model; use stepped mode")
-        if METHODS[self.decode.method].uses_reward and not self.reward.path:
+        if METHODS[self.decode.method].uses_reward and not self.reward.members:
             raise ConfigError("reward.path", self.reward.path,
-                              f"decode.method={self.decode.method} needs a reward model")
+                              f"decode.method={self.decode.method} needs a reward model (reward.path or reward.models)")
+        if self.data.weights_column and not self.reward.models:
+            raise ConfigError("data.weights_column", self.data.weights_column,
+                              "per-prompt weights need reward.models (a list of reward models)")
+        if self.data.weights_column and not METHODS[self.decode.method].uses_reward:
+            raise ConfigError("data.weights_column", self.data.weights_column,
+                              f"decode.method={self.decode.method} uses no reward model")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

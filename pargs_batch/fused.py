@@ -39,6 +39,7 @@ from pargs_batch import decoding
 from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig, RewardConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
+from pargs_batch.scorers import models_of, score_costed
 
 EXTRA_KEY = "pargs_batch"
 
@@ -63,6 +64,7 @@ class _Row:
     timings: dict = field(default_factory=lambda: defaultdict(float))
     reward_tokens: int = 0        # what the reward model read for the row, and the inputs it scored
     reward_calls: int = 0
+    weights: list[float] | None = None  # its reward models' own weights (data.weights_column)
 
     def reward_of(self, token: int) -> float | None:
         if self.pending is None:
@@ -113,7 +115,8 @@ class Guide:
             return row
         guided = bool(args["guided"]) and self.scorer is not None
         row = _Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
-                   greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=out_ids)
+                   greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=out_ids,
+                   weights=args.get("weights"))
         if prompt_ids is not None:
             self.set_prompt(row, prompt_ids)
         self.records[row.key] = row
@@ -221,12 +224,12 @@ class Guide:
                 texts += [self.detok.extended_text(rows[n].detok, w) for w in windows[n]]
                 prompts += [rows[n].prompt] * kmax
             t2 = time.perf_counter()
-            scored, read = self.scorer.score_costed(prompts, texts)
+            scored, read = score_costed(self.scorer, prompts, texts, [rows[n].weights for n in guided for _ in range(kmax)])
             rewards[guided] = scored.reshape(len(guided), kmax)
             t3 = time.perf_counter()
             for n, tokens in zip(guided, read.reshape(len(guided), kmax).sum(1)):
                 rows[n].reward_tokens += int(tokens)
-                rows[n].reward_calls += kmax
+                rows[n].reward_calls += kmax * models_of(self.scorer)
         else:
             t2 = t3 = t1
         score = guided_scores(lp_np, rewards, np.array([r.beta for r in rows]), np.array([r.k for r in rows]),
@@ -360,7 +363,7 @@ def engine_kwargs(reward: RewardConfig | None, tokenizer: str, processor: type =
 
     return {"logits_processors": [processor],
             "worker_extension_cls": f"{__name__}.RecordsExtension",
-            "additional_config": {EXTRA_KEY: {"reward": asdict(reward) if reward and reward.path else None,
+            "additional_config": {EXTRA_KEY: {"reward": asdict(reward) if reward and reward.members else None,
                                               "tokenizer": tokenizer}}}
 
 
@@ -407,7 +410,8 @@ class FusedRunner:
                                           np.array([s for _, _, _, s in jobs]))
             keys = [f"{id(self)}/{i}/{s}" for i, _, _, s in jobs]
             extra = [{EXTRA_KEY: {"key": key, "k": d.top_k, "beta": d.beta if method.uses_reward else 0.0,
-                                  "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.context}}
+                                  "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.context,
+                                  "weights": p.weights}}
                      for key, (_, p, _, _) in zip(keys, jobs)]
             t0 = time.perf_counter()
             prefill: list[int] = []

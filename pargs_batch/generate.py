@@ -73,10 +73,11 @@ e.g. from ``models.Models.for_config``)
 
     from pargs_batch.console import console
 
-    source = PromptSource(config.data)
+    source = PromptSource(config.data, len(config.reward.members) if config.data.weights_column else None)
     check_chat_template(config)
     if METHODS[config.decode.method].uses_reward:
-        check_reward_input(config.reward)
+        for i, (member, _) in enumerate(config.reward.members):
+            check_reward_input(member, f"reward.models[{i}]" if config.reward.models else "reward")
     check_output_place(config.output.path)
     metadata = {"pargs_batch.config": config.to_json(), "pargs_batch.versions": json.dumps(package_versions())}
     o = config.output
@@ -93,7 +94,7 @@ e.g. from ``models.Models.for_config``)
         pool = LocalPool(DecodeWorker(config))
 
     startup = time.perf_counter() - started
-    totals, row_maker = Totals(), RowMaker(config.decode, config.model.path, config.reward.path or None)
+    totals, row_maker = Totals(), RowMaker(config.decode, config.model.path, config.reward.label or None)
     bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress,
                file=console.err)
 

@@ -8,6 +8,7 @@ when the source is opened, before any model loads.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from importlib import metadata as importlib_metadata
@@ -42,11 +43,26 @@ def prompt_error(prompt: Any) -> str | None:
     return None
 
 
+def row_weights(value: Any, expected: int | None) -> tuple[list[float] | None, str | None]:
+    """A row's reward-model weights, or why they are unusable: a list of ``expected`` finite numbers."""
+    if hasattr(value, "tolist"):  # a numpy array from a dataset
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in value):
+        return None, f"expected a list of numbers, got {type(value).__name__} {str(value)[:40]}"
+    if expected is not None and len(value) != expected:
+        return None, f"holds {len(value)} weights; reward.models has {expected} models"
+    if not all(math.isfinite(w) for w in value):
+        return None, "weights must be finite numbers"
+    return [float(w) for w in value], None
+
+
 class PromptSource:
     """Rows of a prompt file or dataset, read lazily in batches."""
 
-    def __init__(self, config: DataConfig):
-        self.config = config
+    def __init__(self, config: DataConfig, num_weights: int | None = None):
+        """``num_weights``: how many numbers ``data.weights_column`` must hold per row (one per reward model)."""
+        self.config, self.num_weights = config, num_weights
         src = config.source
         if config.is_file:
             self.kind = "parquet" if src.split("?")[0].endswith(".parquet") else "jsonl"
@@ -60,7 +76,7 @@ class PromptSource:
             self.dataset = self._load_hf(config)
             self.columns = list(self.dataset.column_names)
         keys = ("messages_column", "id_column") if config.messages_column else ("prompt_column", "id_column")
-        for key in keys:
+        for key in keys + ("weights_column",):
             column = getattr(config, key)
             if column is not None and column not in self.columns:
                 raise ConfigError(f"data.{key}", column,
@@ -150,13 +166,18 @@ class PromptSource:
                 error = error or prompt_error(prompt)
                 if c.chat_template and error is None:
                     messages = [{"role": "user", "content": prompt}]
+            weights = None
+            if c.weights_column and record.get(c.weights_column) is not None:
+                weights, bad = row_weights(record[c.weights_column], self.num_weights)
+                error = error or (f"{c.weights_column}: {bad}" if bad else None)
             if raw_id is None:
                 error = error or f"{c.id_column} is missing"
             h = id_hash(row_id)
             if raw_id is not None and h in seen:
                 error = error or f"duplicate id {row_id!r}"
             seen.add(h)
-            batch.append(PromptRow(row_id, prompt, error, messages if error is None else None))
+            batch.append(PromptRow(row_id, prompt, error, messages if error is None else None,
+                                   weights if error is None else None))
             if len(batch) == size:
                 yield batch
                 batch = []

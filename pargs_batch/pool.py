@@ -32,7 +32,7 @@ from pargs_batch.scorers import reward_placement
 
 def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
     """The runner of ``config``: best-of-n, a block method, fused (guidance inside vLLM) or stepped."""
-    rows = RowMaker(config.decode, config.model.path, config.reward.path or None)
+    rows = RowMaker(config.decode, config.model.path, config.reward.label or None)
     runner = METHODS[config.decode.method].runner
     if runner == "best-of-n":
         from pargs_batch.bestofn import BestOfN
@@ -92,21 +92,24 @@ class RemoteScorer:
     """A reward scorer on one or more Ray actors, called like a local one: a call is split evenly
     across the actors and the scores come back in input order."""
 
-    def __init__(self, actors: list):
+    def __init__(self, actors: list, num_models: int = 1):
         self.actors = list(actors)
+        self.num_models = num_models  # reward models each input is scored by (reward.models)
 
-    def score(self, prompts: list[str], responses: list[str]):
-        return self.score_costed(prompts, responses)[0]
+    def score(self, prompts: list[str], responses: list[str], weights: list | None = None):
+        return self.score_costed(prompts, responses, weights)[0]
 
-    def score_costed(self, prompts: list[str], responses: list[str]):
-        """Scores and the tokens read per input, as ``HFRewardScorer.score_costed``."""
+    def score_costed(self, prompts: list[str], responses: list[str], weights: list | None = None):
+        """Scores and the tokens read per input, as ``HFRewardScorer.score_costed`` (``weights``: per
+        input, for a ``WeightedScorer``)."""
         import numpy as np
         import ray
 
         n = len(self.actors)
+        extra = (lambda i: {}) if weights is None else (lambda i: {"weights": weights[i::n]})
         if n == 1:
-            return ray.get(self.actors[0].score_costed.remote(prompts, responses))
-        parts = [a.score_costed.remote(prompts[i::n], responses[i::n]) for i, a in enumerate(self.actors)]
+            return ray.get(self.actors[0].score_costed.remote(prompts, responses, **extra(0)))
+        parts = [a.score_costed.remote(prompts[i::n], responses[i::n], **extra(i)) for i, a in enumerate(self.actors)]
         out, tokens = np.zeros(len(prompts), dtype=np.float32), np.zeros(len(prompts), dtype=np.int64)
         for i, (part, part_tokens) in enumerate(ray.get(parts)):
             out[i::n], tokens[i::n] = part, part_tokens
@@ -118,9 +121,9 @@ def reward_actors(reward: RewardConfig, options: list[dict], max_retries: int = 
     scorer of ``reward`` (a first call waits for it)."""
     import ray
 
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.reward import HFRewardScorer, WeightedScorer
 
-    cls = ray.remote(HFRewardScorer)
+    cls = ray.remote(WeightedScorer if reward.models else HFRewardScorer)
     return [cls.options(**o, max_restarts=max_retries, max_task_retries=max_retries).remote(reward) for o in options]
 
 
@@ -205,7 +208,7 @@ class RayPool:
         self.workers = [
             worker_cls.options(**self.plan.worker_options(i, self.group), max_restarts=r.max_retries,
                                max_task_retries=r.max_retries, max_concurrency=r.inflight_per_worker)
-            .remote(config, RemoteScorer([self.rewards[i % actors]]) if actors else None)
+            .remote(config, RemoteScorer([self.rewards[i % actors]], len(config.reward.members)) if actors else None)
             for i in range(r.num_workers)]
         # wait for the models to load, so that start-up is not counted as generation time
         ray.get([w.ready.remote() for w in self.workers] + [a.score.remote([], []) for a in self.rewards])

@@ -166,3 +166,36 @@ class HFRewardScorer:
                 logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
                 out[idx] = logits[:, 0].float().cpu().numpy()
         return out, np.asarray(lengths, dtype=np.int64)
+
+
+class WeightedScorer:
+    """Several reward models as one: the reward is sum_j w_j r_j, with each input's own weights
+    (``data.weights_column``) or the configured ones. Each model reads the input its own way
+    (tokenizer, ``input``, template); the tokens read are summed over the models."""
+
+    def __init__(self, config: RewardConfig):
+        members = config.members
+        self.scorers = [HFRewardScorer(member) for member, _ in members]
+        self.weights = np.array([w for _, w in members], dtype=np.float64)
+        self.num_models = len(self.scorers)
+
+    def score(self, contexts: list[Any], responses: list[str], weights: list | None = None) -> np.ndarray:
+        return self.score_costed(contexts, responses, weights)[0]
+
+    def score_each(self, contexts: list[Any], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each model's rewards, (models, inputs), and the tokens each input cost over all models."""
+        parts = [s.score_costed(contexts, responses) for s in self.scorers]
+        return np.stack([r for r, _ in parts]), sum(t for _, t in parts)
+
+    def score_costed(self, contexts: list[Any], responses: list[str], weights: list | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted reward of each input (float32) and the tokens it cost; ``weights`` holds
+        one list of per-model weights per input, or None for the configured ones."""
+        each, tokens = self.score_each(contexts, responses)
+        w = np.tile(self.weights, (len(contexts), 1))
+        for i, own in enumerate(weights or []):
+            if own is not None:
+                w[i] = own
+        # a model with weight 0 does not count, even where it gives NaN
+        terms = np.where(w.T == 0, 0.0, w.T * each.astype(np.float64))
+        return terms.sum(0).astype(np.float32), tokens

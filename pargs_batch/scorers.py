@@ -37,11 +37,25 @@ def reward_placement(config: GenerateConfig, on_ray: bool) -> str | None:
 
 def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
     """The scorer ``reward.backend`` names, loaded in this process: ``hf`` (any sequence-classification
-    RM, text re-tokenised) or ``causal`` (a causal RM sharing the LLM's tokenizer, KV state kept)."""
+    RM, text re-tokenised), several ``hf`` models weighted (``reward.models``), or ``causal`` (a causal
+    RM sharing the LLM's tokenizer, KV state kept)."""
     if reward.backend == "causal":
         from pargs_batch.causal_reward import CausalRewardScorer
 
         return CausalRewardScorer(reward, llm_vocab_size)
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.reward import HFRewardScorer, WeightedScorer
 
-    return HFRewardScorer(reward)
+    return WeightedScorer(reward) if reward.models else HFRewardScorer(reward)
+
+
+def score_costed(scorer, contexts: list, responses: list[str], weights: list | None = None):
+    """(rewards, tokens read per input) from any scorer; ``weights`` - one list of per-model weights
+    (or None) per input - reaches only a scorer of several models, and only when some input has its own."""
+    if weights is not None and any(w is not None for w in weights):
+        return scorer.score_costed(contexts, responses, weights=weights)
+    return scorer.score_costed(contexts, responses)
+
+
+def models_of(scorer) -> int:
+    """How many reward models score each input (each counts as a reward call)."""
+    return getattr(scorer, "num_models", 1)

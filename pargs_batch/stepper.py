@@ -19,6 +19,7 @@ from pargs_batch.batch import Cost, MicroBatchResult, PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.detok import DetokState, IncrementalDetokenizer
 from pargs_batch.rows import RowMaker, tokenize_prompts
+from pargs_batch.scorers import models_of, score_costed
 
 
 @dataclass
@@ -30,6 +31,7 @@ class _Sequence:
     prompt_ids: list[int]
     id_hash: np.uint64
     detok: DetokState
+    weights: list[float] | None = None  # its reward models' own weights
     token_ids: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
@@ -67,7 +69,8 @@ class Stepper:
                 if error is not None:
                     errors.append(self.rows.error(p, s, error))
                 else:
-                    seqs.append(_Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash, self.detok.start(prompt_ids)))
+                    seqs.append(_Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash,
+                                          self.detok.start(prompt_ids), p.weights))
         return seqs, errors
 
     def _finish_reason(self, seq: _Sequence, token: int, old_len: int) -> str | None:
@@ -106,11 +109,11 @@ class Stepper:
                      for b, s in enumerate(active) for j in range(k)]
             prompts = [s.context for s in active for _ in range(k)]
             t_text = clock()
-            rewards, read = self.scorer.score_costed(prompts, texts)
+            rewards, read = score_costed(self.scorer, prompts, texts, [s.weights for s in active for _ in range(k)])
             rewards, read = rewards.reshape(len(active), k), read.reshape(len(active), k).sum(1)
             self.timings["reward"] += clock() - t_text
             for s, n in zip(active, read):
-                s.cost.add(reward_tokens=n, reward_calls=k)
+                s.cost.add(reward_tokens=n, reward_calls=k * models_of(self.scorer))
             self.timings["decode"] += t_text - t1
         t2 = clock()
         uniforms = decoding.keyed_uniforms(

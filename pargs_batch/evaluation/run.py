@@ -45,6 +45,14 @@ def load_runs(config: EvalConfig) -> dict[str, dict]:
     return runs
 
 
+def guidance_label(reward: dict) -> str | None:
+    """A run's guidance model(s) as its ``reward_model`` column names them."""
+    models = reward.get("models") or []
+    if models:
+        return " + ".join(f"{m.get('weight', 1.0):g}*{m['path']}" for m in models)
+    return reward["path"] or None
+
+
 def check_models(config: EvalConfig, runs: dict[str, dict]) -> None:
     from pargs_batch.reward import check_reward_input
 
@@ -53,8 +61,9 @@ def check_models(config: EvalConfig, runs: dict[str, dict]) -> None:
         return
     mine = os.path.realpath(config.reward.path)
     for label, run in runs.items():
-        guidance = run["config"]["reward"]["path"]
-        if guidance and os.path.realpath(guidance) == mine:
+        reward = run["config"]["reward"]
+        guidance = [reward["path"]] + [m.get("path") for m in reward.get("models") or []]
+        if any(g and os.path.realpath(g) == mine for g in guidance):
             raise ConfigError("reward.path", config.reward.path,
                               f"is the guidance reward model of run '{label}'; evaluate with a separate "
                               "model or set allow_same_model: true")
@@ -218,7 +227,7 @@ def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar
     flush()
     result = {"path": run["path"], "method": d["method"], "beta": d["beta"], "rows": run["rows"],
               "error_rows": run["rows"] - ok_rows, "samples_per_prompt": d.get("num_samples", 1),
-              "guidance_model": run["config"]["reward"]["path"] or None,
+              "guidance_model": guidance_label(run["config"]["reward"]),
               "diversity": diversity.result(), "mean_tokens": tokens / ok_rows if ok_rows else None,
               "cost": {k: round(v, 3) if isinstance(v, float) else v for k, v in cost.items()} if costs else None}
     if scorer is not None:
