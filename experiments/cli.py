@@ -77,6 +77,26 @@ def add_bench_command(sub) -> None:
     bench.set_defaults(func=_bench, log_default=lambda a: f"{a.out}/bench.log")
 
 
+def add_frontier_command(sub) -> None:
+    frontier = sub.add_parser("frontier", help="gold reward against reward-model FLOPs and wall seconds for every "
+                                               "method over a grid of budgets (make frontier)")
+    frontier.add_argument("--out", default="outputs/frontier", help="where the runs, tables and plots are written")
+    frontier.add_argument("--world-dir", default="outputs/world", help="where the world is cached")
+    frontier.add_argument("--reduced-world", action="store_true", help="the test-sized world")
+    frontier.add_argument("--num-prompts", type=int, default=256, help="held-out prompts per run")
+    frontier.add_argument("--max-new-tokens", type=int, default=48)
+    frontier.add_argument("--beta", type=float, default=2.0)
+    frontier.set_defaults(func=_frontier, log_default=lambda a: f"{a.out}/frontier.log")
+
+
+def _frontier(args) -> int:
+    from experiments.frontier import run_frontier
+
+    run_frontier(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts,
+                 max_new_tokens=args.max_new_tokens, beta=args.beta, reduced_world=args.reduced_world)
+    return 0
+
+
 def _world(args) -> int:
     t0 = time.perf_counter()
     if args.kind == "tiny":

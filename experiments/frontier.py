@@ -1,0 +1,242 @@
+"""`pargs-batch frontier`: which decoding method buys the most reward per unit of compute.
+
+On the default world's held-out prompts, every method runs over a grid of budgets (Best-of-N's N,
+PARGS's k, blockwise's block size and K, early rejection's N) with one engine and one scorer per
+reward model; the evaluation job scores every run with the gold reward and the evaluation RM and
+sums each run's cost columns. Each point is placed at the reward-model FLOPs and the wall seconds it
+spent per prompt; the report gives, per method, the least compute at which its mean gold reward
+reaches Best-of-16's, with the paired gold difference to Best-of-16 over the same prompts.
+
+Reward-model FLOPs are 2 N per token read (N: non-embedding parameters, 12 n_layers d_model^2,
+as in Section 5.3 and Kaplan et al.), times the run's ``reward_tokens``; wall seconds are the sum
+of the rows' ``wall_s`` (one micro-batch in flight, so their sum is the generation time).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pargs_batch.console import console
+
+REFERENCE = "best-of-n N=16"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of the grid: a method at one budget."""
+
+    method: str                 # the curve it belongs to (what the plot's legend says)
+    budget: str                 # the budget, as the table prints it
+    decode: dict = field(default_factory=dict)  # decode.* of this run
+    reward_model: str | None = "rm_partial"     # world.json key of its guidance RM
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.budget}"
+
+
+def grid(beta: float) -> list[Point]:
+    """The budgets each method runs at (ordered by compute within a method)."""
+    points = [Point("topk", "k=10", {"method": "topk", "top_k": 10}, None)]
+    points += [Point("best-of-n", f"N={n}", {"method": "best-of-n", "n_candidates": n}, "rm_full")
+               for n in (1, 2, 4, 8, 16)]
+    points += [Point("pargs", f"k={k}", {"method": "pargs", "top_k": k, "beta": beta}) for k in (2, 4, 10)]
+    points += [Point("blockwise", f"m={m} K={k}", {"method": "blockwise", "block_tokens": m, "n_candidates": k,
+                                                     "beta": beta})
+               for m, k in ((16, 2), (16, 4), (8, 4), (8, 8))]
+    points += [Point("early-rejection", f"N={n}", {"method": "early-rejection", "n_candidates": n,
+                                                   "block_tokens": 8, "reject_fraction": 0.5})
+               for n in (4, 8, 16, 32)]
+    return points
+
+
+def point_config(world: dict, point: Point, out: Path, num_prompts: int, max_new_tokens: int) -> dict:
+    """The generate config of one point, as a plain dict (what a YAML file would hold)."""
+    return {
+        "model": {"path": world["llm"], "dtype": "float32", "max_model_len": 256, "kv_cache_memory_bytes": 256 << 20},
+        "reward": {"path": world[point.reward_model] if point.reward_model else "", "template": world["template"],
+                   "batch_size": 512, "max_length": 128},
+        "decode": {"beta": 2.0, "top_k": 10, "max_new_tokens": max_new_tokens, "num_samples": 1, "seed": 0,
+                   "micro_batch_size": 128, **point.decode},
+        "data": {"source": world["prompts"], "id_column": "id", "limit": num_prompts},
+        "output": {"path": str(out / "runs" / point.label.replace(" ", "_").replace("=", "")), "overwrite": True},
+        "ray": {"enabled": False},  # one process: every run shares the engine
+    }
+
+
+def rm_flops_per_token(path: str) -> float:
+    """2 N: the forward FLOPs of one token through the reward model (N non-embedding parameters)."""
+    from experiments.bench.flops import count_params
+
+    return 2.0 * count_params(path)["N"]
+
+
+def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/world", num_prompts: int = 256,
+                 max_new_tokens: int = 48, beta: float = 2.0, reduced_world: bool = False,
+                 points: list[Point] | None = None) -> dict:
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import build
+    from pargs_batch.evaluation.config import EvalConfig
+    from pargs_batch.evaluation.run import run_evaluate
+    from pargs_batch.generate import run_generate
+    from pargs_batch.models import Models
+
+    from experiments.world.default import ensure_world
+
+    start = time.perf_counter()
+    world = ensure_world(world_dir, reduced_world)
+    world_s = time.perf_counter() - start
+    out = Path(out_dir)
+    points = points or grid(beta)
+    configs = {p.label: build(GenerateConfig, point_config(world, p, out, num_prompts, max_new_tokens))
+               for p in points}
+    console.say(f"frontier: {len(points)} runs of {num_prompts} prompts (one vLLM engine for all; it takes about a "
+                "minute to start)")
+    models = Models()
+    try:
+        for label, config in configs.items():
+            run_generate(config, models=models.for_config(config))
+    finally:
+        models.close()
+    generate_s = time.perf_counter() - start - world_s
+    console.say("frontier: evaluating every run (gold reward, evaluation RM, cost sums)")
+    labels = list(configs)
+    report = run_evaluate(build(EvalConfig, {
+        "runs": [c.output.path for c in configs.values()], "labels": labels, "output_dir": str(out / "report"),
+        "gold_reward": world["gold_reward"],
+        "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128},
+        "paired": [[label, REFERENCE] for label in labels if label != REFERENCE] if REFERENCE in labels else []}),
+        progress=False)
+    flops = {key: rm_flops_per_token(world[key]) for key in {p.reward_model for p in points if p.reward_model}}
+    rows = frontier_rows(points, report, flops)
+    result = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "beta": beta,
+              "reference": REFERENCE, "rows": rows, "reach": reach(rows),
+              "rm_flops_per_token": flops, "world_fingerprint": world.get("fingerprint"),
+              "generate_seconds": round(generate_s, 1)}
+    result["plots"] = plot(rows, out)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result["world_seconds"] = round(world_s, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.json").write_text(json.dumps(result, indent=2))
+    text = format_tables(result)
+    (out / "frontier.md").write_text("# Reward per unit of compute\n\n```\n" + text + "\n```\n\n" +
+                                     "\n".join(f"![{p}](plots/{p})" for p in result["plots"]) + "\n")
+    console.show("\n" + text)
+    console.show(f"\nfrontier done in {result['seconds']} s ({result['world_seconds']} s for the world, "
+                 f"{result['generate_seconds']} s generating); tables, plots and runs in {out}/")
+    return result
+
+
+def frontier_rows(points: list[Point], report: dict, flops: dict[str, float]) -> list[dict]:
+    """Per point: gold and eval-RM reward (mean, SE over prompts), compute per prompt, the paired
+    gold difference to the reference."""
+    paired = {p["a"]: p.get("gold") for p in report.get("paired", [])}
+    rows = []
+    for p in points:
+        r = report["runs"][p.label]
+        prompts = max(r["gold"]["prompts"], 1)
+        cost = r["cost"]
+        rows.append({
+            "label": p.label, "method": p.method, "budget": p.budget, "decode": p.decode,
+            "gold": r["gold"], "eval_rm": r["reward"], "error_rows": r["error_rows"],
+            "mean_tokens": r["mean_tokens"],
+            "rm_flops_per_prompt": cost["reward_tokens"] * flops.get(p.reward_model, 0.0) / prompts,
+            "reward_tokens_per_prompt": cost["reward_tokens"] / prompts,
+            "reward_calls_per_prompt": cost["reward_calls"] / prompts,
+            "llm_tokens_per_prompt": (cost["llm_prefill_tokens"] + cost["llm_decode_tokens"]) / prompts,
+            "wall_s_per_prompt": cost["wall_s"] / prompts,
+            "gold_vs_reference": paired.get(p.label),
+        })
+    return rows
+
+
+def reach(rows: list[dict]) -> list[dict]:
+    """Per method: the first budget (in compute order) whose mean gold reaches the reference's."""
+    ref = next((r for r in rows if r["label"] == REFERENCE), None)
+    if ref is None:
+        return []
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["rm_flops_per_prompt"])
+        hit = next((r for r in mine if r["gold"]["mean"] >= ref["gold"]["mean"]), None)
+        best = max(mine, key=lambda r: r["gold"]["mean"])
+        out.append({"method": method, "reached": hit is not None, "budget": hit["budget"] if hit else None,
+                    "rm_flops_per_prompt": hit["rm_flops_per_prompt"] if hit else None,
+                    "wall_s_per_prompt": hit["wall_s_per_prompt"] if hit else None,
+                    "gold_vs_reference": hit["gold_vs_reference"] if hit else None,
+                    "best_budget": best["budget"], "best_gold": best["gold"]})
+    return out
+
+
+def _flops(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2e}"
+
+
+def format_tables(result: dict) -> str:
+    rows, ref = result["rows"], result["reference"]
+    lines = [f"{'run':<28}{'gold ± SE':>17}{'eval-RM ± SE':>17}{'RM FLOPs/prompt':>17}{'RM calls':>10}"
+             f"{'LLM tok':>9}{'wall s':>8}{'gold − BoN-16 [95% CI]':>26}"]
+    for r in rows:
+        d = r["gold_vs_reference"]
+        diff = f"{d['diff']:+.3f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]" if d and d.get("interval") else "—"
+        lines.append(f"{r['label']:<28}{r['gold']['mean']:>9.3f} ± {r['gold']['se']:.3f}"
+                     f"{r['eval_rm']['mean']:>9.3f} ± {r['eval_rm']['se']:.3f}{_flops(r['rm_flops_per_prompt']):>17}"
+                     f"{r['reward_calls_per_prompt']:>10.0f}{r['llm_tokens_per_prompt']:>9.0f}"
+                     f"{r['wall_s_per_prompt']:>8.3f}{diff:>26}")
+    lines.append(f"(per prompt: {result['num_prompts']} held-out prompts, 1 response each, ≤ {result['max_new_tokens']} "
+                 "tokens; ± is the SE over prompts; RM FLOPs = 2 N_RM x tokens the guidance RM read; LLM tok = prompt "
+                 "tokens computed + tokens generated; wall s = the rows' shares of their micro-batches)")
+    lines += ["", f"First budget at which each method's mean gold reaches {ref}'s "
+                  f"({next(r for r in rows if r['label'] == ref)['gold']['mean']:.3f}):",
+              f"{'method':<18}{'budget':>12}{'RM FLOPs/prompt':>17}{'wall s/prompt':>15}{'gold − BoN-16 [95% CI]':>26}"
+              f"{'   best (gold)':>22}"]
+    for m in result["reach"]:
+        d = m["gold_vs_reference"]
+        diff = f"{d['diff']:+.3f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]" if d and d.get("interval") else "—"
+        wall = "—" if m["wall_s_per_prompt"] is None else f"{m['wall_s_per_prompt']:.3f}"
+        best = f"{m['best_budget']} ({m['best_gold']['mean']:.3f})"
+        lines.append(f"{m['method']:<18}{m['budget'] or 'not reached':>12}{_flops(m['rm_flops_per_prompt']):>17}"
+                     f"{wall:>15}{diff:>26}{best:>22}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path) -> list[str]:
+    """Mean gold (± SE over prompts) against RM FLOPs and against wall seconds per prompt, one curve a method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    ref = next((r for r in rows if r["label"] == REFERENCE), None)
+    names = []
+    for key, xlabel, name in (("rm_flops_per_prompt", "reward-model FLOPs per prompt", "gold_vs_rm_flops.png"),
+                              ("wall_s_per_prompt", "wall seconds per prompt (this CPU)", "gold_vs_wall_s.png")):
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = sorted((r for r in rows if r["method"] == method and r[key] > 0), key=lambda r: r[key])
+            if not mine:
+                continue
+            ax.errorbar([r[key] for r in mine], [r["gold"]["mean"] for r in mine],
+                        yerr=[r["gold"]["se"] for r in mine], marker="o", capsize=3, label=method)
+            for r in mine:
+                ax.annotate(r["budget"], (r[key], r["gold"]["mean"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        topk = next((r for r in rows if r["method"] == "topk"), None)
+        if topk is not None:
+            ax.axhline(topk["gold"]["mean"], color="grey", lw=1, ls=":", label="top-k sampling (no RM)")
+        if ref is not None:
+            ax.axhline(ref["gold"]["mean"], color="black", lw=1, ls="--", label=f"{REFERENCE} (reference)")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean gold reward (± SE over prompts)")
+        ax.set_title("Reward per unit of compute")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / name, dpi=120)
+        plt.close(fig)
+        names.append(name)
+    return names
