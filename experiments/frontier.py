@@ -38,18 +38,22 @@ class Point:
         return f"{self.method} {self.budget}"
 
 
-def grid(beta: float) -> list[Point]:
+def grid(beta: float, max_new_tokens: int = 48) -> list[Point]:
     """The budgets each method runs at (ordered by compute within a method)."""
     points = [Point("topk", "k=10", {"method": "topk", "top_k": 10}, None)]
     points += [Point("best-of-n", f"N={n}", {"method": "best-of-n", "n_candidates": n}, "rm_full")
-               for n in (1, 2, 4, 8, 16)]
-    points += [Point("pargs", f"k={k}", {"method": "pargs", "top_k": k, "beta": beta}) for k in (2, 4, 10)]
+               for n in (1, 2, 4, 8, 16, 32, 64)]
+    points += [Point("pargs", f"k={k}", {"method": "pargs", "top_k": k, "beta": beta}) for k in (2, 3, 4, 6, 10)]
     points += [Point("blockwise", f"m={m} K={k}", {"method": "blockwise", "block_tokens": m, "n_candidates": k,
                                                      "beta": beta})
-               for m, k in ((16, 2), (16, 4), (8, 4), (8, 8))]
+               for m, k in ((16, 2), (16, 4), (8, 4), (8, 8), (4, 8), (8, 16))]
     points += [Point("early-rejection", f"N={n}", {"method": "early-rejection", "n_candidates": n,
                                                    "block_tokens": 8, "reject_fraction": 0.5})
-               for n in (4, 8, 16, 32)]
+               for n in (4, 8, 16, 32, 64)]
+    # the same N in whole requests (one block, so nothing is rejected before the end): what block-sized
+    # requests cost in wall time against vLLM generating each candidate in one go
+    points.append(Point("early-rejection, one block", f"N=16 m={max_new_tokens}",
+                        {"method": "early-rejection", "n_candidates": 16, "block_tokens": max_new_tokens}))
     return points
 
 
@@ -90,7 +94,7 @@ def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/wo
     world = ensure_world(world_dir, reduced_world)
     world_s = time.perf_counter() - start
     out = Path(out_dir)
-    points = points or grid(beta)
+    points = points or grid(beta, max_new_tokens)
     configs = {p.label: build(GenerateConfig, point_config(world, p, out, num_prompts, max_new_tokens))
                for p in points}
     console.say(f"frontier: {len(points)} runs of {num_prompts} prompts (one vLLM engine for all; it takes about a "
@@ -177,28 +181,29 @@ def _flops(x: float | None) -> str:
 
 def format_tables(result: dict) -> str:
     rows, ref = result["rows"], result["reference"]
-    lines = [f"{'run':<28}{'gold ± SE':>17}{'eval-RM ± SE':>17}{'RM FLOPs/prompt':>17}{'RM calls':>10}"
-             f"{'LLM tok':>9}{'wall s':>8}{'gold − BoN-16 [95% CI]':>26}"]
+    w = max(len(r["label"]) for r in rows) + 2
+    lines = [f"{'run':<{w}}{'gold ± SE':>17}{'eval-RM ± SE':>17}{'RM FLOPs/prompt':>17}{'RM calls':>10}"
+             f"{'tokens':>8}{'LLM tok':>9}{'wall s':>8}{'gold − BoN-16 [95% CI]':>26}"]
     for r in rows:
         d = r["gold_vs_reference"]
         diff = f"{d['diff']:+.3f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]" if d and d.get("interval") else "—"
-        lines.append(f"{r['label']:<28}{r['gold']['mean']:>9.3f} ± {r['gold']['se']:.3f}"
+        lines.append(f"{r['label']:<{w}}{r['gold']['mean']:>9.3f} ± {r['gold']['se']:.3f}"
                      f"{r['eval_rm']['mean']:>9.3f} ± {r['eval_rm']['se']:.3f}{_flops(r['rm_flops_per_prompt']):>17}"
-                     f"{r['reward_calls_per_prompt']:>10.0f}{r['llm_tokens_per_prompt']:>9.0f}"
+                     f"{r['reward_calls_per_prompt']:>10.0f}{r['mean_tokens'] or 0:>8.1f}{r['llm_tokens_per_prompt']:>9.0f}"
                      f"{r['wall_s_per_prompt']:>8.3f}{diff:>26}")
     lines.append(f"(per prompt: {result['num_prompts']} held-out prompts, 1 response each, ≤ {result['max_new_tokens']} "
-                 "tokens; ± is the SE over prompts; RM FLOPs = 2 N_RM x tokens the guidance RM read; LLM tok = prompt "
+                 "tokens; ± is the SE over prompts; RM FLOPs = 2 N_RM x tokens the guidance RM read; tokens = mean response length; LLM tok = prompt "
                  "tokens computed + tokens generated; wall s = the rows' shares of their micro-batches)")
     lines += ["", f"First budget at which each method's mean gold reaches {ref}'s "
                   f"({next(r for r in rows if r['label'] == ref)['gold']['mean']:.3f}):",
-              f"{'method':<18}{'budget':>12}{'RM FLOPs/prompt':>17}{'wall s/prompt':>15}{'gold − BoN-16 [95% CI]':>26}"
+              f"{'method':<{w - 12}}{'budget':>12}{'RM FLOPs/prompt':>17}{'wall s/prompt':>15}{'gold − BoN-16 [95% CI]':>26}"
               f"{'   best (gold)':>22}"]
     for m in result["reach"]:
         d = m["gold_vs_reference"]
         diff = f"{d['diff']:+.3f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]" if d and d.get("interval") else "—"
         wall = "—" if m["wall_s_per_prompt"] is None else f"{m['wall_s_per_prompt']:.3f}"
         best = f"{m['best_budget']} ({m['best_gold']['mean']:.3f})"
-        lines.append(f"{m['method']:<18}{m['budget'] or 'not reached':>12}{_flops(m['rm_flops_per_prompt']):>17}"
+        lines.append(f"{m['method']:<{w - 12}}{m['budget'] or 'not reached':>12}{_flops(m['rm_flops_per_prompt']):>17}"
                      f"{wall:>15}{diff:>26}{best:>22}")
     return "\n".join(lines)
 
