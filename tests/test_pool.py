@@ -68,6 +68,36 @@ def test_one_or_two_workers_and_any_batch_size_give_the_same_rows(ray_local, wor
     assert two["placement"]["bundles"] == [{"CPU": 0.5}, {"CPU": 0.25}]
 
 
+def test_block_methods_with_several_weighted_reward_models_on_ray_equal_in_process(ray_local, world, tmp_path, models):
+    """Early rejection guided by two reward models, each prompt with its own weights: the Ray pool
+    (the weighted scorer on a reward actor) writes the rows and costs one process writes."""
+    from pargs_batch.reward import WeightedScorer
+
+    rows = [json.loads(line) for line in open(world["prompts"])][:12]
+    for i, row in enumerate(rows):
+        row["w"] = [1.0, 0.5] if i % 3 else [0.0, 2.0]
+    source = tmp_path / "weighted.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def config(name, on_ray):
+        cfg = pool_config(world, tmp_path, name, batch=5, limit=12)
+        cfg["ray"]["enabled"] = on_ray
+        cfg["data"].update(source=str(source), weights_column="w")
+        cfg["decode"].update(method="early-rejection", n_candidates=4, block_tokens=4, max_new_tokens=12)
+        cfg["reward"] = {"batch_size": 16, "models": [{"path": world["reward_model"], "weight": 1.0},
+                                                      {"path": world["reward_model_init"], "weight": 1.0}]}
+        return build(GenerateConfig, cfg)
+
+    here = config("here", False)
+    run_generate(here, models=(models[0], models[1], WeightedScorer(here.reward)), progress=False)
+    summary = run_generate(config("ray", True), progress=False)
+    assert summary["rows"] == 12 and summary["placement"] is not None
+    assert content(tmp_path / "ray") == content(tmp_path / "here")
+    costs = ["llm_decode_tokens", "reward_tokens", "reward_calls"]
+    cost = lambda name: {r["id"]: [r[c] for c in costs] for r in read_output(tmp_path / name).to_pylist()}  # noqa: E731
+    assert cost("ray") == cost("here") and all(c[2] > 0 for c in cost("ray").values())
+
+
 def test_a_worker_and_its_reward_actor_run_in_one_bundle_of_one_placement_group(ray_local, world, tmp_path):
     from pargs_batch.pool import RayPool
 
