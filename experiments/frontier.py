@@ -141,7 +141,7 @@ def frontier_rows(points: list[Point], report: dict, flops: dict[str, float]) ->
     rows = []
     for p in points:
         r = report["runs"][p.label]
-        prompts = max(r["gold"]["prompts"], 1)
+        prompts = max(r["rows"] / r["samples_per_prompt"], 1)  # every prompt: error rows spent compute too
         cost = r["cost"]
         rows.append({
             "label": p.label, "method": p.method, "budget": p.budget, "decode": p.decode,

@@ -15,7 +15,7 @@ from pargs_batch import decoding
 from pargs_batch.batch import CandidateRow, Cost, MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
-from pargs_batch.scorers import models_of, score_costed
+from pargs_batch.scorers import score_rows
 
 
 class BestOfN:
@@ -37,10 +37,9 @@ class BestOfN:
                                          d.top_k, d.temperature, d.stop, d.ignore_eos, prefill=prefill)
             t1 = clock()
             flat = [(job, c) for job, cands in zip(jobs, samples) for c in cands]
-            rewards, read = score_costed(self.scorer, [job[1].context for job, _ in flat], [c[1] for _, c in flat],
-                                         [job[1].weights for job, _ in flat])
+            rewards, read, calls = score_rows(self.scorer, [job[1].context for job, _ in flat], [c[1] for _, c in flat],
+                                              [job[1].weights for job, _ in flat], self.n)
             t2 = clock()
-            rewards, read = rewards.reshape(len(jobs), self.n), read.reshape(len(jobs), self.n).sum(1)
             best = decoding.greedy(np.where(np.isfinite(rewards), rewards, -np.inf))  # non-finite never wins
             failed = decoding.unscorable(rewards)
             for j, ((i, p, _, s), cands) in enumerate(zip(jobs, samples)):
@@ -50,7 +49,7 @@ class BestOfN:
                 else:
                     rows[(i, s)] = self.rows.row(p.id, s, p.prompt, text, ids, reason, [float(rewards[j, best[j]])])
                 cost = Cost()
-                cost.add(prefill[j], sum(len(c[0]) for c in cands), read[j], self.n * models_of(self.scorer))
+                cost.add(prefill[j], sum(len(c[0]) for c in cands), read[j], calls[j])
                 rows[(i, s)].charge(cost)
                 result.tokens += cost.llm_decode_tokens
                 result.candidates += [CandidateRow(id=p.id, sample_index=s, candidate_index=c_i, response=c[1],

@@ -32,9 +32,8 @@ import numpy as np
 from pargs_batch import decoding
 from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig
-from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
-from pargs_batch.scorers import models_of, score_costed
-from pargs_batch.stepper import _first_stop
+from pargs_batch.rows import RowMaker, first_stop, in_input_order, whole_request_jobs
+from pargs_batch.scorers import score_rows
 
 
 @dataclass
@@ -44,7 +43,7 @@ class Track:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     reason: str | None = None     # eos | stop | length once finished
-    logprob: float = 0.0          # log pi_ref of its last block (blockwise's score)
+    logprob: float = 0.0          # log pi_ref of its last block (blockwise-greedy's score)
     reward: float = float("nan")  # reward of its response so far
     rewards: list[float] = field(default_factory=list)  # its reward at each block boundary
 
@@ -60,7 +59,8 @@ class Job:
     id_hash: np.uint64
     tracks: list[Track]
     cost: Cost = field(default_factory=Cost)
-    alive: list[int] = field(default_factory=list)  # early rejection: candidates alive after each check
+    live: list[int] = field(default_factory=list)    # early rejection: the candidates still in the race
+    checks: list[int] = field(default_factory=list)  # early rejection: how many were left after each check
 
 
 class BlockRunner:
@@ -75,7 +75,7 @@ class BlockRunner:
     def _jobs(self, prompts: list[PromptRow], tracks: int) -> tuple[list[Job], dict]:
         jobs, rows = whole_request_jobs(prompts, self.tokenizer, self.engine.max_model_len, self.rows)
         hashes = decoding.id_hashes([p.id for _, p, _, _ in jobs])
-        return [Job(i, p, ids, s, h, [Track() for _ in range(tracks)])
+        return [Job(i, p, ids, s, h, [Track() for _ in range(tracks)], live=list(range(tracks)))
                 for (i, p, ids, s), h in zip(jobs, hashes)], rows
 
     def _budget(self, job: Job, track: Track) -> int:
@@ -86,17 +86,21 @@ class BlockRunner:
 
     def _grow(self, job: Job, track: Track, block: tuple) -> Track:
         """``track`` followed by ``block`` (token ids, text, vLLM's finish reason, log pi_ref): a new
-        track, finished when the block ended on EOS or a stop string (one may straddle the
-        boundary) or a length limit is reached."""
+        track, finished when the block ended on EOS or a stop string or a length limit is reached.
+        vLLM finds stop strings inside a block; one that straddles the boundary is found here, and
+        the ids end, as in the stepped loop, with the token that completes it."""
         d = self.decode
         ids, text, reason, logprob = block
         new = Track(ids=track.ids + list(ids), text=track.text + text, logprob=logprob, rewards=list(track.rewards))
-        if d.stop:
-            cut = _first_stop(new.text, len(track.text), d.stop)
-            if cut >= 0:
-                new.text, new.reason = new.text[:cut], "stop"
-                return new
-        if reason in ("eos", "stop"):
+        cut = first_stop(new.text, len(track.text), d.stop) if d.stop else -1
+        if cut >= 0:
+            new.text, new.reason = new.text[:cut], "stop"
+            for j in range(1, len(ids) + 1):  # the first token whose text completes the stop string
+                if first_stop(self.tokenizer.decode(track.ids + list(ids[:j]), skip_special_tokens=True),
+                              len(track.text), d.stop) >= 0:
+                    new.ids = track.ids + list(ids[:j])
+                    break
+        elif reason in ("eos", "stop"):
             new.reason = reason
         elif len(new.ids) >= d.max_new_tokens or len(job.prompt_ids) + len(new.ids) >= self.engine.max_model_len:
             new.reason = "length"
@@ -130,21 +134,19 @@ class BlockRunner:
         if not pairs:
             return
         t0 = time.perf_counter()
-        rewards, read = score_costed(self.scorer, [j.prompt.context for j, _ in pairs], [t.text for _, t in pairs],
-                                     [j.prompt.weights for j, _ in pairs])
-        for (job, track), r, tokens in zip(pairs, rewards, read):
+        rewards, read, calls = score_rows(self.scorer, [j.prompt.context for j, _ in pairs],
+                                          [t.text for _, t in pairs], [j.prompt.weights for j, _ in pairs], 1)
+        for (job, track), r, tokens, c in zip(pairs, rewards[:, 0], read, calls):
             track.reward = float(r)
             track.rewards.append(float(r))
-            job.cost.add(reward_tokens=tokens, reward_calls=models_of(self.scorer))
+            job.cost.add(reward_tokens=tokens, reward_calls=c)
         self.timings["reward"] += time.perf_counter() - t0
 
-    def _row(self, job: Job, track: Track | None, rows: dict, where: str) -> None:
+    def _row(self, job: Job, track: Track, rows: dict, error: str | None = None) -> None:
+        """The job's row: ``track``, or - with ``error`` - what it had before the failure."""
         p, s = job.prompt, job.sample_index
-        if track is None or not np.isfinite(track.reward):
-            row = self.rows.row(p.id, s, p.prompt, "", [], "error", None,
-                                self.rows.nonfinite_error(len(job.tracks), where))
-        else:
-            row = self.rows.row(p.id, s, p.prompt, track.text, track.ids, track.reason, track.rewards)
+        row = self.rows.row(p.id, s, p.prompt, track.text, track.ids, "error" if error else track.reason,
+                            track.rewards, error)
         rows[(job.position, s)] = row.charge(job.cost)
 
     def _result(self, prompts: list[PromptRow], rows: dict) -> MicroBatchResult:
@@ -159,47 +161,53 @@ class Blockwise(BlockRunner):
         d = self.decode
         greedy = decoding.METHODS[d.method].greedy
         jobs, rows = self._jobs(prompts, 1)
-        block = 0
-        active = jobs
+        block, active = 0, jobs
         while active:
             grown = self._generate([(j, j.tracks[0], block, 0) for j in active], self.n)
             self._score([(j, t) for j, cands in zip(active, grown) for t in cands])
             t0 = time.perf_counter()
             r = np.array([[t.reward for t in cands] for cands in grown], dtype=np.float64)
             failed = decoding.unscorable(r)
+            # the rule's scores; a candidate without a finite reward never wins, whatever beta
+            base = np.array([[t.logprob for t in cands] for cands in grown]) if greedy else np.zeros_like(r)
+            score = np.where(np.isfinite(r), decoding.scores(base, r, d.beta), -np.inf)
+            score[failed] = 0.0  # no choice to make: the row ends as an error
             if greedy:
-                lp = np.array([[t.logprob for t in cands] for cands in grown])
-                choice = decoding.greedy(decoding.scores(lp, r, d.beta))
+                choice = decoding.greedy(score)
             else:
                 u = decoding.keyed_uniforms(d.seed, np.array([j.id_hash for j in active], dtype=np.uint64),
                                             np.array([j.sample_index for j in active]),
                                             np.array([len(j.tracks[0].ids) for j in active]))
-                choice = decoding.sample(decoding.scores(np.zeros_like(r), r, d.beta), u, d.temperature)
+                choice = decoding.sample(score, u, d.temperature)
             self.timings["decode"] += time.perf_counter() - t0
             still = []
             for j, cands, c, bad in zip(active, grown, choice, failed):
                 if bad:
-                    self._row(j, None, rows, f"at block {block}")
+                    self._row(j, j.tracks[0], rows, self.rows.nonfinite_error(self.n, f"at block {block}"))
                     continue
                 j.tracks[0] = cands[c]
                 if j.tracks[0].reason is None:
                     still.append(j)
                 else:
-                    self._row(j, j.tracks[0], rows, "")
+                    self._row(j, j.tracks[0], rows)
             active, block = still, block + 1
         return self._result(prompts, rows)
 
 
+def _worst_first(track: Track) -> float:
+    return track.reward if np.isfinite(track.reward) else -np.inf
+
+
 class EarlyRejection(BlockRunner):
-    """``early-rejection``: N candidates, the worst share dropped at every check, the best survivor kept."""
+    """``early-rejection``: N candidates, the worst share dropped at every check, the best survivor kept.
+    ``checks`` (after ``run``) maps each (id, sample) to the candidates left after each of its checks."""
 
     def run(self, prompts: list[PromptRow]) -> MicroBatchResult:
         frac = self.decode.reject_fraction
         jobs, rows = self._jobs(prompts, self.n)
-        alive = {id(j): list(range(self.n)) for j in jobs}  # candidate indices still in the race
         block = 0
         while True:
-            items = [(j, j.tracks[c], block, c) for j in jobs for c in alive[id(j)] if j.tracks[c].reason is None]
+            items = [(j, j.tracks[c], block, c) for j in jobs for c in j.live if j.tracks[c].reason is None]
             if not items:
                 break
             grown = self._generate(items, 1)
@@ -207,23 +215,17 @@ class EarlyRejection(BlockRunner):
                 j.tracks[c] = track
             self._score([(j, j.tracks[c]) for j, _, _, c in items])
             for j in jobs:
-                live = alive[id(j)]
-                if all(j.tracks[c].reason is not None for c in live):
-                    continue  # finished: nothing left to save by rejecting
-                drop = min(int(frac * len(live)), len(live) - 1)
-                # the worst first; a non-finite reward is worst of all; ties drop the higher index
-                order = sorted(live, key=lambda c: (_finite(j.tracks[c].reward), -c))
-                alive[id(j)] = sorted(order[drop:])
-                j.alive.append(len(alive[id(j)]))
+                if all(j.tracks[c].reason is not None for c in j.live):
+                    continue  # all finished: nothing left to save by rejecting
+                drop = min(int(frac * len(j.live)), len(j.live) - 1)
+                # the worst first (a non-finite reward is the worst); among equals the later candidate goes
+                order = sorted(j.live, key=lambda c: (_worst_first(j.tracks[c]), -c))
+                j.live = sorted(order[drop:])
+                j.checks.append(len(j.live))
             block += 1
-        self.checks = {(j.prompt.id, j.sample_index): j.alive for j in jobs}
+        self.checks = {(j.prompt.id, j.sample_index): j.checks for j in jobs}
         for j in jobs:
-            live = alive[id(j)]
-            best = max(live, key=lambda c: (_finite(j.tracks[c].reward), -c))
-            track = j.tracks[best]
-            self._row(j, track if np.isfinite(track.reward) else None, rows, "(partial responses)")
+            best = j.tracks[max(j.live, key=lambda c: (_worst_first(j.tracks[c]), -c))]
+            error = None if np.isfinite(best.reward) else self.rows.nonfinite_error(self.n, "(partial responses)")
+            self._row(j, best, rows, error)
         return self._result(prompts, rows)
-
-
-def _finite(x: float) -> float:
-    return x if np.isfinite(x) else -np.inf

@@ -301,8 +301,8 @@ class CausalRewardScorer:
         whole responses are read as the steps read their prefixes."""
         return self.score_costed(contexts, responses)[0]
 
-    def score_costed(self, contexts: list, responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``score``, and the tokens read for each input."""
+    def score_costed(self, contexts: list, responses: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``score``, the tokens read for each input and the model calls it took (one)."""
         tok, out = self.tokenizer, [None] * len(contexts)
         plain = [i for i, c in enumerate(contexts) if not isinstance(c, list)]
         chat = [i for i, c in enumerate(contexts) if isinstance(c, list)]
@@ -315,4 +315,5 @@ class CausalRewardScorer:
                      for i in chat]
             for i, ids in zip(chat, tok(texts, add_special_tokens=False)["input_ids"]):
                 out[i] = ids
-        return self.score_ids(out), np.array([len(ids) for ids in out], dtype=np.int64)
+        return (self.score_ids(out), np.array([len(ids) for ids in out], dtype=np.int64),
+                np.ones(len(out), dtype=np.int64))

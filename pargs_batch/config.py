@@ -82,8 +82,8 @@ class RewardConfig:
             raise ConfigError("reward.models", self.models, "give reward.path or reward.models, not both")
         if self.path:
             check_model_path("reward.path", self.path)
-        for i, entry in enumerate(self.models):
-            self._member(i, entry)
+        # checked once here; a config is not changed after it is built (dataclasses.replace builds anew)
+        self._members = [self._member(i, entry) for i, entry in enumerate(self.models)]
         one_of("reward.backend", self.backend, ["hf", "causal"])
         one_of("reward.input", self.input, ["template", "pair", "chat"])
         if self.backend == "causal" and self.input != "template":
@@ -132,14 +132,21 @@ class RewardConfig:
         """(single-model config, weight) of each reward model: ``models``, or ``path`` with weight 1."""
         if not self.models:
             return [(self, 1.0)] if self.path else []
-        return [self._member(i, entry) for i, entry in enumerate(self.models)]
+        return self._members
 
     @property
     def label(self) -> str:
         """What the ``reward_model`` column says: the path, or each model's weight and path."""
-        if not self.models:
-            return self.path
-        return " + ".join(f"{w:g}*{m.path}" for m, w in self.members)
+        return reward_label(dataclasses.asdict(self))
+
+
+def reward_label(reward: dict) -> str:
+    """A reward section (as a dict, e.g. from a run's metadata) as the ``reward_model`` column names
+    it: the path, or each model's weight and path (``1*org/helpful + 0.5*org/harmless``)."""
+    models = reward.get("models") or []
+    if not models:
+        return reward.get("path") or ""
+    return " + ".join(f"{float(m.get('weight', 1.0)):g}*{m['path']}" for m in models)
 
 
 @dataclass
@@ -172,6 +179,8 @@ class DecodeConfig:
         positive("decode.num_samples", self.num_samples)
         positive("decode.micro_batch_size", self.micro_batch_size)
         positive("decode.n_candidates", self.n_candidates)
+        if self.n_candidates is not None and self.n_candidates >= 2**20:
+            raise ConfigError("decode.n_candidates", self.n_candidates, "must be < 1048576 (2**20)")
         if not isinstance(self.block_tokens, int) or self.block_tokens < 1:
             raise ConfigError("decode.block_tokens", self.block_tokens, "must be an integer >= 1")
         if not 0 <= self.reject_fraction < 1:

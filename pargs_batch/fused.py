@@ -39,7 +39,7 @@ from pargs_batch import decoding
 from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
 from pargs_batch.config import DecodeConfig, RewardConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
-from pargs_batch.scorers import models_of, score_costed
+from pargs_batch.scorers import score_rows
 
 EXTRA_KEY = "pargs_batch"
 
@@ -224,12 +224,13 @@ class Guide:
                 texts += [self.detok.extended_text(rows[n].detok, w) for w in windows[n]]
                 prompts += [rows[n].prompt] * kmax
             t2 = time.perf_counter()
-            scored, read = score_costed(self.scorer, prompts, texts, [rows[n].weights for n in guided for _ in range(kmax)])
-            rewards[guided] = scored.reshape(len(guided), kmax)
+            scored, read, calls = score_rows(self.scorer, prompts, texts,
+                                             [rows[n].weights for n in guided for _ in range(kmax)], kmax)
+            rewards[guided] = scored
             t3 = time.perf_counter()
-            for n, tokens in zip(guided, read.reshape(len(guided), kmax).sum(1)):
+            for n, tokens, c in zip(guided, read, calls):
                 rows[n].reward_tokens += int(tokens)
-                rows[n].reward_calls += kmax * models_of(self.scorer)
+                rows[n].reward_calls += int(c)
         else:
             t2 = t3 = t1
         score = guided_scores(lp_np, rewards, np.array([r.beta for r in rows]), np.array([r.k for r in rows]),

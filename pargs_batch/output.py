@@ -160,6 +160,12 @@ class RunDir:
             raise ConfigError("output.path", self.uri,
                               "directory is not empty and holds no run; pass --overwrite to replace it") from None
         if old != identity:
+            added = _added_keys(old, identity)
+            if added:
+                raise ConfigError("output.path", self.uri,
+                                  f"holds a run written by an earlier pargs_batch (its config has no "
+                                  f"{', '.join(added[:3])}; its files lack this version's columns); pass --overwrite "
+                                  "to replace it or choose another output.path")
             changed = sorted(_diff_keys(old, identity))
             raise ConfigError("output.path", self.uri,
                               f"holds a run with a different config ({'; '.join(changed[:5])}); "
@@ -319,6 +325,17 @@ class RunDir:
 
 def _mb_order(path: str) -> int:
     return int(MB.search(path).group(2))
+
+
+def _added_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Keys of ``new`` that ``old`` does not have at all (a config from an earlier version)."""
+    keys = []
+    for key, value in new.items():
+        if key not in old:
+            keys.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            keys += _added_keys(old[key], value, f"{prefix}{key}.")
+    return keys
 
 
 def _diff_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -92,16 +92,15 @@ class RemoteScorer:
     """A reward scorer on one or more Ray actors, called like a local one: a call is split evenly
     across the actors and the scores come back in input order."""
 
-    def __init__(self, actors: list, num_models: int = 1):
+    def __init__(self, actors: list):
         self.actors = list(actors)
-        self.num_models = num_models  # reward models each input is scored by (reward.models)
 
     def score(self, prompts: list[str], responses: list[str], weights: list | None = None):
         return self.score_costed(prompts, responses, weights)[0]
 
     def score_costed(self, prompts: list[str], responses: list[str], weights: list | None = None):
-        """Scores and the tokens read per input, as ``HFRewardScorer.score_costed`` (``weights``: per
-        input, for a ``WeightedScorer``)."""
+        """Scores, tokens read and model calls per input, as ``HFRewardScorer.score_costed``
+        (``weights``: per input, for a ``WeightedScorer``)."""
         import numpy as np
         import ray
 
@@ -110,10 +109,11 @@ class RemoteScorer:
         if n == 1:
             return ray.get(self.actors[0].score_costed.remote(prompts, responses, **extra(0)))
         parts = [a.score_costed.remote(prompts[i::n], responses[i::n], **extra(i)) for i, a in enumerate(self.actors)]
-        out, tokens = np.zeros(len(prompts), dtype=np.float32), np.zeros(len(prompts), dtype=np.int64)
-        for i, (part, part_tokens) in enumerate(ray.get(parts)):
-            out[i::n], tokens[i::n] = part, part_tokens
-        return out, tokens
+        out = np.zeros(len(prompts), dtype=np.float32)
+        tokens, calls = np.zeros(len(prompts), dtype=np.int64), np.zeros(len(prompts), dtype=np.int64)
+        for i, (part, part_tokens, part_calls) in enumerate(ray.get(parts)):
+            out[i::n], tokens[i::n], calls[i::n] = part, part_tokens, part_calls
+        return out, tokens, calls
 
 
 def reward_actors(reward: RewardConfig, options: list[dict], max_retries: int = 0) -> list:
@@ -146,14 +146,17 @@ class DecodeWorker:
         return worker
 
     def generate(self, prompts: list[PromptRow]) -> MicroBatchResult:
-        """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count. Each row's
-        ``wall_s`` is its equal share of the micro-batch's wall seconds (queueing for the engine
-        included: with several micro-batches in flight the shares sum to more than the run's wall)."""
+        """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count. Each row
+        that reached the engine gets an equal share of the micro-batch's wall seconds as ``wall_s``
+        (queueing for the engine included: with several micro-batches in flight the shares sum to
+        more than the run's wall)."""
         engine = LockedEngine(self.engine, self.lock)
         t0 = time.perf_counter()
         result = make_runner(self.config, engine, self.tokenizer, self.scorer).run(prompts)
-        share = (time.perf_counter() - t0) / max(len(result.rows), 1)
-        for row in result.rows:
+        # shared by the rows that cost something (a prompt refused before generation took no time)
+        spent = [r for r in result.rows if r.llm_prefill_tokens or r.llm_decode_tokens] or result.rows
+        share = (time.perf_counter() - t0) / max(len(spent), 1)
+        for row in spent:
             row.wall_s = share
         # the engine phase is the engine's own work; queueing behind another micro-batch is apart
         result.phase_s["engine"] = result.phase_s.get("engine", 0.0) - engine.wait_s
@@ -208,7 +211,7 @@ class RayPool:
         self.workers = [
             worker_cls.options(**self.plan.worker_options(i, self.group), max_restarts=r.max_retries,
                                max_task_retries=r.max_retries, max_concurrency=r.inflight_per_worker)
-            .remote(config, RemoteScorer([self.rewards[i % actors]], len(config.reward.members)) if actors else None)
+            .remote(config, RemoteScorer([self.rewards[i % actors]]) if actors else None)
             for i in range(r.num_workers)]
         # wait for the models to load, so that start-up is not counted as generation time
         ray.get([w.ready.remote() for w in self.workers] + [a.score.remote([], []) for a in self.rewards])

@@ -151,13 +151,14 @@ class HFRewardScorer:
         """The reward of each (context, response prefix), as float32, in input order."""
         return self.score_costed(contexts, responses)[0]
 
-    def score_costed(self, contexts: list[Any], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``score``, and the tokens the model read for each input (padding not counted)."""
+    def score_costed(self, contexts: list[Any], responses: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``score``, the tokens the model read for each input (padding not counted) and the model
+        calls each input took (one)."""
         import torch
 
         out = np.zeros(len(contexts), dtype=np.float32)
         if not contexts:
-            return out, np.zeros(0, dtype=np.int64)
+            return out, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         enc = self.encode(contexts, responses)
         lengths = [len(x) for x in enc["input_ids"]]
         with torch.inference_mode():
@@ -165,37 +166,40 @@ class HFRewardScorer:
                 batch = self.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()}, return_tensors="pt")
                 logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
                 out[idx] = logits[:, 0].float().cpu().numpy()
-        return out, np.asarray(lengths, dtype=np.int64)
+        return out, np.asarray(lengths, dtype=np.int64), np.ones(len(contexts), dtype=np.int64)
 
 
 class WeightedScorer:
     """Several reward models as one: the reward is sum_j w_j r_j, with each input's own weights
     (``data.weights_column``) or the configured ones. Each model reads the input its own way
-    (tokenizer, ``input``, template); the tokens read are summed over the models."""
+    (tokenizer, ``input``, template) and runs only on the inputs that weigh it: a weight of 0 costs
+    nothing, and a model's NaN never reaches a reward that does not weigh it."""
 
     def __init__(self, config: RewardConfig):
         members = config.members
         self.scorers = [HFRewardScorer(member) for member, _ in members]
         self.weights = np.array([w for _, w in members], dtype=np.float64)
-        self.num_models = len(self.scorers)
 
     def score(self, contexts: list[Any], responses: list[str], weights: list | None = None) -> np.ndarray:
         return self.score_costed(contexts, responses, weights)[0]
 
-    def score_each(self, contexts: list[Any], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Each model's rewards, (models, inputs), and the tokens each input cost over all models."""
-        parts = [s.score_costed(contexts, responses) for s in self.scorers]
-        return np.stack([r for r, _ in parts]), sum(t for _, t in parts)
-
     def score_costed(self, contexts: list[Any], responses: list[str], weights: list | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The weighted reward of each input (float32) and the tokens it cost; ``weights`` holds
-        one list of per-model weights per input, or None for the configured ones."""
-        each, tokens = self.score_each(contexts, responses)
-        w = np.tile(self.weights, (len(contexts), 1))
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The weighted reward of each input (float32), the tokens it cost and the model calls it
+        took; ``weights`` holds one list of per-model weights per input, or None for the configured ones."""
+        n = len(contexts)
+        w = np.tile(self.weights, (n, 1))
         for i, own in enumerate(weights or []):
             if own is not None:
                 w[i] = own
-        # a model with weight 0 does not count, even where it gives NaN
-        terms = np.where(w.T == 0, 0.0, w.T * each.astype(np.float64))
-        return terms.sum(0).astype(np.float32), tokens
+        total = np.zeros(n, dtype=np.float64)
+        tokens, calls = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        for j, scorer in enumerate(self.scorers):
+            rows = np.nonzero(w[:, j] != 0)[0]
+            if not len(rows):
+                continue
+            r, t, c = scorer.score_costed([contexts[i] for i in rows], [responses[i] for i in rows])
+            total[rows] += w[rows, j] * r.astype(np.float64)
+            tokens[rows] += t
+            calls[rows] += c
+        return total.astype(np.float32), tokens, calls

@@ -46,6 +46,13 @@ class RowMaker:
         return [self.error(p, s, error) for p in prompts for s in range(self.decode.num_samples)]
 
 
+def first_stop(text: str, start: int, stops: list[str]) -> int:
+    """Earliest index in ``text`` where a stop string begins, among those that end after ``start``
+    (the text before it was searched already); -1 if none."""
+    hits = [i for i in (text.find(s, max(0, start - len(s) + 1)) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
 def engine_text(prompt: PromptRow, tokenizer) -> str:
     """What the LLM sees: the prompt, or its conversation rendered by the tokenizer's chat template
     with the generation prompt (the template writes its own special tokens)."""

@@ -48,14 +48,13 @@ def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
     return WeightedScorer(reward) if reward.models else HFRewardScorer(reward)
 
 
-def score_costed(scorer, contexts: list, responses: list[str], weights: list | None = None):
-    """(rewards, tokens read per input) from any scorer; ``weights`` - one list of per-model weights
-    (or None) per input - reaches only a scorer of several models, and only when some input has its own."""
+def score_rows(scorer, contexts: list, responses: list[str], weights: list | None, per_row: int):
+    """Score inputs that come ``per_row`` to a row (a row's candidates): rewards (rows, per_row), and
+    per row the tokens the reward model(s) read and the model calls made. ``weights`` - one list of
+    per-model weights (or None) per input - reaches only a scorer of several models, and only when
+    some input has its own."""
     if weights is not None and any(w is not None for w in weights):
-        return scorer.score_costed(contexts, responses, weights=weights)
-    return scorer.score_costed(contexts, responses)
-
-
-def models_of(scorer) -> int:
-    """How many reward models score each input (each counts as a reward call)."""
-    return getattr(scorer, "num_models", 1)
+        rewards, tokens, calls = scorer.score_costed(contexts, responses, weights=weights)
+    else:
+        rewards, tokens, calls = scorer.score_costed(contexts, responses)
+    return (rewards.reshape(-1, per_row), tokens.reshape(-1, per_row).sum(1), calls.reshape(-1, per_row).sum(1))

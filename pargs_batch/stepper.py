@@ -18,8 +18,8 @@ from pargs_batch import decoding
 from pargs_batch.batch import Cost, MicroBatchResult, PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.detok import DetokState, IncrementalDetokenizer
-from pargs_batch.rows import RowMaker, tokenize_prompts
-from pargs_batch.scorers import models_of, score_costed
+from pargs_batch.rows import RowMaker, first_stop, tokenize_prompts
+from pargs_batch.scorers import score_rows
 
 
 @dataclass
@@ -35,12 +35,6 @@ class _Sequence:
     token_ids: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
-
-
-def _first_stop(text: str, start: int, stops: list[str]) -> int:
-    """Earliest index in ``text`` where a stop string begins, searching from ``start``; -1 if none."""
-    hits = [i for i in (text.find(s, max(0, start - len(s) + 1)) for s in stops) if i >= 0]
-    return min(hits) if hits else -1
 
 
 class Stepper:
@@ -77,7 +71,7 @@ class Stepper:
         if token in self.eos_ids and not self.decode.ignore_eos:
             return "eos"
         if self.decode.stop:
-            cut = _first_stop(seq.detok.text, old_len, self.decode.stop)
+            cut = first_stop(seq.detok.text, old_len, self.decode.stop)
             if cut >= 0:
                 seq.detok.text = seq.detok.text[:cut]
                 return "stop"
@@ -109,11 +103,10 @@ class Stepper:
                      for b, s in enumerate(active) for j in range(k)]
             prompts = [s.context for s in active for _ in range(k)]
             t_text = clock()
-            rewards, read = score_costed(self.scorer, prompts, texts, [s.weights for s in active for _ in range(k)])
-            rewards, read = rewards.reshape(len(active), k), read.reshape(len(active), k).sum(1)
+            rewards, read, calls = score_rows(self.scorer, prompts, texts, [s.weights for s in active for _ in range(k)], k)
             self.timings["reward"] += clock() - t_text
-            for s, n in zip(active, read):
-                s.cost.add(reward_tokens=n, reward_calls=k * models_of(self.scorer))
+            for s, n, c in zip(active, read, calls):
+                s.cost.add(reward_tokens=n, reward_calls=c)
             self.timings["decode"] += t_text - t1
         t2 = clock()
         uniforms = decoding.keyed_uniforms(

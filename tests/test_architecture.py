@@ -102,12 +102,12 @@ def test_rm_training_uses_only_the_loader_and_the_scorers():
 
 
 def test_experiments_are_reached_only_through_entry_points():
-    """`pargs-batch demo | bench | world | diagnose-rm` exist because the packages above the library
+    """`pargs-batch demo | bench | frontier | world | diagnose-rm` exist because the packages above the library
     register them, not because the library names them."""
     import tomllib
 
     commands = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["pargs_batch.commands"]
-    assert set(commands) == {"diagnose-rm", "world", "demo", "bench"}
+    assert set(commands) == {"diagnose-rm", "world", "demo", "bench", "frontier"}
     from pargs_batch.cli import build_parser
 
     parser = build_parser()

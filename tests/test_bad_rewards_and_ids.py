@@ -41,7 +41,7 @@ def nan_reward_model(world, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pargs", "best-of-n"])
+@pytest.mark.parametrize("method", ["pargs", "best-of-n", "blockwise", "blockwise-greedy", "early-rejection"])
 def test_rows_without_a_finite_reward_end_as_errors_naming_the_model(world, tmp_path, engine, tokenizer,
                                                                      nan_reward_model, method):
     from pargs_batch.config import RewardConfig
@@ -56,6 +56,34 @@ def test_rows_without_a_finite_reward_end_as_errors_naming_the_model(world, tmp_
     for r in rows:
         assert r["finish_reason"] == "error" and r["error"].startswith("non-finite reward")
         assert nan_reward_model in r["error"]
+        assert r["llm_decode_tokens"] > 0 and r["reward_calls"] > 0  # what the row spent is still counted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beta", [0.0, 2.0])
+def test_a_block_candidate_without_a_finite_reward_is_never_kept(world, tmp_path, engine, tokenizer,
+                                                                  nan_reward_model, beta):
+    """Two models, one giving NaN: where it weighs 0 it is not even run; where it weighs, every
+    candidate's reward is NaN, so the row is an error - at beta 0 too, where the rule ignores rewards."""
+    from pargs_batch.reward import WeightedScorer
+
+    rows = [json.loads(line) for line in open(world["prompts"])][:6]
+    for i, row in enumerate(rows):
+        row["w"] = [1.0, 0.0] if i % 2 == 0 else [1.0, 1.0]
+    source = tmp_path / "w.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = base_config(world, tmp_path, decode={"method": "blockwise", "beta": beta, "n_candidates": 3},
+                      data={"source": str(source), "weights_column": "w"})
+    cfg["reward"] = {"batch_size": 16, "models": [{"path": world["reward_model"]}, {"path": nan_reward_model}]}
+    config = build(GenerateConfig, cfg)
+    run_generate(config, models=(engine, tokenizer, WeightedScorer(config.reward)), progress=False)
+    out = read_output(config.output.path).to_pylist()
+    for i, r in enumerate(out):
+        if i % 2 == 0:
+            assert r["error"] is None and np.isfinite(r["rewards"]).all()
+            assert r["reward_calls"] == 3 * len(r["rewards"])  # the NaN model, weighing 0, never ran
+        else:
+            assert r["finish_reason"] == "error" and r["error"].startswith("non-finite reward")
 
 
 def duplicate_prompts(path, world) -> str:

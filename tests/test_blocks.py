@@ -105,6 +105,22 @@ def test_blockwise_with_one_token_blocks_samples_what_pargs_samples(world, tmp_p
             assert np.abs(freq - exact).sum() / 2 < 0.08, (freq, exact)  # total variation distance
 
 
+@pytest.mark.parametrize("method,extra", [("blockwise", {"n_candidates": 3}), ("early-rejection", {"n_candidates": 4})])
+def test_block_methods_end_at_the_token_that_completes_a_stop_string(world, tmp_path, models, tokenizer, method,
+                                                                     extra):
+    # replies open "<noun> was <adjective>": "was " ends in the adjective's token, the first of the
+    # second block, so each block's request sees only part of it and the stop is found across blocks
+    rows, _ = generate(world, tmp_path, models, data={"limit": 16},
+                       decode={"method": method, "max_new_tokens": 16, "stop": ["was "], "block_tokens": 2, **extra})
+    stopped = [r for r in rows if r["finish_reason"] == "stop"]
+    assert len(stopped) >= 8
+    for r in stopped:
+        ids = r["response_token_ids"]
+        assert "was " not in r["response"] and "was " in tokenizer.decode(ids, skip_special_tokens=True)
+        assert "was " not in tokenizer.decode(ids[:-1], skip_special_tokens=True)  # nothing generated past it
+    assert sum(len(r["rewards"]) >= 2 for r in stopped) >= 8
+
+
 @pytest.mark.parametrize("method,extra", [("blockwise", {"n_candidates": 3}),
                                           ("early-rejection", {"n_candidates": 4})])
 def test_block_methods_never_depend_on_the_micro_batch(world, tmp_path, models, method, extra):

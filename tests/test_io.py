@@ -202,6 +202,9 @@ def test_a_different_config_is_refused_unless_overwrite(tmp_path):
         open_run(tmp_path, identity={"decode": {"beta": 2.0}})
     fresh = open_run(tmp_path, identity={"decode": {"beta": 2.0}}, overwrite=True)
     assert fresh.resumed_rows == 0 and listing((tmp_path / 'out')) == [".pargs/run.json"]
+    # a run written before a config key (and its columns) existed is not resumed into mixed files
+    with pytest.raises(ConfigError, match=r"earlier pargs_batch \(its config has no decode.block_tokens;"):
+        open_run(tmp_path, identity={"decode": {"beta": 2.0, "block_tokens": 8}})
 
 
 def test_a_foreign_non_empty_directory_is_refused(tmp_path):

@@ -95,6 +95,9 @@ class EvalConfig:
                 raise ConfigError("paired", pair, "each pair is [label A, label B]")
         if self.labels and len(self.labels) != len(self.runs):
             raise ConfigError("labels", self.labels, f"give one label per run ({len(self.runs)})")
+        if self.reward.models:
+            raise ConfigError("reward.models", self.reward.models, "the evaluation scores with one reward model: "
+                              "give reward.path (evaluate again for another)")
         if not self.reward.path and not self.gold_reward:
             raise ConfigError("reward.path", self.reward.path, "an evaluation reward model or gold_reward is needed")
         if self.gold_reward and ":" not in self.gold_reward:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pargs_batch.config import reward_label
 from pargs_batch.configlib import ConfigError
 from pargs_batch.evaluation import metrics
 from pargs_batch.evaluation.config import EvalConfig
@@ -43,14 +44,6 @@ def load_runs(config: EvalConfig) -> dict[str, dict]:
             label = f"{label} ({Path(path).name})"
         runs[label] = {"path": str(path), "config": gen_config, "rows": rows}
     return runs
-
-
-def guidance_label(reward: dict) -> str | None:
-    """A run's guidance model(s) as its ``reward_model`` column names them."""
-    models = reward.get("models") or []
-    if models:
-        return " + ".join(f"{m.get('weight', 1.0):g}*{m['path']}" for m in models)
-    return reward["path"] or None
 
 
 def check_models(config: EvalConfig, runs: dict[str, dict]) -> None:
@@ -227,7 +220,7 @@ def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar
     flush()
     result = {"path": run["path"], "method": d["method"], "beta": d["beta"], "rows": run["rows"],
               "error_rows": run["rows"] - ok_rows, "samples_per_prompt": d.get("num_samples", 1),
-              "guidance_model": guidance_label(run["config"]["reward"]),
+              "guidance_model": reward_label(run["config"]["reward"]) or None,
               "diversity": diversity.result(), "mean_tokens": tokens / ok_rows if ok_rows else None,
               "cost": {k: round(v, 3) if isinstance(v, float) else v for k, v in cost.items()} if costs else None}
     if scorer is not None:
