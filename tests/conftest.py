@@ -98,6 +98,19 @@ def base_config(world, tmp_path, **sections) -> dict:
     return cfg
 
 
+def generate_rows(world, tmp_path, models, name="out", **sections):
+    """Generate on the tiny world into ``tmp_path / name`` with ``models`` already loaded: (rows, summary)."""
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import build
+    from pargs_batch.generate import run_generate
+    from pargs_batch.output import read_output
+
+    cfg = base_config(world, tmp_path, **sections)
+    cfg["output"]["path"] = str(tmp_path / name)
+    summary = run_generate(build(GenerateConfig, cfg), models=models, progress=False)
+    return read_output(tmp_path / name).to_pylist(), summary
+
+
 @pytest.fixture(scope="session")
 def preference_file(world):
     """300 (prompt, chosen, rejected) triples of the tiny corpus: the pleasanter reply is chosen."""

@@ -7,20 +7,13 @@ import pytest
 from pargs_batch.batch import PromptRow
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
-from pargs_batch.generate import run_generate
-from pargs_batch.output import read_output
 from pargs_batch.pool import make_runner
 
-from conftest import base_config
+from conftest import base_config, generate_rows as generate
 
 pytestmark = pytest.mark.slow
 
 
-def generate(world, tmp_path, models, name="out", **sections):
-    cfg = base_config(world, tmp_path, **sections)
-    cfg["output"]["path"] = str(tmp_path / name)
-    summary = run_generate(build(GenerateConfig, cfg), models=models, progress=False)
-    return read_output(tmp_path / name).to_pylist(), summary
 
 
 def runner(world, tmp_path, models, **decode):
