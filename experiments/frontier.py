@@ -218,6 +218,7 @@ def plot(rows: list[dict], out: Path) -> list[str]:
     (out / "plots").mkdir(parents=True, exist_ok=True)
     ref = next((r for r in rows if r["label"] == REFERENCE), None)
     names = []
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}  # alike in both plots
     for key, xlabel, name in (("rm_flops_per_prompt", "reward-model FLOPs per prompt", "gold_vs_rm_flops.png"),
                               ("wall_s_per_prompt", "wall seconds per prompt (this CPU)", "gold_vs_wall_s.png")):
         fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -226,7 +227,8 @@ def plot(rows: list[dict], out: Path) -> list[str]:
             if not mine:
                 continue
             ax.errorbar([r[key] for r in mine], [r["gold"]["mean"] for r in mine],
-                        yerr=[r["gold"]["se"] for r in mine], marker="o", capsize=3, label=method)
+                        yerr=[r["gold"]["se"] for r in mine], marker="o", capsize=3, label=method,
+                        color=colors[method])
             for r in mine:
                 ax.annotate(r["budget"], (r[key], r["gold"]["mean"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
