@@ -39,11 +39,14 @@ class Point:
 
 
 def grid(beta: float, max_new_tokens: int = 48) -> list[Point]:
-    """The budgets each method runs at (ordered by compute within a method)."""
+    """The budgets each method runs at (N, k, block size and K, beta; ordered by compute within a method)."""
     points = [Point("topk", "k=10", {"method": "topk", "top_k": 10}, None)]
     points += [Point("best-of-n", f"N={n}", {"method": "best-of-n", "n_candidates": n}, "rm_full")
                for n in (1, 2, 4, 8, 16, 32, 64)]
     points += [Point("pargs", f"k={k}", {"method": "pargs", "top_k": k, "beta": beta}) for k in (2, 3, 4, 6, 10)]
+    # beta buys no compute: at k = 2 it moves gold up or down at the same cost
+    points += [Point("pargs k=2, other β", f"β={b:g}", {"method": "pargs", "top_k": 2, "beta": b})
+               for b in (beta / 2, beta * 2)]
     points += [Point("blockwise", f"m={m} K={k}", {"method": "blockwise", "block_tokens": m, "n_candidates": k,
                                                      "beta": beta})
                for m, k in ((16, 2), (16, 4), (8, 4), (8, 8), (4, 8), (8, 16))]
