@@ -74,20 +74,12 @@ class Models:
 
 
 def fused_engine(model: ModelConfig, reward: RewardConfig | None, tokenizer: str):
-    """An engine with the guidance processor for the runner vLLM picks: the V1 interface (CPU, or
-    CUDA with VLLM_USE_V2_MODEL_RUNNER=0), else - when vLLM's loader refuses it, before any engine
-    process starts - the Model Runner V2 one."""
+    """An engine with the guidance processor (one class for either of vLLM's model runners) and its
+    reward model inside."""
     from pargs_batch.engine import Engine
     from pargs_batch.fused import engine_kwargs
 
-    try:
-        return Engine(model, fused=engine_kwargs(reward, tokenizer))
-    except ValueError as e:
-        from pargs_batch.fused_v2 import V2_REFUSAL, PargsLogitsProcessorV2
-
-        if V2_REFUSAL not in str(e):
-            raise
-        return Engine(model, fused=engine_kwargs(reward, tokenizer, PargsLogitsProcessorV2))
+    return Engine(model, fused=engine_kwargs(reward, tokenizer))
 
 
 def load_models(config: GenerateConfig):

@@ -55,7 +55,7 @@ def test_fused_sampling_is_batch_independent_and_seeded(world, tmp_path, fused_m
 def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engine, scorer, tokenizer, fused_models):
     """20,000 first tokens from vLLM's seeded sampler under the processor fit softmax(logp + beta r)."""
     from pargs_batch import decoding
-    from pargs_batch.fused import EXTRA_KEY
+    from pargs_batch.in_engine.guide import EXTRA_KEY
 
     prompt, beta, k, n = "review of the cafe : food was", 2.0, 10, 20000  # next: a pleasant or unpleasant word
     ids = tokenizer(prompt)["input_ids"]

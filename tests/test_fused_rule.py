@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pargs_batch import decoding  # noqa: E402
-from pargs_batch.fused import PargsLogitsProcessor, _Row, guided_scores, top_candidates  # noqa: E402
+from pargs_batch.in_engine.guide import Row, guided_scores, top_candidates  # noqa: E402
+from pargs_batch.in_engine.processor import PargsLogitsProcessor  # noqa: E402
 
 
 def tied_logits(rng, b=64, vocab=40):
@@ -70,7 +71,7 @@ def test_the_processor_rewrites_logits_by_the_rule():
     rng = np.random.default_rng(2)
     proc = PargsLogitsProcessor(SimpleNamespace(additional_config=None), "cpu", False)
     for i, greedy in enumerate([True, False, True]):
-        proc.rows[i] = _Row(key=str(i), k=5, beta=0.0, guided=False, greedy=greedy, prompt="", out_ids=[])
+        proc.adaptor.rows[i] = Row(key=str(i), k=5, beta=0.0, guided=False, greedy=greedy, prompt="", out_ids=[])
     logits = tied_logits(rng, b=4)
     before = logits.clone()
     out = proc.apply(logits)

@@ -1,8 +1,10 @@
-"""The Model Runner V2 processor, driven on CPU tensors with vLLM's own V2 interface (``LogitsContext``;
-the request state is an object with the runner's fields, since a real one needs a GPU runner) in the
-layouts the runner produces: rows reordered every step, slots recycled, a request preempted and added
-back with its output so far, a row still in chunked prefill. Its logits equal the V1 processor's on
-the same histories, and its choices and recorded rewards equal the stepped rule's.
+"""The guidance processor on Model Runner V2's interface, driven on CPU tensors through vLLM's own V2
+dataclasses (``LogitsProcRequestState``, ``LogitsContext``; the runner's token buffers are CPU tensors
+and numpy arrays, since a real runner needs a GPU) in the layouts the runner produces: rows reordered
+every step, slots recycled, a request preempted and added back with its output so far (or with fewer
+tokens than it had), a row still in chunked prefill. Its logits equal the V1 interface's on the same
+histories, its choices and recorded rewards equal the stepped rule's, each step reads only the tokens
+a row has not seen, and speculative decoding is refused when the processor is built.
 
 The logits come from a fixed pseudo-random "LM" (a function of the token history), so every driver
 see the same distribution for the same history; the reward model is the tiny world's (hf backend)."""
@@ -16,11 +18,11 @@ torch = pytest.importorskip("torch")
 
 from vllm import SamplingParams  # noqa: E402
 from vllm.v1.sample.logits_processor import BatchUpdate  # noqa: E402
-from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext  # noqa: E402
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
 
 from pargs_batch import decoding  # noqa: E402
-from pargs_batch.fused import EXTRA_KEY, PargsLogitsProcessor  # noqa: E402
-from pargs_batch.fused_v2 import PargsLogitsProcessorV2  # noqa: E402
+from pargs_batch.in_engine.guide import EXTRA_KEY, SPECULATIVE_REFUSAL  # noqa: E402
+from pargs_batch.in_engine.processor import PargsLogitsProcessor  # noqa: E402
 
 K, BETA, STEPS, SLOTS, MAX_LEN = 6, 2.0, 10, 8, 64
 
@@ -45,18 +47,41 @@ def params(key: str, prompt: str) -> SamplingParams:
                                                   "greedy": True, "prompt": prompt}})
 
 
-def request_state(vocab: int):
-    """The fields of the runner's LogitsProcRequestState that a processor reads."""
-    return SimpleNamespace(device=torch.device("cpu"), max_num_reqs=SLOTS, vocab_size=vocab,
-                           all_token_ids=SimpleNamespace(gpu=torch.zeros((SLOTS, MAX_LEN), dtype=torch.int32)),
-                           prompt_len=SimpleNamespace(np=np.zeros(SLOTS, dtype=np.int32)),
-                           prefill_len=SimpleNamespace(np=np.zeros(SLOTS, dtype=np.int32)))
+class CountedBuffer:
+    """The runner's device token buffer (``StagedWriteTensor.gpu``), counting the ids read from it."""
+
+    def __init__(self, tensor):
+        self.tensor, self.read = tensor, 0
+
+    @property
+    def device(self):
+        return self.tensor.device
+
+    def __getitem__(self, index):
+        out = self.tensor[index]
+        self.read += out.numel()
+        return out
+
+    def __setitem__(self, index, value):
+        self.tensor[index] = value
 
 
-def run_v2(config, prompts, prompt_ids, vocab):
-    """Generate greedily through the V2 processor; returns tokens per request and the processor."""
+def request_state(vocab: int) -> LogitsProcRequestState:
+    """vLLM's own request-state dataclass over CPU buffers laid out as the runner's."""
+    buffer = lambda: SimpleNamespace(np=np.zeros(SLOTS, dtype=np.int32))  # noqa: E731
+    return LogitsProcRequestState(
+        device=torch.device("cpu"), max_num_reqs=SLOTS, vocab_size=vocab,
+        all_token_ids=SimpleNamespace(gpu=CountedBuffer(torch.zeros((SLOTS, MAX_LEN), dtype=torch.int32))),
+        prompt_len=buffer(), prefill_len=buffer(), total_len=buffer())
+
+
+def run_v2(config, prompts, prompt_ids, vocab, drop: int = 0):
+    """Generate greedily through the processor as V2 builds and calls it; returns tokens per request,
+    the processor and the ids it read per step. Request 1 is preempted at step 4 and added back at
+    step 6 with ``drop`` fewer output tokens than it had (what a resume that loses tokens does)."""
     state = request_state(vocab)
-    proc = PargsLogitsProcessorV2(config, state)
+    proc = PargsLogitsProcessor(config, state)
+    reads, buffer = [], state.all_token_ids.gpu
     rng = np.random.default_rng(0)
     outs = {r: [] for r in range(len(prompts))}
     slot_of, free = {}, list(range(SLOTS))[::-1]
@@ -64,6 +89,7 @@ def run_v2(config, prompts, prompt_ids, vocab):
     def admit(r):
         slot = free.pop()
         slot_of[r] = slot
+        del outs[r][len(outs[r]) - drop if r == 1 and outs[r] else len(outs[r]):]
         ids = prompt_ids[r] + outs[r]
         state.all_token_ids.gpu[slot, : len(ids)] = torch.tensor(ids)
         state.prompt_len.np[slot], state.prefill_len.np[slot] = len(prompt_ids[r]), len(ids)
@@ -96,7 +122,9 @@ def run_v2(config, prompts, prompt_ids, vocab):
                             input_ids=torch.zeros(len(active_slots), dtype=torch.int32),
                             pos=torch.tensor(lengths) - 1, seq_lens_upper_bound_np=np.array(lengths, dtype=np.int32))
         before = logits.clone()
+        read = buffer.read
         new = proc.apply(logits, ctx)
+        reads.append(buffer.read - read)
         if step == 3:
             assert torch.equal(new[-1], before[-1])
         for row, r in enumerate(active):
@@ -104,21 +132,30 @@ def run_v2(config, prompts, prompt_ids, vocab):
             outs[r].append(token)
             slot = slot_of[r]
             state.all_token_ids.gpu[slot, lengths[row]] = token  # the runner's post_update
-    return outs, proc
+    return outs, proc, reads
 
 
-def run_v1(config, prompts, prompt_ids, vocab):
-    """The same requests through the V1 processor (a fixed layout, no preemption)."""
+def run_v1(config, prompts, prompt_ids, vocab, drop: int | None = None):
+    """The same requests through the processor as the V1 runner builds and calls it (a fixed layout);
+    with ``drop`` set, request 1 leaves the batch at step 4 and is added back at step 6 with ``drop``
+    fewer output tokens than it had."""
     proc = PargsLogitsProcessor(config, "cpu", False)
     outs = {r: [] for r in range(len(prompts))}
     proc.update_state(BatchUpdate(batch_size=len(prompts), removed=[], moved=[],
                                   added=[(r, params(f"req{r}", prompts[r]), prompt_ids[r], outs[r])
                                          for r in range(len(prompts))]))
-    for _ in range(STEPS):
+    for step in range(STEPS):
+        if drop is not None and step in (4, 6):
+            if step == 6:
+                outs[1] = outs[1][:len(outs[1]) - drop]  # vLLM's output list as the resumed request brings it
+            added = [(1, params("req1", prompts[1]), prompt_ids[1], outs[1])] if step == 6 else []
+            proc.update_state(BatchUpdate(batch_size=len(prompts), removed=[1] if step == 4 else [], moved=[],
+                                          added=added))
         proc.update_state(None)
+        active = [r for r in range(len(prompts)) if not (drop is not None and 4 <= step < 6 and r == 1)]
         logits = torch.stack([fake_logits(prompt_ids[r] + outs[r], vocab) for r in range(len(prompts))])
         new = proc.apply(logits)
-        for r in range(len(prompts)):
+        for r in active:
             outs[r].append(int(new[r].argmax()))
     return outs, proc
 
@@ -136,7 +173,7 @@ def stepped_rule(prompt: str, prompt_ids: list[int], out: list[int], scorer, tok
 def test_the_v2_processor_equals_the_v1_processor_and_the_stepped_rule(setup, scorer, tokenizer):
     config, prompts, prompt_ids = setup
     vocab = len(tokenizer)
-    v2, proc2 = run_v2(config, prompts, prompt_ids, vocab)
+    v2, proc2, _ = run_v2(config, prompts, prompt_ids, vocab)
     v1, proc1 = run_v1(config, prompts, prompt_ids, vocab)
     assert v2 == {r: v1[r][: len(v2[r])] for r in v2}  # request 3 joined late, request 1 sat out 2 steps
     assert len(v2[0]) == STEPS and len(v2[1]) == STEPS - 2 and len(v2[3]) == STEPS - 2
@@ -149,3 +186,48 @@ def test_the_v2_processor_equals_the_v1_processor_and_the_stepped_rule(setup, sc
                 assert record.rewards[t] == pytest.approx(want_reward, abs=1e-5), (r, t)
         assert len(record.rewards) == len(v2[r]) - 1
         assert record.rewards == pytest.approx(proc1.records[f"req{r}"].rewards[: len(record.rewards)], abs=1e-6)
+
+
+def test_each_step_reads_only_the_tokens_a_row_has_not_seen(setup, tokenizer):
+    """A row's history is read whole once, when its request is added (new, or added back); after
+    that one token per row per step - not the O(rows x length) of re-reading every history."""
+    config, prompts, prompt_ids = setup
+    outs, _, reads = run_v2(config, prompts, prompt_ids, len(tokenizer))
+    lengths = [len(p) for p in prompt_ids]
+    assert reads[0] == sum(lengths[:3])  # three prompts, read once
+    assert reads[1] == 3  # then the one new token of each row
+    assert reads[2] == 3 + lengths[3]  # request 3 joins: its prompt; the other rows one token each
+    assert reads[3] == 4  # the row still in chunked prefill is not read
+    assert reads[4] == reads[5] == 3  # request 1 out of the batch
+    assert reads[6] == 3 + lengths[1] + 4  # request 1 back: its prompt and the 4 tokens it kept
+    assert reads[7:] == [4] * (STEPS - 7)
+
+
+@pytest.mark.parametrize("interface", ["v1", "v2"])
+def test_a_request_resumed_with_fewer_tokens_is_cut_back_and_continues_as_without_the_drop(setup, tokenizer,
+                                                                                          interface):
+    """Request 1 comes back with 2 of its tokens gone: its row drops their rewards and text, guides
+    on, and ends with the tokens and rewards of a run without the drop."""
+    config, prompts, prompt_ids = setup
+    run = run_v2 if interface == "v2" else run_v1
+    plain, proc_plain = run(config, prompts, prompt_ids, len(tokenizer), drop=0)[:2]
+    dropped, proc = run(config, prompts, prompt_ids, len(tokenizer), drop=2)[:2]
+    assert len(dropped[1]) == len(plain[1]) - 2 and dropped[1] == plain[1][: len(dropped[1])]
+    assert all(dropped[r] == plain[r] for r in (0, 2, 3))
+    for r in range(len(prompts)):
+        row, want = proc.records[f"req{r}"], proc_plain.records[f"req{r}"]
+        assert len(row.rewards) == len(dropped[r]) - 1 and row.committed == dropped[r][:-1]
+        assert row.rewards == pytest.approx(want.rewards[: len(row.rewards)], abs=1e-6)
+    detok = proc.records["req1"].detok  # the text follows the tokens kept (an unfinished character waits)
+    assert detok.text == tokenizer.decode(dropped[1][:-1], skip_special_tokens=True).rstrip("\ufffd")
+
+
+@pytest.mark.parametrize("interface", ["v1", "v2"])
+def test_speculative_decoding_is_refused_when_the_processor_is_built(setup, tokenizer, interface):
+    config, _, _ = setup
+    speculative = SimpleNamespace(additional_config=config.additional_config,
+                                  speculative_config=SimpleNamespace(method="ngram", num_speculative_tokens=3))
+    args = (request_state(len(tokenizer)),) if interface == "v2" else ("cpu", False)
+    with pytest.raises(ValueError) as refused:
+        PargsLogitsProcessor(speculative, *args)
+    assert str(refused.value) == SPECULATIVE_REFUSAL and "\n" not in SPECULATIVE_REFUSAL

@@ -1,0 +1,329 @@
+"""The guidance as it runs inside vLLM's worker process, whatever vLLM's runner: ``Guide``.
+
+``engine.mode: fused`` makes a whole response one vLLM request; a logits processor (``v1`` or ``v2``,
+whichever interface the runner takes) maps vLLM's batch layout onto a ``Guide``, which rewrites each
+guided row's logits before vLLM samples:
+
+    logits[v] = log pi_ref(v | x, y) + beta * r(y.v | x)   for v in the top-k,  -inf elsewhere
+
+so vLLM's own sampler draws from softmax(score / T) (``pargs``, ``topk`` with beta = 0) with the
+request's seed. Greedy rows (``args``, ``pargs-greedy``) keep only the candidate ``decoding.greedy``
+picks and run at temperature 0. Candidates are ordered, scored and chosen by ``decoding``'s
+functions, the same statement of the rule the stepped loop calls, so both modes break ties alike.
+
+Per-request settings arrive in ``SamplingParams.extra_args[EXTRA_KEY]``. Each request's record - the
+reward of every chosen token, its share of the guidance time - is kept under the request's own key
+until the driver fetches it (``records.RecordsExtension``). This module imports no vLLM, so the
+guidance can be driven and timed where vLLM cannot be installed (``jobs/gpu_check.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pargs_batch import decoding
+from pargs_batch.config import RewardConfig
+from pargs_batch.scorers import score_rows
+
+EXTRA_KEY = "pargs_batch"
+SPECULATIVE_REFUSAL = ("engine.mode=fused does not support speculative decoding (vLLM would hand the guidance one "
+                       "logits row per draft token): remove the engine's speculative_config")
+
+
+@dataclass
+class Row:
+    """One request's guidance state, kept under the request's key for as long as vLLM runs it."""
+
+    key: str
+    k: int
+    beta: float
+    guided: bool
+    greedy: bool
+    prompt: Any                   # the reward model's context: prompt text or conversation
+    out_ids: list[int]            # the request's output tokens as vLLM holds them (V1: its live list)
+    prompt_ids: list[int] = field(default_factory=list)
+    detok: object = None          # DetokState (hf backend)
+    alive: bool = True            # still in vLLM's batch
+    in_session: bool = False      # its KV state is in the causal session (causal backend)
+    seen: int = 0                 # output tokens already committed here
+    committed: list[int] = field(default_factory=list)  # those tokens (a resume is checked against them)
+    rewards: list[float] = field(default_factory=list)
+    failed_at: int | None = None  # the step at which no candidate had a finite reward
+    pending: tuple | None = None  # (candidate ids, their rewards, their detok windows) of the last step
+    timings: dict = field(default_factory=lambda: defaultdict(float))
+    reward_tokens: int = 0        # what the reward model read for the row, and the inputs it scored
+    reward_calls: int = 0
+    weights: list[float] | None = None  # its reward models' own weights (data.weights_column)
+
+    def reward_of(self, token: int) -> float | None:
+        if self.pending is None:
+            return None
+        ids, rewards, _ = self.pending
+        hit = np.nonzero(ids == token)[0]
+        return float(rewards[hit[0]]) if len(hit) else None
+
+
+class Guide:
+    """The guidance, whatever vLLM's runner: per-request rows keyed by the request's own key (so a
+    request vLLM preempts and adds back continues its row), the reward scorer (and, for the causal
+    backend, its KV session), and the rewrite of logits by ``decoding``'s rule. ``v1`` and ``v2``
+    only map vLLM's batch layout onto it."""
+
+    def __init__(self, vllm_config):
+        if getattr(vllm_config, "speculative_config", None) is not None:
+            raise ValueError(SPECULATIVE_REFUSAL)  # at engine build, not at the first step with drafts
+        cfg = (vllm_config.additional_config or {}).get(EXTRA_KEY)
+        self.records: dict[str, Row] = {}  # request key -> row, until the driver fetches it
+        self.scorer = self.detok = self.tokenizer = None
+        self.incremental = False
+        self.session, self.order = None, []  # causal backend: the RM's KV state, and whose row is whose
+        if cfg is None:
+            return
+        from transformers import AutoTokenizer
+
+        from pargs_batch.detok import IncrementalDetokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"])
+        self.detok = IncrementalDetokenizer(self.tokenizer)
+        if cfg.get("reward"):
+            from pargs_batch.scorers import make_scorer
+
+            self.scorer = make_scorer(RewardConfig(**cfg["reward"]), len(self.tokenizer))
+            self.incremental = getattr(self.scorer, "incremental", False)
+
+    @staticmethod
+    def check(params) -> None:
+        args = (params.extra_args or {}).get(EXTRA_KEY)
+        if args is not None and not {"key", "k", "beta", "guided", "greedy"} <= set(args):
+            raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs key, k, beta, guided and greedy")
+
+    def row_for(self, args: dict, prompt_ids: list[int] | None, out_ids: list[int] | None) -> Row:
+        """A new row, or - for a request vLLM preempted and now adds back with its output so far -
+        the row it had, following vLLM's output from where it left off (None: the caller reads
+        the prompt and the output later and calls ``set_prompt`` and ``resume`` itself)."""
+        row = self.records.get(args["key"])
+        if row is not None:
+            row.alive, row.in_session = True, False
+            if out_ids is not None:
+                self.resume(row, out_ids)
+            return row
+        guided = bool(args["guided"]) and self.scorer is not None
+        row = Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
+                   greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=[] if out_ids is None else out_ids,
+                   weights=args.get("weights"))
+        if prompt_ids is not None:
+            self.set_prompt(row, prompt_ids)
+        self.records[row.key] = row
+        return row
+
+    def set_prompt(self, row: Row, prompt_ids: list[int]) -> None:
+        row.prompt_ids = list(prompt_ids)
+        if row.guided and not self.incremental:
+            row.detok = self.detok.start(row.prompt_ids)
+
+    def resume(self, row: Row, out_ids: list[int]) -> None:
+        """A request back in vLLM's batch with ``out_ids``, its output so far. vLLM may bring it back
+        with fewer tokens than the row committed (tokens dropped on resume, e.g. when KV blocks could
+        not be restored): the row is cut back to the tokens both hold - rewards, text and, for the
+        causal backend, its KV state (re-encoded at the next step) - and guides on from there."""
+        n = min(row.seen, len(out_ids))
+        differ = np.nonzero(np.asarray(out_ids[:n], dtype=np.int64) != np.asarray(row.committed[:n], dtype=np.int64))[0]
+        keep = int(differ[0]) if len(differ) else n
+        row.out_ids = out_ids
+        if keep == row.seen:
+            return
+        row.seen, row.pending = keep, None
+        del row.committed[keep:], row.rewards[keep:]
+        if row.failed_at is not None and row.failed_at >= keep:
+            row.failed_at = None  # the forced stop was dropped too
+        if row.guided and not self.incremental:  # the text of what is kept
+            row.detok = self.detok.start(row.prompt_ids)
+            for token in row.committed:
+                self.detok.commit([row.detok], [token], self.detok.decode_with([row.detok], [[token]]))
+
+    def commit(self, rows) -> None:
+        """Record the tokens vLLM sampled since the last step (their rewards, text, KV state)."""
+        if self.incremental:
+            self._commit_session()
+        for row in rows:
+            self._sync(row)
+
+    def _commit_session(self) -> None:
+        """Causal backend: keep each row's chosen candidate in the RM's KV state and record its
+        reward; rows that left vLLM's batch, or did not advance by exactly one token, leave the
+        session (a live one is encoded afresh, with everything it has, at its next step)."""
+        session = self.session
+        if session is None or session.pending is None:
+            return
+        choice, kept = np.zeros(len(self.order), dtype=np.int64), []
+        for i, row in enumerate(self.order):
+            new = row.out_ids[row.seen:]
+            if len(new) == 1 and new[0] != -1 and row.pending is not None:
+                hit = np.nonzero(row.pending[0] == int(new[0]))[0]
+                if len(hit):
+                    row.rewards.append(float(row.pending[1][hit[0]]))
+                    row.committed.append(int(new[0]))
+                    row.seen += 1
+                    row.pending = None
+                    if row.alive and row.in_session:
+                        choice[i] = hit[0]
+                        kept.append(i)
+                        continue
+            row.in_session = False
+        t0 = time.perf_counter()
+        self.scorer.commit(session, choice)
+        self.scorer.keep(session, kept)
+        share = (time.perf_counter() - t0) / max(len(kept), 1)
+        self.order = [self.order[i] for i in kept]
+        for row in self.order:
+            row.timings["reward"] += share
+
+
+    def _sync(self, row: Row | None) -> None:
+        """Commit the tokens vLLM sampled since the last step: their rewards and text (the reward of
+        the first from the last step's candidates; later ones - missed while the row was out of
+        the batch - have none)."""
+        if row is None or (self.incremental and row.guided and row.in_session):
+            return  # the causal session commits its rows' tokens
+        while row.seen < len(row.out_ids) and row.out_ids[row.seen] != -1:
+            token = int(row.out_ids[row.seen])
+            row.committed.append(token)
+            if self.incremental and row.guided:  # out of the session: catch up before re-encoding
+                row.rewards.append(row.reward_of(token))
+                row.pending = None
+                row.seen += 1
+                continue
+            if row.guided:
+                t0 = time.perf_counter()
+                window = None
+                row.rewards.append(row.reward_of(token))
+                if row.pending is not None:
+                    ids, _, windows = row.pending
+                    hit = np.nonzero(ids == token)[0]
+                    window = windows[hit[0]] if len(hit) else None
+                if window is None:
+                    window = self.detok.decode_with([row.detok], [[token]])[0]
+                self.detok.commit([row.detok], [token], [window])
+                row.timings["decode"] += time.perf_counter() - t0
+            row.pending = None
+            row.seen += 1
+
+    # ------------------------------------------------------------ the guidance
+
+
+    def guide(self, logits, index: list[int], rows: list[Row]):
+        """Rewrite the logits rows ``index`` (belonging to ``rows``) by the rule; the rest stay."""
+        import torch
+
+        if not index:
+            return logits
+        at = torch.tensor(index, device=logits.device)
+        kmax = max(r.k for r in rows)
+        logp = torch.log_softmax(logits[at].float(), dim=-1)
+        ids_np, lp_np = top_candidates(logp, kmax)
+        rewards = np.zeros(ids_np.shape, dtype=np.float32)
+        guided = [n for n, r in enumerate(rows) if r.guided]
+        t1 = time.perf_counter()
+        windows: dict[int, list[str]] = {}
+        if guided and self.incremental:
+            rewards[guided] = self._score_causal([rows[n] for n in guided], ids_np[guided])
+            t2, t3 = t1, time.perf_counter()
+            for n in guided:  # one candidate token read per candidate
+                rows[n].reward_tokens += kmax
+                rows[n].reward_calls += kmax
+        elif guided:
+            states = [rows[n].detok for n in guided]
+            flat = self.detok.decode_with(states, ids_np[guided])
+            texts, prompts = [], []
+            for m, n in enumerate(guided):
+                windows[n] = flat[m * kmax:(m + 1) * kmax]
+                texts += [self.detok.extended_text(rows[n].detok, w) for w in windows[n]]
+                prompts += [rows[n].prompt] * kmax
+            t2 = time.perf_counter()
+            scored, read, calls = score_rows(self.scorer, prompts, texts,
+                                             [rows[n].weights for n in guided for _ in range(kmax)], kmax)
+            rewards[guided] = scored
+            t3 = time.perf_counter()
+            for n, tokens, c in zip(guided, read, calls):
+                rows[n].reward_tokens += int(tokens)
+                rows[n].reward_calls += int(c)
+        else:
+            t2 = t3 = t1
+        score = guided_scores(lp_np, rewards, np.array([r.beta for r in rows]), np.array([r.k for r in rows]),
+                              np.array([r.greedy for r in rows]))
+        new = torch.full_like(logp, -float("inf"))
+        new.scatter_(1, torch.as_tensor(ids_np, device=logits.device),
+                     torch.as_tensor(score, dtype=new.dtype, device=logits.device))
+        for n in np.nonzero(decoding.unscorable(rewards[guided]))[0] if guided else []:
+            row = rows[guided[n]]  # no finite reward: end the request now, the driver writes an error row
+            if row.failed_at is None:
+                row.failed_at = len(row.rewards)
+            stop = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else int(ids_np[guided[n], 0])
+            new[guided[n]] = -float("inf")
+            new[guided[n], stop] = 0.0
+        logits[at] = new.to(logits.dtype)
+        for n, r in enumerate(rows):
+            r.pending = (ids_np[n], rewards[n], windows.get(n))
+        share = 1.0 / len(rows)
+        for r in rows:  # per-row shares of this step's guidance time, for the run's phase split
+            r.timings["decode"] += (t2 - t1) * share
+            r.timings["reward"] += (t3 - t2) * share
+        return logits
+
+
+    def _score_causal(self, rows: list[Row], cand: np.ndarray) -> np.ndarray:
+        """Rewards (len(rows), k) from the causal session, encoding rows new to it first."""
+        fresh = [r for r in rows if not r.in_session]
+        for r in fresh:
+            self._sync(r)  # tokens committed while it was out of the session
+        if fresh:
+            start = self.scorer.start([r.prompt_ids + list(r.out_ids[: r.seen]) for r in fresh])
+            for r in fresh:
+                r.reward_tokens += len(r.prompt_ids) + r.seen
+            self.session = self.scorer.merge(self.session, start)
+            self.order += fresh
+            for r in fresh:
+                r.in_session = True
+        where = {id(r): i for i, r in enumerate(self.order)}
+        ordered = np.full((len(self.order), cand.shape[1]), -1, dtype=np.int64)
+        for r, c in zip(rows, cand):
+            ordered[where[id(r)]] = c
+        scores = self.scorer.score_candidates(self.session, ordered)
+        return scores[[where[id(r)] for r in rows]]
+
+
+def top_candidates(logp, kmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kmax most likely tokens of each row of a (B, vocab) torch log-softmax, as (ids, logprobs)
+    numpy arrays in ``decoding.order_candidates``' order: ties, across the k-th place too, go to the
+    lower token id (``torch.topk`` alone picks among tokens tied at the k-th place arbitrarily)."""
+    import torch
+
+    top_lp, top_ids = logp.topk(kmax, dim=-1)
+    ids, lps = top_ids.cpu().numpy().astype(np.int64), top_lp.cpu().numpy().astype(np.float64)
+    edge = top_lp[:, -1:]
+    for b in np.nonzero((logp >= edge).sum(-1).cpu().numpy() > kmax)[0]:
+        tied = torch.nonzero(logp[b] >= edge[b]).flatten()
+        ids[b], lps[b] = (x[0] for x in decoding.order_candidates(
+            tied.cpu().numpy()[None].astype(np.int64), logp[b, tied].cpu().numpy()[None].astype(np.float64), kmax))
+    return decoding.order_candidates(ids, lps, kmax)
+
+
+def guided_scores(logprobs: np.ndarray, rewards: np.ndarray, beta: np.ndarray, k: np.ndarray,
+                  greedy: np.ndarray) -> np.ndarray:
+    """What a row's candidates' logits become: ``decoding.scores`` on the first k of each row,
+    -inf beyond k; a greedy row keeps only ``decoding.greedy``'s choice finite, so vLLM's argmax
+    at temperature 0 takes the same token the stepped loop would."""
+    score = decoding.scores(logprobs, rewards, beta)
+    score[np.arange(score.shape[1])[None, :] >= np.asarray(k)[:, None]] = -np.inf
+    rows = np.nonzero(greedy)[0]
+    if len(rows):
+        keep = decoding.greedy(score[rows])
+        chosen = score[rows, keep]
+        score[rows] = -np.inf
+        score[rows, keep] = chosen
+    return score
