@@ -35,7 +35,9 @@ class ModelConfig:
                                     "stepped loop wants small ones (default: 16 on GPU, 32 on CPU, where vLLM's "
                                     "own default of 128 would re-prefill every sequence shorter than that)", None)
     tensor_parallel_size: int = option("GPUs per engine (vLLM tensor parallelism)", 1)
-    enforce_eager: bool = option("skip CUDA graphs / compilation (faster start, slower steps)", False)
+    enforce_eager: bool | None = option("skip CUDA graphs / compilation (faster start, slower steps); default: "
+                                        "true for a fused engine on CPU (compiling bought it nothing measurable "
+                                        "and cost 11-25 s a start), vLLM's own (false) otherwise", None)
     trust_remote_code: bool = option("allow model code from the hub", False)
     seed: int = option("engine seed (decoding draws use decode.seed, not this)", 0)
     log_stats: bool = option("collect vLLM's engine statistics (preemptions, KV-cache use); the run's summary "

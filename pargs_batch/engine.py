@@ -8,10 +8,16 @@ step. vLLM reports raw log-probabilities (before temperature or top-k), which is
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 
 from pargs_batch import decoding
 from pargs_batch.config import ModelConfig
+
+
+SHUTDOWN_S = 60.0  # vLLM's own grace is 5 s, after which it force-kills an engine core still tearing down
 
 
 def topk_arrays(step_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +121,13 @@ class Engine:
         else:
             default = 0.2 if current_platform.is_cpu() else 0.9
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization or default
+        # a fused engine on CPU runs in this process, on every core it may use (see in_process_layout)
+        self.in_process = fused is not None and current_platform.is_cpu() and config.tensor_parallel_size == 1
+        if config.enforce_eager is None:
+            kwargs["enforce_eager"] = self.in_process
         self.config = config
-        self.llm = LLM(**kwargs, **(fused or {}))
+        with in_process_layout() if self.in_process else contextlib.nullcontext():
+            self.llm = LLM(**kwargs, **(fused or {}))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
         # every mode stops on the same set (vLLM's own default would add only generation_config's)
         self.eos_ids = eos_token_ids(config.path, self.llm.get_tokenizer())
@@ -198,5 +209,41 @@ class Engine:
         return int(sum(m.value for m in self.llm.get_metrics() if m.name == "vllm:num_preemptions"))
 
     def close(self) -> None:
-        """Stop vLLM's engine-core process now rather than at interpreter exit."""
-        self.llm.llm_engine.engine_core.shutdown()
+        """Stop vLLM's engine core (and its processes) now, waiting for them, rather than have vLLM
+        force-kill them at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_S)
+
+
+@contextlib.contextmanager
+def in_process_layout():
+    """Build a vLLM engine inside this process, its threads bound to every core this process may use.
+
+    vLLM's CPU default runs the engine core and its worker in two more processes and binds the
+    worker to all cores but one, kept for the engine core. For a fused engine - the reward model
+    runs in the worker, and the engine core only waits on it - that costs two process starts
+    (about 25 s of imports on two cores) and half the machine for the reward model. vLLM offers the
+    layout and the binding only as environment variables, read while the engine is built: they are
+    set for the build alone (a value the user set wins) and restored after it, and vLLM's cache of
+    its environment - which an in-process engine turns on - is cleared, so an engine built later
+    gets vLLM's defaults again. vLLM's CPU worker also replaces ``torch.set_num_threads`` with a no-op
+    to guard its binding; the original is put back, so code that sets its own thread count later in
+    this process (a deterministic world build, a trainer) still can.
+    """
+    import torch
+    import vllm.envs as envs
+
+    set_num_threads = torch.set_num_threads
+    cores = sorted(os.sched_getaffinity(0))
+    values = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+              "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if before[name] is None})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+        if hasattr(envs.__getattr__, "cache_clear"):
+            envs.__getattr__.cache_clear()
+        torch.set_num_threads = set_num_threads

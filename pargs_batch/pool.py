@@ -133,7 +133,8 @@ class DecodeWorker:
     def __init__(self, config: GenerateConfig, scorer=None):
         """``scorer``: a remote reward scorer; None loads what the config needs in this process."""
         self.config = config
-        self.engine, self.tokenizer, local = Models().for_config(config, load_scorer=scorer is None)
+        self.models = Models()  # owned: closed with the worker
+        self.engine, self.tokenizer, local = self.models.for_config(config, load_scorer=scorer is None)
         self.scorer = scorer or local
         self.lock = threading.Lock()
 
@@ -142,8 +143,14 @@ class DecodeWorker:
         """A worker around models already loaded (tests, the demo and the bench share them)."""
         worker = cls.__new__(cls)
         worker.config, worker.engine, worker.tokenizer, worker.scorer = config, engine, tokenizer, scorer
+        worker.models = None  # the caller's: left open
         worker.lock = threading.Lock()
         return worker
+
+    def close(self) -> None:
+        """Shut the engines this worker loaded down cleanly (vLLM otherwise kills them at exit)."""
+        if self.models is not None:
+            self.models.close()
 
     def generate(self, prompts: list[PromptRow]) -> MicroBatchResult:
         """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count. Each row
@@ -189,7 +196,7 @@ class LocalPool:
         return self.done.pop(0)
 
     def shutdown(self) -> None:
-        pass
+        self.worker.close()
 
 
 class RayPool:
@@ -244,6 +251,10 @@ class RayPool:
     def shutdown(self) -> None:
         import ray
 
+        try:  # engines closed, not killed with their actors
+            ray.get([w.close.remote() for w in self.workers], timeout=60)
+        except ray.exceptions.RayError:
+            pass  # a dead or stuck worker: killed below all the same
         for actor in self.workers + self.rewards:
             ray.kill(actor)
         if self.group is not None:
