@@ -24,19 +24,6 @@ def arrow_schema(cls: type) -> pa.Schema:
     return pa.schema([(f.name, f.metadata["arrow"]) for f in dataclasses.fields(cls)])
 
 
-def conversation_of(context: Any) -> list[dict]:
-    """The turns a context stands for: a prompt string is one user turn."""
-    return context if isinstance(context, list) else [{"role": "user", "content": context}]
-
-
-def prompt_of(context: Any) -> str:
-    """The prompt text of a context: a conversation's last user message (its last message if none)."""
-    if not isinstance(context, list):
-        return context
-    users = [m["content"] for m in context if m["role"] == "user"]
-    return users[-1] if users else context[-1]["content"]
-
-
 @dataclass
 class PromptRow:
     """One input row: a stable id, the prompt as read (maybe not a string), why it is unusable, and

@@ -16,7 +16,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pargs_batch.batch import PromptRow, prompt_of
+from pargs_batch.batch import PromptRow
+from pargs_batch.contexts import prompt_of
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import id_hash

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pargs_batch.batch import conversation_of, prompt_of
+from pargs_batch.contexts import conversation_of, prompt_of
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
 
