@@ -125,7 +125,7 @@ class Engine:
         self.in_process = fused is not None and current_platform.is_cpu() and config.tensor_parallel_size == 1
         if config.enforce_eager is None:
             kwargs["enforce_eager"] = self.in_process
-        self.config = config
+        self.config, self.fused = config, fused is not None
         with in_process_layout() if self.in_process else contextlib.nullcontext():
             self.llm = LLM(**kwargs, **(fused or {}))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
@@ -200,6 +200,13 @@ class Engine:
         """What the fused logits processor recorded for the requests ``keys`` (popped from it): the
         reward of each chosen token and its guidance seconds (``fused.RecordsExtension``)."""
         return self.llm.collective_rpc("pargs_batch_records", args=(list(keys),))[0]
+
+    def guide_info(self) -> dict | None:
+        """The fused guidance's start-up facts (its reward model's load seconds, the device memory
+        reserved for its largest step), None for an engine without it."""
+        if not self.fused:
+            return None
+        return self.llm.collective_rpc("pargs_batch_guide_info")[0]
 
     def preemptions(self) -> int:
         """Requests vLLM has preempted so far (KV cache full), from its engine statistics; 0 unless

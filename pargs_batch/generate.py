@@ -27,6 +27,7 @@ from pargs_batch.output import RETRYABLE, RunDir
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
 from pargs_batch.reward import check_reward_input
 from pargs_batch.rows import NONFINITE, RowMaker, check_chat_template
+from pargs_batch.scorers import guides_in_engine
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ e.g. from ``models.Models.for_config``)
         pool = LocalPool(DecodeWorker(config))
 
     startup = time.perf_counter() - started
+    guidance = [g for g in pool.guide_info() if g] if guides_in_engine(config) else []
     totals, row_maker = Totals(), RowMaker(config.decode, config.model.path, config.reward.label or None)
     bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress,
                file=console.err)
@@ -151,6 +153,8 @@ e.g. from ``models.Models.for_config``)
         "output": run.path,
         "finished_ids_bytes": run.finished.nbytes(),
         "placement": dataclasses.asdict(pool.plan) if isinstance(pool, RayPool) else None,
+        # fused: per engine, its reward model's load seconds and the device memory reserved for it
+        "guidance": guidance or None,
     }
     run.write_summary(summary)
     return summary

@@ -147,6 +147,10 @@ class DecodeWorker:
         worker.lock = threading.Lock()
         return worker
 
+    def guide_info(self) -> dict | None:
+        """What the engine's fused guidance reports of its start (``Engine.guide_info``)."""
+        return self.engine.guide_info()
+
     def close(self) -> None:
         """Shut the engines this worker loaded down cleanly (vLLM otherwise kills them at exit)."""
         if self.models is not None:
@@ -194,6 +198,9 @@ class LocalPool:
 
     def next_result(self):
         return self.done.pop(0)
+
+    def guide_info(self) -> list:
+        return [self.worker.guide_info()]
 
     def shutdown(self) -> None:
         self.worker.close()
@@ -247,6 +254,11 @@ class RayPool:
         except ray.exceptions.RayError as e:
             cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             return key, ("error", f"{type(e).__name__}: {cause}")
+
+    def guide_info(self) -> list:
+        import ray
+
+        return ray.get([w.guide_info.remote() for w in self.workers])
 
     def shutdown(self) -> None:
         import ray

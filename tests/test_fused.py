@@ -42,6 +42,9 @@ def test_greedy_outputs_and_rewards_are_the_same_in_both_modes(world, tmp_path, 
         assert a["finish_reason"] == b["finish_reason"]
         assert np.allclose(a["rewards"], b["rewards"], atol=1e-4)
     assert set(summary["phase_s"]) >= {"engine", "reward", "decode"} and summary["phase_s"]["reward"] > 0
+    (guidance,) = summary["guidance"]  # the engine's reward model: its load time; on CPU nothing reserved
+    assert guidance["reward_load_s"] > 0 and guidance["reserved_bytes"] == 0
+    assert guidance["largest_step"]["k"] == 20 and guidance["largest_step"]["tokens"] == 256
 
 
 def test_fused_sampling_is_batch_independent_and_seeded(world, tmp_path, fused_models):

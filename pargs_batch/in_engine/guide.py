@@ -82,19 +82,33 @@ class Guide:
         self.scorer = self.detok = self.tokenizer = None
         self.incremental = False
         self.session, self.order = None, []  # causal backend: the RM's KV state, and whose row is whose
+        self.reservation, self.load_s = None, 0.0
         if cfg is None:
             return
         from transformers import AutoTokenizer
 
         from pargs_batch.detok import IncrementalDetokenizer
 
+        t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"])
         self.detok = IncrementalDetokenizer(self.tokenizer)
         if cfg.get("reward"):
+            from pargs_batch.in_engine.memory import LargestStep, Reservation
             from pargs_batch.scorers import make_scorer
 
             self.scorer = make_scorer(RewardConfig(**cfg["reward"]), len(self.tokenizer))
             self.incremental = getattr(self.scorer, "incremental", False)
+            if getattr(vllm_config, "scheduler_config", None) is not None:
+                self.reservation = Reservation(self.scorer, LargestStep.of(vllm_config))
+        self.load_s = time.perf_counter() - t0
+
+    def info(self) -> dict:
+        """What the driver's summary reports of the guidance in this worker: seconds to load its
+        tokenizer and reward model, and the device memory reserved for the reward model's largest
+        step (0 on CPU)."""
+        return {"reward_load_s": round(self.load_s, 3),
+                "reserved_bytes": self.reservation.bytes if self.reservation else 0,
+                "largest_step": None if self.reservation is None else vars(self.reservation.step)}
 
     @staticmethod
     def check(params) -> None:
@@ -106,6 +120,8 @@ class Guide:
         """A new row, or - for a request vLLM preempted and now adds back with its output so far -
         the row it had, following vLLM's output from where it left off (None: the caller reads
         the prompt and the output later and calls ``set_prompt`` and ``resume`` itself)."""
+        if self.reservation is not None:
+            self.reservation.release()  # a real request: vLLM has sized its KV cache
         row = self.records.get(args["key"])
         if row is not None:
             row.alive, row.in_session = True, False
