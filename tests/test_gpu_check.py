@@ -1,6 +1,10 @@
-"""jobs/gpu_check.py: stepped and fused, hf and causal, on vLLM's CUDA build compared with the CPU rows.
-Without a GPU and vLLM's CUDA build it says why and skips; on CPU (--allow-cpu) it makes the reference
-and its own checks hold; the `gpu` test runs it for real where there is a GPU."""
+"""jobs/gpu_check.py and its part 1, jobs/gpu_scorers.py. Part 1 (the reward scorers and the V2
+processor, torch and transformers only) runs here at its tiny scale, on this machine's device: every
+figure is there and plausible, and the full scale's random RMs have the sizes the check claims
+(counted without building them). Part 2 (the engine, vLLM's CUDA build): without a GPU it says why
+and skips - run as a script with pyarrow and vLLM absent, as on a GPU machine where only torch and
+transformers are; on CPU (--allow-cpu) it makes the reference and its own checks hold; the `gpu`
+test runs it for real where there is a GPU."""
 
 import importlib.util
 import json
@@ -15,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "jobs" / "gpu_check.py")
 gpu_check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_check)
+gpu_scorers = gpu_check.gpu_scorers  # the module gpu_check calls, loaded beside it
 WHY = gpu_check.preflight()
 
 
@@ -30,13 +35,101 @@ def test_agreement_counts_identical_rows_and_compares_rewards_only_before_rows_d
     assert got["max_reward_diff"] == pytest.approx(0.002)  # y's steps after it diverged do not count
 
 
-@pytest.mark.skipif(WHY is None, reason="this machine can run the GPU check")
-def test_without_a_gpu_the_check_says_why_and_runs_nothing(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "gpu_check.py"), "--out", str(tmp_path)],
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return gpu_scorers.scorer_check(str(out), "tiny"), out
+
+
+def test_tiny_scale_times_a_guided_step_of_both_backends_at_every_prefix(tiny):
+    report, out = tiny
+    s = gpu_scorers.SCALES["tiny"]
+    assert json.loads((out / "gpu_check.json").read_text()) == {"scorers": report}
+    assert report["ran"] and report["scale"] == "tiny" and report["candidates"] == s.rows * s.k
+    cuda = report["device"] == "cuda"
+    for backend in ("causal", "hf"):
+        steps = report["reward_step"][backend]
+        assert list(steps) == [str(n) for n in s.prefixes]
+        for n, step in steps.items():
+            assert step["ms"] > 0 and step["finite"], (backend, n)
+            assert (step["peak_over_weights_mib"] is not None) == cuda
+        assert (report["models"][backend]["weights_mib"] is not None) == cuda
+    for n, step in report["reward_step"]["causal"].items():
+        assert step["start_ms"] > 0 and (step["session_mib"] is not None) == cuda
+    for n, step in report["reward_step"]["hf"].items():
+        assert step["tokens_read"] == int(n) + 2  # n words, one token each, in [CLS] ... [SEP]
+        assert step["tflops"] > 0
+
+
+def test_tiny_scale_times_the_v2_processor_guided_and_unguided_on_the_runners_layout(tiny):
+    s, proc = gpu_scorers.SCALES["tiny"], tiny[0]["processor"]
+    assert (proc["rows"], proc["vocab"], proc["steps"]) == (s.proc_rows, s.proc_vocab, s.proc_steps)
+    for mode in ("guided", "unguided"):
+        assert list(proc[mode]) == [str(n) for n in s.proc_prefixes]
+        for n, step in proc[mode].items():
+            assert step["ms_per_apply"] > 0 and step["first_step_ms"] > 0, (mode, n)
+            assert step["follows_runner"], (mode, n)  # each row read its slot's prompt and committed its tokens
+    for step in proc["guided"].values():
+        assert 0 < step["reward_share"] <= 1 and step["reward_ms_per_step"] > 0
+        assert step["rewards_recorded"] == s.proc_steps - 1  # the last step's reward waits for its token
+
+
+def test_the_full_scale_rms_are_the_sizes_the_check_names():
+    configs = gpu_scorers.rm_configs("full")
+    causal, hf = gpu_scorers.param_count(configs["causal"]), gpu_scorers.param_count(configs["hf"])
+    assert causal == pytest.approx(400e6, rel=0.1) and hf == pytest.approx(435e6, rel=0.1)
+    assert (configs["hf"].hidden_size, configs["hf"].num_hidden_layers, configs["hf"].vocab_size) == (1024, 24, 128100)
+    assert configs["processor"].vocab_size == 32000 and gpu_scorers.param_count(configs["processor"]) < 20e6
+    s = gpu_scorers.SCALES["full"]
+    assert s.rows * s.k == 2560 and s.prefixes == (32, 64, 128, 256, 512, 1024)
+    assert configs["causal"].n_positions > max(s.prefixes) + s.steps + 1  # the steps go past the longest prefix
+
+
+def test_run_as_a_script_from_the_checkout_it_finds_part_1_beside_it_and_says_its_options():
+    result = subprocess.run([sys.executable, "jobs/gpu_check.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("usage: gpu_check.py") and "--scale {auto,full,tiny,none}" in result.stdout
+
+
+@pytest.mark.skipif(WHY is None, reason="part 2 would run the engine here")
+def test_when_part_1_fails_part_2_still_runs_what_part_1_measured_stays_and_the_exit_is_1(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("the causal timer broke")
+
+    monkeypatch.setattr(gpu_scorers, "time_causal", broken)
+    assert gpu_check.main(["--out", str(tmp_path), "--scale", "tiny", "--world", str(tmp_path / "no-world")]) == 1
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["scorers"]["error"] == "RuntimeError: the causal timer broke" and not report["scorers"]["ran"]
+    assert report["scorers"]["models"]["causal"]["params"] > 0  # saved before the causal backend was timed
+    assert report["why"] == WHY and report["passed"] is None  # part 2 said why it did not run
+
+
+# `python jobs/gpu_check.py ...` (sys.path[0] the script's directory) on a machine with only torch and
+# transformers: a None entry in sys.modules makes every import of pyarrow or vLLM raise ImportError
+WITHOUT = ("import os, runpy, sys; sys.modules.update(dict.fromkeys(['pyarrow', 'vllm'])); sys.argv = sys.argv[1:]; "
+           "sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0])); runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+@pytest.mark.skipif(WHY != "torch sees no CUDA device", reason="a GPU (part 1 would run at full scale), or no torch")
+def test_without_a_gpu_part_2_says_why_and_part_1_runs_tiny_without_pyarrow_or_vllm(tmp_path):
+    script = str(ROOT / "jobs" / "gpu_check.py")
+    result = subprocess.run([sys.executable, "-c", WITHOUT, script, "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == f"gpu check skipped: {WHY}"
-    assert json.loads((tmp_path / "gpu_check.json").read_text()) == {"ran": False, "why": WHY, "passed": None}
-    assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "gpu check skipped: torch sees no CUDA device"
+    assert any(line.startswith("scorer check on cpu (tiny scale, bfloat16)") for line in lines)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {k: report[k] for k in ("ran", "why", "passed")} == {"ran": False, "why": "torch sees no CUDA device",
+                                                                "passed": None}
+    scorers = report["scorers"]
+    assert scorers["ran"] and scorers["scale"] == "tiny" and scorers["device"] == "cpu"
+    assert "stand_ins" not in scorers  # the library imported as it is, pyarrow and vLLM absent
+    for mode in ("guided", "unguided"):
+        assert all(step["follows_runner"] for step in scorers["processor"][mode].values())
+    assert all(step["ms"] > 0 for steps in scorers["reward_step"].values() for step in steps.values())
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu_check.json"]  # the random RMs went to a temporary dir
 
 
 @pytest.mark.slow
