@@ -70,6 +70,10 @@ def add_bench_command(sub) -> None:
                        help="prefix lengths of the reward-vs-prefix curve")
     bench.add_argument("--model-sets", default="world,paper-ratio",
                        help="LLM + reward models to time: world, paper-ratio")
+    bench.add_argument("--repeats", type=int, default=3,
+                       help="rounds timing every configuration once each, interleaved; rows show the median and range")
+    bench.add_argument("--startup-modes", default="fused,stepped",
+                       help="modes whose start-up is timed in fresh processes (--repeats each): fused, stepped")
     bench.add_argument("--memory", action="store_true",
                        help="instead: the driver's peak memory at --memory-sizes prompts (fresh run, resume, evaluation) "
                             "and the part files 100k text rows make")
@@ -178,5 +182,6 @@ def _bench(args) -> int:
                        batch_sizes=[int(b) for b in args.batch_sizes.split(",")], tokens=args.new_tokens,
                        reference_prompts=args.reference_prompts,
                        prefix_lengths=[int(x) for x in args.prefix_lengths.split(",")],
-                       model_sets=args.model_sets.split(","))
+                       model_sets=args.model_sets.split(","), repeats=args.repeats,
+                       startup_modes=[m for m in args.startup_modes.split(",") if m])
     return 0 if all(all(g.values()) for g in result["guard"].values()) else 1

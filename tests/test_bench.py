@@ -15,7 +15,8 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
     world_dir = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "bench", "--reduced-world", "--world-dir", world_dir, "--out", str(tmp_path),
                              "--batch-sizes", "2,4", "--new-tokens", "6", "--reference-prompts", "1",
-                             "--prefix-lengths", "8,32", "--model-sets", "world"],
+                             "--prefix-lengths", "8,32", "--model-sets", "world", "--repeats", "2",
+                             "--startup-modes", "fused"],
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "×plain" in result.stdout and "meas/bound" in result.stdout and "targets:" in result.stdout
@@ -25,7 +26,11 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
         assert {("plain", "-", "-", b), ("pargs", "stepped", "hf", b), ("pargs", "stepped", "causal", b),
                 ("pargs", "fused", "hf", b), ("pargs", "fused", "causal", b)} <= kinds
     assert {("reference", "loop", "hf", 1), ("reference", "loop", "causal", 1)} <= kinds
-    for r in bench["rows"]:
+    for r in bench["rows"]:  # timed rows: the median of 2 interleaved rounds and their range
+        if r["method"] != "reference":
+            assert r["repeats"] == 2 and len(r["runs_tokens_per_s"]) == 2
+            assert r["tokens_per_s_min"] <= r["tokens_per_s"] <= r["tokens_per_s_max"]
+            assert r["tokens_per_s_min"] == min(r["runs_tokens_per_s"])
         assert r["tokens_per_s"] > 0 and r["bound_s_per_token"] > 0 and r["vs_reference"] > 0
         assert abs(sum(r["split"].values()) - 1) < 0.01
         # every configuration makes the same tokens: B responses x new tokens (EOS ignored)
@@ -36,3 +41,10 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
     assert set(bench["reward_vs_prefix"]["causal"]) == {"8", "32"}
     assert {t["target"].split(" ")[0] for t in bench["targets"]} >= {"best", "causal", "decode-and-glue"}
     assert (tmp_path / "reward_vs_prefix.png").exists()
+    # start-up in fresh processes, phase by phase; the fused targets are judged
+    startup = bench["startup"]["fused"]
+    assert set(startup) >= {"imports_s", "engine_s", "reward_model_s", "first_step_s", "total_s", "shutdown_s"}
+    assert all(0 < startup[p]["min"] <= startup[p]["median"] <= startup[p]["max"] for p in ("imports_s", "engine_s"))
+    assert startup["total_s"]["median"] >= startup["imports_s"]["median"] + startup["engine_s"]["median"]
+    assert "start-up, seconds" in result.stdout and "reward model" in result.stdout
+    assert any(t["target"].startswith("fused >= stepped") for t in bench["targets"])

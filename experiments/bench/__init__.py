@@ -27,14 +27,16 @@ from pathlib import Path
 from experiments.bench.curve import plot_reward_vs_prefix, reward_vs_prefix
 from experiments.bench.flops import K, machine_flops
 from experiments.bench.models import curve_model, paper_ratio_set, world_set
-from experiments.bench.report import format_table, targets
-from experiments.bench.runs import run_model_set
+from experiments.bench.report import format_startup, format_table, fused_targets, targets
+from experiments.bench.runs import generate_config, run_model_set, write_prompts
+from experiments.bench.startup import measure_startup
 from pargs_batch.console import console
 
 
 def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", batch_sizes=(1, 64, 256),
               tokens: int = 64, reference_prompts: int = 2, prefix_lengths=(32, 64, 128, 256, 512),
-              reduced_world: bool = False, model_sets=("world", "paper-ratio")) -> dict:
+              reduced_world: bool = False, model_sets=("world", "paper-ratio"), repeats: int = 3,
+              startup_modes=("fused", "stepped")) -> dict:
     from experiments.world.default import ensure_world
 
     out = Path(out_dir)
@@ -48,12 +50,19 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
         ms = chosen[name]()
         console.show(f"models {ms.name}: {ms.note}")
         set_rows, shapes[ms.name], guards[ms.name] = run_model_set(ms, world, out, list(batch_sizes), tokens,
-                                                                   reference_prompts, flops)
+                                                                   reference_prompts, flops, repeats)
         rows += set_rows
+    # start-up of a one-prompt, one-token run on the world's models (LLM and partial RM), each mode
+    prompts = write_prompts(world, out / "prompts-startup.jsonl", 1)
+    startup = {mode: measure_startup(generate_config(world_set(world), prompts, out / "runs" / f"startup-{mode}", 1,
+                                                     mode, "hf", 1), repeats)
+               for mode in startup_modes}
     curve = reward_vs_prefix(curve_model(out / "curve-rm", world), list(prefix_lengths))
     plot_reward_vs_prefix(curve, out / "reward_vs_prefix.png")
-    goals = targets(rows, curve, max(batch_sizes))
+    goals = targets(rows, curve, max(batch_sizes)) + fused_targets(rows, list(batch_sizes))
     console.show("\n" + format_table(rows))
+    console.show(f"\nstart-up, seconds (median and range over {repeats} fresh processes; one prompt, one token, "
+                 "world models):\n" + format_startup(startup))
     console.show(f"\nreward step of {curve['model']} (d_model {curve['shape']['d_model']}), B={curve['b']}, k={K}, "
                  f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
     for backend in ("hf", "causal"):
@@ -63,7 +72,7 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
         console.show(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {g['measured']:.3g}"
                      + (f" ({g['config']})" if "config" in g else ""))
     result = {"k": K, "new_tokens": tokens, "batch_sizes": list(batch_sizes), "machine_flops": flops,
-              "models": shapes, "rows": rows, "reward_vs_prefix": curve, "targets": goals, "guard": guards}
+              "repeats": repeats, "startup": startup, "models": shapes, "rows": rows, "reward_vs_prefix": curve, "targets": goals, "guard": guards}
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
     console.show(f"\nwritten: {out / 'bench.json'}, {out / 'reward_vs_prefix.png'}")
     return result

@@ -88,9 +88,30 @@ def check_guard(runs: dict, models) -> dict:
     return result
 
 
+def timed_configs(batch_sizes: list[int]) -> list[tuple[str, str, str, int]]:
+    """(method, mode, backend, B) of every timed row of a model set."""
+    return [(method, mode, backend, b) for b in batch_sizes
+            for method, mode, backend in (("plain", "-", "-"), ("pargs", "stepped", "hf"), ("pargs", "stepped", "causal"),
+                                          ("pargs", "fused", "hf"), ("pargs", "fused", "causal"))]
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One row's figures from its repeated runs: the median run (its split, tokens and seconds), and
+    the spread of tokens/s over all of them."""
+    speeds = sorted(r["tokens_per_s"] for r in runs)
+    median = sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
+    return {**median, "tokens_per_s": float(np.median(speeds)), "tokens_per_s_min": speeds[0],
+            "tokens_per_s_max": speeds[-1], "repeats": len(runs), "runs_tokens_per_s": [r["tokens_per_s"] for r in runs]}
+
+
 def run_model_set(ms: ModelSet, world: dict, out: Path, batch_sizes: list[int], tokens: int, reference_prompts: int,
-                  flops: float, log=None) -> tuple[list[dict], dict, dict]:
-    """Every row of one model set, its shapes, and its correctness guard."""
+                  flops: float, repeats: int = 3, log=None) -> tuple[list[dict], dict, dict]:
+    """Every row of one model set, its shapes, and its correctness guard.
+
+    Every engine the rows use is loaded first (the stepped one, shared by plain and both stepped
+    backends, and a fused engine per backend, its reward model inside); then each round times every
+    configuration once, the order rotated from round to round, so a slow minute of the machine
+    falls on different configurations. A row reports the median of its rounds and their range."""
     from pargs_batch.console import console
     from pargs_batch.models import Models
 
@@ -108,42 +129,41 @@ def run_model_set(ms: ModelSet, world: dict, out: Path, batch_sizes: list[int], 
     def config(b, mode, backend, name, n_tokens=tokens):
         return generate_config(ms, prompts_file, out / "runs" / name, b, mode, backend, n_tokens)
 
-    def add(method, mode, backend, b, result, rm):
-        bound = flop_bound(llm, rm, n_ctx, K if rm else 0, flops) if method != "plain" else \
-            flop_bound(llm, llm, n_ctx, 0, flops)
-        rows.append({"model_set": ms.name, "method": method, "mode": mode, "backend": backend, "B": b, **result,
-                     "bound_s_per_token": bound, "measured_over_bound": (1 / result["tokens_per_s"]) / bound})
-        log(f"  {ms.name:<12}{method:<10}{mode:<9}{backend:<8}B={b:<4} {result['tokens_per_s']:>9.0f} tok/s")
-
-    with Models() as models:  # one engine and one scorer per backend for every stepped row
-        for backend in ("hf", "causal"):  # warm-up: first calls at new shapes compile and allocate
-            time_generate(config(batch_sizes[0], "stepped", backend, "warm-up", 4), models)
-        timed = {}
-        for b in batch_sizes:
-            engine, tokenizer, _ = models.for_config(_build(config(b, "stepped", "hf", "plain")))
-            add("plain", "-", "-", b, time_plain(engine, tokenizer, prompt_texts[:b], tokens), None)
+    configs = timed_configs(batch_sizes)
+    with Models() as models:
+        for mode in ("stepped", "fused"):  # load every engine; first calls at new shapes compile and allocate
             for backend in ("hf", "causal"):
-                cfg = config(b, "stepped", backend, f"{ms.name}-stepped-{backend}-{b}")
+                time_generate(config(max(batch_sizes), mode, backend, "warm-up", 4), models)
+        engine, tokenizer, _ = models.for_config(_build(config(batch_sizes[0], "stepped", "hf", "plain")))
+        runs: dict[tuple, list[dict]] = {c: [] for c in configs}
+        timed = {}
+        for round_ in range(repeats):
+            shift = round_ * len(configs) // max(repeats, 1)
+            for method, mode, backend, b in configs[shift:] + configs[:shift]:
+                if method == "plain":
+                    runs[(method, mode, backend, b)].append(time_plain(engine, tokenizer, prompt_texts[:b], tokens))
+                    continue
+                cfg = config(b, mode, backend, f"{ms.name}-{mode}-{backend}-{b}")
                 result, out_rows = time_generate(cfg, models)
-                timed[("stepped", backend, b)] = (cfg, out_rows)
-                add("pargs", "stepped", backend, b, result, shapes[backend])
+                runs[(method, mode, backend, b)].append(result)
+                timed[(mode, backend, b)] = (cfg, out_rows)
+            log(f"  {ms.name}: round {round_ + 1} of {repeats} timed")
+        for method, mode, backend, b in configs:
+            rm = shapes[backend] if method != "plain" else None
+            bound = flop_bound(llm, rm, n_ctx, K, flops) if rm else flop_bound(llm, llm, n_ctx, 0, flops)
+            result = summarise(runs[(method, mode, backend, b)])
+            rows.append({"model_set": ms.name, "method": method, "mode": mode, "backend": backend, "B": b, **result,
+                         "bound_s_per_token": bound, "measured_over_bound": (1 / result["tokens_per_s"]) / bound})
+            log(f"  {ms.name:<12}{method:<10}{mode:<9}{backend:<8}B={b:<4} {result['tokens_per_s']:>9.0f} tok/s "
+                f"({result['tokens_per_s_min']:.0f}-{result['tokens_per_s_max']:.0f})")
         guard.update(check_guard(timed, models))
-    for backend in ("hf", "causal"):
-        with Models() as models:  # the fused engine of this backend, its reward model inside
-            timed = {}
-            for b in batch_sizes:
-                cfg = config(b, "fused", backend, f"{ms.name}-fused-{backend}-{b}")
-                if b == batch_sizes[0]:
-                    time_generate(cfg, models)  # warm-up: the first guided steps compile
-                result, out_rows = time_generate(cfg, models)
-                timed[("fused", backend, b)] = (cfg, out_rows)
-                add("pargs", "fused", backend, b, result, shapes[backend])
-            guard.update(check_guard(timed, models))
     # the reference runs each reward model the pargs rows use, so every ratio is on the same models
     refs = {}
     for backend, path in (("hf", ms.rm_hf), ("causal", ms.rm_causal)):
-        refs[backend] = reference_loop(ms.llm, path, prompt_texts[:reference_prompts], tokens)
-        add("reference", "loop", backend, 1, refs[backend], shapes[backend])
+        refs[backend] = summarise([reference_loop(ms.llm, path, prompt_texts[:reference_prompts], tokens)])
+        rows.append({"model_set": ms.name, "method": "reference", "mode": "loop", "backend": backend, "B": 1,
+                     **refs[backend], "bound_s_per_token": flop_bound(llm, shapes[backend], n_ctx, K, flops)})
+        rows[-1]["measured_over_bound"] = (1 / refs[backend]["tokens_per_s"]) / rows[-1]["bound_s_per_token"]
     for r in rows:
         plain = next(p for p in rows if p["method"] == "plain" and p["B"] == r["B"]) \
             if r["method"] != "reference" else None
