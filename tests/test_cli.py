@@ -26,8 +26,9 @@ def test_help_lists_the_commands():
 
 
 @pytest.mark.slow
-def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
-    cfg = base_config(world, tmp_path)
+@pytest.mark.parametrize("mode", ["stepped", "fused"])
+def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path, mode):
+    cfg = base_config(world, tmp_path, engine={"mode": mode})
     cfg["decode"]["micro_batch_size"] = 16
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -35,6 +36,11 @@ def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path):
                             capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generate pargs: 32row" in result.stderr  # the progress bar reached every row
+    # the engine is closed, not killed: the log line is the last thing on the terminal, and vLLM had
+    # nothing to force-kill
+    assert result.stderr.rstrip().splitlines()[-1].startswith("log: ")
+    log = Path(result.stderr.rstrip().splitlines()[-1].removeprefix("log: ").split(" (")[0]).read_text()
+    assert "force killing" not in log + result.stderr
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("summary: ")]
     summary = json.loads(line.removeprefix("summary: "))
     assert summary["rows"] == 32 and summary["micro_batches"] == 2 and summary["files"] == 1
