@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import numpy as np
 
@@ -240,6 +241,9 @@ def in_process_layout():
     import vllm.envs as envs
 
     set_num_threads = torch.set_num_threads
+    hidden = unscannable_modules()
+    for name in hidden:
+        del sys.modules[name]
     cores = sorted(os.sched_getaffinity(0))
     values = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
               "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
@@ -254,3 +258,23 @@ def in_process_layout():
         if hasattr(envs.__getattr__, "cache_clear"):
             envs.__getattr__.cache_clear()
         torch.set_num_threads = set_num_threads
+        sys.modules.update(hidden)
+
+
+def unscannable_modules() -> dict:
+    """Modules that vLLM's worker cannot scan when it starts in this process. Its CPU platform rebinds
+    kernels by walking every module's namespace and asking each value ``hasattr(value, "__dict__")``,
+    which raises - instead of answering - for context-local proxies (werkzeug's, e.g. flask's
+    ``current_app`` outside an app context, imported by anything that serves HTTP). In vLLM's own
+    layout the worker is a fresh process and never sees them; here such modules are left out of
+    ``sys.modules`` while the engine is built and put back after."""
+    found = {}
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None) or {}
+        for value in list(namespace.values()):
+            try:
+                hasattr(value, "__dict__")
+            except Exception:  # noqa: BLE001 - what vLLM's scan would die of
+                found[name] = module
+                break
+    return found

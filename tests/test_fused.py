@@ -106,3 +106,26 @@ def test_fused_with_tensor_parallelism_is_a_config_error(world, tmp_path):
         build(GenerateConfig, cfg)
     cfg["engine"]["mode"] = "stepped"
     assert build(GenerateConfig, cfg).model.tensor_parallel_size == 2  # stepped mode takes TP
+
+
+def test_a_fused_engine_starts_in_a_process_that_imported_flask(world):
+    """On CPU a fused engine is built in this process, and vLLM's worker then scans every module's
+    namespace; flask's context proxies (imported by moto's S3 server, or any HTTP app) raise when
+    touched outside an app context and used to kill the engine's start."""
+    import sys
+
+    import flask
+
+    from pargs_batch.config import ModelConfig
+    from pargs_batch.in_engine.guide import EXTRA_KEY
+    from pargs_batch.models import fused_engine
+
+    model = ModelConfig(path=world["llm"], dtype="float32", max_model_len=256, kv_cache_memory_bytes=32 << 20)
+    engine = fused_engine(model, None, world["llm"])
+    try:
+        assert engine.in_process and sys.modules["flask"] is flask  # put back after the build
+        extra = [{EXTRA_KEY: {"key": "flask", "k": 3, "beta": 0.0, "guided": False, "greedy": True}}]
+        (tokens, _, reason), = engine.guided([[5, 6, 7]], [0], extra, max_tokens=4, temperature=0.0, stop=[])
+        assert len(tokens) == 4 and reason == "length"
+    finally:
+        engine.close()
