@@ -19,13 +19,6 @@ class PargsLogitsProcessorV1:
         self.records = self.guide.records
         self.rows: dict[int, Row] = {}  # vLLM's batch index -> row
 
-    @classmethod
-    def validate_params(cls, params):
-        Guide.check(params)
-
-    def is_argmax_invariant(self) -> bool:
-        return False  # it changes which token is the argmax
-
     def update_state(self, batch_update) -> None:
         """Follow vLLM's batch: rows join, leave and move. Tokens are committed in ``apply``, where
         vLLM's output lists hold real ids (under async scheduling their newest entry is a -1

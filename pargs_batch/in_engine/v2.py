@@ -33,10 +33,6 @@ class PargsLogitsProcessorV2:
         self.slots: dict[int, Row] = {}
         self.fresh: set[int] = set()  # slots added since the last step: read whole once
 
-    @classmethod
-    def validate_params(cls, sampling_params) -> None:
-        Guide.check(sampling_params)
-
     def add_request(self, req_idx: int, sampling_params) -> bool:
         args = (sampling_params.extra_args or {}).get(EXTRA_KEY)
         if args is None:
