@@ -122,7 +122,7 @@ class CausalRewardScorer:
             MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         )
 
-        from pargs_batch.reward import _resolve_device
+        from pargs_batch.reward import one_kernel_activations, resolve_device
 
         model_type = AutoConfig.from_pretrained(config.path).model_type
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -131,9 +131,9 @@ class CausalRewardScorer:
         if config.template != "{prompt}{response}":
             raise ConfigError("reward.template", config.template,
                               "the causal backend scores the LLM's own token ids: use {prompt}{response}")
-        self.config, self.device = config, _resolve_device(config.device)
+        self.config, self.device = config, resolve_device(config.device)
         model = AutoModelForSequenceClassification.from_pretrained(config.path, dtype=getattr(torch, config.dtype))
-        self.model = model.to(self.device).eval()
+        self.model = one_kernel_activations(model).to(self.device).eval()
         self.body = model.base_model  # the transformer without its head
         self.head = next(getattr(model, name) for name in ("score", "classifier") if hasattr(model, name))
         self.tokenizer = AutoTokenizer.from_pretrained(config.path)

@@ -70,12 +70,26 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarra
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def one_kernel_activations(model):
+    """Swap transformers' Python tanh-GELU (``gelu_new``, GPT-2's: eight elementwise kernels a call)
+    for torch's fused ``gelu(approximate="tanh")``, the same function in one kernel (outputs agree
+    to ~1e-6). A guided step runs the reward model's MLPs over B x k candidates; on CPU the eight
+    passes over those activations were 7% of a fused step with the causal backend."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, GELUTanh())
+    return model
 
 
 class HFRewardScorer:
@@ -86,7 +100,7 @@ class HFRewardScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.config = config
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         tokenizer = AutoTokenizer.from_pretrained(config.path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -100,7 +114,7 @@ class HFRewardScorer:
                         config.path, model.config.num_labels)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        self.model = model.to(self.device).eval()
+        self.model = one_kernel_activations(model).to(self.device).eval()
         self.tokenizer = tokenizer
         limits = [config.max_length, getattr(model.config, "max_position_embeddings", None)]
         if tokenizer.model_max_length < 10**6:

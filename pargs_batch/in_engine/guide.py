@@ -238,9 +238,11 @@ class Guide:
 
         if not index:
             return logits
-        at = torch.tensor(index, device=logits.device)
+        # every row of the batch, in order (the usual case): rewritten in place, no gather and no copy back
+        whole = len(index) == logits.shape[0] and all(i == n for n, i in enumerate(index))
+        at = None if whole else torch.tensor(index, device=logits.device)
         kmax = max(r.k for r in rows)
-        logp = torch.log_softmax(logits[at].float(), dim=-1)
+        logp = torch.log_softmax((logits if whole else logits[at]).float(), dim=-1)
         ids_np, lp_np = top_candidates(logp, kmax)
         rewards = np.zeros(ids_np.shape, dtype=np.float32)
         guided = [n for n, r in enumerate(rows) if r.guided]
@@ -272,9 +274,10 @@ class Guide:
             t2 = t3 = t1
         score = guided_scores(lp_np, rewards, np.array([r.beta for r in rows]), np.array([r.k for r in rows]),
                               np.array([r.greedy for r in rows]))
-        new = torch.full_like(logp, -float("inf"))
+        new = logits.fill_(-float("inf")) if whole else \
+            torch.full(logp.shape, -float("inf"), dtype=logits.dtype, device=logits.device)
         new.scatter_(1, torch.as_tensor(ids_np, device=logits.device),
-                     torch.as_tensor(score, dtype=new.dtype, device=logits.device))
+                     torch.as_tensor(score, dtype=torch.float32, device=logits.device).to(new.dtype))
         for n in np.nonzero(decoding.unscorable(rewards[guided]))[0] if guided else []:
             row = rows[guided[n]]  # no finite reward: end the request now, the driver writes an error row
             if row.failed_at is None:
@@ -282,7 +285,8 @@ class Guide:
             stop = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else int(ids_np[guided[n], 0])
             new[guided[n]] = -float("inf")
             new[guided[n], stop] = 0.0
-        logits[at] = new.to(logits.dtype)
+        if not whole:
+            logits[at] = new
         for n, r in enumerate(rows):
             r.pending = (ids_np[n], rewards[n], windows.get(n))
         share = 1.0 / len(rows)
@@ -319,10 +323,12 @@ def top_candidates(logp, kmax: int) -> tuple[np.ndarray, np.ndarray]:
     lower token id (``torch.topk`` alone picks among tokens tied at the k-th place arbitrarily)."""
     import torch
 
-    top_lp, top_ids = logp.topk(kmax, dim=-1)
-    ids, lps = top_ids.cpu().numpy().astype(np.int64), top_lp.cpu().numpy().astype(np.float64)
-    edge = top_lp[:, -1:]
-    for b in np.nonzero((logp >= edge).sum(-1).cpu().numpy() > kmax)[0]:
+    wide = min(kmax + 1, logp.shape[-1])  # one more: a tie across the k-th place shows as its equal
+    top_lp, top_ids = logp.topk(wide, dim=-1)
+    top = top_lp.cpu().numpy()
+    ids, lps = top_ids[:, :kmax].cpu().numpy().astype(np.int64), top[:, :kmax].astype(np.float64)
+    edge = top_lp[:, kmax - 1:kmax]
+    for b in np.nonzero(top[:, kmax] == top[:, kmax - 1])[0] if wide > kmax else ():
         tied = torch.nonzero(logp[b] >= edge[b]).flatten()
         ids[b], lps[b] = (x[0] for x in decoding.order_candidates(
             tied.cpu().numpy()[None].astype(np.int64), logp[b, tied].cpu().numpy()[None].astype(np.float64), kmax))

@@ -46,5 +46,5 @@ class PargsLogitsProcessorV1:
 
     def apply(self, logits):
         self.guide.commit(self.rows.values())
-        index = [i for i in self.rows if i < logits.shape[0]]
+        index = sorted(i for i in self.rows if i < logits.shape[0])
         return self.guide.guide(logits, index, [self.rows[i] for i in index])
