@@ -82,6 +82,7 @@ class Guide:
         self.scorer = self.detok = self.tokenizer = None
         self.incremental = False
         self.session, self.order = None, []  # causal backend: the RM's KV state, and whose row is whose
+        self.last_step = None  # (candidate ids, rewards, row -> its line in them) of the last step
         self.reservation, self.load_s = None, 0.0
         if cfg is None:
             return
@@ -176,21 +177,26 @@ class Guide:
         session = self.session
         if session is None or session.pending is None:
             return
-        choice, kept = np.zeros(len(self.order), dtype=np.int64), []
-        for i, row in enumerate(self.order):
-            new = row.out_ids[row.seen:]
-            if len(new) == 1 and new[0] != -1 and row.pending is not None:
-                hit = np.nonzero(row.pending[0] == int(new[0]))[0]
-                if len(hit):
-                    row.rewards.append(float(row.pending[1][hit[0]]))
-                    row.committed.append(int(new[0]))
-                    row.seen += 1
-                    row.pending = None
-                    if row.alive and row.in_session:
-                        choice[i] = hit[0]
-                        kept.append(i)
-                        continue
+        order, (ids, rewards, position) = self.order, self.last_step
+        # which of the last step's candidates each row took: one comparison for the whole session
+        at = np.array([position.get(id(row), -1) for row in order], dtype=np.int64)
+        token = np.array([row.out_ids[row.seen] if len(row.out_ids) == row.seen + 1 and row.pending is not None
+                          else -1 for row in order], dtype=np.int64)
+        match = (ids[at] == token[:, None]) & ((at >= 0) & (token >= 0))[:, None]
+        took, choice = match.any(1), match.argmax(1)
+        reward = rewards[at, choice]
+        kept = []
+        for i, row in enumerate(order):
+            if took[i]:
+                row.rewards.append(float(reward[i]))
+                row.committed.append(int(token[i]))
+                row.seen += 1
+                row.pending = None
+                if row.alive and row.in_session:
+                    kept.append(i)
+                    continue
             row.in_session = False
+        choice = np.where(took, choice, 0)
         t0 = time.perf_counter()
         self.scorer.commit(session, choice)
         self.scorer.keep(session, kept)
@@ -289,6 +295,7 @@ class Guide:
             logits[at] = new
         for n, r in enumerate(rows):
             r.pending = (ids_np[n], rewards[n], windows.get(n))
+        self.last_step = (ids_np, rewards, {id(r): n for n, r in enumerate(rows)})
         share = 1.0 / len(rows)
         for r in rows:  # per-row shares of this step's guidance time, for the run's phase split
             r.timings["decode"] += (t2 - t1) * share
