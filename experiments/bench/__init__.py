@@ -54,8 +54,7 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
         rows += set_rows
     # start-up of a one-prompt, one-token run on the world's models (LLM and partial RM), each mode
     prompts = write_prompts(world, out / "prompts-startup.jsonl", 1)
-    startup = {mode: measure_startup(generate_config(world_set(world), prompts, out / "runs" / f"startup-{mode}", 1,
-                                                     mode, "hf", 1), repeats)
+    startup = {mode: measure_startup(startup_config(world, prompts, out / "runs" / f"startup-{mode}", mode), repeats)
                for mode in startup_modes}
     curve = reward_vs_prefix(curve_model(out / "curve-rm", world), list(prefix_lengths))
     plot_reward_vs_prefix(curve, out / "reward_vs_prefix.png")
@@ -76,3 +75,11 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
     console.show(f"\nwritten: {out / 'bench.json'}, {out / 'reward_vs_prefix.png'}")
     return result
+
+
+def startup_config(world: dict, prompts: str, out: Path, mode: str) -> dict:
+    """A one-prompt, one-token run on the world's models, eager as ``jobs/configs/world.yaml`` runs
+    them (compiling a toy LLM buys nothing and costs 10-25 s a start)."""
+    config = generate_config(world_set(world), prompts, out, 1, mode, "hf", 1)
+    config["model"]["enforce_eager"] = True
+    return config
