@@ -35,9 +35,9 @@ class ModelConfig:
                                     "stepped loop wants small ones (default: 16 on GPU, 32 on CPU, where vLLM's "
                                     "own default of 128 would re-prefill every sequence shorter than that)", None)
     tensor_parallel_size: int = option("GPUs per engine (vLLM tensor parallelism)", 1)
-    enforce_eager: bool = option("skip compilation and CUDA graphs: a faster start, slower steps (on CPU, a fused "
-                                 "engine on the bench's 6 x 256 LLM: 10% fewer tokens/s eager; compiling costs 10-25 s "
-                                 "a start, so configs for toy models such as jobs/configs/world.yaml set it)", False)
+    enforce_eager: bool | None = option("skip CUDA graphs / compilation (faster start, slower steps); default: "
+                                        "true for a fused engine on CPU (compiling bought it nothing measurable "
+                                        "and cost 11-25 s a start), vLLM's own (false) otherwise", None)
     trust_remote_code: bool = option("allow model code from the hub", False)
     seed: int = option("engine seed (decoding draws use decode.seed, not this)", 0)
     log_stats: bool = option("collect vLLM's engine statistics (preemptions, KV-cache use); the run's summary "

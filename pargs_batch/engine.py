@@ -124,6 +124,8 @@ class Engine:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization or default
         # a fused engine on CPU runs in this process, on every core it may use (see in_process_layout)
         self.in_process = fused is not None and current_platform.is_cpu() and config.tensor_parallel_size == 1
+        if config.enforce_eager is None:
+            kwargs["enforce_eager"] = self.in_process
         self.config, self.fused = config, fused is not None
         with in_process_layout() if self.in_process else contextlib.nullcontext():
             self.llm = LLM(**kwargs, **(fused or {}))

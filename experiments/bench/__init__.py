@@ -78,8 +78,8 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
 
 
 def startup_config(world: dict, prompts: str, out: Path, mode: str) -> dict:
-    """A one-prompt, one-token run on the world's models, eager as ``jobs/configs/world.yaml`` runs
-    them (compiling a toy LLM buys nothing and costs 10-25 s a start)."""
+    """A one-prompt, one-token run on the world's models, eager in both modes (the timed rows compile;
+    a start that compiles adds 11-25 s on CPU, where vLLM 0.32 recompiles at every start)."""
     config = generate_config(world_set(world), prompts, out, 1, mode, "hf", 1)
     config["model"]["enforce_eager"] = True
     return config
