@@ -164,7 +164,7 @@ def table_rows(report: dict, summaries: dict, runs=DEMO_RUNS, policies: dict | N
                      "train_seconds": trained["seconds"] if trained else None,
                      "single_response": r["method"] != "best-of-n",
                      "rows": r["rows"], "mean_tokens": r["mean_tokens"], "gold": r["gold"], "eval_rm": r["reward"],
-                     "rouge_l": r["diversity"]["rouge_l"], "tokens_per_s": summaries[label]["tokens_per_s"]})
+                     "rouge_l": r["diversity"]["rouge_l"], "tokens_per_s": summaries[label].tokens_per_s})
     return rows
 
 
@@ -219,7 +219,7 @@ def diagnose_guidance(world: dict, out: Path) -> dict:
 
     models = {key: RewardConfig(path=world[key], template=world["template"], max_length=128, batch_size=512)
               for key in DIAGNOSED}
-    from pargs_batch.evaluation.run import import_callable
+    from pargs_batch.evaluation.scoring import import_callable
 
     gold = import_callable(world["gold_reward"])
     return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: console.show("\n" + t),

@@ -46,10 +46,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout, the package not installed
     sys.path.insert(0, str(ROOT))
-if str(HERE) not in sys.path:  # loaded by its path (the tests), not run as a script: part 1's module beside it
-    sys.path.append(str(HERE))
 
-import gpu_scorers  # noqa: E402
+from jobs import gpu_scorers  # noqa: E402
 
 CASES = [("stepped", "hf"), ("fused", "hf"), ("stepped", "causal"), ("fused", "causal")]
 SAME_AS_CPU = 0.9    # share of rows that must equal the CPU rows token for token
@@ -159,8 +157,8 @@ def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompt
             summary = run_generate(cfg, models=(engine, tokenizer, scorer), progress=False)
             name = f"{mode}-{backend}"
             rows[name] = read_output(cfg.output.path).to_pylist()
-            case = {"rows": summary["rows"], "error_rows": summary["error_rows"], "tokens": summary["tokens"],
-                    "tokens_per_s": summary["tokens_per_s"], "preemptions": summary["preemptions"],
+            case = {"rows": summary.rows, "error_rows": summary.error_rows, "tokens": summary.tokens,
+                    "tokens_per_s": summary.tokens_per_s, "preemptions": summary.preemptions,
                     **runner_of(engine)}
             if mode == "stepped":
                 case["rescore_max_diff"] = rescore_error(rows[name], scorer, tokenizer)

@@ -70,11 +70,11 @@ def library() -> types.SimpleNamespace:
     """What part 1 drives, imported from the library as a user would: the scorers and the V2
     processor import with neither pyarrow nor vLLM installed."""
     from pargs_batch.config import RewardConfig
-    from pargs_batch.in_engine.guide import EXTRA_KEY
+    from pargs_batch.guidance import GuideArgs, GuideSetup
     from pargs_batch.in_engine.v2 import PargsLogitsProcessorV2
     from pargs_batch.scorers import make_scorer
 
-    return types.SimpleNamespace(RewardConfig=RewardConfig, make_scorer=make_scorer, EXTRA_KEY=EXTRA_KEY,
+    return types.SimpleNamespace(RewardConfig=RewardConfig, make_scorer=make_scorer, GuideArgs=GuideArgs, GuideSetup=GuideSetup,
                                  ProcessorV2=PargsLogitsProcessorV2)
 
 
@@ -321,8 +321,8 @@ def time_processor(lib, rm_dir: str, s: Scale, dev: Device, guided: bool, prefix
 
     torch, rows, vocab = dev.torch, s.proc_rows, s.proc_vocab
     reward = {"path": rm_dir, "backend": "causal", "dtype": "bfloat16", "device": dev.name, "batch_size": 1024}
-    config = types.SimpleNamespace(additional_config={lib.EXTRA_KEY: {"tokenizer": rm_dir,
-                                                                      "reward": reward if guided else None}},
+    config = types.SimpleNamespace(additional_config=lib.GuideSetup(tokenizer=rm_dir,
+                                                                    reward=reward if guided else None).to_wire(),
                                    speculative_config=None)
     state = runner_state(rows, prefix + s.proc_steps + 1, vocab, dev)
     proc = lib.ProcessorV2(config, state)
@@ -331,8 +331,8 @@ def time_processor(lib, rm_dir: str, s: Scale, dev: Device, guided: bool, prefix
     for buffer in (state.prompt_len, state.prefill_len, state.total_len):
         buffer.np[:] = prefix
     for slot in range(rows):
-        args = {"key": f"slot{slot}", "k": s.k, "beta": 1.0, "guided": guided, "greedy": True, "prompt": ""}
-        assert proc.add_request(slot, types.SimpleNamespace(extra_args={lib.EXTRA_KEY: args}))
+        args = lib.GuideArgs(key=f"slot{slot}", k=s.k, beta=1.0, guided=guided, greedy=True, prompt="")
+        assert proc.add_request(slot, types.SimpleNamespace(extra_args=args.to_wire()))
     slots = rng.permutation(rows)  # batch row -> slot: the runner's rows are not in slot order
     idx = torch.as_tensor(slots, dtype=torch.int64, device=dev.name)
     lengths = np.full(rows, prefix, dtype=np.int32)

@@ -147,20 +147,39 @@ def candidates_table(candidates: list[CandidateRow], metadata: dict[str, str] | 
 
 
 @dataclass
+class Phases:
+    """Seconds by phase: the LLM engine's own work, waiting for a shared engine (another micro-batch
+    of the same worker had it), the reward model, decoding and glue, and writing the output."""
+
+    engine: float = 0.0
+    engine_wait: float = 0.0
+    reward: float = 0.0
+    decode: float = 0.0
+    io: float = 0.0
+
+    def __iadd__(self, other: Phases) -> Phases:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def rounded(self, digits: int = 3) -> Phases:
+        return Phases(**{k: round(v, digits) for k, v in dataclasses.asdict(self).items()})
+
+
+@dataclass
 class MicroBatchResult:
     """What a runner returns for one micro-batch: one row per (prompt, sample) in input order,
-    best-of-n's candidates, seconds per phase (engine, engine_wait, reward, decode), the tokens
-    generated (best-of-n counts all N candidates) and the requests vLLM preempted (with
-    ``model.log_stats``)."""
+    best-of-n's candidates, seconds per phase, the tokens generated (best-of-n counts all N
+    candidates) and the requests vLLM preempted (with ``model.log_stats``)."""
 
     rows: list[ResponseRow]
     candidates: list[CandidateRow] = field(default_factory=list)
-    phase_s: dict[str, float] = field(default_factory=dict)
+    phase_s: Phases = field(default_factory=Phases)
     tokens: int = 0
     preemptions: int = 0
 
 
 class Runner(Protocol):
-    """Stepped, fused and best-of-n generation share this interface (``pool.make_runner`` picks one)."""
+    """Stepped, fused and best-of-n generation share this interface (``runners.make_runner`` picks one)."""
 
     def run(self, prompts: list[PromptRow]) -> MicroBatchResult: ...

@@ -28,12 +28,12 @@ def _generate(args) -> int:
     overrides = args.overrides + (["output.overwrite=true"] if args.overwrite else [])
     config = load_config(GenerateConfig, args.config, overrides)
     summary = run_generate(config, progress=not args.no_progress)
-    console.show("summary: " + json.dumps(summary))
+    console.show("summary: " + json.dumps(summary.to_dict()))
     limit = config.output.max_error_fraction
-    if summary["error_fraction"] > limit:
-        console.say(f"generate: {summary['error_rows']} of {summary['rows']} rows are errors "
-                    f"({summary['error_fraction']:.1%} > output.max_error_fraction {limit}; "
-                    f"{summary['retryable_error_rows']} retryable by a rerun)")
+    if summary.error_fraction > limit:
+        console.say(f"generate: {summary.error_rows} of {summary.rows} rows are errors "
+                    f"({summary.error_fraction:.1%} > output.max_error_fraction {limit}; "
+                    f"{summary.retryable_error_rows} retryable by a rerun)")
         return 3
     return 0
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pargs_batch import decoding
 from pargs_batch.config import ModelConfig
+from pargs_batch.guidance import GuideInfo, GuideRecord
 
 
 SHUTDOWN_S = 60.0  # vLLM's own grace is 5 s, after which it force-kills an engine core still tearing down
@@ -197,17 +198,18 @@ class Engine:
             prefill.extend(map(prefill_computed, outputs))
         return [(list(o.outputs[0].token_ids), o.outputs[0].text, _finish_reason(o.outputs[0])) for o in outputs]
 
-    def fused_records(self, keys: list[str]) -> dict[str, dict]:
+    def fused_records(self, keys: list[str]) -> dict[str, GuideRecord]:
         """What the fused logits processor recorded for the requests ``keys`` (popped from it): the
-        reward of each chosen token and its guidance seconds (``fused.RecordsExtension``)."""
-        return self.llm.collective_rpc("pargs_batch_records", args=(list(keys),))[0]
+        reward of each chosen token and its guidance seconds (``in_engine.records.RecordsExtension``)."""
+        wire = self.llm.collective_rpc("pargs_batch_records", args=(list(keys),))[0]
+        return {key: GuideRecord.from_wire(record) for key, record in wire.items()}
 
-    def guide_info(self) -> dict | None:
+    def guide_info(self) -> GuideInfo | None:
         """The fused guidance's start-up facts (its reward model's load seconds, the device memory
         reserved for its largest step), None for an engine without it."""
         if not self.fused:
             return None
-        return self.llm.collective_rpc("pargs_batch_guide_info")[0]
+        return GuideInfo.from_wire(self.llm.collective_rpc("pargs_batch_guide_info")[0])
 
     def preemptions(self) -> int:
         """Requests vLLM has preempted so far (KV cache full), from its engine statistics; 0 unless

@@ -16,12 +16,12 @@ import logging
 import os
 import resource
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
-from pargs_batch.batch import MicroBatchResult
+from pargs_batch.batch import MicroBatchResult, Phases
 from pargs_batch.config import GenerateConfig
 from pargs_batch.decoding import METHODS
+from pargs_batch.guidance import GuideInfo
 from pargs_batch.io import PromptSource, package_versions
 from pargs_batch.output import RETRYABLE, RunDir
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
@@ -37,7 +37,7 @@ class Totals:
     """The run's sums over finished micro-batches (phases are summed over micro-batches in flight,
     so with several in flight they exceed the wall time)."""
 
-    phase_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    phase_s: Phases = field(default_factory=Phases)
     tokens: int = 0
     preemptions: int = 0
     error_rows: int = 0
@@ -46,10 +46,41 @@ class Totals:
     start: float = field(default_factory=time.perf_counter)
 
     def add(self, result: MicroBatchResult) -> None:
-        for phase, seconds in result.phase_s.items():
-            self.phase_s[phase] += seconds
+        self.phase_s += result.phase_s
         self.tokens += result.tokens
         self.preemptions += result.preemptions
+
+
+@dataclass
+class RunSummary:
+    """What ``run_generate`` reports (``generate`` prints it as JSON, and writes it to the output's
+    ``.pargs/summary.json``)."""
+
+    method: str
+    rows: int                      # rows written by this run
+    resumed_rows: int              # rows an earlier run had finished (not redone)
+    error_rows: int
+    error_fraction: float
+    retryable_error_rows: int      # errors a rerun retries (a micro-batch that failed on every try)
+    retried_rows: int              # error rows of an earlier run that this run redid
+    nonfinite_reward_rows: int
+    micro_batches: int
+    files: int
+    tokens: int
+    preemptions: int | None        # requests vLLM preempted (None without model.log_stats)
+    startup_s: float               # from the call to the first micro-batch's submission (models loaded)
+    wall_s: float
+    tokens_per_s: float
+    phase_s: Phases                # summed over micro-batches (so over the wall time with several in flight)
+    workers: int
+    driver_peak_rss_mb: float
+    output: str
+    finished_ids_bytes: int
+    placement: dict | None         # the Ray pool's placement plan (None in this process)
+    guidance: list[GuideInfo] | None  # fused: per engine, its reward model's load and memory reserved
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def check_output_place(path: str) -> None:
@@ -62,7 +93,7 @@ def check_output_place(path: str) -> None:
                 path, os.path.abspath(path))
 
 
-def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> dict:
+def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> RunSummary:
     """Generate for every unfinished prompt of ``config.data`` into ``config.output.path``.
 
     Everything that can be checked without models (config, input columns, the output directory
@@ -112,7 +143,7 @@ e.g. from ``models.Models.for_config``)
                                              f"retries: {payload}")
         t0 = time.perf_counter()
         run.write(rows, candidates)
-        totals.phase_s["io"] += time.perf_counter() - t0
+        totals.phase_s.io += time.perf_counter() - t0
         totals.error_rows += sum(r.error is not None for r in rows)
         totals.retryable_error_rows += sum(r.error is not None and r.error.startswith(RETRYABLE) for r in rows)
         totals.nonfinite_reward_rows += sum(r.error is not None and r.error.startswith(NONFINITE) for r in rows)
@@ -131,30 +162,29 @@ e.g. from ``models.Models.for_config``)
         pool.shutdown()
 
     wall = time.perf_counter() - totals.start
-    summary = {
-        "method": config.decode.method,
-        "rows": run.rows,
-        "resumed_rows": run.resumed_rows,
-        "error_rows": totals.error_rows,
-        "error_fraction": round(totals.error_rows / run.rows, 6) if run.rows else 0.0,
-        "retryable_error_rows": totals.retryable_error_rows,
-        "retried_rows": run.retried_rows,
-        "nonfinite_reward_rows": totals.nonfinite_reward_rows,
-        "micro_batches": run.micro_batches,
-        "files": run.files,
-        "tokens": totals.tokens,
-        "preemptions": totals.preemptions if config.model.log_stats else None,
-        "startup_s": round(startup, 3),
-        "wall_s": round(wall, 3),
-        "tokens_per_s": round(totals.tokens / wall, 1) if wall > 0 else 0.0,
-        "phase_s": {k: round(v, 3) for k, v in sorted(totals.phase_s.items())},
-        "workers": config.ray.num_workers if config.ray.enabled and models is None else 1,
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "output": run.path,
-        "finished_ids_bytes": run.finished.nbytes(),
-        "placement": dataclasses.asdict(pool.plan) if isinstance(pool, RayPool) else None,
-        # fused: per engine, its reward model's load seconds and the device memory reserved for it
-        "guidance": guidance or None,
-    }
-    run.write_summary(summary)
+    summary = RunSummary(
+        method=config.decode.method,
+        rows=run.rows,
+        resumed_rows=run.resumed_rows,
+        error_rows=totals.error_rows,
+        error_fraction=round(totals.error_rows / run.rows, 6) if run.rows else 0.0,
+        retryable_error_rows=totals.retryable_error_rows,
+        retried_rows=run.retried_rows,
+        nonfinite_reward_rows=totals.nonfinite_reward_rows,
+        micro_batches=run.micro_batches,
+        files=run.files,
+        tokens=totals.tokens,
+        preemptions=totals.preemptions if config.model.log_stats else None,
+        startup_s=round(startup, 3),
+        wall_s=round(wall, 3),
+        tokens_per_s=round(totals.tokens / wall, 1) if wall > 0 else 0.0,
+        phase_s=totals.phase_s.rounded(),
+        workers=config.ray.num_workers if config.ray.enabled and models is None else 1,
+        driver_peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        output=run.path,
+        finished_ids_bytes=run.finished.nbytes(),
+        placement=dataclasses.asdict(pool.plan) if isinstance(pool, RayPool) else None,
+        guidance=guidance or None,
+    )
+    run.write_summary(summary.to_dict())
     return summary

@@ -77,7 +77,7 @@ def fused_engine(model: ModelConfig, reward: RewardConfig | None, tokenizer: str
     """An engine with the guidance processor (one class for either of vLLM's model runners) and its
     reward model inside."""
     from pargs_batch.engine import Engine
-    from pargs_batch.fused import engine_kwargs
+    from pargs_batch.runners.fused import engine_kwargs
 
     return Engine(model, fused=engine_kwargs(reward, tokenizer))
 

@@ -10,8 +10,7 @@ plain classes with ``ray.remote(...)``, with the resources and placement-group b
 ``placement.plan`` gives them (a worker and its reward actor share a bundle: one node, and by
 default on GPUs one device). Dead actors are restarted and their micro-batches
 retried by Ray up to ``ray.max_retries`` times; after that the driver writes those rows as errors.
-``LocalPool`` is the same interface without Ray. ``reward_actors`` and ``RemoteScorer`` are also
-how the evaluation job scores on Ray.
+``LocalPool`` is the same interface without Ray.
 """
 
 from __future__ import annotations
@@ -22,34 +21,12 @@ import time
 from dataclasses import replace
 
 from pargs_batch import placement
-from pargs_batch.batch import MicroBatchResult, PromptRow, Runner
-from pargs_batch.config import GenerateConfig, RewardConfig
-from pargs_batch.decoding import METHODS
+from pargs_batch.batch import MicroBatchResult, PromptRow
+from pargs_batch.config import GenerateConfig
+from pargs_batch.guidance import GuideInfo
 from pargs_batch.models import Models
-from pargs_batch.rows import RowMaker
-from pargs_batch.scorers import reward_placement
-
-
-def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
-    """The runner of ``config``: best-of-n, a block method, fused (guidance inside vLLM) or stepped."""
-    rows = RowMaker(config.decode, config.model.path, config.reward.label or None)
-    runner = METHODS[config.decode.method].runner
-    if runner == "best-of-n":
-        from pargs_batch.bestofn import BestOfN
-
-        return BestOfN(engine, tokenizer, config.decode, rows, scorer)
-    if runner in ("blockwise", "early-rejection"):
-        from pargs_batch.blocks import Blockwise, EarlyRejection
-
-        cls = Blockwise if runner == "blockwise" else EarlyRejection
-        return cls(engine, tokenizer, config.decode, rows, scorer)
-    if config.engine.mode == "fused":
-        from pargs_batch.fused import FusedRunner
-
-        return FusedRunner(engine, tokenizer, config.decode, rows)
-    from pargs_batch.stepper import Stepper
-
-    return Stepper(engine, tokenizer, config.decode, rows, scorer)
+from pargs_batch.runners import make_runner
+from pargs_batch.scorers import RemoteScorer, reward_actors, reward_placement
 
 
 class LockedEngine:
@@ -88,45 +65,6 @@ class LockedEngine:
         return self._locked(self.engine.fused_records, keys)
 
 
-class RemoteScorer:
-    """A reward scorer on one or more Ray actors, called like a local one: a call is split evenly
-    across the actors and the scores come back in input order."""
-
-    def __init__(self, actors: list):
-        self.actors = list(actors)
-
-    def score(self, prompts: list[str], responses: list[str], weights: list | None = None):
-        return self.score_costed(prompts, responses, weights)[0]
-
-    def score_costed(self, prompts: list[str], responses: list[str], weights: list | None = None):
-        """Scores, tokens read and model calls per input, as ``HFRewardScorer.score_costed``
-        (``weights``: per input, for a ``WeightedScorer``)."""
-        import numpy as np
-        import ray
-
-        n = len(self.actors)
-        extra = (lambda i: {}) if weights is None else (lambda i: {"weights": weights[i::n]})
-        if n == 1:
-            return ray.get(self.actors[0].score_costed.remote(prompts, responses, **extra(0)))
-        parts = [a.score_costed.remote(prompts[i::n], responses[i::n], **extra(i)) for i, a in enumerate(self.actors)]
-        out = np.zeros(len(prompts), dtype=np.float32)
-        tokens, calls = np.zeros(len(prompts), dtype=np.int64), np.zeros(len(prompts), dtype=np.int64)
-        for i, (part, part_tokens, part_calls) in enumerate(ray.get(parts)):
-            out[i::n], tokens[i::n], calls[i::n] = part, part_tokens, part_calls
-        return out, tokens, calls
-
-
-def reward_actors(reward: RewardConfig, options: list[dict], max_retries: int = 0) -> list:
-    """One Ray actor per entry of ``options`` (its resources and scheduling), each loading the ``hf``
-    scorer of ``reward`` (a first call waits for it)."""
-    import ray
-
-    from pargs_batch.reward import HFRewardScorer, WeightedScorer
-
-    cls = ray.remote(WeightedScorer if reward.models else HFRewardScorer)
-    return [cls.options(**o, max_restarts=max_retries, max_task_retries=max_retries).remote(reward) for o in options]
-
-
 class DecodeWorker:
     """Runs micro-batches through its own engine; thread-safe for concurrent ``generate`` calls."""
 
@@ -147,7 +85,7 @@ class DecodeWorker:
         worker.lock = threading.Lock()
         return worker
 
-    def guide_info(self) -> dict | None:
+    def guide_info(self) -> GuideInfo | None:
         """What the engine's fused guidance reports of its start (``Engine.guide_info``)."""
         return self.engine.guide_info()
 
@@ -170,8 +108,8 @@ class DecodeWorker:
         for row in spent:
             row.wall_s = share
         # the engine phase is the engine's own work; queueing behind another micro-batch is apart
-        result.phase_s["engine"] = result.phase_s.get("engine", 0.0) - engine.wait_s
-        result.phase_s["engine_wait"] = engine.wait_s
+        result.phase_s.engine -= engine.wait_s
+        result.phase_s.engine_wait = engine.wait_s
         result.preemptions = engine.preempted
         return result
 

@@ -1,4 +1,6 @@
-"""Which reward scorer a run uses, and where it runs: decided here, once.
+"""Which reward scorer a run uses, and where it runs: decided here, once, for generation and
+evaluation alike. ``make_scorer`` is the one place a scorer class is chosen; ``reward_actors``
+loads it on Ray actors and ``RemoteScorer`` calls them like a local one.
 
 Placements:
 
@@ -46,6 +48,59 @@ def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
     from pargs_batch.reward import HFRewardScorer, WeightedScorer
 
     return WeightedScorer(reward) if reward.models else HFRewardScorer(reward)
+
+
+class ScorerActor:
+    """The body of a Ray reward actor: the scorer ``make_scorer`` picks, loaded in the actor."""
+
+    def __init__(self, reward: RewardConfig):
+        self.scorer = make_scorer(reward)
+
+    def score(self, prompts: list, responses: list[str], weights: list | None = None):
+        return self.score_costed(prompts, responses, weights)[0]
+
+    def score_costed(self, prompts: list, responses: list[str], weights: list | None = None):
+        if weights is None:
+            return self.scorer.score_costed(prompts, responses)
+        return self.scorer.score_costed(prompts, responses, weights=weights)
+
+
+class RemoteScorer:
+    """A reward scorer on one or more Ray actors, called like a local one: a call is split evenly
+    across the actors and the scores come back in input order."""
+
+    def __init__(self, actors: list):
+        self.actors = list(actors)
+
+    def score(self, prompts: list[str], responses: list[str], weights: list | None = None):
+        return self.score_costed(prompts, responses, weights)[0]
+
+    def score_costed(self, prompts: list[str], responses: list[str], weights: list | None = None):
+        """Scores, tokens read and model calls per input, as ``HFRewardScorer.score_costed``
+        (``weights``: per input, for a ``WeightedScorer``)."""
+        import numpy as np
+        import ray
+
+        n = len(self.actors)
+        extra = (lambda i: {}) if weights is None else (lambda i: {"weights": weights[i::n]})
+        if n == 1:
+            return ray.get(self.actors[0].score_costed.remote(prompts, responses, **extra(0)))
+        parts = [a.score_costed.remote(prompts[i::n], responses[i::n], **extra(i)) for i, a in enumerate(self.actors)]
+        out = np.zeros(len(prompts), dtype=np.float32)
+        tokens, calls = np.zeros(len(prompts), dtype=np.int64), np.zeros(len(prompts), dtype=np.int64)
+        for i, (part, part_tokens, part_calls) in enumerate(ray.get(parts)):
+            out[i::n], tokens[i::n], calls[i::n] = part, part_tokens, part_calls
+        return out, tokens, calls
+
+
+def reward_actors(reward: RewardConfig, options: list[dict], max_retries: int = 0) -> list:
+    """One Ray actor per entry of ``options`` (its resources and scheduling), each loading the scorer of
+    ``reward`` through ``make_scorer`` (a first call waits for it)."""
+    import ray
+
+    cls = ray.remote(ScorerActor)
+    return [cls.options(**o, max_restarts=max_retries, max_task_retries=max_retries).remote(reward) for o in options]
+
 
 
 def score_rows(scorer, contexts: list, responses: list[str], weights: list | None, per_row: int):

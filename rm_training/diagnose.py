@@ -149,7 +149,7 @@ def diagnose_models(reward_models: dict, pairs_file: str, out: str | Path, fmt: 
     (prompts, responses -> floats), also the accuracy of Eq. 5's labels per bucket, under the
     key ``"labels"`` (prefixes cut with the tokenizer of model ``labels_with``, default the last)."""
     from pargs_batch.console import console
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.scorers import make_scorer
     from rm_training import data as prefs
 
     log = log or console.show
@@ -158,7 +158,7 @@ def diagnose_models(reward_models: dict, pairs_file: str, out: str | Path, fmt: 
     triples, report = prefs.to_triples(rows, fmt, columns, limit)
     results, tokenizers = {}, {}
     for name, reward in reward_models.items():
-        scorer = HFRewardScorer(reward)
+        scorer = make_scorer(reward)
         tokenizers[name] = scorer.tokenizer
         results[name] = diagnose(scorer, triples)
         log(table(results[name], name))

@@ -155,7 +155,7 @@ def lora_config(cfg: PolicyConfig):
 
 def common_args(cfg: PolicyConfig) -> dict:
     """TrainingArguments shared by DPOConfig and RLOOConfig."""
-    from rm_training.train import _ddp_backend
+    from rm_training.train import ddp_backend_for
 
     t = cfg.training
     return dict(output_dir=t.output_dir, learning_rate=t.learning_rate,
@@ -165,20 +165,20 @@ def common_args(cfg: PolicyConfig) -> dict:
                 max_steps=t.max_steps, warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio
                 weight_decay=t.weight_decay, logging_steps=t.logging_steps, seed=t.seed, data_seed=t.seed,
                 bf16=t.bf16, fp16=t.fp16, gradient_checkpointing=t.gradient_checkpointing, deepspeed=t.deepspeed,
-                report_to=t.report_to, save_strategy="no", eval_strategy="no", ddp_backend=_ddp_backend(t.deepspeed))
+                report_to=t.report_to, save_strategy="no", eval_strategy="no", ddp_backend=ddp_backend_for(t.deepspeed))
 
 
 class RewardModelFunction:
     """A TRL reward function: (prompts, completions) -> one reward each, scored by
-    ``pargs_batch.reward.HFRewardScorer`` - the RM's own tokenizer and the same input rule
+    the scorer ``pargs_batch.scorers.make_scorer`` picks for it - the RM's own tokenizer and the same input rule
     (template, pair or chat) that generation and evaluation use."""
 
     __name__ = "reward_model"
 
     def __init__(self, reward):
-        from pargs_batch.reward import HFRewardScorer
+        from pargs_batch.scorers import make_scorer
 
-        self.scorer = HFRewardScorer(reward)
+        self.scorer = make_scorer(reward)
 
     def __call__(self, prompts, completions, **_) -> list[float]:
         return [float(x) for x in self.scorer.score(list(prompts), list(completions))]
@@ -369,7 +369,7 @@ def train_policy(cfg: PolicyConfig) -> dict:
 
     import torch
 
-    from rm_training.train import _zero_stage as zero_stage
+    from rm_training.train import zero_stage
 
     start = time.perf_counter()
     train_triples, held, reports = prepare(cfg)

@@ -166,7 +166,7 @@ def make_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds):
         gradient_checkpointing=t.gradient_checkpointing, deepspeed=t.deepspeed, report_to=t.report_to,
         max_length=None,  # sequences are cut here already (from the left), never dropped
         save_strategy="no", eval_strategy="no", disable_tqdm=False,
-        ddp_backend=_ddp_backend(t.deepspeed),
+        ddp_backend=ddp_backend_for(t.deepspeed),
     )
     if cfg.mode != "partial-causal":
         return RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -192,7 +192,7 @@ def make_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds):
                                 data_collator=CausalPrefixCollator(tokenizer.pad_token_id))
 
 
-def _ddp_backend(deepspeed: str | None) -> str | None:
+def ddp_backend_for(deepspeed: str | None) -> str | None:
     """gloo for distributed runs on CPU (launched by torchrun/deepspeed); the default elsewhere."""
     import os
 
@@ -208,12 +208,12 @@ def evaluate_checkpoint(cfg: TrainConfig, out_dir: str, held: list[prefs.Triple]
     """Held-out pairwise accuracy of the saved checkpoint, scored by ``pargs_batch.reward``:
     whole responses always, and per prefix-length bucket for the partial modes."""
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.scorers import make_scorer
     from rm_training.diagnose import prefix_accuracy, whole_accuracy
 
     if not held:
         return {}
-    scorer = HFRewardScorer(RewardConfig(path=out_dir, template=cfg.template, max_length=cfg.training.max_length,
+    scorer = make_scorer(RewardConfig(path=out_dir, template=cfg.template, max_length=cfg.training.max_length,
                                          batch_size=cfg.training.per_device_eval_batch_size))
     whole = whole_accuracy(scorer, held)
     result = {"pairwise_accuracy": whole["accuracy"], "pairwise_interval": whole["interval"], "eval_triples": len(held)}
@@ -266,7 +266,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_pairs": len(train_ds), "identical_prefix_pairs_skipped": identical,
         "eval_pairs": len(eval_ds) if eval_ds is not None else 0,
         "steps": result.global_step, "train_loss": result.training_loss,
-        "deepspeed_zero_stage": _zero_stage(trainer),
+        "deepspeed_zero_stage": zero_stage(trainer),
         "eval_loss_before": before, "eval_loss_after": after,
         "train_seconds": round(fit_seconds, 2), "pairs_per_second": round(pairs_seen / fit_seconds, 1),
         **evaluate_checkpoint(cfg, cfg.training.output_dir, held, tokenizer),
@@ -278,7 +278,7 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def _zero_stage(trainer) -> int | None:
+def zero_stage(trainer) -> int | None:
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     return plugin.zero_stage if plugin is not None else None
 

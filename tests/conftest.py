@@ -81,36 +81,6 @@ def models(engine, tokenizer, scorer):
     return engine, tokenizer, scorer
 
 
-def base_config(world, tmp_path, **sections) -> dict:
-    """A generate config dict on the tiny world; ``sections`` update single keys per section."""
-    cfg = {
-        "model": {"path": world["llm"], "dtype": "float32", "max_model_len": 256,
-                  "kv_cache_memory_bytes": 64 << 20},
-        "reward": {"path": world["reward_model"], "batch_size": 16},
-        "decode": {"method": "pargs", "beta": 2.0, "top_k": 10, "max_new_tokens": 16, "seed": 0,
-                   "micro_batch_size": 64},
-        "data": {"source": world["prompts"], "id_column": "id", "limit": 32},
-        "output": {"path": str(tmp_path / "out")},
-        "ray": {"enabled": False},
-    }
-    for section, values in sections.items():
-        cfg.setdefault(section, {}).update(values)
-    return cfg
-
-
-def generate_rows(world, tmp_path, models, name="out", **sections):
-    """Generate on the tiny world into ``tmp_path / name`` with ``models`` already loaded: (rows, summary)."""
-    from pargs_batch.config import GenerateConfig
-    from pargs_batch.configlib import build
-    from pargs_batch.generate import run_generate
-    from pargs_batch.output import read_output
-
-    cfg = base_config(world, tmp_path, **sections)
-    cfg["output"]["path"] = str(tmp_path / name)
-    summary = run_generate(build(GenerateConfig, cfg), models=models, progress=False)
-    return read_output(tmp_path / name).to_pylist(), summary
-
-
 @pytest.fixture(scope="session")
 def preference_file(world):
     """300 (prompt, chosen, rejected) triples of the tiny corpus: the pleasanter reply is chosen."""

@@ -117,3 +117,65 @@ def test_experiments_are_reached_only_through_entry_points():
 
 def _required(command: str) -> list[str]:
     return {"diagnose-rm": ["--reward-model", "m", "--pairs", "p"], "world": ["build"]}.get(command, [])
+
+
+def private_uses() -> list[str]:
+    """Every ``_name`` (not dunder) a project module takes from another project module: imported by
+    name, or read as an attribute of an imported project module."""
+    known, found = modules(), []
+    for name, path in known.items():
+        tree = ast.parse(path.read_text())
+        aliases = {}  # local name -> project module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in known and a.name != name:
+                        aliases[a.asname or a.name] = a.name
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in known:
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if full in known:
+                        aliases[a.asname or a.name] = full
+                    elif private(a.name) and node.module != name:
+                        found.append(f"{name} imports {full}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and private(node.attr) and isinstance(node.value, ast.Name) \
+                    and node.value.id in aliases:
+                found.append(f"{name} reads {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_module_takes_another_modules_private_names():
+    assert private_uses() == []
+
+
+def test_the_private_name_check_finds_one(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "pargs_batch").mkdir()
+    (tmp_path / "pargs_batch" / "__init__.py").write_text("")
+    (tmp_path / "pargs_batch" / "a.py").write_text("def _hidden(): pass\n")
+    (tmp_path / "pargs_batch" / "b.py").write_text("from pargs_batch.a import _hidden\nfrom pargs_batch import a\na._hidden()\n")
+    for package in PACKAGES[1:]:
+        (tmp_path / package).mkdir()
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert private_uses() == ["pargs_batch.b imports pargs_batch.a._hidden", "pargs_batch.b reads pargs_batch.a._hidden"]
+
+
+def test_each_test_file_says_what_it_proves_and_imports_no_other_test_file():
+    """A test module opens with a docstring; shared helpers live in conftest.py or helpers.py."""
+    tests = sorted((ROOT / "tests").glob("test_*.py"))
+    assert len(tests) > 30
+    for path in tests:
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{path.name} has no docstring saying what it proves"
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0].startswith("test_") for n in names), f"{path.name} imports {names}"
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "spec_from_file_location":
+                raise AssertionError(f"{path.name} loads a module by file path; import it as a package")

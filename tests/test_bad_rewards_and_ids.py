@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import base_config
+from helpers import base_config, check_duplicates, duplicate_prompts
 
 from pargs_batch import decoding
 from pargs_batch.config import GenerateConfig
@@ -52,7 +52,7 @@ def test_rows_without_a_finite_reward_end_as_errors_naming_the_model(world, tmp_
     scorer = HFRewardScorer(RewardConfig(path=nan_reward_model, batch_size=16))
     summary = run_generate(cfg, models=(engine, tokenizer, scorer), progress=False)
     rows = read_output(cfg.output.path).to_pylist()
-    assert len(rows) == 6 and summary["error_rows"] == summary["nonfinite_reward_rows"] == 6
+    assert len(rows) == 6 and summary.error_rows == summary.nonfinite_reward_rows == 6
     for r in rows:
         assert r["finish_reason"] == "error" and r["error"].startswith("non-finite reward")
         assert nan_reward_model in r["error"]
@@ -84,22 +84,6 @@ def test_a_block_candidate_without_a_finite_reward_is_never_kept(world, tmp_path
             assert r["reward_calls"] == 3 * len(r["rewards"])  # the NaN model, weighing 0, never ran
         else:
             assert r["finish_reason"] == "error" and r["error"].startswith("non-finite reward")
-
-
-def duplicate_prompts(path, world) -> str:
-    prompts = [json.loads(line) for line in open(world["prompts"])][:3]
-    rows = [prompts[0], prompts[1], {"id": prompts[0]["id"], "prompt": "a different prompt"}, prompts[2]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def check_duplicates(rows: list[dict], num_samples: int) -> None:
-    assert len(rows) == 4 * num_samples
-    good = [(r["id"], r["sample_index"]) for r in rows if r["error"] is None]
-    bad = [r for r in rows if r["error"] is not None]
-    assert len(good) == len(set(good)) == 3 * num_samples  # each good row once
-    assert len(bad) == num_samples and all("duplicate id" in r["error"] for r in bad)
-    assert all(r["prompt"] == "a different prompt" for r in bad)
 
 
 @pytest.mark.slow

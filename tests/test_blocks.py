@@ -7,9 +7,9 @@ import pytest
 from pargs_batch.batch import PromptRow
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
-from pargs_batch.pool import make_runner
+from pargs_batch.runners import make_runner
 
-from conftest import base_config, generate_rows as generate
+from helpers import base_config, generate_rows as generate
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,7 @@ def test_block_methods_never_depend_on_the_micro_batch(world, tmp_path, models, 
     one, _ = generate(world, tmp_path, models, "b16", data={"limit": 12}, decode={**decode, "micro_batch_size": 12})
     fives, summary = generate(world, tmp_path, models, "b5", data={"limit": 12},
                               decode={**decode, "micro_batch_size": 5})
-    assert summary["micro_batches"] == 3
+    assert summary.micro_batches == 3
     for a, b in zip(one, fives):
         assert a["response_token_ids"] == b["response_token_ids"] and a["response"] == b["response"]
         assert a["llm_decode_tokens"] == b["llm_decode_tokens"] and a["reward_calls"] == b["reward_calls"]

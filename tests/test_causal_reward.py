@@ -87,7 +87,7 @@ def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world,
     try:
         summary = run_generate(config, models=models, progress=False)
         rows = read_output(tmp_path / "causal").to_pylist()
-        assert summary["rows"] == 16 and all(r["error"] is None for r in rows)
+        assert summary.rows == 16 and all(r["error"] is None for r in rows)
         scorer, tokenizer = models[2], models[1]
         for r in rows[:6]:  # each step's recorded reward is the RM's score of prompt + tokens so far
             prompt_ids = tokenizer(r["prompt"])["input_ids"]

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import base_config
+from helpers import base_config
 
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build

@@ -15,7 +15,7 @@ from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 from pargs_batch.output import read_output
 
-from conftest import base_config
+from helpers import base_config
 
 CLI = str(Path(sys.executable).parent / "pargs-batch")
 

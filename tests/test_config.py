@@ -12,7 +12,7 @@ from pargs_batch.config import GenerateConfig
 
 from pargs_batch.configlib import ConfigError, build, load_config
 
-from conftest import base_config
+from helpers import base_config
 
 CLI = str(Path(sys.executable).parent / "pargs-batch")
 

@@ -22,7 +22,7 @@ from pargs_batch.evaluation.run import run_evaluate
 from pargs_batch.generate import run_generate
 from experiments.world.tiny import sentiment
 
-from conftest import base_config
+from helpers import base_config
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "pargs-batch")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import base_config
+from helpers import base_config
 from scipy import stats
 
 from pargs_batch.config import GenerateConfig
@@ -35,16 +35,16 @@ def _run(world, path, models, mode, method, **decode):
 def test_greedy_outputs_and_rewards_are_the_same_in_both_modes(world, tmp_path, models, fused_models, method):
     _, stepped = _run(world, tmp_path / "stepped", models, "stepped", method, max_new_tokens=24)
     summary, fused = _run(world, tmp_path / "fused", fused_models, "fused", method, max_new_tokens=24)
-    assert summary["rows"] == 32 and all(r["error"] is None for r in fused)
+    assert summary.rows == 32 and all(r["error"] is None for r in fused)
     for a, b in zip(stepped, fused):
         assert (a["id"], a["sample_index"]) == (b["id"], b["sample_index"])
         assert a["response_token_ids"] == b["response_token_ids"] and a["response"] == b["response"]
         assert a["finish_reason"] == b["finish_reason"]
         assert np.allclose(a["rewards"], b["rewards"], atol=1e-4)
-    assert set(summary["phase_s"]) >= {"engine", "reward", "decode"} and summary["phase_s"]["reward"] > 0
-    (guidance,) = summary["guidance"]  # the engine's reward model: its load time; on CPU nothing reserved
-    assert guidance["reward_load_s"] > 0 and guidance["reserved_bytes"] == 0
-    assert guidance["largest_step"]["k"] == 20 and guidance["largest_step"]["tokens"] == 256
+    assert summary.phase_s.reward > 0 and summary.phase_s.engine > 0
+    (guidance,) = summary.guidance  # the engine's reward model: its load time; on CPU nothing reserved
+    assert guidance.reward_load_s > 0 and guidance.reserved_bytes == 0
+    assert guidance.largest_step["k"] == 20 and guidance.largest_step["tokens"] == 256
 
 
 def test_fused_sampling_is_batch_independent_and_seeded(world, tmp_path, fused_models):
@@ -58,7 +58,7 @@ def test_fused_sampling_is_batch_independent_and_seeded(world, tmp_path, fused_m
 def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engine, scorer, tokenizer, fused_models):
     """20,000 first tokens from vLLM's seeded sampler under the processor fit softmax(logp + beta r)."""
     from pargs_batch import decoding
-    from pargs_batch.in_engine.guide import EXTRA_KEY
+    from pargs_batch.guidance import GuideArgs
 
     prompt, beta, k, n = "review of the cafe : food was", 2.0, 10, 20000  # next: a pleasant or unpleasant word
     ids = tokenizer(prompt)["input_ids"]
@@ -67,7 +67,7 @@ def test_fused_first_token_draws_follow_softmax_of_logp_plus_beta_r(world, engin
     rewards = scorer.score([prompt] * k, texts)
     expected = decoding.softmax(decoding.scores(logp, rewards[None, :], beta))[0]
 
-    extra = [{EXTRA_KEY: {"key": f"chi/{i}", "k": k, "beta": beta, "guided": True, "greedy": False, "prompt": prompt}}
+    extra = [GuideArgs(key=f"chi/{i}", k=k, beta=beta, guided=True, greedy=False, prompt=prompt).to_wire()
              for i in range(n)]
     out = fused_models[0].guided([ids] * n, list(range(n)), extra, max_tokens=1, temperature=1.0, stop=[])
     fused_models[0].fused_records([f"chi/{i}" for i in range(n)])  # the processor's records, dropped
@@ -90,7 +90,7 @@ def test_fused_mode_is_checked_before_any_model_loads(world, tmp_path):
 
 
 def test_fused_writes_a_repeated_id_as_an_error_row_and_the_first_once(world, tmp_path, fused_models):
-    from test_bad_rewards_and_ids import check_duplicates, duplicate_prompts
+    from helpers import check_duplicates, duplicate_prompts
 
     source = duplicate_prompts(tmp_path / "dup.jsonl", world)
     cfg = base_config(world, tmp_path, engine={"mode": "fused"},
@@ -117,14 +117,14 @@ def test_a_fused_engine_starts_in_a_process_that_imported_flask(world):
     import flask
 
     from pargs_batch.config import ModelConfig
-    from pargs_batch.in_engine.guide import EXTRA_KEY
+    from pargs_batch.guidance import GuideArgs
     from pargs_batch.models import fused_engine
 
     model = ModelConfig(path=world["llm"], dtype="float32", max_model_len=256, kv_cache_memory_bytes=32 << 20)
     engine = fused_engine(model, None, world["llm"])
     try:
         assert engine.in_process and sys.modules["flask"] is flask  # put back after the build
-        extra = [{EXTRA_KEY: {"key": "flask", "k": 3, "beta": 0.0, "guided": False, "greedy": True}}]
+        extra = [GuideArgs(key="flask", k=3, beta=0.0, guided=False, greedy=True).to_wire()]
         (tokens, _, reason), = engine.guided([[5, 6, 7]], [0], extra, max_tokens=4, temperature=0.0, stop=[])
         assert len(tokens) == 4 and reason == "length"
     finally:

@@ -21,7 +21,8 @@ from vllm.v1.sample.logits_processor import BatchUpdate  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
 
 from pargs_batch import decoding  # noqa: E402
-from pargs_batch.in_engine.guide import EXTRA_KEY, SPECULATIVE_REFUSAL  # noqa: E402
+from pargs_batch.guidance import GuideArgs, GuideSetup  # noqa: E402
+from pargs_batch.in_engine.guide import SPECULATIVE_REFUSAL  # noqa: E402
 from pargs_batch.in_engine.processor import PargsLogitsProcessor  # noqa: E402
 
 K, BETA, STEPS, SLOTS, MAX_LEN = 6, 2.0, 10, 8, 64
@@ -36,15 +37,15 @@ def fake_logits(history: list[int], vocab: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def setup(world, tokenizer):
-    config = SimpleNamespace(additional_config={EXTRA_KEY: {
-        "tokenizer": world["llm"], "reward": {"path": world["reward_model"], "batch_size": 64}}})
+    config = SimpleNamespace(additional_config=GuideSetup(
+        tokenizer=world["llm"], reward={"path": world["reward_model"], "batch_size": 64}).to_wire())
     prompts = ["review of the cafe :", "review of the train :", "review of my phone :", "review of the movie :"]
     return config, prompts, [tokenizer(p)["input_ids"] for p in prompts]
 
 
 def params(key: str, prompt: str) -> SamplingParams:
-    return SamplingParams(extra_args={EXTRA_KEY: {"key": key, "k": K, "beta": BETA, "guided": True,
-                                                  "greedy": True, "prompt": prompt}})
+    return SamplingParams(extra_args=GuideArgs(key=key, k=K, beta=BETA, guided=True, greedy=True,
+                                               prompt=prompt).to_wire())
 
 
 class CountedBuffer:

@@ -6,7 +6,6 @@ and skips - run as a script with pyarrow and vLLM absent, as on a GPU machine wh
 transformers are; on CPU (--allow-cpu) it makes the reference and its own checks hold; the `gpu`
 test runs it for real where there is a GPU."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,10 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "jobs" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_check)
-gpu_scorers = gpu_check.gpu_scorers  # the module gpu_check calls, loaded beside it
+from jobs import gpu_check, gpu_scorers  # noqa: E402 - jobs/ from the checkout (pytest's pythonpath)
+
 WHY = gpu_check.preflight()
 
 

@@ -60,8 +60,9 @@ def test_on_cuda_the_reservation_is_the_steps_peak_and_is_released(reduced_world
 
 
 def test_a_processor_built_without_vllms_scheduler_reserves_nothing(world):
-    from pargs_batch.in_engine.guide import EXTRA_KEY, Guide
+    from pargs_batch.guidance import GuideSetup
+    from pargs_batch.in_engine.guide import Guide
 
-    guide = Guide(SimpleNamespace(additional_config={EXTRA_KEY: {
-        "tokenizer": world["llm"], "reward": {"path": world["reward_model"]}}}))
-    assert guide.info()["reserved_bytes"] == 0 and guide.info()["reward_load_s"] > 0
+    guide = Guide(SimpleNamespace(additional_config=GuideSetup(
+        tokenizer=world["llm"], reward={"path": world["reward_model"]}).to_wire()))
+    assert guide.info().reserved_bytes == 0 and guide.info().reward_load_s > 0

@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import base_config
+from helpers import base_config
 
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build

@@ -6,7 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import base_config
+from helpers import base_config
 
 from pargs_batch.batch import CANDIDATE_SCHEMA, SCHEMA
 from pargs_batch.config import GenerateConfig
@@ -29,7 +29,7 @@ def finished(world, models, tmp_path_factory):
 
 def test_the_directory_holds_part_files_and_hidden_bookkeeping(finished):
     out, _, summary = finished
-    assert summary["rows"] == 40 and summary["files"] == 3 and summary["micro_batches"] == 3
+    assert summary.rows == 40 and summary.files == 3 and summary.micro_batches == 3
     assert sorted(p.name for p in out.iterdir()) == [".pargs", "part-000000.parquet", "part-000001.parquet",
                                                      "part-000002.parquet"]
     assert sorted(p.name for p in (out / ".pargs").iterdir()) == ["candidates", "pending", "run.json", "summary.json"]

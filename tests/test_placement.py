@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import base_config
+from helpers import base_config
 
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build

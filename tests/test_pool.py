@@ -20,21 +20,12 @@ from pargs_batch.configlib import build
 from pargs_batch.generate import run_generate
 from pargs_batch.output import read_output
 
-from conftest import base_config
+from helpers import base_config, pool_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "pargs-batch")
-SMALL = {"num_cpus": 0.25}  # two CPUs must hold every actor of a test
 FIRST_BATCH = ".pargs/pending/part-000000/mb-000000000.parquet"
-
-
-def pool_config(world, tmp_path, name, workers=1, batch=4, limit=40, **ray):
-    cfg = base_config(world, tmp_path, data={"limit": limit}, decode={"micro_batch_size": batch})
-    cfg["output"]["path"] = str(tmp_path / name)
-    cfg["ray"] = {"enabled": True, "num_workers": workers, "engine_resources": SMALL,
-                  "reward_resources": SMALL, **ray}
-    return cfg
 
 
 def content(path):
@@ -91,7 +82,7 @@ def test_block_methods_with_several_weighted_reward_models_on_ray_equal_in_proce
     here = config("here", False)
     run_generate(here, models=(models[0], models[1], WeightedScorer(here.reward)), progress=False)
     summary = run_generate(config("ray", True), progress=False)
-    assert summary["rows"] == 12 and summary["placement"] is not None
+    assert summary.rows == 12 and summary.placement is not None
     assert content(tmp_path / "ray") == content(tmp_path / "here")
     costs = ["llm_decode_tokens", "reward_tokens", "reward_calls"]
     cost = lambda name: {r["id"]: [r[c] for c in costs] for r in read_output(tmp_path / name).to_pylist()}  # noqa: E731
@@ -185,7 +176,7 @@ def test_a_dying_decode_worker_is_restarted_and_its_batches_retried(ray_local, w
     summary = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "faulty", batch=4)), progress=False)
     killer.join()
     assert killed, "no decode worker was killed"
-    assert summary["rows"] == 40 and summary["error_rows"] == 0
+    assert summary.rows == 40 and summary.error_rows == 0
     assert content(tmp_path / "faulty") == reference
 
 
@@ -200,7 +191,7 @@ def test_retries_are_bounded_then_rows_carry_the_error(ray_local, world, tmp_pat
     rows = read_output(tmp_path / "doomed").to_pylist()
     assert killed and len(rows) == 40 and len({(r["id"], r["sample_index"]) for r in rows}) == 40
     failed = [r for r in rows if r["finish_reason"] == "error"]
-    assert failed and summary["error_rows"] == summary["retryable_error_rows"] == len(failed)
+    assert failed and summary.error_rows == summary.retryable_error_rows == len(failed)
     assert all(r["error"].startswith("infrastructure: micro-batch failed after 0 retries") and "Actor" in r["error"]
                for r in failed)
     # the output shows them, but they are not finished: a rerun takes them out and makes them

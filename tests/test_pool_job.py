@@ -12,7 +12,7 @@ import yaml
 
 from pargs_batch.output import read_output
 
-from test_pool import pool_config
+from helpers import pool_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -64,9 +64,9 @@ def test_fused_under_preemption_equals_stepped_and_records_exact_rewards(reduced
         for name, method, b in (("greedy", "pargs-greedy", 32), ("sampled", "pargs", 32), ("sampled-b8", "pargs", 8)):
             cfg = config(w, tmp_path / name, backend, "fused", method, tight=True, micro_batch_size=b)
             summary = run_generate(cfg, models=models.for_config(cfg), progress=False)
-            assert summary["error_rows"] == 0
+            assert summary.error_rows == 0
             if b == 32:
-                assert summary["preemptions"] > 0, summary  # the KV cache really was too small
+                assert summary.preemptions > 0, summary  # the KV cache really was too small
             fused[name] = read_output(tmp_path / name).to_pylist()
         engine, tokenizer, _ = models.for_config(cfg)
 

@@ -5,7 +5,7 @@ by the RM tokenizer's chat template - each against the model's own forward on wh
 import numpy as np
 import pytest
 import torch
-from conftest import base_config
+from helpers import base_config
 
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build

@@ -13,7 +13,7 @@ from pargs_batch.configlib import ConfigError, build
 from pargs_batch.generate import run_generate
 from pargs_batch.output import read_output
 
-from conftest import base_config
+from helpers import base_config
 
 pytestmark = pytest.mark.slow
 

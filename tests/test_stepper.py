@@ -7,7 +7,7 @@ import pytest
 
 from pargs_batch.output import read_output
 
-from conftest import generate_rows as generate
+from helpers import generate_rows as generate
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ def test_batching_never_changes_an_output(world, tmp_path, models):
     data = {"limit": 64}
     one, _ = generate(world, tmp_path, models, "b64", data=data, decode={"micro_batch_size": 64})
     sevens, summary = generate(world, tmp_path, models, "b7", data=data, decode={"micro_batch_size": 7})
-    assert summary["micro_batches"] == 10 and len(one) == len(sevens) == 64
+    assert summary.micro_batches == 10 and len(one) == len(sevens) == 64
     for a, b in zip(one, sevens):
         assert a["response_token_ids"] == b["response_token_ids"] and a["response"] == b["response"]
         assert np.allclose(a["rewards"], b["rewards"], atol=1e-4)
@@ -84,7 +84,7 @@ def test_bad_rows_get_an_error_and_the_rest_complete(world, tmp_path, models):
     rows, summary = generate(world, tmp_path, models, data={"source": str(source), "limit": None},
                              decode={"num_samples": 2})
     by_id = {(r["id"], r["sample_index"]): r for r in rows}
-    assert len(rows) == 10 and summary["error_rows"] == 6
+    assert len(rows) == 10 and summary.error_rows == 6
     for sample in (0, 1):
         assert by_id[("ok1", sample)]["error"] is None and by_id[("ok2", sample)]["num_tokens"] > 0
         assert by_id[("empty", sample)]["error"] == "prompt is empty"
@@ -99,7 +99,7 @@ def test_ignore_eos_runs_to_max_new_tokens(world, tmp_path, models):
     rows, summary = generate(world, tmp_path, models, data={"limit": 4},
                              decode={"ignore_eos": True, "max_new_tokens": 40})
     assert all(r["finish_reason"] == "length" and r["num_tokens"] == 40 for r in rows)
-    assert summary["tokens"] == 160
+    assert summary.tokens == 160
 
 
 def test_best_of_n_keeps_the_best_candidate_and_is_batch_independent(world, tmp_path, models, scorer):
@@ -110,7 +110,7 @@ def test_best_of_n_keeps_the_best_candidate_and_is_batch_independent(world, tmp_
                         decode={**bon, "micro_batch_size": 5})
     assert [r["response_token_ids"] for r in rows] == [r["response_token_ids"] for r in small]
     cands = read_output(tmp_path / "bon64", kind="candidates").to_pylist()
-    assert len(cands) == 12 * 4 and summary["tokens"] == sum(len(c["response_token_ids"]) for c in cands)
+    assert len(cands) == 12 * 4 and summary.tokens == sum(len(c["response_token_ids"]) for c in cands)
     for row in rows:
         mine = [c for c in cands if c["id"] == row["id"]]
         best = max(mine, key=lambda c: (c["reward"], -c["candidate_index"]))
@@ -118,4 +118,10 @@ def test_best_of_n_keeps_the_best_candidate_and_is_batch_independent(world, tmp_
         assert row["response"] == best["response"] and row["response_token_ids"] == best["response_token_ids"]
         assert np.isclose(row["rewards"][0], scorer.score([row["prompt"]], [row["response"]])[0], atol=1e-4)
         assert len({tuple(c["response_token_ids"]) for c in mine}) > 1  # N real samples
-    assert not list((tmp_path / "bon5").glob("candidates-*"))  # only when asked for
+    # candidates are written where the reader finds them, and only when asked for
+    from pargs_batch.output import CANDIDATES
+
+    assert sorted(p.name for p in (tmp_path / "bon64" / CANDIDATES).glob("*.parquet"))
+    assert not (tmp_path / "bon5" / CANDIDATES).exists() and not list((tmp_path / "bon5").rglob("cand-*"))
+    with pytest.raises(FileNotFoundError):
+        read_output(tmp_path / "bon5", kind="candidates")

@@ -60,8 +60,8 @@ def time_generate(config: dict, models) -> tuple[dict, list]:
     cfg = build(GenerateConfig, config)
     summary = run_generate(cfg, models=models.for_config(cfg), progress=False)
     rows = read_output(cfg.output.path).to_pylist()
-    return {"tokens": summary["tokens"], "seconds": summary["wall_s"], "tokens_per_s": summary["tokens_per_s"],
-            "split": phase_shares(summary["phase_s"])}, rows
+    return {"tokens": summary.tokens, "seconds": summary.wall_s, "tokens_per_s": summary.tokens_per_s,
+            "split": phase_shares(vars(summary.phase_s))}, rows
 
 
 def check_guard(runs: dict, models) -> dict:

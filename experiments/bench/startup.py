@@ -56,7 +56,7 @@ def _child(config_json: str, spawned: float) -> dict:
     loaded = models.for_config(config)
     engine_s = time.time() - t1
     if fused:
-        reward_s = loaded[0].guide_info()["reward_load_s"]
+        reward_s = loaded[0].guide_info().reward_load_s
         engine_s -= reward_s
     t2 = time.time()
     run_generate(config, models=loaded, progress=False)

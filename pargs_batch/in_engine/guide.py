@@ -11,9 +11,10 @@ request's seed. Greedy rows (``args``, ``pargs-greedy``) keep only the candidate
 picks and run at temperature 0. Candidates are ordered, scored and chosen by ``decoding``'s
 functions, the same statement of the rule the stepped loop calls, so both modes break ties alike.
 
-Per-request settings arrive in ``SamplingParams.extra_args[EXTRA_KEY]``. Each request's record - the
-reward of every chosen token, its share of the guidance time - is kept under the request's own key
-until the driver fetches it (``records.RecordsExtension``). This module imports no vLLM, so the
+Per-request settings arrive as a ``guidance.GuideArgs`` in ``SamplingParams.extra_args``. Each
+request's record - the reward of every chosen token, its share of the guidance time - is kept under
+the request's own key until the driver fetches it as a ``guidance.GuideRecord``
+(``records.RecordsExtension``). This module imports no vLLM, so the
 guidance can be driven and timed where vLLM cannot be installed (``jobs/gpu_check.py``).
 """
 
@@ -28,9 +29,9 @@ import numpy as np
 
 from pargs_batch import decoding
 from pargs_batch.config import RewardConfig
+from pargs_batch.guidance import GuideArgs, GuideInfo, GuideRecord, GuideSetup
 from pargs_batch.scorers import score_rows
 
-EXTRA_KEY = "pargs_batch"
 SPECULATIVE_REFUSAL = ("engine.mode=fused does not support speculative decoding (vLLM would hand the guidance one "
                        "logits row per draft token): remove the engine's speculative_config")
 
@@ -60,6 +61,14 @@ class Row:
     reward_calls: int = 0
     weights: list[float] | None = None  # its reward models' own weights (data.weights_column)
 
+    def record(self) -> GuideRecord:
+        """What the driver gets of this row."""
+        last = {} if self.pending is None else \
+            {int(t): float(r) for t, r in zip(self.pending[0], self.pending[1])}
+        return GuideRecord(rewards=[None if r is None else float(r) for r in self.rewards], last_token_rewards=last,
+                           timings=dict(self.timings), failed_at=self.failed_at, reward_tokens=self.reward_tokens,
+                           reward_calls=self.reward_calls)
+
     def reward_of(self, token: int) -> float | None:
         if self.pending is None:
             return None
@@ -77,62 +86,60 @@ class Guide:
     def __init__(self, vllm_config):
         if getattr(vllm_config, "speculative_config", None) is not None:
             raise ValueError(SPECULATIVE_REFUSAL)  # at engine build, not at the first step with drafts
-        cfg = (vllm_config.additional_config or {}).get(EXTRA_KEY)
+        setup = GuideSetup.from_config(vllm_config.additional_config)
         self.records: dict[str, Row] = {}  # request key -> row, until the driver fetches it
         self.scorer = self.detok = self.tokenizer = None
         self.incremental = False
         self.session, self.order = None, []  # causal backend: the RM's KV state, and whose row is whose
         self.last_step = None  # (candidate ids, rewards, row -> its line in them) of the last step
         self.reservation, self.load_s = None, 0.0
-        if cfg is None:
+        if setup is None:
             return
         from transformers import AutoTokenizer
 
         from pargs_batch.detok import IncrementalDetokenizer
 
         t0 = time.perf_counter()
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer"])
+        self.tokenizer = AutoTokenizer.from_pretrained(setup.tokenizer)
         self.detok = IncrementalDetokenizer(self.tokenizer)
-        if cfg.get("reward"):
+        if setup.reward:
             from pargs_batch.in_engine.memory import LargestStep, Reservation
             from pargs_batch.scorers import make_scorer
 
-            self.scorer = make_scorer(RewardConfig(**cfg["reward"]), len(self.tokenizer))
+            self.scorer = make_scorer(RewardConfig(**setup.reward), len(self.tokenizer))
             self.incremental = getattr(self.scorer, "incremental", False)
             if getattr(vllm_config, "scheduler_config", None) is not None:
                 self.reservation = Reservation(self.scorer, LargestStep.of(vllm_config))
         self.load_s = time.perf_counter() - t0
 
-    def info(self) -> dict:
+    def info(self) -> GuideInfo:
         """What the driver's summary reports of the guidance in this worker: seconds to load its
         tokenizer and reward model, and the device memory reserved for the reward model's largest
         step (0 on CPU)."""
-        return {"reward_load_s": round(self.load_s, 3),
-                "reserved_bytes": self.reservation.bytes if self.reservation else 0,
-                "largest_step": None if self.reservation is None else vars(self.reservation.step)}
+        return GuideInfo(reward_load_s=round(self.load_s, 3),
+                         reserved_bytes=self.reservation.bytes if self.reservation else 0,
+                         largest_step=None if self.reservation is None else dict(vars(self.reservation.step)))
 
     @staticmethod
     def check(params) -> None:
-        args = (params.extra_args or {}).get(EXTRA_KEY)
-        if args is not None and not {"key", "k", "beta", "guided", "greedy"} <= set(args):
-            raise ValueError(f"extra_args[{EXTRA_KEY!r}] needs key, k, beta, guided and greedy")
+        """Refuse a request whose guidance arguments are malformed (``GuideArgs.from_params`` raises)."""
+        GuideArgs.from_params(params)
 
-    def row_for(self, args: dict, prompt_ids: list[int] | None, out_ids: list[int] | None) -> Row:
+    def row_for(self, args: GuideArgs, prompt_ids: list[int] | None, out_ids: list[int] | None) -> Row:
         """A new row, or - for a request vLLM preempted and now adds back with its output so far -
         the row it had, following vLLM's output from where it left off (None: the caller reads
         the prompt and the output later and calls ``set_prompt`` and ``resume`` itself)."""
         if self.reservation is not None:
             self.reservation.release()  # a real request: vLLM has sized its KV cache
-        row = self.records.get(args["key"])
+        row = self.records.get(args.key)
         if row is not None:
             row.alive, row.in_session = True, False
             if out_ids is not None:
                 self.resume(row, out_ids)
             return row
-        guided = bool(args["guided"]) and self.scorer is not None
-        row = Row(key=args["key"], k=int(args["k"]), beta=float(args["beta"]), guided=guided,
-                   greedy=bool(args["greedy"]), prompt=args.get("prompt", ""), out_ids=[] if out_ids is None else out_ids,
-                   weights=args.get("weights"))
+        row = Row(key=args.key, k=int(args.k), beta=float(args.beta), guided=bool(args.guided) and self.scorer is not None,
+                  greedy=bool(args.greedy), prompt=args.prompt, out_ids=[] if out_ids is None else out_ids,
+                  weights=args.weights)
         if prompt_ids is not None:
             self.set_prompt(row, prompt_ids)
         self.records[row.key] = row

@@ -18,22 +18,17 @@ class RecordsExtension:
         return [p.guide for p in processors if isinstance(getattr(p, "guide", None), Guide)]
 
     def pargs_batch_guide_info(self) -> dict | None:
-        """The guidance's own start-up facts in this worker (``Guide.info``), None without it."""
+        """The guidance's own start-up facts in this worker (``Guide.info``, a ``GuideInfo`` on the
+        wire), None without it."""
         guides = self._guides()
-        return guides[0].info() if guides else None
+        return guides[0].info().to_wire() if guides else None
 
     def pargs_batch_records(self, keys: list[str]) -> dict[str, dict]:
-        """Pop the records of ``keys`` from this worker's processor: the reward of each chosen token,
-        the last step's [candidate token, reward] pairs, and the row's guidance seconds."""
+        """Pop the records of ``keys`` from this worker's processor, each a ``GuideRecord`` on the wire."""
         found = {}
         for guide in self._guides():
             for key in keys:
                 row = guide.records.pop(key, None)
                 if row is not None:
-                    last = [] if row.pending is None else \
-                        [[int(t), float(r)] for t, r in zip(row.pending[0], row.pending[1])]
-                    found[key] = {"rewards": [None if r is None else float(r) for r in row.rewards],
-                                  "last_token_rewards": last, "timings": dict(row.timings),
-                                  "failed_at": row.failed_at, "reward_tokens": row.reward_tokens,
-                                  "reward_calls": row.reward_calls}
+                    found[key] = row.record().to_wire()
         return found

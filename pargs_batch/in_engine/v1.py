@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from vllm.v1.sample.logits_processor import MoveDirectionality
 
-from pargs_batch.in_engine.guide import EXTRA_KEY, Guide, Row
+from pargs_batch.guidance import GuideArgs
+from pargs_batch.in_engine.guide import Guide, Row
 
 
 class PargsLogitsProcessorV1:
@@ -29,7 +30,7 @@ class PargsLogitsProcessorV1:
             self._retire(self.rows.pop(index, None))
         for index, params, prompt_ids, out_ids in batch_update.added:
             self._retire(self.rows.pop(index, None))
-            args = (params.extra_args or {}).get(EXTRA_KEY) if params is not None else None
+            args = GuideArgs.from_params(params)
             if args is not None:
                 self.rows[index] = self.guide.row_for(args, prompt_ids or [], out_ids)
         for a, b, direction in batch_update.moved:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pargs_batch.in_engine.guide import EXTRA_KEY, Guide, Row
+from pargs_batch.guidance import GuideArgs
+from pargs_batch.in_engine.guide import Guide, Row
 
 
 class PargsLogitsProcessorV2:
@@ -34,7 +35,7 @@ class PargsLogitsProcessorV2:
         self.fresh: set[int] = set()  # slots added since the last step: read whole once
 
     def add_request(self, req_idx: int, sampling_params) -> bool:
-        args = (sampling_params.extra_args or {}).get(EXTRA_KEY)
+        args = GuideArgs.from_params(sampling_params)
         if args is None:
             self.slots.pop(req_idx, None)  # a recycled slot: not ours any more
             self.fresh.discard(req_idx)

@@ -1,10 +1,10 @@
 """``engine.mode: fused``, the driver's side: a micro-batch as whole vLLM requests, guided inside the
 engine by ``in_engine``'s logits processor; rows like the stepped loop's.
 
-Each request carries its guidance arguments in ``SamplingParams.extra_args`` and a seed derived
+Each request carries its guidance (a ``guidance.GuideArgs``) in ``SamplingParams.extra_args`` and a seed derived
 from (seed, prompt id, sample index), so a row never depends on its batch. After the requests
 finish, the processor's records (the reward of every chosen token, the guidance seconds) are
-fetched with ``collective_rpc`` through ``in_engine.records.RecordsExtension``, so the ``rewards``
+fetched as ``guidance.GuideRecord``s through ``in_engine.records.RecordsExtension``, so the ``rewards``
 column needs no second pass.
 """
 
@@ -16,9 +16,9 @@ from collections import defaultdict
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
+from pargs_batch.batch import Cost, MicroBatchResult, Phases, PromptRow
 from pargs_batch.config import DecodeConfig, RewardConfig
-from pargs_batch.in_engine.guide import EXTRA_KEY
+from pargs_batch.guidance import GuideArgs, GuideRecord, GuideSetup
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
 
 
@@ -27,10 +27,10 @@ def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
     processor class that either model runner takes, and the records extension."""
     from dataclasses import asdict
 
+    setup = GuideSetup(tokenizer=tokenizer, reward=asdict(reward) if reward and reward.members else None)
     return {"logits_processors": ["pargs_batch.in_engine.processor:PargsLogitsProcessor"],
             "worker_extension_cls": "pargs_batch.in_engine.records.RecordsExtension",
-            "additional_config": {EXTRA_KEY: {"reward": asdict(reward) if reward and reward.members else None,
-                                              "tokenizer": tokenizer}}}
+            "additional_config": setup.to_wire()}
 
 
 class FusedRunner:
@@ -48,9 +48,8 @@ class FusedRunner:
             seeds = decoding.request_seed(d.seed, decoding.id_hashes([p.id for _, p, _, _ in jobs]),
                                           np.array([s for _, _, _, s in jobs]))
             keys = [f"{id(self)}/{i}/{s}" for i, _, _, s in jobs]
-            extra = [{EXTRA_KEY: {"key": key, "k": d.top_k, "beta": d.beta if method.uses_reward else 0.0,
-                                  "guided": method.uses_reward, "greedy": method.greedy, "prompt": p.context,
-                                  "weights": p.weights}}
+            extra = [GuideArgs(key=key, k=d.top_k, beta=d.beta if method.uses_reward else 0.0, guided=method.uses_reward,
+                               greedy=method.greedy, prompt=p.context, weights=p.weights).to_wire()
                      for key, (_, p, _, _) in zip(keys, jobs)]
             t0 = time.perf_counter()
             prefill: list[int] = []
@@ -62,19 +61,14 @@ class FusedRunner:
             inside = defaultdict(float)
             for key, (i, p, _, s), (token_ids, text, reason), computed in zip(keys, jobs, outputs, prefill):
                 record = records.get(key)
+                seen = record or GuideRecord()
                 cost = Cost()
-                cost.add(computed, len(token_ids), (record or {}).get("reward_tokens", 0),
-                         (record or {}).get("reward_calls", 0))
-                rewards = None
-                if method.uses_reward and record is not None:
-                    rewards = list(record["rewards"][: len(token_ids)])
-                    if len(rewards) < len(token_ids):
-                        rewards.append(dict(map(tuple, record["last_token_rewards"])).get(token_ids[-1]))
-                if record is not None:
-                    for name, value in record["timings"].items():
-                        inside[name] += value
-                if record is not None and record["failed_at"] is not None:
-                    n = record["failed_at"]
+                cost.add(computed, len(token_ids), seen.reward_tokens, seen.reward_calls)
+                rewards = seen.rewards_for(token_ids) if method.uses_reward and record is not None else None
+                for name, value in seen.timings.items():
+                    inside[name] += value
+                if seen.failed_at is not None:
+                    n = seen.failed_at
                     rows[(i, s)] = self.rows.row(
                         p.id, s, p.prompt, self.tokenizer.decode(token_ids[:n], skip_special_tokens=True),
                         token_ids[:n], "error", rewards[:n] if rewards else None,
@@ -82,7 +76,7 @@ class FusedRunner:
                 else:
                     rows[(i, s)] = self.rows.row(p.id, s, p.prompt, text, token_ids, reason, rewards).charge(cost)
                 result.tokens += len(token_ids)
-            result.phase_s = {"reward": inside["reward"], "decode": inside["decode"],
-                              "engine": wall - inside["reward"] - inside["decode"]}
+            result.phase_s = Phases(reward=inside["reward"], decode=inside["decode"],
+                                    engine=wall - inside["reward"] - inside["decode"])
         result.rows = in_input_order(prompts, d.num_samples, rows)
         return result

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import Cost, MicroBatchResult, PromptRow
+from pargs_batch.batch import Cost, MicroBatchResult, Phases, PromptRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.rows import RowMaker, first_stop, in_input_order, whole_request_jobs
 from pargs_batch.scorers import score_rows
@@ -69,7 +69,7 @@ class BlockRunner:
     def __init__(self, engine, tokenizer, decode: DecodeConfig, rows: RowMaker, scorer):
         self.engine, self.tokenizer, self.decode, self.rows, self.scorer = engine, tokenizer, decode, rows, scorer
         self.n = decode.n_candidates or decode.top_k
-        self.timings: dict[str, float] = defaultdict(float)
+        self.timings = Phases()
         self.tokens = 0
 
     def _jobs(self, prompts: list[PromptRow], tracks: int) -> tuple[list[Job], dict]:
@@ -126,7 +126,7 @@ class BlockRunner:
                 job.cost.add(prefill=computed, decode=made)
                 self.tokens += made
                 out[x] = [self._grow(job, track, c) for c in cands]
-        self.timings["engine"] += time.perf_counter() - t0
+        self.timings.engine += time.perf_counter() - t0
         return out
 
     def _score(self, pairs: list[tuple[Job, Track]]) -> None:
@@ -140,7 +140,7 @@ class BlockRunner:
             track.reward = float(r)
             track.rewards.append(float(r))
             job.cost.add(reward_tokens=tokens, reward_calls=c)
-        self.timings["reward"] += time.perf_counter() - t0
+        self.timings.reward += time.perf_counter() - t0
 
     def _row(self, job: Job, track: Track, rows: dict, error: str | None = None) -> None:
         """The job's row: ``track``, or - with ``error`` - what it had before the failure."""
@@ -151,7 +151,7 @@ class BlockRunner:
 
     def _result(self, prompts: list[PromptRow], rows: dict) -> MicroBatchResult:
         return MicroBatchResult(in_input_order(prompts, self.decode.num_samples, rows),
-                                phase_s=dict(self.timings), tokens=self.tokens)
+                                phase_s=self.timings, tokens=self.tokens)
 
 
 class Blockwise(BlockRunner):
@@ -179,7 +179,7 @@ class Blockwise(BlockRunner):
                                             np.array([j.sample_index for j in active]),
                                             np.array([len(j.tracks[0].ids) for j in active]))
                 choice = decoding.sample(score, u, d.temperature)
-            self.timings["decode"] += time.perf_counter() - t0
+            self.timings.decode += time.perf_counter() - t0
             still = []
             for j, cands, c, bad in zip(active, grown, choice, failed):
                 if bad:

@@ -8,14 +8,13 @@ string, ``max_new_tokens`` or the LLM's context length, and come out as ``Respon
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import Cost, MicroBatchResult, PromptRow, ResponseRow
+from pargs_batch.batch import Cost, MicroBatchResult, Phases, PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.detok import DetokState, IncrementalDetokenizer
 from pargs_batch.rows import RowMaker, first_stop, tokenize_prompts
@@ -47,7 +46,7 @@ class Stepper:
             raise ValueError(f"method {decode.method} needs a reward scorer")
         self.detok = IncrementalDetokenizer(tokenizer)
         self.eos_ids = engine.eos_ids  # the tokenizer's EOS and generation_config's, as vLLM's requests use
-        self.timings: dict[str, float] = defaultdict(float)
+        self.timings = Phases()
         self.tokens_generated = 0
         # a causal reward backend scores candidate token ids against its kept KV state
         self.incremental = self.method.uses_reward and getattr(scorer, "incremental", False)
@@ -94,7 +93,7 @@ class Stepper:
         rewards, windows = None, None
         if self.incremental:
             rewards = self.scorer.score_candidates(self.session, cand_ids)
-            self.timings["reward"] += clock() - t1
+            self.timings.reward += clock() - t1
             for s in active:  # one candidate token read per candidate
                 s.cost.add(reward_tokens=k, reward_calls=k)
         elif self.method.uses_reward:
@@ -104,10 +103,10 @@ class Stepper:
             prompts = [s.context for s in active for _ in range(k)]
             t_text = clock()
             rewards, read, calls = score_rows(self.scorer, prompts, texts, [s.weights for s in active for _ in range(k)], k)
-            self.timings["reward"] += clock() - t_text
+            self.timings.reward += clock() - t_text
             for s, n, c in zip(active, read, calls):
                 s.cost.add(reward_tokens=n, reward_calls=c)
-            self.timings["decode"] += t_text - t1
+            self.timings.decode += t_text - t1
         t2 = clock()
         uniforms = decoding.keyed_uniforms(
             d.seed, np.array([s.id_hash for s in active], dtype=np.uint64),
@@ -123,12 +122,12 @@ class Stepper:
         else:
             chosen_windows = self.detok.decode_with([s.detok for s in active], tokens[:, None])
         self.detok.commit([s.detok for s in active], tokens, chosen_windows)
-        self.timings["engine"] += t1 - t0
-        self.timings["decode"] += clock() - t2
+        self.timings.engine += t1 - t0
+        self.timings.decode += clock() - t2
         if self.incremental:
             t3 = clock()
             self.scorer.commit(self.session, choice)
-            self.timings["reward"] += clock() - t3
+            self.timings.reward += clock() - t3
         failed = decoding.unscorable(rewards) if rewards is not None else np.zeros(len(active), dtype=bool)
         return tokens, failed
 
@@ -140,7 +139,7 @@ class Stepper:
             self.session = self.scorer.start([s.prompt_ids for s in active])
             for s in active:
                 s.cost.add(reward_tokens=len(s.prompt_ids))
-            self.timings["reward"] += time.perf_counter() - t0
+            self.timings.reward += time.perf_counter() - t0
         while active:
             old_lens = [len(s.detok.text) for s in active]
             tokens, failed = self._step(active)
@@ -168,4 +167,4 @@ class Stepper:
         self.session = None
         order = {(p.id, s): i for i, p in enumerate(prompts) for s in range(self.decode.num_samples)}
         rows = sorted(done, key=lambda r: order[(r.id, r.sample_index)])
-        return MicroBatchResult(rows, phase_s=dict(self.timings), tokens=self.tokens_generated)
+        return MicroBatchResult(rows, phase_s=self.timings, tokens=self.tokens_generated)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import CandidateRow, Cost, MicroBatchResult, PromptRow
+from pargs_batch.batch import CandidateRow, Cost, MicroBatchResult, Phases, PromptRow
 from pargs_batch.config import DecodeConfig
 from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
 from pargs_batch.scorers import score_rows
@@ -56,6 +56,6 @@ class BestOfN:
                                                    response_token_ids=c[0], finish_reason=c[2],
                                                    reward=float(rewards[j, c_i]), selected=bool(c_i == best[j]))
                                       for c_i, c in enumerate(cands)]
-            result.phase_s = {"engine": t1 - t0, "reward": t2 - t1, "decode": clock() - t2}
+            result.phase_s = Phases(engine=t1 - t0, reward=t2 - t1, decode=clock() - t2)
         result.rows = in_input_order(prompts, d.num_samples, rows)
         return result

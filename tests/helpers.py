@@ -1,0 +1,62 @@
+"""Helpers the test modules share (configs on the tiny world, generation with models already loaded,
+the duplicate-id case); fixtures are in conftest.py."""
+
+from __future__ import annotations
+
+import json
+
+SMALL_ACTOR = {"num_cpus": 0.25}  # two CPUs must hold every actor of a Ray test
+
+
+def base_config(world, tmp_path, **sections) -> dict:
+    """A generate config dict on the tiny world; ``sections`` update single keys per section."""
+    cfg = {
+        "model": {"path": world["llm"], "dtype": "float32", "max_model_len": 256,
+                  "kv_cache_memory_bytes": 64 << 20},
+        "reward": {"path": world["reward_model"], "batch_size": 16},
+        "decode": {"method": "pargs", "beta": 2.0, "top_k": 10, "max_new_tokens": 16, "seed": 0,
+                   "micro_batch_size": 64},
+        "data": {"source": world["prompts"], "id_column": "id", "limit": 32},
+        "output": {"path": str(tmp_path / "out")},
+        "ray": {"enabled": False},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def generate_rows(world, tmp_path, models, name="out", **sections):
+    """Generate on the tiny world into ``tmp_path / name`` with ``models`` already loaded: (rows, summary)."""
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import build
+    from pargs_batch.generate import run_generate
+    from pargs_batch.output import read_output
+
+    cfg = base_config(world, tmp_path, **sections)
+    cfg["output"]["path"] = str(tmp_path / name)
+    summary = run_generate(build(GenerateConfig, cfg), models=models, progress=False)
+    return read_output(tmp_path / name).to_pylist(), summary
+
+
+def pool_config(world, tmp_path, name, workers=1, batch=4, limit=40, **ray):
+    cfg = base_config(world, tmp_path, data={"limit": limit}, decode={"micro_batch_size": batch})
+    cfg["output"]["path"] = str(tmp_path / name)
+    cfg["ray"] = {"enabled": True, "num_workers": workers, "engine_resources": SMALL_ACTOR,
+                  "reward_resources": SMALL_ACTOR, **ray}
+    return cfg
+
+
+def duplicate_prompts(path, world) -> str:
+    prompts = [json.loads(line) for line in open(world["prompts"])][:3]
+    rows = [prompts[0], prompts[1], {"id": prompts[0]["id"], "prompt": "a different prompt"}, prompts[2]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def check_duplicates(rows: list[dict], num_samples: int) -> None:
+    assert len(rows) == 4 * num_samples
+    good = [(r["id"], r["sample_index"]) for r in rows if r["error"] is None]
+    bad = [r for r in rows if r["error"] is not None]
+    assert len(good) == len(set(good)) == 3 * num_samples  # each good row once
+    assert len(bad) == num_samples and all("duplicate id" in r["error"] for r in bad)
+    assert all(r["prompt"] == "a different prompt" for r in bad)
