@@ -1,9 +1,11 @@
-"""The frozen LLM behind vLLM: token-id prefixes in, top-k (token id, log pi_ref) arrays out.
+"""The frozen LLM behind vLLM, in token ids.
 
-The engine knows nothing about text. Each call asks vLLM for one token per prefix with
-``logprobs=k`` under prefix caching, so a prompt's KV blocks are computed once and reused every
-step. vLLM reports raw log-probabilities (before temperature or top-k), which is what
-``log pi_ref`` means in the paper.
+``topk`` (the stepped loop): token-id prefixes in, top-k (token id, log pi_ref) arrays out - one
+token per prefix with ``logprobs=k`` under prefix caching, so a prompt's KV blocks are computed once
+and reused every step. vLLM reports raw log-probabilities (before temperature or top-k), which is
+what ``log pi_ref`` means in the paper. ``sample`` (best-of-n, the block methods) and ``guided``
+(fused mode) run whole requests: they take token-id prefixes and vLLM's stop strings, and return
+each request's token ids with the text vLLM detokenised for its stop-string check, and why it ended.
 """
 
 from __future__ import annotations

@@ -50,13 +50,13 @@ def test_one_or_two_workers_and_any_batch_size_give_the_same_rows(ray_local, wor
     one = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "one", workers=1, batch=8)), progress=False)
     two = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "two", workers=2, batch=3,
                                                          num_reward_actors=1)), progress=False)
-    assert one["rows"] == two["rows"] == 40 and two["micro_batches"] == 14 and two["workers"] == 2
+    assert one.rows == two.rows == 40 and two.micro_batches == 14 and two.workers == 2
     assert content(tmp_path / "one") == reference
     assert content(tmp_path / "two") == reference
-    assert set(two["phase_s"]) == {"engine", "engine_wait", "reward", "decode", "io"}
+    assert set(vars(two.phase_s)) == {"engine", "engine_wait", "reward", "decode", "io"}
     # each worker with its reward actor in one bundle; the second worker's bundle holds it alone
-    assert one["placement"]["bundles"] == [{"CPU": 0.5}]
-    assert two["placement"]["bundles"] == [{"CPU": 0.5}, {"CPU": 0.25}]
+    assert one.placement["bundles"] == [{"CPU": 0.5}]
+    assert two.placement["bundles"] == [{"CPU": 0.5}, {"CPU": 0.25}]
 
 
 def test_block_methods_with_several_weighted_reward_models_on_ray_equal_in_process(ray_local, world, tmp_path, models):
@@ -183,7 +183,7 @@ def test_a_dying_decode_worker_is_restarted_and_its_batches_retried(ray_local, w
 def test_retries_are_bounded_then_rows_carry_the_error(ray_local, world, tmp_path):
     killed = []
     killer = threading.Thread(target=_kill_first,
-                              args=("ray::HFRewardScorer", tmp_path / "doomed" / FIRST_BATCH, killed))
+                              args=("ray::ScorerActor", tmp_path / "doomed" / FIRST_BATCH, killed))
     killer.start()
     cfg = pool_config(world, tmp_path, "doomed", batch=4, max_retries=0)
     summary = run_generate(build(GenerateConfig, cfg), progress=False)
@@ -196,7 +196,7 @@ def test_retries_are_bounded_then_rows_carry_the_error(ray_local, world, tmp_pat
                for r in failed)
     # the output shows them, but they are not finished: a rerun takes them out and makes them
     again = run_generate(build(GenerateConfig, cfg), progress=False)
-    assert again["retried_rows"] == again["rows"] == len(failed) and again["error_rows"] == 0
+    assert again.retried_rows == again.rows == len(failed) and again.error_rows == 0
     rows = read_output(tmp_path / "doomed").to_pylist()
     assert len(rows) == 40 and len({(r["id"], r["sample_index"]) for r in rows}) == 40
     assert all(r["error"] is None for r in rows)

@@ -1,4 +1,4 @@
-"""The fused processor applies `decoding`'s statement of the rule: same candidate order, same scores,
+"""in_engine/guide.py: the fused processor applies `decoding`'s statement of the rule: same candidate order, same scores,
 same greedy choice as the stepped loop, ties included (pure torch/numpy on CPU; no engine)."""
 
 from types import SimpleNamespace

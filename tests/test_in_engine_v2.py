@@ -1,4 +1,4 @@
-"""The guidance processor on Model Runner V2's interface, driven on CPU tensors through vLLM's own V2
+"""in_engine/v2.py: the guidance processor on Model Runner V2's interface, driven on CPU tensors through vLLM's own V2
 dataclasses (``LogitsProcRequestState``, ``LogitsContext``; the runner's token buffers are CPU tensors
 and numpy arrays, since a real runner needs a GPU) in the layouts the runner produces: rows reordered
 every step, slots recycled, a request preempted and added back with its output so far (or with fewer
@@ -29,7 +29,7 @@ K, BETA, STEPS, SLOTS, MAX_LEN = 6, 2.0, 10, 8, 64
 
 
 def fake_logits(history: list[int], vocab: int) -> torch.Tensor:
-    """A deterministic 'LM': logits seeded by the history (ties are tests/test_fused_rule.py's part:
+    """A deterministic 'LM': logits seeded by the history (ties are tests/test_in_engine_guide.py's part:
     here they would leave the choice to float noise between differently batched reward calls)."""
     seed = hash(tuple(history)) % 2**32
     return torch.tensor(np.random.default_rng(seed).normal(0, 2, vocab).astype(np.float32))
