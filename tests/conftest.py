@@ -10,6 +10,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # nothing can be downloaded here: fail fast instead of waiting on the hub's timeouts
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers share two cores: an OpenMP thread that waits for its team sleeps instead of
+    # spinning, or a worker's spinning threads starve the other's (set before torch loads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

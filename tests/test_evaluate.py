@@ -24,7 +24,8 @@ from experiments.world.tiny import sentiment
 
 from helpers import base_config
 
-pytestmark = pytest.mark.slow
+# Ray: one local cluster at a time, and `ray stop` in the job test would end any other (one xdist worker runs them all)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 CLI = str(Path(sys.executable).parent / "pargs-batch")
 GOOD_WORDS = ("lovely", "friendly", "bright", "calm", "clever", "warm", "quick", "fresh", "kind")
 

@@ -15,6 +15,9 @@ from pargs_batch.decoding import id_hash
 from pargs_batch.io import PromptSource
 from pargs_batch.output import RETRYABLE, IdSet, RunDir, next_part, part_number, read_output
 
+# its Ray Data tests start a local Ray: with the other Ray tests on one xdist worker
+pytestmark = pytest.mark.xdist_group("ray")
+
 RECORDS = [{"uid": "a", "text": "hello"}, {"uid": "b", "text": ""}, {"uid": "c", "text": 42},
            {"uid": "a", "text": "again"}, {"uid": None, "text": "no id"}, {"uid": "f", "text": "fine"}]
 

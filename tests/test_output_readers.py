@@ -14,7 +14,8 @@ from pargs_batch.configlib import build
 from pargs_batch.generate import run_generate
 from pargs_batch.output import read_output
 
-pytestmark = pytest.mark.slow
+# Ray: one local cluster at a time, and `ray stop` in the job test would end any other (one xdist worker runs them all)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture(scope="module")

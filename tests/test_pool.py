@@ -22,7 +22,8 @@ from pargs_batch.output import read_output
 
 from helpers import base_config, pool_config
 
-pytestmark = pytest.mark.slow
+# Ray: one local cluster at a time, and `ray stop` in the job test would end any other (one xdist worker runs them all)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "pargs-batch")
 FIRST_BATCH = ".pargs/pending/part-000000/mb-000000000.parquet"

@@ -14,7 +14,8 @@ from pargs_batch.output import read_output
 
 from helpers import pool_config
 
-pytestmark = pytest.mark.slow
+# Ray: one local cluster at a time, and `ray stop` in the job test would end any other (one xdist worker runs them all)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
