@@ -16,11 +16,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def built_once(tmp_path_factory, name: str, build) -> dict:
+    """``build(directory)`` once per test run: under pytest-xdist the first worker to ask builds it
+    into the run's shared temporary directory while the other waits, then both read what it
+    returned (a JSON-able dict); without xdist, into this session's own directory."""
+    import json
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    out = tmp_path_factory.getbasetemp().parent / f"shared-{name}"  # one per run, beside the workers' own
+    with FileLock(f"{out}.lock"):
+        made = out.with_name(out.name + ".json")
+        if not made.exists():
+            out.mkdir(exist_ok=True)
+            made.write_text(json.dumps(build(out)))
+        return json.loads(made.read_text())
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     from experiments.world.tiny import build_tiny_world
 
-    return build_tiny_world(tmp_path_factory.mktemp("world"))
+    return built_once(tmp_path_factory, "world", build_tiny_world)
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +50,15 @@ def reduced_world(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    out = tmp_path_factory.mktemp("default-world")
-    cli = str(Path(sys.executable).parent / "pargs-batch")
-    result = subprocess.run([cli, "world", "build", "--kind", "reduced", "--out", str(out)],
-                            capture_output=True, text=True, timeout=180, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "LM held-out perplexity" in result.stderr and "world: built in" in result.stderr
-    return json.loads(result.stdout)
+    def build(out):
+        cli = str(Path(sys.executable).parent / "pargs-batch")
+        result = subprocess.run([cli, "world", "build", "--kind", "reduced", "--out", str(out)],
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "LM held-out perplexity" in result.stderr and "world: built in" in result.stderr
+        return json.loads(result.stdout)
+
+    return built_once(tmp_path_factory, "default-world", build)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +66,7 @@ def chat_world(tmp_path_factory):
     """A tiny Llama chat model with two end ids and a chat-template reward head (experiments/world/chat.py)."""
     from experiments.world.chat import build_chat_world
 
-    return build_chat_world(tmp_path_factory.mktemp("chat"), steps=300)
+    return built_once(tmp_path_factory, "chat", lambda out: build_chat_world(out, steps=300))
 
 
 @pytest.fixture(scope="session")
