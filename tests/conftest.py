@@ -16,6 +16,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(autouse=True)
+def _grouped_by_xdist(request):
+    """Fail a test marked xdist_group that pytest-xdist did not group: the Ray tests would then run on
+    both workers at once, and a test that kills a Ray actor by its process name could kill the other's."""
+    config = request.config
+    if (os.environ.get("PYTEST_XDIST_WORKER") and config.getvalue("loadgroup")
+            and request.node.get_closest_marker("xdist_group")
+            and "@" not in request.node.nodeid.rsplit("]", 1)[-1]):
+        pytest.fail("pytest-xdist did not group this xdist_group test (--dist loadgroup): this "
+                    "pytest/pytest-xdist pair cannot; install the dev extra's pins", pytrace=False)
+
+
 def built_once(tmp_path_factory, name: str, build) -> dict:
     """``build(directory)`` once per test run: under pytest-xdist the first worker to ask builds it
     into the run's shared temporary directory while the other waits, then both read what it
