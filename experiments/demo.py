@@ -70,7 +70,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
              with_trained_baselines: bool = False) -> dict:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.models import Models
 
     from experiments.world.default import DefaultWorldSpec, built_world, ensure_world
@@ -234,7 +234,7 @@ def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],
     from pargs_batch.configlib import build
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.evaluation.run import run_evaluate
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
 
     console.say(f"demo: sweeping beta over {', '.join(f'{b:g}' for b in betas)} (pargs, partial RM, 1 sample a prompt)")
     runs = []

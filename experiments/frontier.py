@@ -88,7 +88,7 @@ def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/wo
     from pargs_batch.configlib import build
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.evaluation.run import run_evaluate
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.models import Models
 
     from experiments.world.default import ensure_world

@@ -142,7 +142,7 @@ def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompt
         print(f"gpu check skipped: {why}")
         return report
 
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.output import read_output
     from pargs_batch.models import Models
 

@@ -1,3 +1,43 @@
-"""pargs_batch: batch tokenwise reward-guided text generation (PARGS, ARGS, top-k) on vLLM."""
+"""pargs_batch: batch tokenwise reward-guided text generation (PARGS, ARGS, top-k) on vLLM.
+
+``import pargs_batch as pb`` offers the Python API (``pargs_batch.api``): ``pb.generate``,
+``pb.evaluate``, ``pb.read_output``, the configs (``pb.GenerateConfig``, ``pb.EvalConfig``), the
+run summary and ``pb.ConfigError``. Names load on first use, so importing the package is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "generate": "pargs_batch.api",
+    "evaluate": "pargs_batch.api",
+    "read_output": "pargs_batch.api",
+    "GenerateConfig": "pargs_batch.config",
+    "EvalConfig": "pargs_batch.evaluation.config",
+    "RunSummary": "pargs_batch.generation",
+    "ConfigError": "pargs_batch.configlib",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from pargs_batch.api import evaluate, generate, read_output
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import ConfigError
+    from pargs_batch.evaluation.config import EvalConfig
+    from pargs_batch.generation import RunSummary
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pargs_batch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

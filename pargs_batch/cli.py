@@ -1,6 +1,8 @@
 """`pargs-batch`: the command line.
 
-The library's own commands are ``generate`` and ``evaluate``. Packages above the library add theirs
+The library's own commands are ``generate``, ``evaluate`` and ``init`` (a starting config);
+the first two are thin layers over the Python API
+(``pargs_batch.api``: config from YAML and overrides in, the API's call, its summary printed). Packages above the library add theirs
 through the ``pargs_batch.commands`` entry-point group (a function that adds a subparser):
 ``rm_training`` adds ``diagnose-rm``; ``experiments`` adds ``world``, ``demo`` and ``bench``. So the
 library never imports what is built on it, and ``pargs-batch --help`` lists whatever is installed.
@@ -21,13 +23,13 @@ COMMANDS = "pargs_batch.commands"
 
 
 def _generate(args) -> int:
+    from pargs_batch import api
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import load_config
-    from pargs_batch.generate import run_generate
 
     overrides = args.overrides + (["output.overwrite=true"] if args.overwrite else [])
     config = load_config(GenerateConfig, args.config, overrides)
-    summary = run_generate(config, progress=not args.no_progress)
+    summary = api.generate(config, progress=not args.no_progress)
     console.show("summary: " + json.dumps(summary.to_dict()))
     limit = config.output.max_error_fraction
     if summary.error_fraction > limit:
@@ -39,14 +41,14 @@ def _generate(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from pargs_batch import api
     from pargs_batch.configlib import load_config
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.evaluation.judge import JudgeError
-    from pargs_batch.evaluation.run import run_evaluate
 
     config = load_config(EvalConfig, args.config, args.overrides)
     try:
-        report = run_evaluate(config, progress=not args.no_progress)
+        report = api.evaluate(config, progress=not args.no_progress)
     except JudgeError as e:
         console.say(f"judge error: {e} (answers already received are kept in the cache)")
         return 1
@@ -54,6 +56,15 @@ def _evaluate(args) -> int:
     judged = report["judge"]["pairs"] if report["judge"] else []
     console.show("summary: " + json.dumps({"runs": len(report["runs"]), "judge_requests": sum(p["requests"] for p in judged),
                                     "output": config.output_dir, "peak_rss_mb": report["peak_rss_mb"]}))
+    return 0
+
+
+def _init(args) -> int:
+    from pargs_batch.starter import write_starter
+
+    out, found = write_starter(args.out, args.llm, args.reward, args.data, args.split, args.force)
+    console.show(out.read_text())
+    console.say(f"init: wrote {out} (checked: it loads); run it with: pargs-batch generate --config {out}")
     return 0
 
 
@@ -76,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. judge.seed=1")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     ev.set_defaults(func=_evaluate)
+
+    init = sub.add_parser("init", help="write a commented starting config for your LLM, reward model and data")
+    init.add_argument("--llm", required=True, help="the LLM: a checkpoint directory or hub id")
+    init.add_argument("--reward", help="the guidance reward model (omit for top-k sampling)")
+    init.add_argument("--data", required=True, help="prompts: a .jsonl/.parquet file or a Hugging Face dataset name")
+    init.add_argument("--split", default="train", help="dataset split (Hugging Face datasets)")
+    init.add_argument("--out", default="pargs.yaml", help="where the config goes (default: pargs.yaml)")
+    init.add_argument("--force", action="store_true", help="replace an existing --out file")
+    init.set_defaults(func=_init)
 
     for command in sorted(entry_points(group=COMMANDS), key=lambda c: c.name):
         command.load()(sub)

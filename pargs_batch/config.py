@@ -14,7 +14,7 @@ import re
 import string
 from dataclasses import dataclass
 
-from pargs_batch.configlib import ConfigError, check_model_path, one_of, option, positive
+from pargs_batch.configlib import ConfigError, Loadable, check_model_path, one_of, option, positive
 from pargs_batch.decoding import METHODS
 
 @dataclass
@@ -212,8 +212,6 @@ class DataConfig:
     limit: int | None = option("use only the first N rows", None)
 
     def __post_init__(self):
-        if not self.source:
-            raise ConfigError("data.source", self.source, "a .jsonl/.parquet path or dataset name is required")
         local = self.is_file and "://" not in self.source
         if local and not os.path.isfile(self.source):
             raise ConfigError("data.source", self.source, "no such file")
@@ -314,7 +312,7 @@ class EngineConfig:
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Loadable):
     """Everything `pargs-batch generate` needs."""
 
     model: ModelConfig = option("the frozen LLM", factory=ModelConfig)
@@ -343,9 +341,6 @@ class GenerateConfig:
         if self.data.weights_column and not METHODS[self.decode.method].uses_reward:
             raise ConfigError("data.weights_column", self.data.weights_column,
                               f"decode.method={self.decode.method} uses no reward model")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

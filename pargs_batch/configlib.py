@@ -9,6 +9,7 @@ allowed (``ConfigError``). The schemas live with their commands: ``config.py`` (
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -16,6 +17,7 @@ import types
 import typing
 from dataclasses import field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -162,3 +164,46 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
         except yaml.YAMLError as e:
             raise ConfigError("--config", str(path), f"not valid YAML ({e.__class__.__name__})") from None
     return build(cls, apply_overrides(data, list(overrides)))
+
+
+def merge_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
+    """Apply Python overrides to a nested dict: a dotted key (``"decode.beta"``) sets one value; a
+    section name with a mapping (``decode={"beta": 2.0}``) sets the keys it names and keeps the rest."""
+    for key, value in overrides.items():
+        node, parts = data, str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, value, f"{part} is not a section")
+        last = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+            merge_overrides(node[last], value)
+        else:
+            node[last] = copy.deepcopy(value)
+    return data
+
+
+class Loadable:
+    """What a top-level config offers its users: made from YAML or a dict, with overrides, and
+    written back out. Every way in is checked by ``build`` (one ``ConfigError`` naming the key)."""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+        """The config in a YAML file, with ``section.key=value`` overrides (as on the command line)."""
+        return load_config(cls, path, overrides)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **overrides: Any):
+        """The config a nested dict describes (the YAML's shape), with ``with_overrides``' overrides."""
+        return build(cls, merge_overrides(copy.deepcopy(dict(data)), overrides))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The whole config as YAML that ``from_yaml`` reads back to an equal config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, **overrides: Any):
+        """A new config: this one with ``decode={"beta": 2.0}`` or ``**{"decode.beta": 2.0}`` applied."""
+        return type(self).from_dict(self.to_dict(), **overrides)

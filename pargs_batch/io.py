@@ -61,10 +61,13 @@ def row_weights(value: Any, expected: int | None) -> tuple[list[float] | None, s
 class PromptSource:
     """Rows of a prompt file or dataset, read lazily in batches."""
 
-    def __init__(self, config: DataConfig, num_weights: int | None = None):
-        """``num_weights``: how many numbers ``data.weights_column`` must hold per row (one per reward model)."""
+    def __init__(self, config: DataConfig, num_weights: int | None = None, check_columns: bool = True):
+        """``num_weights``: how many numbers ``data.weights_column`` must hold per row (one per reward
+        model); ``check_columns``: refuse a configured column the source lacks (off: only read)."""
         self.config, self.num_weights = config, num_weights
         src = config.source
+        if not src:
+            raise ConfigError("data.source", src, "a .jsonl/.parquet path or dataset name is required")
         if config.is_file:
             self.kind = "parquet" if src.split("?")[0].endswith(".parquet") else "jsonl"
             self.fs, self.path = _open_fs(src)
@@ -79,7 +82,7 @@ class PromptSource:
         keys = ("messages_column", "id_column") if config.messages_column else ("prompt_column", "id_column")
         for key in keys + ("weights_column",):
             column = getattr(config, key)
-            if column is not None and column not in self.columns:
+            if check_columns and column is not None and column not in self.columns:
                 raise ConfigError(f"data.{key}", column,
                                   "no such column; available: " + ", ".join(self.columns))
 
@@ -108,8 +111,9 @@ class PromptSource:
             raise ConfigError("data.source", config.source,
                               f"could not load it as a Hugging Face dataset ({e.__class__.__name__})") from None
 
-    def _records(self) -> Iterator[dict]:
-        """Records read in this process (the local path)."""
+    def records(self) -> Iterator[dict]:
+        """Records read in this process (the local path); an unreadable JSON line is a record
+        holding only why (``__error__``) and where (``__line__``)."""
         if self.kind == "jsonl":
             yield from self._jsonl_records()
         elif self.kind == "parquet":
@@ -125,7 +129,7 @@ class PromptSource:
         import ray
 
         if self.kind == "jsonl":
-            yield from self._records()
+            yield from self.records()
             return
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         # reading prompts is light; needing no CPU, it never waits behind actors holding them all
@@ -148,42 +152,54 @@ class PromptSource:
         c = self.config
         seen = IdSet()  # 64-bit hashes of the ids not finished earlier: 8 bytes an id, however many rows
         batch: list[PromptRow] = []
-        for index, record in enumerate(self._records() if records is None else records):
+        for index, record in enumerate(self.records() if records is None else records):
             if c.limit is not None and index >= c.limit:
                 break
-            raw_id = record.get(c.id_column) if c.id_column else index
-            if "__line__" in record:  # a line that could not be read has no id of its own
-                raw_id = record.get(c.id_column, f"line-{record['__line__']}")
-            row_id = str(raw_id) if raw_id is not None else f"row-{index}"
-            if skip(row_id):  # finished by an earlier run, repeats included: the duplicate check
+            row = prompt_row(c, record, index, self.num_weights)
+            if skip(row.id):  # finished by an earlier run, repeats included: the duplicate check
                 continue      # needs only the ids still to come
-            messages, error = None, record.get("__error__")
-            if c.messages_column:
-                messages = record.get(c.messages_column)
-                prompt, bad = conversation(messages)
-                error = error or bad or prompt_error(prompt)
-            else:
-                prompt = record.get(c.prompt_column)
-                error = error or prompt_error(prompt)
-                if c.chat_template and error is None:
-                    messages = [{"role": "user", "content": prompt}]
-            weights = None
-            if c.weights_column and record.get(c.weights_column) is not None:
-                weights, bad = row_weights(record[c.weights_column], self.num_weights)
-                error = error or (f"{c.weights_column}: {bad}" if bad else None)
-            if raw_id is None:
-                error = error or f"{c.id_column} is missing"
-            h = id_hash(row_id)
-            if raw_id is not None and h in seen:
-                error = error or f"duplicate id {row_id!r}"
-            seen.add(h)
-            batch.append(PromptRow(row_id, prompt, error, messages if error is None else None,
-                                   weights if error is None else None))
+            check_repeat(row, seen)
+            batch.append(row)
             if len(batch) == size:
                 yield batch
                 batch = []
         if batch:
             yield batch
+
+
+def prompt_row(config: DataConfig, record: dict, index: int | None, num_weights: int | None = None) -> PromptRow:
+    """One input record as a prompt row with a stable id (``data.id_column``, else its ``index``),
+    or with why it cannot be generated from (``error``, and then no conversation or weights)."""
+    c = config
+    raw_id = record.get(c.id_column) if c.id_column else index
+    if "__line__" in record:  # a line that could not be read has no id of its own
+        raw_id = record.get(c.id_column, f"line-{record['__line__']}")
+    row_id = str(raw_id) if raw_id is not None else f"row-{index}"
+    messages, error = None, record.get("__error__")
+    if c.messages_column:
+        messages = record.get(c.messages_column)
+        prompt, bad = conversation(messages)
+        error = error or bad or prompt_error(prompt)
+    else:
+        prompt = record.get(c.prompt_column)
+        error = error or prompt_error(prompt)
+        if c.chat_template and error is None:
+            messages = [{"role": "user", "content": prompt}]
+    weights = None
+    if c.weights_column and record.get(c.weights_column) is not None:
+        weights, bad = row_weights(record[c.weights_column], num_weights)
+        error = error or (f"{c.weights_column}: {bad}" if bad else None)
+    if raw_id is None:
+        error = error or f"{c.id_column} is missing"
+    return PromptRow(row_id, prompt, error, messages if error is None else None, weights if error is None else None)
+
+
+def check_repeat(row: PromptRow, seen: IdSet) -> None:
+    """Mark ``row`` an error when its id is in ``seen`` (a row that already has an error keeps it)."""
+    h = id_hash(row.id)
+    if h in seen and row.error is None:
+        row.error, row.messages, row.weights = f"duplicate id {row.id!r}", None, None
+    seen.add(h)
 
 
 def parse_json_line(line: bytes, number: int) -> dict:

@@ -242,6 +242,8 @@ def train(cfg: TrainConfig) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=1)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    # how the model read (prompt, response) in training, for `pargs-batch init` to read back
+    model.config.pargs_batch_input = {"input": "template", "template": cfg.template}
     trainer = make_trainer(cfg, model, tokenizer, train_ds, eval_ds)
     # (under DeepSpeed an evaluation before training would leave the engine in inference mode)
     before = trainer.evaluate()["eval_loss"] if eval_ds is not None and not cfg.training.deepspeed else None

@@ -29,7 +29,7 @@ def generate_rows(world, tmp_path, models, name="out", **sections):
     """Generate on the tiny world into ``tmp_path / name`` with ``models`` already loaded: (rows, summary)."""
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.output import read_output
 
     cfg = base_config(world, tmp_path, **sections)
@@ -60,3 +60,5 @@ def check_duplicates(rows: list[dict], num_samples: int) -> None:
     assert len(good) == len(set(good)) == 3 * num_samples  # each good row once
     assert len(bad) == num_samples and all("duplicate id" in r["error"] for r in bad)
     assert all(r["prompt"] == "a different prompt" for r in bad)
+    # one micro-batch's rows stay in input order, the repeat in its own place (third of four)
+    assert [r["error"] is not None for r in rows] == [i // num_samples == 2 for i in range(4 * num_samples)]

@@ -68,7 +68,7 @@ def test_causal_backend_refuses_a_bidirectional_model_and_another_template(reduc
 
 @pytest.mark.slow
 def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world, tmp_path):
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.output import read_output
     from pargs_batch.models import load_models
 
@@ -114,7 +114,7 @@ def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world,
 @pytest.mark.slow
 def test_fused_mode_with_the_causal_backend_matches_stepped(reduced_world, tmp_path):
     """The logits processor keeps the causal RM's KV state across vLLM's batch changes."""
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.output import read_output
     from pargs_batch.models import load_models
 

@@ -10,7 +10,7 @@ from helpers import base_config
 
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build
-from pargs_batch.generate import run_generate
+from pargs_batch.generation import run_generate
 from pargs_batch.output import read_output
 
 pytestmark = pytest.mark.slow

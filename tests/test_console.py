@@ -15,7 +15,7 @@ def test_quiet_sends_library_and_child_output_to_the_log_and_keeps_the_terminal(
         with quiet({str(log)!r}):
             print("library print")                      # a trainer's step dict
             logging.getLogger("lib").warning("library warning")
-            logging.getLogger("pargs_batch.generate").warning("our own warning")
+            logging.getLogger("pargs_batch.generation").warning("our own warning")
             warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
             subprocess.run([sys.executable, "-c", "import sys; print('child out'); print('child err', file=sys.stderr)"])
             console.say("stage line")
@@ -27,7 +27,7 @@ def test_quiet_sends_library_and_child_output_to_the_log_and_keeps_the_terminal(
     result = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stdout == "result table\nafter quiet\n"
-    assert result.stderr.startswith("WARNING pargs_batch.generate: our own warning\nstage line\n")
+    assert result.stderr.startswith("WARNING pargs_batch.generation: our own warning\nstage line\n")
     assert "RuntimeError: boom" in result.stderr
     text = log.read_text()
     for line in ("library print", "library warning", "deprecated thing", "child out", "child err"):

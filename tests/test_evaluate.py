@@ -19,7 +19,7 @@ from pargs_batch.configlib import ConfigError, build
 from pargs_batch.evaluation.config import EvalConfig
 from pargs_batch.evaluation.judge import JudgeError
 from pargs_batch.evaluation.run import run_evaluate
-from pargs_batch.generate import run_generate
+from pargs_batch.generation import run_generate
 from experiments.world.tiny import sentiment
 
 from helpers import base_config

@@ -54,7 +54,7 @@ def time_generate(config: dict, models) -> tuple[dict, list]:
     """One `generate` run of ``config`` with ``models`` (a ``Models``): its timing and its rows."""
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.output import read_output
 
     cfg = build(GenerateConfig, config)
@@ -73,7 +73,7 @@ def check_guard(runs: dict, models) -> dict:
 
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import load_config
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.output import read_output
 
     result = {}

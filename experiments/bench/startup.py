@@ -38,7 +38,7 @@ def _child(config_json: str, spawned: float) -> dict:
 
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
-    from pargs_batch.generate import run_generate
+    from pargs_batch.generation import run_generate
     from pargs_batch.models import Models
     from pargs_batch.scorers import guides_in_engine
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pargs_batch.config import RewardConfig
 
-from pargs_batch.configlib import ConfigError, option, positive
+from pargs_batch.configlib import ConfigError, Loadable, option, positive
 
 
 @dataclass
@@ -66,7 +66,7 @@ class EvalRay:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Loadable):
     """Everything `pargs-batch evaluate` needs."""
 
     runs: list[str] = option("generation output directories (local paths or pyarrow.fs URIs)", factory=list)

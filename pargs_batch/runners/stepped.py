@@ -31,6 +31,7 @@ class _Sequence:
     id_hash: np.uint64
     detok: DetokState
     weights: list[float] | None = None  # its reward models' own weights
+    position: int = 0             # its prompt's place in the micro-batch (ids may repeat)
     token_ids: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
@@ -52,18 +53,19 @@ class Stepper:
         self.incremental = self.method.uses_reward and getattr(scorer, "incremental", False)
         self.session = None
 
-    def _start(self, prompts: list[PromptRow]) -> tuple[list[_Sequence], list[ResponseRow]]:
-        """Tokenise the prompts; rows that cannot be generated become error rows at once."""
+    def _start(self, prompts: list[PromptRow]) -> tuple[list[_Sequence], list[tuple[tuple[int, int], ResponseRow]]]:
+        """Tokenise the prompts; rows that cannot be generated become error rows at once, each keyed by
+        (position, sample) as finished rows are."""
         seqs, errors = [], []
         usable = tokenize_prompts(prompts, self.tokenizer, self.engine.max_model_len)
         hashes = decoding.id_hashes([p.id for p, _, _ in usable])
-        for (p, prompt_ids, error), id_hash in zip(usable, hashes):
+        for position, ((p, prompt_ids, error), id_hash) in enumerate(zip(usable, hashes)):
             for s in range(self.decode.num_samples):
                 if error is not None:
-                    errors.append(self.rows.error(p, s, error))
+                    errors.append(((position, s), self.rows.error(p, s, error)))
                 else:
                     seqs.append(_Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash,
-                                          self.detok.start(prompt_ids), p.weights))
+                                          self.detok.start(prompt_ids), p.weights, position))
         return seqs, errors
 
     def _finish_reason(self, seq: _Sequence, token: int, old_len: int) -> str | None:
@@ -146,10 +148,10 @@ class Stepper:
             still, kept = [], []
             for i, (seq, token, old_len) in enumerate(zip(active, tokens, old_lens)):
                 if failed[i]:
-                    done.append(self.rows.row(seq.id, seq.sample_index, seq.prompt, seq.detok.text[:old_len],
-                                              seq.token_ids, "error", seq.rewards[:-1],
-                                              self.rows.nonfinite_error(self.decode.top_k, f"at step {len(seq.token_ids)}")
-                                              ).charge(seq.cost))
+                    done.append(((seq.position, seq.sample_index), self.rows.row(
+                        seq.id, seq.sample_index, seq.prompt, seq.detok.text[:old_len], seq.token_ids, "error",
+                        seq.rewards[:-1], self.rows.nonfinite_error(self.decode.top_k, f"at step {len(seq.token_ids)}")
+                    ).charge(seq.cost)))
                     continue
                 seq.token_ids.append(int(token))
                 reason = self._finish_reason(seq, int(token), old_len)
@@ -157,14 +159,13 @@ class Stepper:
                     still.append(seq)
                     kept.append(i)
                 else:
-                    done.append(self.rows.row(seq.id, seq.sample_index, seq.prompt, seq.detok.text,
-                                              seq.token_ids, reason,
-                                              seq.rewards if self.method.uses_reward else None).charge(seq.cost))
+                    done.append(((seq.position, seq.sample_index), self.rows.row(
+                        seq.id, seq.sample_index, seq.prompt, seq.detok.text, seq.token_ids, reason,
+                        seq.rewards if self.method.uses_reward else None).charge(seq.cost)))
             self.tokens_generated += len(active)
             if self.incremental and still:
                 self.scorer.keep(self.session, kept)
             active = still
         self.session = None
-        order = {(p.id, s): i for i, p in enumerate(prompts) for s in range(self.decode.num_samples)}
-        rows = sorted(done, key=lambda r: order[(r.id, r.sample_index)])
+        rows = [row for _, row in sorted(done, key=lambda keyed: keyed[0])]  # input order, repeated ids too
         return MicroBatchResult(rows, phase_s=self.timings, tokens=self.tokens_generated)

@@ -93,6 +93,15 @@ def check_output_place(path: str) -> None:
                 path, os.path.abspath(path))
 
 
+def check_models(config: GenerateConfig) -> None:
+    """What can be known of the models before loading them: a chat run's LLM has a chat template, and
+    each guidance reward model's tokenizer can take the input format it is given."""
+    check_chat_template(config)
+    if METHODS[config.decode.method].uses_reward:
+        for i, (member, _) in enumerate(config.reward.members):
+            check_reward_input(member, f"reward.models[{i}]" if config.reward.models else "reward")
+
+
 def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> RunSummary:
     """Generate for every unfinished prompt of ``config.data`` into ``config.output.path``.
 
@@ -106,10 +115,7 @@ e.g. from ``models.Models.for_config``)
     from pargs_batch.console import console
 
     source = PromptSource(config.data, len(config.reward.members) if config.data.weights_column else None)
-    check_chat_template(config)
-    if METHODS[config.decode.method].uses_reward:
-        for i, (member, _) in enumerate(config.reward.members):
-            check_reward_input(member, f"reward.models[{i}]" if config.reward.models else "reward")
+    check_models(config)
     check_output_place(config.output.path)
     metadata = {"pargs_batch.config": config.to_json(), "pargs_batch.versions": json.dumps(package_versions())}
     o = config.output

@@ -1,0 +1,71 @@
+"""The Python API: what ``import pargs_batch as pb`` offers, and what the command line calls.
+
+    import pargs_batch as pb
+
+    config = pb.GenerateConfig.from_yaml("my.yaml")
+    summary = pb.generate(config, decode={"beta": 2.0}, output={"path": "outputs/beta2"})
+    rows = pb.read_output(summary.output).to_pandas()
+
+A config may be given as a config object, a nested dict (the YAML's shape) or a YAML path. Keyword
+overrides name a section with a dict of its keys (``decode={"beta": 2.0}``) or one dotted key
+(``**{"decode.beta": 2.0}``). Every way in is checked before any model loads: a bad value raises
+``ConfigError`` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import Loadable
+from pargs_batch.evaluation.config import EvalConfig
+from pargs_batch.generation import RunSummary
+
+ConfigLike = Loadable | dict | str | Path
+
+
+def as_config(cls: type, config: ConfigLike, overrides: dict[str, Any]):
+    """``config`` as a ``cls`` (from an object, a dict or a YAML path) with ``overrides`` applied."""
+    if isinstance(config, cls):
+        return config.with_overrides(**overrides) if overrides else config
+    if isinstance(config, (str, Path)):
+        config = cls.from_yaml(config)
+        return config.with_overrides(**overrides) if overrides else config
+    if isinstance(config, dict):
+        return cls.from_dict(config, **overrides)
+    raise TypeError(f"expected a {cls.__name__}, a dict or a YAML path, got {type(config).__name__}")
+
+
+def generate(config: GenerateConfig | dict | str | Path, *, progress: bool = True, models=None,
+             **overrides: Any) -> RunSummary:
+    """Generate a response for every unfinished prompt of ``config.data`` into ``config.output.path``
+    (Parquet part files; a rerun into the same directory resumes it) and return the run's summary.
+
+    ``models``: an ``(engine, tokenizer, scorer)`` already loaded (``pargs_batch.models.Models``), to
+    run several configs on one engine; otherwise ``ray.enabled`` decides where the models load.
+    Rows that cannot be generated are written with an ``error``; check ``summary.error_fraction``.
+    """
+    from pargs_batch.generation import run_generate
+
+    return run_generate(as_config(GenerateConfig, config, overrides), models=models, progress=progress)
+
+
+def evaluate(config: EvalConfig | dict | str | Path, *, progress: bool = True, **overrides: Any) -> dict:
+    """Score runs with the evaluation reward model (mean reward ± standard error), their ROUGE-L
+    diversity and paired differences, and the LLM judge's win-tie rates when ``judge`` is configured;
+    writes ``report.md``, ``report.json``, ``scores.parquet`` and plots under ``output_dir`` and
+    returns the report (``runs``, ``paired``, ``judge``, ``beta_groups``, ``seconds``)."""
+    from pargs_batch.evaluation.run import run_evaluate
+
+    return run_evaluate(as_config(EvalConfig, config, overrides), progress=progress)
+
+
+def read_output(path: str | Path, kind: str = "rows") -> pa.Table:
+    """A run's rows (``kind="rows"``) or its best-of-n candidates (``"candidates"``) as one Arrow
+    table, finished files and micro-batches not yet compacted alike (``.to_pandas()`` for pandas)."""
+    from pargs_batch import output
+
+    return output.read_output(path, kind)

@@ -1,0 +1,204 @@
+"""`pargs-batch init`: a commented starting config written from what the models and data say.
+
+It reads tokenizers, the LLM's generation config and the data's first rows (never a model's
+weights) and decides what a user would otherwise look up: whether prompts are rendered with the
+LLM's chat template (a ``messages`` column, or plain prompts as one user turn), how the reward model
+reads a (prompt, response) (its chat template, a segment pair, or one joined text), which ids end a
+response, and which columns hold the prompt and the id. The file it writes runs as written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pargs_batch.configlib import ConfigError, check_model_path
+
+PROMPT_NAMES = ("prompt", "question", "instruction", "query", "input", "text", "source")
+ID_NAMES = ("id", "uid", "prompt_id", "example_id", "idx", "index", "key")
+SAMPLE_ROWS = 200
+
+
+@dataclass
+class Findings:
+    """What `init` found, and why it chose each setting (the comments of the file it writes)."""
+
+    llm_chat_template: bool
+    eos_ids: list[int]
+    eos_tokens: list[str]
+    columns: list[str]
+    rows_read: int
+    prompt_column: str | None = None
+    messages_column: str | None = None
+    id_column: str | None = None
+    reward_input: str | None = None
+    reward_why: str = ""
+    reward_template: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Findings:
+    """Tokenizers, the LLM's end ids and the data's first rows; a path that does not load is a config
+    error naming the flag."""
+    from transformers import AutoTokenizer
+
+    from pargs_batch.engine import eos_token_ids
+
+    check_model_path("--llm", llm)
+    if reward:
+        check_model_path("--reward", reward)
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    eos = sorted(eos_token_ids(llm, tokenizer))
+    records = first_records(data, split)
+    columns = list(records[0]) if records else []
+    found = Findings(llm_chat_template=bool(getattr(tokenizer, "chat_template", None)), eos_ids=eos,
+                     eos_tokens=tokenizer.convert_ids_to_tokens(eos), columns=columns, rows_read=len(records))
+    found.messages_column = next((c for c in columns if all(is_conversation(r.get(c)) for r in records)), None)
+    if found.messages_column and not found.llm_chat_template:
+        found.notes.append(f"column {found.messages_column!r} holds conversations, but the LLM's tokenizer has no "
+                           "chat template: prompts are read from a text column instead")
+        found.messages_column = None
+    if not found.messages_column:
+        text = [c for c in columns if all(isinstance(r.get(c), str) for r in records)]
+        found.prompt_column = next((c for c in PROMPT_NAMES if c in text), text[0] if text else None)
+        if found.prompt_column is None:
+            raise ConfigError("--data", data, "no column holds text in every row read (columns: "
+                              + ", ".join(columns) + ")")
+    found.id_column = next((c for c in ID_NAMES if c in columns and unique_ids(records, c)), None)
+    if reward:
+        found.reward_input, found.reward_why, found.reward_template = reward_input(reward)
+    return found
+
+
+def first_records(data: str, split: str) -> list[dict]:
+    """The first ``SAMPLE_ROWS`` records of a .jsonl/.parquet file or a Hugging Face dataset."""
+    from pargs_batch.config import DataConfig
+    from pargs_batch.io import PromptSource
+
+    try:
+        source = PromptSource(DataConfig(source=data, split=split), check_columns=False)
+    except ConfigError as e:
+        raise ConfigError("--data", data, e.allowed) from None
+    records = []
+    for record in source.records():
+        if "__error__" not in record:
+            records.append(record)
+        if len(records) >= SAMPLE_ROWS:
+            break
+    if not records:
+        raise ConfigError("--data", data, "no readable row")
+    return records
+
+
+def is_conversation(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
+def unique_ids(records: list[dict], column: str) -> bool:
+    values = [r.get(column) for r in records]
+    return all(v is not None for v in values) and len({str(v) for v in values}) == len(values)
+
+
+def reward_input(path: str) -> tuple[str, str, str | None]:
+    """How the reward model should read (prompt, response), and why: its tokenizer's chat template,
+    a segment pair when its tokenizer builds one (type ids or two separators), else joined text."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from pargs_batch.reward import chat_frame
+
+    trained = getattr(AutoConfig.from_pretrained(path), "pargs_batch_input", None)
+    if isinstance(trained, dict) and trained.get("input") in ("template", "pair", "chat"):
+        return trained["input"], "as it was trained (rm_training wrote it into its config.json)", trained.get("template")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            chat_frame(tokenizer, "a prompt")
+            return "chat", "its tokenizer has a chat template that renders a user turn and an assistant reply", None
+        except Exception:  # noqa: BLE001 - a template that cannot render the pair is not used
+            pass
+    single = tokenizer("a prompt")
+    pair = tokenizer("a prompt", "a reply")
+    types = pair.get("token_type_ids")
+    sep = tokenizer.sep_token_id
+    if (types and any(types)) or (sep is not None and pair["input_ids"].count(sep) > single["input_ids"].count(sep)):
+        return "pair", ("its tokenizer encodes a (prompt, response) segment pair, as the hub's DeBERTa reward models "
+                        "were trained; a model trained on joined text wants input: template"), None
+    return "template", "its tokenizer has no chat template and no pair encoding: prompt and response are joined", None
+
+
+def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split: str = "train",
+                 output: str | None = None) -> str:
+    """The commented config: PARGS (or top-k sampling without a reward model) on ``data``, in this
+    process; every choice ``init`` made says why."""
+    method = "pargs" if reward else "topk"
+    name = Path(data.split("?")[0]).stem or "run"
+    lines = [
+        "# Written by `pargs-batch init`: a starting config that runs as written",
+        f"#   pargs-batch generate --config <this file>    (all keys: the docs' configuration reference)",
+        "model:",
+        f"  path: {json.dumps(llm)}",
+        f"  # ends a response: {', '.join(f'{t} ({i})' for t, i in zip(found.eos_tokens, found.eos_ids)) or 'none found'}"
+        " (the tokenizer's EOS and the generation config's eos_token_id)",
+    ]
+    if reward:
+        lines += [
+            "reward:",
+            f"  path: {json.dumps(reward)}",
+            f"  input: {found.reward_input}   # {found.reward_why}",
+            *([f"  template: {json.dumps(found.reward_template)}"] if found.reward_template else []),
+            "  # backend: causal   # faster when the reward model is a causal LM sharing the LLM's tokenizer",
+        ]
+    else:
+        lines += ["# reward:            # give a reward model (and decode.method: pargs) for guided decoding",
+                  "#   path: my/reward-model"]
+    lines += [
+        "decode:",
+        f"  method: {method}      # topk | args | pargs-greedy | pargs | best-of-n | blockwise | blockwise-greedy | early-rejection",
+        "  beta: 1.0            # score = log pi_ref + beta * reward",
+        "  top_k: 10            # candidates per step",
+        "  max_new_tokens: 64",
+        "  seed: 0",
+        "data:",
+        f"  source: {json.dumps(data)}",
+    ]
+    if split != "train":
+        lines.append(f"  split: {json.dumps(split)}")
+    if found.messages_column:
+        lines.append(f"  messages_column: {json.dumps(found.messages_column)}   # conversations, rendered with the "
+                     "LLM's chat template")
+    else:
+        lines.append(f"  prompt_column: {json.dumps(found.prompt_column)}")
+        if found.llm_chat_template:
+            lines.append("  chat_template: true   # the LLM's tokenizer has a chat template: each prompt is one user turn")
+    if found.id_column:
+        lines.append(f"  id_column: {json.dumps(found.id_column)}   # unique in the {found.rows_read} rows read")
+    else:
+        lines.append("  # id_column: no column of unique ids found: rows are known by their position")
+    lines += [
+        "output:",
+        f"  path: {json.dumps(output or f'outputs/{name}-{method}')}   # Parquet part files; a rerun resumes",
+        "ray:",
+        "  enabled: false       # true: a Ray pool of ray.num_workers engines (a cluster, or a local Ray)",
+    ]
+    lines += [f"# note: {n}" for n in found.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_starter(out: str | Path, llm: str, reward: str | None, data: str, split: str = "train",
+                  force: bool = False) -> tuple[Path, Findings]:
+    """Inspect, write the config to ``out`` (an existing file only with ``force``) and check that it
+    loads; returns the path and what was found."""
+    from pargs_batch.config import GenerateConfig
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError("--out", str(out), "the file exists (--force replaces it)")
+    found = inspect(llm, reward, data, split)
+    text = starter_yaml(llm, reward, data, found, split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    GenerateConfig.from_yaml(out)  # what it wrote loads (a failure here is a bug of init's)
+    return out, found

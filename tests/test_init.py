@@ -1,0 +1,96 @@
+"""`pargs-batch init`: on the tiny chat model (chat template, two end ids, a conversation column, a chat
+reward model) and on the plain GPT-2-style world it writes a commented config that runs as written;
+an rm_training model's own input format wins over the tokenizer's guess; bad flags exit 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pargs_batch as pb
+from pargs_batch.starter import inspect, write_starter
+
+CLI = str(Path(sys.executable).parent / "pargs-batch")
+
+
+def four_prompts(world, path, messages=False):
+    rows = [json.loads(line) for line in open(world["prompts"])][:4]
+    if messages:
+        rows = [{"uid": r["id"], "messages": [{"role": "user", "content": r["prompt"]}]} for r in rows]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_init_on_the_chat_model_writes_a_config_that_runs_as_written(world, chat_world, tmp_path):
+    data = four_prompts(world, tmp_path / "chats.jsonl", messages=True)
+    out = tmp_path / "pargs.yaml"
+    made = subprocess.run([CLI, "init", "--llm", chat_world["llm"], "--reward", chat_world["reward_model"],
+                           "--data", data, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    text = out.read_text()
+    cfg = yaml.safe_load(text)
+    assert cfg["data"] == {"source": data, "messages_column": "messages", "id_column": "uid"}
+    assert cfg["reward"]["input"] == "chat" and cfg["decode"]["method"] == "pargs"
+    # the end ids are named, with why each choice was made
+    assert f"<|end_of_text|> ({chat_world['end_id']}), <|eot|> ({chat_world['eot_id']})" in text
+    assert "chat template" in text and "unique in the 4 rows read" in text
+
+    # as written, from the directory it was written in (its output path is relative to it)
+    ran = subprocess.run([CLI, "generate", "--config", str(out), "--no-progress"], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    rows = pb.read_output(tmp_path / cfg["output"]["path"]).to_pylist()
+    assert len(rows) == 4 and all(r["error"] is None for r in rows)
+    assert all(not ({chat_world["end_id"], chat_world["eot_id"]} & set(r["response_token_ids"][:-1])) for r in rows)
+
+
+@pytest.mark.slow
+def test_init_on_a_plain_model_picks_the_prompt_column_and_runs(world, tmp_path, models):
+    data = four_prompts(world, tmp_path / "prompts.jsonl")
+    path, found = write_starter(tmp_path / "plain.yaml", world["llm"], world["reward_model"], data)
+    assert (found.llm_chat_template, found.prompt_column, found.id_column) == (False, "prompt", "id")
+    assert found.reward_input == "pair"  # the DeBERTa tokenizer builds segment pairs
+    config = pb.GenerateConfig.from_yaml(path, [f"output.path={tmp_path / 'run'}"])
+    assert not config.data.chat and config.ray.enabled is False and config.reward.input == "pair"
+    summary = pb.generate(config, models=models, progress=False)
+    assert summary.rows == 4 and summary.error_rows == 0
+
+    # without a reward model: top-k sampling, and the file says how to add one
+    path, _ = write_starter(tmp_path / "topk.yaml", world["llm"], None, data)
+    assert pb.GenerateConfig.from_yaml(path).decode.method == "topk" and "# reward:" in path.read_text()
+
+
+def test_a_trained_reward_models_own_input_format_wins(world, tmp_path):
+    import shutil
+
+    rm = tmp_path / "rm"
+    shutil.copytree(world["reward_model"], rm)
+    config = json.loads((rm / "config.json").read_text())
+    config["pargs_batch_input"] = {"input": "template", "template": "Q: {prompt} A: {response}"}
+    (rm / "config.json").write_text(json.dumps(config))
+    found = inspect(world["llm"], str(rm), four_prompts(world, tmp_path / "p.jsonl"))
+    assert (found.reward_input, found.reward_template) == ("template", "Q: {prompt} A: {response}")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--llm", "/no/such/model", "config error: --llm='/no/such/model' is not allowed: no such directory"),
+    ("--data", "/no/such/prompts.jsonl", "config error: --data='/no/such/prompts.jsonl' is not allowed: no such file"),
+])
+def test_bad_flags_exit_2_naming_the_flag(world, tmp_path, capfd, flag, value, message):
+    from pargs_batch.cli import main
+
+    args = {"--llm": world["llm"], "--data": world["prompts"], "--out": str(tmp_path / "x.yaml"), flag: value}
+    assert main(["init", *[x for kv in args.items() for x in kv]]) == 2
+    assert message in capfd.readouterr().err and not (tmp_path / "x.yaml").exists()
+
+
+def test_an_existing_file_is_kept_without_force(world, tmp_path):
+    out = tmp_path / "mine.yaml"
+    out.write_text("# mine\n")
+    with pytest.raises(pb.ConfigError, match="--force replaces it"):
+        write_starter(out, world["llm"], None, world["prompts"])
+    assert out.read_text() == "# mine\n"
