@@ -73,7 +73,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     from pargs_batch.generation import run_generate
     from pargs_batch.models import Models
 
-    from experiments.world.default import DefaultWorldSpec, built_world, ensure_world
+    from experiments.world.default import DefaultWorldSpec, built_world, ensure_world, fingerprint_note
 
     start = time.perf_counter()
     spec = DefaultWorldSpec.reduced() if reduced_world else DefaultWorldSpec()
@@ -122,7 +122,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     what = "reused, built earlier" if reused else "built now"
     console.show(f"\ndemo done in {result['seconds']} s, of which {result['world_seconds']} s for the world "
-                 f"({what}; fingerprint {world.get('fingerprint')}); table, report, plots and runs in {out}/")
+                 f"({what}); table, report, plots and runs in {out}/\nworld: {fingerprint_note(world)}")
     return result
 
 

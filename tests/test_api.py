@@ -54,11 +54,13 @@ def test_a_bad_value_raises_a_config_error_naming_the_key_before_any_model_loads
 
 
 @pytest.mark.slow
-def test_generate_read_output_and_evaluate_as_a_user_calls_them(world, tmp_path):
+def test_generate_read_output_and_evaluate_as_a_user_calls_them(world, tmp_path, models):
+    """(With this worker's engine already loaded, ``models=``: the CLI's tests load their own through
+    the same call.)"""
     import pargs_batch as pb
 
     config = base_config(world, tmp_path, data={"limit": 6}, decode={"max_new_tokens": 8})
-    summary = pb.generate(config, progress=False, output={"path": str(tmp_path / "pargs")})
+    summary = pb.generate(config, progress=False, models=models, output={"path": str(tmp_path / "pargs")})
     assert isinstance(summary, pb.RunSummary) and summary.rows == 6 and summary.error_rows == 0
     rows = pb.read_output(summary.output).to_pandas()
     assert len(rows) == 6 and set(rows["method"]) == {"pargs"} and rows["num_tokens"].max() <= 8

@@ -144,3 +144,18 @@ def test_marker_replacement_leaves_no_marker():
     page = "a\n<!-- config-reference: generate.decode -->\nb\n<!-- test-table -->\n"
     out = hooks.on_page_markdown(page, None, None, None)
     assert "<!--" not in out and "`decode.beta`" in out and "`tests/test_docs.py`" in out
+
+
+def test_the_documented_world_is_the_one_the_demo_compares_with():
+    """The fingerprint the docs print is the one `make demo` checks its world against, and the demo's
+    last line says which case a reader is in."""
+    from dataclasses import asdict
+
+    from experiments.world.default import DOCUMENTED_FINGERPRINT, DefaultWorldSpec, fingerprint_note
+
+    assert DOCUMENTED_FINGERPRINT in (ROOT / "docs" / "world.md").read_text()
+    assert DOCUMENTED_FINGERPRINT in (ROOT / "README.md").read_text()
+    default = {"spec": asdict(DefaultWorldSpec())}
+    assert "expect the docs' figures digit for digit" in fingerprint_note({**default, "fingerprint": DOCUMENTED_FINGERPRINT})
+    assert "not the documented" in fingerprint_note({**default, "fingerprint": "0" * 16})
+    assert "not the default spec" in fingerprint_note({"spec": asdict(DefaultWorldSpec.reduced()), "fingerprint": "x"})

@@ -1,5 +1,6 @@
 """`pargs-batch init`: on the tiny chat model (chat template, two end ids, a conversation column, a chat
-reward model) and on the plain GPT-2-style world it writes a commented config that runs as written;
+reward model) and on the plain GPT-2-style world it writes a commented config that runs (the chat one
+is run as written by tests/test_quickstart.py);
 an rm_training model's own input format wins over the tokenizer's guess; bad flags exit 2."""
 
 import json
@@ -24,8 +25,7 @@ def four_prompts(world, path, messages=False):
     return str(path)
 
 
-@pytest.mark.slow
-def test_init_on_the_chat_model_writes_a_config_that_runs_as_written(world, chat_world, tmp_path):
+def test_init_on_the_chat_model_names_its_conversations_end_ids_and_chat_reward_model(world, chat_world, tmp_path):
     data = four_prompts(world, tmp_path / "chats.jsonl", messages=True)
     out = tmp_path / "pargs.yaml"
     made = subprocess.run([CLI, "init", "--llm", chat_world["llm"], "--reward", chat_world["reward_model"],
@@ -39,13 +39,7 @@ def test_init_on_the_chat_model_writes_a_config_that_runs_as_written(world, chat
     assert f"<|end_of_text|> ({chat_world['end_id']}), <|eot|> ({chat_world['eot_id']})" in text
     assert "chat template" in text and "unique in the 4 rows read" in text
 
-    # as written, from the directory it was written in (its output path is relative to it)
-    ran = subprocess.run([CLI, "generate", "--config", str(out), "--no-progress"], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    rows = pb.read_output(tmp_path / cfg["output"]["path"]).to_pylist()
-    assert len(rows) == 4 and all(r["error"] is None for r in rows)
-    assert all(not ({chat_world["end_id"], chat_world["eot_id"]} & set(r["response_token_ids"][:-1])) for r in rows)
+    assert pb.GenerateConfig.from_yaml(out).data.chat  # it loads; tests/test_quickstart.py runs one as written
 
 
 @pytest.mark.slow

@@ -306,6 +306,22 @@ def artefact_hashes(world_dir: str | Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name not in RUN_RECORDS}
 
 
+# the default world whose tables the docs and the README print (docs/world.md); another CPU model
+# builds another world from the same seed (the float rounding of its kernels differs)
+DOCUMENTED_FINGERPRINT = "9eb2f3df3037df73"
+
+
+def fingerprint_note(world: dict) -> str:
+    """Whether ``world`` is the one the docs' figures came from, so a reader knows which digits to expect."""
+    mine = world.get("fingerprint")
+    if world.get("spec") != asdict(DefaultWorldSpec()):
+        return f"fingerprint {mine}; not the default spec (reduced or changed): the docs' figures are not for this world"
+    if mine == DOCUMENTED_FINGERPRINT:
+        return f"fingerprint {mine}, the documented world: expect the docs' figures digit for digit"
+    return (f"fingerprint {mine}, not the documented {DOCUMENTED_FINGERPRINT}: built on another CPU model (or "
+            f"software), so expect figures near the docs' but not the same digits")
+
+
 def fingerprint(hashes: dict[str, str]) -> str:
     """One short hash of a world's artefacts: two builds with the same fingerprint are the same world."""
     return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
