@@ -2,7 +2,7 @@
 
 ``import pargs_batch as pb`` offers the Python API (``pargs_batch.api``): ``pb.generate``,
 ``pb.evaluate``, ``pb.read_output``, the configs (``pb.GenerateConfig``, ``pb.EvalConfig``), the
-run summary and ``pb.ConfigError``. Names load on first use, so importing the package is cheap.
+run summary, ``pb.Models`` (loaded models kept across calls) and ``pb.ConfigError``. Names load on first use, so importing the package is cheap.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _EXPORTS = {
     "GenerateConfig": "pargs_batch.config",
     "EvalConfig": "pargs_batch.evaluation.config",
     "RunSummary": "pargs_batch.generation",
+    "Models": "pargs_batch.models",
     "ConfigError": "pargs_batch.configlib",
 }
 __all__ = sorted(_EXPORTS)
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from pargs_batch.configlib import ConfigError
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.generation import RunSummary
+    from pargs_batch.models import Models
 
 
 def __getattr__(name: str):

@@ -44,13 +44,18 @@ def generate(config: GenerateConfig | dict | str | Path, *, progress: bool = Tru
     """Generate a response for every unfinished prompt of ``config.data`` into ``config.output.path``
     (Parquet part files; a rerun into the same directory resumes it) and return the run's summary.
 
-    ``models``: an ``(engine, tokenizer, scorer)`` already loaded (``pargs_batch.models.Models``), to
-    run several configs on one engine; otherwise ``ray.enabled`` decides where the models load.
+    ``models``: a ``pb.Models`` cache that keeps what it loads for the next call (so a sweep over
+    β or methods starts its engine once; close it, or use it in a ``with``), or an ``(engine,
+    tokenizer, scorer)`` already loaded; otherwise ``ray.enabled`` decides where the models load.
     Rows that cannot be generated are written with an ``error``; check ``summary.error_fraction``.
     """
     from pargs_batch.generation import run_generate
+    from pargs_batch.models import Models
 
-    return run_generate(as_config(GenerateConfig, config, overrides), models=models, progress=progress)
+    config = as_config(GenerateConfig, config, overrides)
+    if isinstance(models, Models):
+        models = models.for_config(config)
+    return run_generate(config, models=models, progress=progress)
 
 
 def evaluate(config: EvalConfig | dict | str | Path, *, progress: bool = True, **overrides: Any) -> dict:
