@@ -46,16 +46,13 @@ def generate(config: GenerateConfig | dict | str | Path, *, progress: bool = Tru
 
     ``models``: a ``pb.Models`` cache that keeps what it loads for the next call (so a sweep over
     β or methods starts its engine once; close it, or use it in a ``with``), or an ``(engine,
-    tokenizer, scorer)`` already loaded; otherwise ``ray.enabled`` decides where the models load.
+    tokenizer, scorer)`` already loaded: either runs in this process (``ray.*`` is not used); without
+    it ``ray.enabled`` decides where the models load.
     Rows that cannot be generated are written with an ``error``; check ``summary.error_fraction``.
     """
     from pargs_batch.generation import run_generate
-    from pargs_batch.models import Models
 
-    config = as_config(GenerateConfig, config, overrides)
-    if isinstance(models, Models):
-        models = models.for_config(config)
-    return run_generate(config, models=models, progress=progress)
+    return run_generate(as_config(GenerateConfig, config, overrides), models=models, progress=progress)
 
 
 def evaluate(config: EvalConfig | dict | str | Path, *, progress: bool = True, **overrides: Any) -> dict:

@@ -166,21 +166,36 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -
     return build(cls, apply_overrides(data, list(overrides)))
 
 
-def merge_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
-    """Apply Python overrides to a nested dict: a dotted key (``"decode.beta"``) sets one value; a
-    section name with a mapping (``decode={"beta": 2.0}``) sets the keys it names and keeps the rest."""
+def merge_overrides(data: dict, overrides: Mapping[str, Any], cls: type | None = None) -> dict:
+    """Apply Python overrides to a nested dict of the schema ``cls``: a dotted key (``"decode.beta"``)
+    sets one value; a section name with a mapping (``decode={"beta": 2.0}``) sets the keys it names
+    and keeps the rest. Only sections merge: a key whose value is itself a mapping
+    (``ray.engine_resources``) is replaced whole."""
     for key, value in overrides.items():
-        node, parts = data, str(key).split(".")
+        node, kind, parts = data, cls, str(key).split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # a section left empty in YAML
+                node[part] = {}
+            node, kind = node[part], _section(kind, part)
             if not isinstance(node, dict):
                 raise ConfigError(key, value, f"{part} is not a section")
         last = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
-            merge_overrides(node[last], value)
+        section = _section(kind, last)
+        if isinstance(value, Mapping) and (section is not None or kind is None):
+            if not isinstance(node.get(last), dict):
+                node[last] = {}
+            merge_overrides(node[last], value, section)
         else:
             node[last] = copy.deepcopy(value)
     return data
+
+
+def _section(cls: type | None, name: str) -> type | None:
+    """The dataclass type of ``cls``'s field ``name`` when it is a section, else None."""
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    tp = typing.get_type_hints(cls).get(name)
+    return tp if dataclasses.is_dataclass(tp) else None
 
 
 class Loadable:
@@ -193,9 +208,10 @@ class Loadable:
         return load_config(cls, path, overrides)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], **overrides: Any):
-        """The config a nested dict describes (the YAML's shape), with ``with_overrides``' overrides."""
-        return build(cls, merge_overrides(copy.deepcopy(dict(data)), overrides))
+    def from_dict(cls, values: Mapping[str, Any], /, **overrides: Any):
+        """The config a nested dict describes (the YAML's shape), with ``with_overrides``' overrides
+        (``data={...}`` is the data section's override: the dict itself is positional)."""
+        return build(cls, merge_overrides(copy.deepcopy(dict(values)), overrides, cls))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

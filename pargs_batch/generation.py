@@ -23,6 +23,7 @@ from pargs_batch.config import GenerateConfig
 from pargs_batch.decoding import METHODS
 from pargs_batch.guidance import GuideInfo
 from pargs_batch.io import PromptSource, package_versions
+from pargs_batch.models import Models
 from pargs_batch.output import RETRYABLE, RunDir
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
 from pargs_batch.reward import check_reward_input
@@ -106,9 +107,10 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
     """Generate for every unfinished prompt of ``config.data`` into ``config.output.path``.
 
     Everything that can be checked without models (config, input columns, the output directory
-    and its earlier run) is checked before any model loads. ``models`` (engine, tokenizer, scorer,
-e.g. from ``models.Models.for_config``)
-    runs in this process with models already loaded; otherwise ``ray.enabled`` picks the pool.
+    and its earlier run) is checked before any model loads. ``models``: a ``models.Models`` cache
+    (it loads what the config needs, after those checks, and keeps it for the next call) or an
+    (engine, tokenizer, scorer) already loaded; either runs in this process. Without it
+    ``ray.enabled`` picks the pool.
     """
     from tqdm import tqdm
 
@@ -122,6 +124,8 @@ e.g. from ``models.Models.for_config``)
     run = RunDir(o.path, config.identity(), metadata, o.compression, overwrite=o.overwrite,
                  rows_per_file=o.rows_per_file, target_file_mb=o.target_file_mb)
     records, started = None, time.perf_counter()
+    if isinstance(models, Models):
+        models = models.for_config(config)
     if models is not None:
         pool = LocalPool(DecodeWorker.from_models(config, *models))
     elif config.ray.enabled:

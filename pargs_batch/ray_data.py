@@ -20,7 +20,11 @@ Each of ``ray.num_workers`` actors of a Ray Data actor pool loads one engine and
 (``model.*``, ``engine.mode``, ``reward.*``) and takes batches of ``decode.micro_batch_size`` rows;
 its resources are the Ray pool's (``ray.engine_resources``, else one CPU, or
 ``model.tensor_parallel_size`` GPUs on a cluster with GPUs). ``data.source`` and ``output.*`` are
-not used: the pipeline reads and writes. Not covered: ids repeated across batches (the pipeline
+not used: the pipeline reads and writes. A dataset without a column the stage reads, or with
+another column named as an output column, is a ``ConfigError`` (before any model loads where the
+schema is known without reading rows, as after ``read_parquet``; else at the first batch). An
+exception in generation itself (a dead engine) fails the batch, so Ray Data's retries and actor
+restarts apply; bad rows never raise. Not covered: ids repeated across batches (the pipeline
 owns its ids; ``generate`` checks them over the whole input), resuming, and best-of-n's candidates.
 """
 
@@ -37,8 +41,7 @@ from pargs_batch.batch import SCHEMA, to_table
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.generation import check_models
-from pargs_batch.output import RETRYABLE, IdSet
-from pargs_batch.rows import RowMaker
+from pargs_batch.output import IdSet
 
 Row = dict[str, Any]
 
@@ -52,34 +55,59 @@ class GuidedGeneration:
 
         self.config = config
         self.worker = DecodeWorker(config)
-        self.rows = RowMaker(config.decode, config.model.path, config.reward.label or None)
         self.num_weights = len(config.reward.members) if config.data.weights_column else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pargs_batch.io import check_repeat, prompt_row
 
+        check_columns(self.config, batch.column_names)
         seen = IdSet()
         prompts = []
         for record in batch.to_pylist():
             row = prompt_row(self.config.data, record, None, self.num_weights)
             check_repeat(row, seen)
             prompts.append(row)
-        try:
-            rows = self.worker.generate(prompts).rows
-        except Exception as e:  # noqa: BLE001 - a failed micro-batch is rows with an error, as in generate
-            rows = self.rows.errors(prompts, f"{RETRYABLE}micro-batch failed: {type(e).__name__}: {e}")
+        # bad rows come back as rows with an error; anything raised here (a dead engine) fails the
+        # batch, so that Ray Data's retries and actor restarts apply instead of rows of errors
+        rows = self.worker.generate(prompts).rows
         table = to_table(rows)
         samples = self.config.decode.num_samples
         take = pa.array([i for i in range(len(prompts)) for _ in range(samples)], pa.int64())
-        for name in batch.column_names:
-            if name not in SCHEMA.names:
-                table = table.append_column(batch.schema.field(name), batch.column(name).take(take))
+        for name in carried(self.config, batch.column_names):
+            table = table.append_column(batch.schema.field(name), batch.column(name).take(take))
         return table
 
     def __del__(self):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.close()
+
+
+def read_columns(config: GenerateConfig) -> list[str]:
+    """The input columns the stage reads: the prompt (or conversation), the id and the weights."""
+    d = config.data
+    return [c for c in (d.messages_column or d.prompt_column, d.id_column, d.weights_column) if c]
+
+
+def carried(config: GenerateConfig, columns: list[str]) -> list[str]:
+    """The input columns carried to the output: all but those the output's own columns replace."""
+    return [c for c in columns if c not in SCHEMA.names]
+
+
+def check_columns(config: GenerateConfig, columns: list[str]) -> None:
+    """The columns the stage reads are there, and no other input column has an output column's name
+    (the prompt and id columns may: the output's hold the same values)."""
+    d = config.data
+    for key in ("messages_column", "prompt_column", "id_column", "weights_column"):
+        name = getattr(d, key)
+        if key == "prompt_column" and d.messages_column:
+            continue
+        if name and name not in columns:
+            raise ConfigError(f"data.{key}", name, "no such column in the dataset; it has: " + ", ".join(columns))
+    clash = [c for c in columns if c in SCHEMA.names and c not in read_columns(config)]
+    if clash:
+        raise ConfigError("dataset columns", clash, "these names are output columns of generation; rename "
+                          "them before the stage (e.g. in preprocess), or they would be overwritten")
 
 
 @dataclasses.dataclass
@@ -89,29 +117,36 @@ class Processor:
     config: GenerateConfig
     preprocess: Callable[[Row], Row] | None = None
     postprocess: Callable[[Row], Row] | None = None
-    concurrency: int | None = None
+    concurrency: int | tuple[int, int] | None = None
     batch_size: int | None = None
 
-    def resources(self) -> dict:
-        """Each actor's Ray resources: the Ray pool's plan for a decode worker on this cluster."""
+    def plan(self):
+        """Each actor's Ray resources, and vLLM's memory share where it holds part of a GPU: the Ray
+        pool's plan for a decode worker with its scorer beside it, on this cluster."""
         import ray
 
         from pargs_batch import placement
 
-        gpus = ray.cluster_resources().get("GPU", 0)
-        return placement.plan(self.config, 0, gpus).engine
+        return placement.plan(self.config, 0, ray.cluster_resources().get("GPU", 0))
 
     def __call__(self, ds):
         from pargs_batch.pool import init_ray
 
         init_ray(self.config.ray.address)
-        if self.preprocess is not None:
+        if self.preprocess is None:
+            schema = ds.schema(fetch_if_missing=False)  # known from a file's metadata: checked before models load
+            if schema is not None:
+                check_columns(self.config, list(schema.names))
+        else:
             ds = ds.map(self.preprocess)
-        res = self.resources()
-        ds = ds.map_batches(GuidedGeneration, fn_constructor_kwargs={"config": self.config},
-                            batch_size=self.batch_size or self.config.decode.micro_batch_size,
-                            batch_format="pyarrow", concurrency=self.concurrency or self.config.ray.num_workers,
-                            num_cpus=res.get("num_cpus", 1), num_gpus=res.get("num_gpus", 0))
+        plan, config = self.plan(), self.config
+        if plan.gpu_memory_utilization and config.model.gpu_memory_utilization is None:
+            config = dataclasses.replace(config, model=dataclasses.replace(
+                config.model, gpu_memory_utilization=plan.gpu_memory_utilization))
+        ds = ds.map_batches(GuidedGeneration, fn_constructor_kwargs={"config": config},
+                            batch_size=self.batch_size or config.decode.micro_batch_size,
+                            batch_format="pyarrow", concurrency=self.concurrency or config.ray.num_workers,
+                            num_cpus=plan.engine.get("num_cpus", 1), num_gpus=plan.engine.get("num_gpus", 0))
         if self.postprocess is not None:
             ds = ds.map(self.postprocess)
         return ds
@@ -120,10 +155,11 @@ class Processor:
 def build_processor(config: GenerateConfig | dict | str | Path, *,
                     preprocess: Callable[[Row], Row] | None = None,
                     postprocess: Callable[[Row], Row] | None = None,
-                    concurrency: int | None = None, batch_size: int | None = None,
+                    concurrency: int | tuple[int, int] | None = None, batch_size: int | None = None,
                     **overrides: Any) -> Processor:
     """A processor for ``ds = processor(ds)``: ``preprocess`` (row -> row) before generation,
-    ``postprocess`` after; ``concurrency`` actors (default ``ray.num_workers``), ``batch_size``
+    ``postprocess`` after; ``concurrency`` actors, or a (min, max) pool Ray Data autoscales (default
+    ``ray.num_workers``), ``batch_size``
     rows a call (default ``decode.micro_batch_size``). The config is checked here, before any
     model loads (a config error names the key)."""
     from pargs_batch.api import as_config
@@ -132,8 +168,11 @@ def build_processor(config: GenerateConfig | dict | str | Path, *,
     if not config.data.id_column:
         raise ConfigError("data.id_column", config.data.id_column,
                           "a Ray Data stage needs an id column: a row of a distributed dataset has no stable position")
-    for key, value in (("concurrency", concurrency), ("batch_size", batch_size)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(key, value, "expected a positive integer")
+    sizes = list(concurrency) if isinstance(concurrency, tuple) else [concurrency]
+    if concurrency is not None and (len(sizes) > 2 or not all(isinstance(n, int) and n >= 1 for n in sizes)
+                                    or sizes != sorted(sizes)):
+        raise ConfigError("concurrency", concurrency, "expected a positive integer or a (min, max) pair of them")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError("batch_size", batch_size, "expected a positive integer")
     check_models(config)
     return Processor(config, preprocess, postprocess, concurrency, batch_size)

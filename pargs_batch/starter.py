@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pargs_batch.configlib import ConfigError, check_model_path
 
 PROMPT_NAMES = ("prompt", "question", "instruction", "query", "input", "text", "source")
@@ -93,8 +95,11 @@ def first_records(data: str, split: str) -> list[dict]:
 
 
 def is_conversation(value: Any) -> bool:
+    """A list of {role, content} turns that ends with the user's: one to answer (a conversation that
+    ends with the assistant's reply is a training example, not a prompt)."""
     return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value) and value[-1]["role"] == "user"
 
 
 def unique_ids(records: list[dict], column: str) -> bool:
@@ -198,7 +203,7 @@ def write_starter(out: str | Path, llm: str, reward: str | None, data: str, spli
         raise ConfigError("--out", str(out), "the file exists (--force replaces it)")
     found = inspect(llm, reward, data, split)
     text = starter_yaml(llm, reward, data, found, split)
+    GenerateConfig.from_dict(yaml.safe_load(text))  # what it writes loads (a failure here is init's bug)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    GenerateConfig.from_yaml(out)  # what it wrote loads (a failure here is a bug of init's)
     return out, found

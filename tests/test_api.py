@@ -50,7 +50,27 @@ def test_a_bad_value_raises_a_config_error_naming_the_key_before_any_model_loads
     with pytest.raises(pb.ConfigError) as error:
         pb.generate(base_config(world, tmp_path), progress=False, **override)
     assert error.value.key == key and str(error.value).startswith(f"config error: {key}=")
-    assert not (tmp_path / "out").exists()
+
+
+def test_with_a_models_cache_the_data_is_checked_before_it_loads_anything(world, tmp_path):
+    import pargs_batch as pb
+
+    models = pb.Models()
+    with pytest.raises(pb.ConfigError, match=r"data\.prompt_column='nope' .*no such column; available: id, prompt"):
+        pb.generate(base_config(world, tmp_path), models=models, data={"prompt_column": "nope"}, progress=False)
+    assert models.engines == {} and models.scorers == {} and not (tmp_path / "out").exists()
+
+
+def test_overrides_merge_into_sections_and_replace_mappings_that_are_values(world, tmp_path):
+    import pargs_batch as pb
+
+    cfg = base_config(world, tmp_path)
+    cfg["ray"] = {"engine_resources": {"num_cpus": 1, "num_gpus": 1}}
+    cfg["output"] = None  # a section left empty in YAML
+    config = pb.GenerateConfig.from_dict(cfg, ray={"engine_resources": {"num_cpus": 2}},
+                                         **{"output.path": str(tmp_path / "x")})
+    assert config.ray.engine_resources == {"num_cpus": 2} and config.output.path == str(tmp_path / "x")
+    assert config.ray.num_workers == 1 and config.decode.beta == 2.0
 
 
 @pytest.mark.slow

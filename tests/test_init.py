@@ -58,6 +58,14 @@ def test_init_on_a_plain_model_picks_the_prompt_column_and_runs(world, tmp_path,
     assert pb.GenerateConfig.from_yaml(path).decode.method == "topk" and "# reward:" in path.read_text()
 
 
+def test_a_conversation_is_one_that_ends_with_the_users_turn():
+    from pargs_batch.starter import is_conversation
+
+    user = {"role": "user", "content": "hi"}
+    assert is_conversation([user]) and not is_conversation([user, {"role": "assistant", "content": "hello"}])
+    assert not is_conversation([]) and not is_conversation("hi") and not is_conversation([{"role": "user"}])
+
+
 def test_a_trained_reward_models_own_input_format_wins(world, tmp_path):
     import shutil
 

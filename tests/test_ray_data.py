@@ -14,6 +14,7 @@ from pargs_batch.ray_data import build_processor
 from helpers import SMALL_ACTOR, base_config, generate_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+ACTORS = {"num_workers": 1, "engine_resources": SMALL_ACTOR}
 COMPARED = ["response", "response_token_ids", "num_tokens", "finish_reason", "error", "prompt", "method",
             "beta", "k", "seed", "llm", "reward_model", "llm_prefill_tokens", "llm_decode_tokens"]
 
@@ -38,12 +39,12 @@ def test_a_ray_data_pipeline_yields_generates_rows_and_carries_its_columns(ray_l
     source = tmp_path / "prompts.parquet"
     rows = prompts_with_bad_rows(world, source)
     cfg = base_config(world, tmp_path, data={"source": str(source), "limit": None},
-                      decode={"micro_batch_size": 4, "max_new_tokens": 12})
+                      decode={"micro_batch_size": 4, "max_new_tokens": 12, "num_samples": 2})
     expected, _ = generate_rows(world, tmp_path, models, data=cfg["data"], decode=cfg["decode"])
-    assert sum(r["error"] is not None for r in expected) == 4
+    assert sum(r["error"] is not None for r in expected) == 4 * 2
 
     # the same model settings but eager (no compilation: its start in a one-thread actor 70 -> 52 s)
-    stage = dict(cfg, ray={"num_workers": 1, "engine_resources": SMALL_ACTOR},
+    stage = dict(cfg, ray=ACTORS,
                  model={**cfg["model"], "enforce_eager": True})
     stage["data"] = {"id_column": "id"}  # the pipeline reads: no source
     processor = build_processor(stage, preprocess=lambda row: {**row, "stage": "pre"},
@@ -51,7 +52,7 @@ def test_a_ray_data_pipeline_yields_generates_rows_and_carries_its_columns(ray_l
     ds = processor(ray.data.read_parquet(str(source)))
     out = ds.take_all()
 
-    assert len(out) == len(rows)
+    assert len(out) == 2 * len(rows) and {r["sample_index"] for r in out} == {0, 1}
     by_key = {(r["id"], r["sample_index"], r["n"]): r for r in out}
     for want in expected:
         n = next(i for i, r in enumerate(rows) if r["id"] == want["id"] and
@@ -71,3 +72,16 @@ def test_a_stage_without_an_id_column_or_with_a_bad_value_is_refused_before_mode
         build_processor(dict(cfg, data={"id_column": "id"}), decode={"beta": "x"})
     with pytest.raises(ConfigError, match=r"concurrency=0"):
         build_processor(dict(cfg, data={"id_column": "id"}), concurrency=0)
+
+
+def test_missing_or_clashing_columns_are_refused_before_any_actor_starts(ray_local, world, tmp_path):
+    import ray
+
+    source = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"uid": ["a", "b"], "prompt": ["x", "y"], "response": ["gold a", "gold b"]}), source)
+    cfg = dict(base_config(world, tmp_path), ray=ACTORS)
+    ds = ray.data.read_parquet(str(source))
+    with pytest.raises(ConfigError, match=r"data\.id_column='id' .*it has: uid, prompt, response"):
+        build_processor(dict(cfg, data={"id_column": "id"}))(ds)
+    with pytest.raises(ConfigError, match=r"dataset columns=\['response'\] .*output columns"):
+        build_processor(dict(cfg, data={"id_column": "uid"}))(ds)
