@@ -155,9 +155,9 @@ class PromptSource:
         for index, record in enumerate(self.records() if records is None else records):
             if c.limit is not None and index >= c.limit:
                 break
+            if skip(record_id(c, record, index)[1]):  # finished by an earlier run, repeats included:
+                continue                              # the duplicate check needs only the ids still to come
             row = prompt_row(c, record, index, self.num_weights)
-            if skip(row.id):  # finished by an earlier run, repeats included: the duplicate check
-                continue      # needs only the ids still to come
             check_repeat(row, seen)
             batch.append(row)
             if len(batch) == size:
@@ -167,14 +167,19 @@ class PromptSource:
             yield batch
 
 
+def record_id(config: DataConfig, record: dict, index: int | None) -> tuple[object, str]:
+    """(the id as read, or None when missing; the row's id as written) of one input record."""
+    raw_id = record.get(config.id_column) if config.id_column else index
+    if "__line__" in record:  # a line that could not be read has no id of its own
+        raw_id = record.get(config.id_column, f"line-{record['__line__']}")
+    return raw_id, str(raw_id) if raw_id is not None else f"row-{index}"
+
+
 def prompt_row(config: DataConfig, record: dict, index: int | None, num_weights: int | None = None) -> PromptRow:
     """One input record as a prompt row with a stable id (``data.id_column``, else its ``index``),
     or with why it cannot be generated from (``error``, and then no conversation or weights)."""
     c = config
-    raw_id = record.get(c.id_column) if c.id_column else index
-    if "__line__" in record:  # a line that could not be read has no id of its own
-        raw_id = record.get(c.id_column, f"line-{record['__line__']}")
-    row_id = str(raw_id) if raw_id is not None else f"row-{index}"
+    raw_id, row_id = record_id(c, record, index)
     messages, error = None, record.get("__error__")
     if c.messages_column:
         messages = record.get(c.messages_column)

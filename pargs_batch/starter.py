@@ -97,9 +97,9 @@ def first_records(data: str, split: str) -> list[dict]:
 def is_conversation(value: Any) -> bool:
     """A list of {role, content} turns that ends with the user's: one to answer (a conversation that
     ends with the assistant's reply is a training example, not a prompt)."""
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in value) and value[-1]["role"] == "user"
+    from pargs_batch.io import conversation
+
+    return conversation(value)[1] is None and value[-1]["role"] == "user"
 
 
 def unique_ids(records: list[dict], column: str) -> bool:
