@@ -38,8 +38,12 @@ def generate_rows(world, tmp_path, models, name="out", **sections):
     return read_output(tmp_path / name).to_pylist(), summary
 
 
-def pool_config(world, tmp_path, name, workers=1, batch=4, limit=40, **ray):
-    cfg = base_config(world, tmp_path, data={"limit": limit}, decode={"micro_batch_size": batch})
+def pool_config(world, tmp_path, name, workers=1, batch=4, limit=40, mode="stepped", **ray):
+    """A config on the Ray pool; its engines eager (each actor starts its own: compiling costs ~20 s
+    a start, and eager rows equal compiled ones, tests/test_ray_data.py)."""
+    cfg = base_config(world, tmp_path, data={"limit": limit}, decode={"micro_batch_size": batch},
+                      engine={"mode": mode})
+    cfg["model"]["enforce_eager"] = True
     cfg["output"]["path"] = str(tmp_path / name)
     cfg["ray"] = {"enabled": True, "num_workers": workers, "engine_resources": SMALL_ACTOR,
                   "reward_resources": SMALL_ACTOR, **ray}

@@ -1,4 +1,7 @@
-"""The Ray pool on a real local Ray: determinism, kill-and-resume, a dying actor, `ray job submit`."""
+"""The Ray pool on a real local Ray: determinism, kill-and-resume, a dying actor, `ray job submit`.
+
+The kill tests run fused engines (the reward model inside vLLM, in the actor's own process): an
+actor's engine starts in ~15 s rather than ~50 s, and fused on Ray is tested where it matters most."""
 
 import json
 import os
@@ -44,6 +47,15 @@ def reference(world, tmp_path_factory, models):
     tmp = tmp_path_factory.mktemp("reference")
     cfg = base_config(world, tmp, data={"limit": 40})
     run_generate(build(GenerateConfig, cfg), models=models, progress=False)
+    return content(tmp / "out")
+
+
+@pytest.fixture(scope="module")
+def fused_reference(world, tmp_path_factory):
+    """The rows an in-process fused run writes for the first 40 prompts (fused draws differ from stepped's)."""
+    tmp = tmp_path_factory.mktemp("fused_reference")
+    run_generate(build(GenerateConfig, base_config(world, tmp, data={"limit": 40}, engine={"mode": "fused"})),
+                 progress=False)
     return content(tmp / "out")
 
 
@@ -119,11 +131,12 @@ def durable_batches(out: Path, per_file: int) -> int:
     return pending + per_file * len(parts)
 
 
-def test_a_driver_killed_at_random_points_resumes_exactly_once(ray_local, world, tmp_path, reference):
+def test_a_driver_killed_at_random_points_resumes_exactly_once(ray_local, world, tmp_path, fused_reference):
     """SIGKILL twice at random micro-batches (never on a file boundary: mid-file), then run to the end."""
     import random
 
-    cfg = pool_config(world, tmp_path, "killed", batch=2, address=ray_local.get_runtime_context().gcs_address)
+    cfg = pool_config(world, tmp_path, "killed", batch=2, mode="fused",
+                      address=ray_local.get_runtime_context().gcs_address)
     cfg["output"]["rows_per_file"] = 6  # 3 micro-batches of 2 rows a file
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -149,7 +162,7 @@ def test_a_driver_killed_at_random_points_resumes_exactly_once(ray_local, world,
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("summary: "))[9:])
     assert summary["resumed_rows"] >= 2 * targets[-1] and summary["rows"] + summary["resumed_rows"] == 40
-    assert content(out) == reference
+    assert content(out) == fused_reference
     assert not list(out.glob(".pargs/pending/*/*")) and len(list(out.glob("part-*.parquet"))) == 7
 
     # a different config on the same directory is refused, and --overwrite starts over
@@ -169,16 +182,18 @@ def _kill_first(name: str, after_file: Path, killed: list) -> None:
             return
 
 
-def test_a_dying_decode_worker_is_restarted_and_its_batches_retried(ray_local, world, tmp_path, reference):
+def test_a_dying_decode_worker_is_restarted_and_its_batches_retried(ray_local, world, tmp_path, fused_reference):
     killed = []
     killer = threading.Thread(target=_kill_first,
                               args=("ray::DecodeWorker", tmp_path / "faulty" / FIRST_BATCH, killed))
     killer.start()
-    summary = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "faulty", batch=4)), progress=False)
+    summary = run_generate(build(GenerateConfig, pool_config(world, tmp_path, "faulty", batch=4, mode="fused")),
+                           progress=False)
     killer.join()
     assert killed, "no decode worker was killed"
     assert summary.rows == 40 and summary.error_rows == 0
-    assert content(tmp_path / "faulty") == reference
+    assert content(tmp_path / "faulty") == fused_reference
+    assert len(summary.guidance) == 1  # the guidance ran inside the actor's engine
 
 
 def test_retries_are_bounded_then_rows_carry_the_error(ray_local, world, tmp_path):
