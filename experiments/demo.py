@@ -1,10 +1,10 @@
 """`pargs-batch demo`: the paper's Table 1 in miniature on the default world, offline.
 
-An experiment on top of the library: it builds configs as a user's YAML would and calls
-``run_generate``, ``run_evaluate`` and ``diagnose_models`` like any caller.
+An experiment on top of the library: ``pargs-batch compare`` (``pargs_batch.compare.compare_runs``)
+applied to the world, then ``diagnose_models`` and a beta sweep, like any caller.
 
 Builds (or reuses) the default world, generates for its held-out prompts with every method - one
-vLLM engine and one scorer per reward model shared by all runs - evaluates the runs with the
+vLLM engine and one scorer per reward model shared by all runs - evaluates the runs in one
 evaluation job (separate evaluation RM, gold reward, ROUGE-L diversity, and the world's gold judge
 server on localhost through the real ``openai`` client: PARGS against each other method), checks
 the guidance RMs on held-out prefix pairs (`diagnose-rm`), and prints the tables. Everything lands
@@ -13,6 +13,7 @@ in ``out_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -68,9 +69,9 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
              sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5,
              with_trained_baselines: bool = False) -> dict:
+    from pargs_batch.compare import compare_runs
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
-    from pargs_batch.generation import run_generate
     from pargs_batch.models import Models
 
     from experiments.world.default import DefaultWorldSpec, built_world, ensure_world, fingerprint_note
@@ -89,19 +90,17 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
                     "(LoRA, merged)")
         policies = train_policies(world, out / "policies", reduced_world, log=console.say)
         runs = DEMO_RUNS + TRAINED_RUNS
-    configs = {r.label: build(GenerateConfig, demo_config(world, r, out, num_prompts, beta, max_new_tokens,
-                                                          num_samples, policies)) for r in runs}
+    base = build(GenerateConfig, demo_config(world, PARGS, out, num_prompts, beta, max_new_tokens, num_samples))
     models = Models()  # one engine for every run, one scorer per reward model and backend
     engines = "one vLLM engine for the frozen LM" + (", one per fine-tuned policy" if policies else " for all")
-    console.say(f"demo: generating {num_prompts} prompts x {num_samples} samples with {len(configs)} methods "
-                f"({engines}; an engine takes about a minute to start)")
-    summaries = {}
-    for label, config in configs.items():
-        summaries[label] = run_generate(config, models=models.for_config(config))
-    generate_s = time.perf_counter() - start
-
-    console.say("demo: evaluating (evaluation RM, gold reward, ROUGE-L, gold judge on localhost)")
-    report = evaluate(world, out, configs, judge_noise)
+    console.say(f"demo: pargs-batch compare on the world: {num_prompts} prompts x {num_samples} samples with "
+                f"{len(runs)} methods ({engines}; an engine takes about a minute to start), then one evaluation "
+                "(evaluation RM, gold reward, ROUGE-L, gold judge on localhost)")
+    with judge_server(judge_noise) as judge:
+        done = compare_runs(base, compare_plan(world, runs, policies), evaluation(world, judge), out,
+                            reference=PARGS.label, overwrite=True, models=models)
+    report, summaries = done["report"], done["summaries"]
+    generate_s = world_s + (policies and sum(p["seconds"] for p in policies.values()) or 0) + done["generate_seconds"]
     rows = table_rows(report, summaries, runs, policies)
     console.show("\n" + format_table(rows, beta, num_samples))
     console.show("\n" + format_judge_table(report, {r.label: r.name for r in runs if r.name}))
@@ -129,30 +128,40 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
 JUDGE_KEY_ENV = "PARGS_DEMO_JUDGE_KEY"
 
 
-def evaluate(world: dict, out: Path, configs: dict, judge_noise: float = 0.5) -> dict:
-    """The evaluation job on every run: evaluation RM (never a guidance one), gold reward, ROUGE-L,
-    paired differences, and the gold judge (a server on localhost, started and stopped here):
-    PARGS against each other method."""
+def compare_plan(world: dict, runs, policies: dict):
+    """The demo's runs as ``pargs-batch compare`` runs: each a method with its guidance RM (and backend),
+    the fine-tuned baselines with their checkpoint as the LLM."""
+    from pargs_batch.compare import Run
+
+    plan = []
+    for r in runs:
+        overrides = {"decode": {"method": r.method},
+                     "reward": {"path": world[r.reward_model] if r.reward_model else "", "backend": r.backend}}
+        if r.policy:
+            overrides["model"] = {"path": policies[r.policy]["path"]}
+        plan.append(Run(r.label, r.method, "", overrides))
+    return plan
+
+
+@contextlib.contextmanager
+def judge_server(noise: float):
+    """The world's gold judge on localhost (an OpenAI-compatible server), its key in JUDGE_KEY_ENV."""
     import os
     import secrets
 
     from experiments.world.judge_server import GoldJudgeServer
-    from pargs_batch.configlib import build
-    from pargs_batch.evaluation.config import EvalConfig
-    from pargs_batch.evaluation.run import run_evaluate
 
     os.environ[JUDGE_KEY_ENV] = key = secrets.token_hex(8)
-    others = [label for label in configs if label != PARGS.label]
-    with GoldJudgeServer(noise=judge_noise, api_key=key) as server:
-        eval_config = build(EvalConfig, {
-            "runs": [c.output.path for c in configs.values()], "labels": list(configs),
-            "output_dir": str(out / "report"), "gold_reward": world["gold_reward"],
-            "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128},
-            "paired": [[PARGS.label, other] for other in others] if PARGS.label in configs else [],
-            "judge": {"pairs": [[PARGS.label, other] for other in others] if PARGS.label in configs else [],
-                      "base_url": server.url, "api_key_env": JUDGE_KEY_ENV,
-                      "model": f"gold-judge-noise{judge_noise:g}"}})  # the cache tells noise levels apart
-        return run_evaluate(eval_config, progress=False)
+    with GoldJudgeServer(noise=noise, api_key=key) as server:
+        yield {"base_url": server.url, "api_key_env": JUDGE_KEY_ENV,
+               "model": f"gold-judge-noise{noise:g}"}  # the cache tells noise levels apart
+
+
+def evaluation(world: dict, judge: dict) -> dict:
+    """The evaluation job's keys: evaluation RM (never a guidance one), gold reward, ROUGE-L, paired
+    differences and the gold judge - PARGS against each other method (the pairs compare fills in)."""
+    return {"gold_reward": world["gold_reward"], "judge": judge,
+            "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128}}
 
 
 def table_rows(report: dict, summaries: dict, runs=DEMO_RUNS, policies: dict | None = None) -> list[dict]:

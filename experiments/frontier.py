@@ -2,8 +2,9 @@
 
 On the default world's held-out prompts, every method runs over a grid of budgets (Best-of-N's N,
 PARGS's k, blockwise's block size and K, early rejection's N) with one engine and one scorer per
-reward model; the evaluation job scores every run with the gold reward and the evaluation RM and
-sums each run's cost columns. Each point is placed at the reward-model FLOPs and the wall seconds it
+reward model - ``pargs-batch compare`` (``pargs_batch.compare.compare_runs``) applied to the world -
+and one evaluation job scores every run with the gold reward and the evaluation RM and sums each
+run's cost columns. Each point is placed at the reward-model FLOPs and the wall seconds it
 spent per prompt; the report gives, per method, the least compute at which its mean gold reward
 reaches Best-of-16's, with the paired gold difference to Best-of-16 over the same prompts.
 
@@ -84,12 +85,9 @@ def rm_flops_per_token(path: str) -> float:
 def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/world", num_prompts: int = 256,
                  max_new_tokens: int = 48, beta: float = 2.0, reduced_world: bool = False,
                  points: list[Point] | None = None) -> dict:
+    from pargs_batch.compare import Run, compare_runs
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
-    from pargs_batch.evaluation.config import EvalConfig
-    from pargs_batch.evaluation.run import run_evaluate
-    from pargs_batch.generation import run_generate
-    from pargs_batch.models import Models
 
     from experiments.world.default import ensure_world
 
@@ -98,25 +96,21 @@ def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/wo
     world_s = time.perf_counter() - start
     out = Path(out_dir)
     points = points or grid(beta, max_new_tokens)
-    configs = {p.label: build(GenerateConfig, point_config(world, p, out, num_prompts, max_new_tokens))
-               for p in points}
-    console.say(f"frontier: {len(points)} runs of {num_prompts} prompts (one vLLM engine for all; it takes about a "
-                "minute to start)")
-    models = Models()
-    try:
-        for label, config in configs.items():
-            run_generate(config, models=models.for_config(config))
-    finally:
-        models.close()
-    generate_s = time.perf_counter() - start - world_s
-    console.say("frontier: evaluating every run (gold reward, evaluation RM, cost sums)")
-    labels = list(configs)
-    report = run_evaluate(build(EvalConfig, {
-        "runs": [c.output.path for c in configs.values()], "labels": labels, "output_dir": str(out / "report"),
+    # every run is the base config with its own decode keys and RM (as each point's config alone was)
+    base = build(GenerateConfig, point_config(world, Point("", "", {"method": "topk"}, None), out, num_prompts, max_new_tokens))
+    runs = [Run(p.label, p.method, p.budget, {"decode": p.decode, "reward": {
+        "path": world[p.reward_model] if p.reward_model else ""}}) for p in points]
+    console.say(f"frontier: pargs-batch compare on the world: {len(points)} runs of {num_prompts} prompts (one vLLM "
+                "engine for all; it takes about a minute to start), then one evaluation (gold reward, evaluation "
+                "RM, cost sums)")
+    labels = [p.label for p in points]
+    evaluation = {
         "gold_reward": world["gold_reward"],
         "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128},
-        "paired": [[label, REFERENCE] for label in labels if label != REFERENCE] if REFERENCE in labels else []}),
-        progress=False)
+        "paired": [[label, REFERENCE] for label in labels if label != REFERENCE] if REFERENCE in labels else []}
+    done = compare_runs(base, runs, evaluation, out, reference=REFERENCE if REFERENCE in labels else None,
+                        overwrite=True)
+    report, generate_s = done["report"], done["generate_seconds"]
     flops = {key: rm_flops_per_token(world[key]) for key in {p.reward_model for p in points if p.reward_model}}
     rows = frontier_rows(points, report, flops)
     result = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "beta": beta,

@@ -1,7 +1,8 @@
 """pargs_batch: batch tokenwise reward-guided text generation (PARGS, ARGS, top-k) on vLLM.
 
 ``import pargs_batch as pb`` offers the Python API (``pargs_batch.api``): ``pb.generate``,
-``pb.evaluate``, ``pb.read_output``, the configs (``pb.GenerateConfig``, ``pb.EvalConfig``), the
+``pb.evaluate``, ``pb.compare``, ``pb.read_output``, the configs (``pb.GenerateConfig``, ``pb.EvalConfig``,
+``pb.CompareConfig``), the
 run summary, ``pb.Models`` (loaded models kept across calls) and ``pb.ConfigError``. Names load on first use, so importing the package is cheap.
 """
 
@@ -15,7 +16,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "generate": "pargs_batch.api",
     "evaluate": "pargs_batch.api",
+    "compare": "pargs_batch.api",
     "read_output": "pargs_batch.api",
+    "CompareConfig": "pargs_batch.compare",
     "GenerateConfig": "pargs_batch.config",
     "EvalConfig": "pargs_batch.evaluation.config",
     "RunSummary": "pargs_batch.generation",
@@ -25,7 +28,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from pargs_batch.api import evaluate, generate, read_output
+    from pargs_batch.api import compare, evaluate, generate, read_output
+    from pargs_batch.compare import CompareConfig
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError
     from pargs_batch.evaluation.config import EvalConfig

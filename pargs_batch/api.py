@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pargs_batch.compare import CompareConfig
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import Loadable
 from pargs_batch.evaluation.config import EvalConfig
@@ -63,6 +64,25 @@ def evaluate(config: EvalConfig | dict | str | Path, *, progress: bool = True, *
     from pargs_batch.evaluation.run import run_evaluate
 
     return run_evaluate(as_config(EvalConfig, config, overrides), progress=progress)
+
+
+def compare(config: GenerateConfig | dict | str | Path, spec: CompareConfig | dict | str | Path | None = None, *,
+            progress: bool = True, models=None, **spec_overrides: Any) -> dict:
+    """Run several methods (and budgets) on ``config``'s models and prompts, evaluate them in one job
+    and write a table, plots and the evaluation's report under ``spec.output_dir``.
+
+    ``spec``: a ``pb.CompareConfig`` (or its dict / YAML path) - methods (default topk, args,
+    pargs-greedy, pargs, best-of-n), ``budgets`` per method, ``rewards`` per method, ``evaluation``
+    (at least an evaluation reward model or a gold reward); keyword overrides set its keys
+    (``methods=["topk", "pargs"]``, ``evaluation={"reward": {"path": ...}}``). One engine and one scorer
+    per reward model serve every run (``models``: a ``pb.Models`` to keep them for later calls). Returns
+    what ``compare.json`` holds: a row per run (rewards ± SE, diversity, cost per prompt, paired
+    difference to the reference run), the plots and the report's path."""
+    from pargs_batch.compare import run_compare
+
+    generate_config = as_config(GenerateConfig, config, {})
+    return run_compare(generate_config, as_config(CompareConfig, spec or {}, spec_overrides), models=models,
+                       progress=progress)
 
 
 def read_output(path: str | Path, kind: str = "rows") -> pa.Table:

@@ -1,7 +1,7 @@
 """`pargs-batch`: the command line.
 
-The library's own commands are ``generate``, ``evaluate`` and ``init`` (a starting config);
-the first two are thin layers over the Python API
+The library's own commands are ``generate``, ``evaluate``, ``compare`` and ``init`` (a starting
+config); all but ``init`` are thin layers over the Python API
 (``pargs_batch.api``: config from YAML and overrides in, the API's call, its summary printed). Packages above the library add theirs
 through the ``pargs_batch.commands`` entry-point group (a function that adds a subparser):
 ``rm_training`` adds ``diagnose-rm``; ``experiments`` adds ``world``, ``demo`` and ``bench``. So the
@@ -59,6 +59,49 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    import yaml
+
+    from pargs_batch import api
+    from pargs_batch.compare import CompareConfig, parse_budget
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import ConfigError, apply_overrides, build, load_config
+
+    ours = [o for o in args.overrides if o.startswith("compare.")]
+    config = load_config(GenerateConfig, args.config, [o for o in args.overrides if o not in ours])
+    data: dict = {}
+    if args.compare:
+        try:
+            data = yaml.safe_load(Path(args.compare).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError("--compare", args.compare, f"a readable YAML file ({e.__class__.__name__})") from None
+    if args.methods:
+        data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for text in args.budget:
+        method, key, values = parse_budget(text)
+        data.setdefault("budgets", {}).setdefault(method, {})[key] = values
+    for text in args.reward_for:
+        method, sep, path = text.partition("=")
+        if not sep or not method or not path:
+            raise ConfigError("--reward-for", text, "METHOD=PATH, e.g. args=path/to/full-sequence-rm")
+        data.setdefault("rewards", {})[method] = path
+    evaluation = data.setdefault("evaluation", {}) if (args.eval_reward or args.gold_reward) else {}
+    if args.eval_reward:
+        evaluation.setdefault("reward", {})["path"] = args.eval_reward
+    if args.gold_reward:
+        evaluation["gold_reward"] = args.gold_reward
+    for key, value in (("reference", args.reference), ("output_dir", args.out)):
+        if value:
+            data[key] = value
+    if args.overwrite:
+        data["overwrite"] = True
+    spec = build(CompareConfig, apply_overrides(data, [o[len("compare."):] for o in ours]))
+    result = api.compare(config, spec, progress=not args.no_progress)
+    console.show("summary: " + json.dumps({"runs": len(result["rows"]), "reference": result["reference"],
+                                           "output": spec.output_dir, "seconds": result["seconds"]}))
+    return 0
+
+
 def _init(args) -> int:
     from pargs_batch.starter import write_starter
 
@@ -87,6 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. judge.seed=1")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     ev.set_defaults(func=_evaluate)
+
+    cmp = sub.add_parser("compare", help="run several methods and budgets on your models, evaluate them together, "
+                                          "plot reward against compute")
+    cmp.add_argument("--config", help="your generate YAML: the LLM, reward model, prompts and decode settings")
+    cmp.add_argument("--compare", help="a YAML of compare's own keys (methods, budgets, rewards, evaluation, ...)")
+    cmp.add_argument("--methods", help="comma-separated methods (default: topk,args,pargs-greedy,pargs,best-of-n)")
+    cmp.add_argument("--budget", action="append", default=[], metavar="METHOD.KEY=V1,V2",
+                     help="run METHOD at each value of decode KEY, e.g. pargs.top_k=2,5,10 (repeatable)")
+    cmp.add_argument("--reward-for", action="append", default=[], metavar="METHOD=PATH",
+                     help="guide METHOD with another reward model, e.g. args=path/to/full-sequence-rm (repeatable)")
+    cmp.add_argument("--eval-reward", help="the evaluation reward model (a separate one from the guidance model)")
+    cmp.add_argument("--gold-reward", help="a 'module:function' scoring (prompts, responses) -> floats")
+    cmp.add_argument("--reference", help="the run every other is paired with (default: the first pargs run)")
+    cmp.add_argument("--out", help="output directory (default: outputs/compare)")
+    cmp.add_argument("--overwrite", action="store_true", help="start every run over instead of resuming")
+    cmp.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    cmp.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="dotted overrides of the generate config (decode.max_new_tokens=32), or of compare's "
+                          "keys with a compare. prefix (compare.evaluation.judge.base_url=...)")
+    cmp.set_defaults(func=_compare)
 
     init = sub.add_parser("init", help="write a commented starting config for your LLM, reward model and data")
     init.add_argument("--llm", required=True, help="the LLM: a checkpoint directory or hub id")

@@ -215,7 +215,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
         assert policy["path"] == str(tmp_path / "policies" / method)
         import pyarrow.parquet as pq
 
-        run = pq.read_table(tmp_path / label).to_pandas()
+        run = pq.read_table(tmp_path / "runs" / label).to_pandas()
         assert (run["llm"] == policy["path"]).all() and (run["method"] == "topk").all() and run["error"].isna().all()
         assert (run["num_tokens"] > 0).all()
     assert table["dpo-trained"]["name"] == "DPO (trained)" and table["pargs"]["llm_frozen"] is True

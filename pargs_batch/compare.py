@@ -1,0 +1,376 @@
+"""`pargs-batch compare`: the paper's Table 1 and the reward-per-compute frontier on your own models.
+
+From one generate config (your LLM, reward model and prompts) every method in a list runs over the
+same prompts - at the config's settings, or over a grid of budgets (PARGS's k, Best-of-N's N, ...) -
+with one vLLM engine and one scorer per reward model shared by all runs (in this process; with
+``ray.enabled`` each run starts its own pool). Then one evaluation scores them all: the evaluation
+reward model (mean ± SE over prompts), the gold reward when given, ROUGE-L diversity, the paired
+difference of every run to a reference run over the same prompts, and the LLM judge when one is
+configured. It writes a table (``compare.md``), ``compare.json`` and a plot of reward against the
+compute each run spent per prompt.
+
+The demo and the frontier of ``experiments/`` are this module applied to the default world
+(``compare_runs`` with their own lists of runs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import ConfigError, Loadable, build, option
+from pargs_batch.console import console
+from pargs_batch.decoding import METHODS
+from pargs_batch.evaluation.config import EvalConfig
+
+DEFAULT_METHODS = ["topk", "args", "pargs-greedy", "pargs", "best-of-n"]
+# the decode keys a budget may vary: what changes how much a method computes (or, for beta, what it buys)
+BUDGET_KEYS = ("top_k", "n_candidates", "block_tokens", "reject_fraction", "beta", "temperature")
+
+
+@dataclass
+class CompareConfig(Loadable):
+    """What to compare: methods, budgets and the evaluation; the models and prompts come from the generate config."""
+
+    methods: list[str] = option("decoding methods to run, each at the generate config's settings unless it has "
+                                "budgets", factory=lambda: list(DEFAULT_METHODS))
+    budgets: dict = option("per method, decode keys and the values to run it at, e.g. {pargs: {top_k: [2, 5, 10]}, "
+                           "best-of-n: {n_candidates: [4, 16]}}; several keys run every combination; keys: "
+                           + ", ".join(BUDGET_KEYS), factory=dict)
+    rewards: dict = option("per method, a guidance reward model other than the config's: a path, or a mapping of "
+                           "reward.* keys, e.g. {args: path/to/full-sequence-rm} (ARGS is defined with a "
+                           "full-sequence one)", factory=dict)
+    reference: str | None = option("the run every other is paired with (paired differences, judge); default: "
+                                   "the first pargs run", None)
+    output_dir: str = option("where runs/, report/, compare.md, compare.json and plots/ go", "outputs/compare")
+    overwrite: bool = option("start every run over (otherwise a rerun resumes finished and partial runs)", False)
+    evaluation: dict = option("the evaluation job's keys (evaluate's configuration: reward, gold_reward, judge, "
+                              "...); runs, labels, output_dir and the pairs are filled in here",
+                              factory=dict)
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ConfigError("methods", self.methods, "name at least one of " + ", ".join(METHODS))
+        for name in self.methods:
+            if name not in METHODS:
+                raise ConfigError("methods", name, "one of " + ", ".join(METHODS))
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError("methods", self.methods, "each method once (budgets give one method several runs)")
+        for name, grid in self.budgets.items():
+            if name not in self.methods:
+                raise ConfigError(f"budgets.{name}", grid, "budgets for a method that is not in methods: "
+                                  + ", ".join(self.methods))
+            if not isinstance(grid, dict) or not grid:
+                raise ConfigError(f"budgets.{name}", grid, "a mapping of decode keys to lists of values")
+            for key, values in grid.items():
+                if key not in BUDGET_KEYS:
+                    raise ConfigError(f"budgets.{name}.{key}", values, "one of " + ", ".join(BUDGET_KEYS))
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"budgets.{name}.{key}", values, "a non-empty list of values")
+        for name, path in self.rewards.items():
+            if name not in self.methods or not METHODS[name].uses_reward:
+                raise ConfigError(f"rewards.{name}", path, "a reward model for a guided method in methods")
+            if not (isinstance(path, str) and path or isinstance(path, dict) and path.get("path")):
+                raise ConfigError(f"rewards.{name}", path, "a reward model's path or hub id, or a mapping of "
+                                  "reward.* keys with a path")
+        if not isinstance(self.evaluation, dict):
+            raise ConfigError("evaluation", self.evaluation, "a mapping of evaluate's keys")
+        for key in ("runs", "labels", "output_dir"):
+            if key in self.evaluation:
+                raise ConfigError(f"evaluation.{key}", self.evaluation[key], "left out: compare fills it in")
+        try:  # checked now, with a stand-in for the runs compare will make
+            build(EvalConfig, {**self.evaluation, "runs": ["."]}, "evaluation.")
+        except ConfigError as e:
+            raise ConfigError(e.key if e.key.startswith("evaluation.") else f"evaluation.{e.key}",
+                              e.value, e.allowed) from None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a comparison: a method at one budget, as overrides of the base generate config."""
+
+    label: str
+    method: str                  # the curve it belongs to in the plot
+    budget: str = ""             # the budget as the table prints it ("" = the config's settings)
+    overrides: dict = field(default_factory=dict)  # {section: {key: value}} over the base config
+
+
+def plan_runs(config: GenerateConfig, spec: CompareConfig) -> list[Run]:
+    """The runs ``spec`` asks for, in order: each method at the config's settings or at each budget."""
+    runs = []
+    for name in spec.methods:
+        given = spec.rewards.get(name)
+        reward = {"path": given} if isinstance(given, str) else dict(given or {})
+        grid = spec.budgets.get(name)
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+        for combo in combos:
+            budget = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in combo.items())
+            overrides = {"decode": {"method": name, **combo}}
+            if reward:
+                overrides["reward"] = reward
+            runs.append(Run(f"{name} {budget}".strip(), name, budget, overrides))
+    return runs
+
+
+def slug(label: str) -> str:
+    """A directory name for a run label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("=", "")).strip("_") or "run"
+
+
+def run_configs(config: GenerateConfig, runs: list[Run], out_dir: Path, overwrite: bool) -> dict[str, GenerateConfig]:
+    """Each run's generate config, built and checked (so a bad one fails before any model loads)."""
+    from pargs_batch.configlib import merge_overrides
+
+    base = config.to_dict()
+    configs, dirs = {}, set()
+    for run in runs:
+        if run.label in configs:
+            raise ConfigError("runs", run.label, "each run label once")
+        data = merge_overrides(json.loads(json.dumps(base)), run.overrides, GenerateConfig)
+        data["output"] = {**data.get("output", {}), "path": str(out_dir / "runs" / slug(run.label)),
+                          "overwrite": overwrite}
+        if slug(run.label) in dirs:
+            raise ConfigError("runs", run.label, "labels that differ in more than punctuation")
+        dirs.add(slug(run.label))
+        built = build(GenerateConfig, data)
+        if METHODS[built.decode.method].uses_reward and not (built.reward.path or built.reward.models):
+            raise ConfigError("reward.path", built.reward.path,
+                              f"a guidance reward model: run '{run.label}' ({built.decode.method}) needs one")
+        configs[run.label] = built
+    return configs
+
+
+def reference_label(runs: list[Run], reference: str | None) -> str | None:
+    labels = [r.label for r in runs]
+    if reference is None:
+        return next((r.label for r in runs if r.method == "pargs"), None)
+    if reference not in labels:
+        raise ConfigError("reference", reference, "a run label: " + ", ".join(labels))
+    return reference
+
+
+def evaluation_config(evaluation: dict, configs: dict[str, GenerateConfig], out_dir: Path,
+                      reference: str | None) -> EvalConfig:
+    """The one evaluation of every run: ``evaluation``'s keys with the runs, their labels and the pairs."""
+    others = [label for label in configs if label != reference]
+    pairs = [[reference, other] for other in others] if reference else []
+    data = json.loads(json.dumps(evaluation))
+    data.update(runs=[c.output.path for c in configs.values()], labels=list(configs),
+                output_dir=str(out_dir / "report"), paired=data.get("paired") or pairs)  # pairs given win
+    judge = data.get("judge") or {}
+    if judge.get("base_url"):
+        judge["pairs"] = judge.get("pairs") or pairs
+        data["judge"] = judge
+    return build(EvalConfig, data)
+
+
+def check_evaluation(evaluation: EvalConfig, configs: dict[str, GenerateConfig]) -> None:
+    """What the evaluation would refuse after every run was generated, refused before: no measure
+    at all, or a guidance reward model as the evaluation one (unless allowed)."""
+    import os
+
+    from pargs_batch.reward import check_reward_input
+
+    if not evaluation.reward.path and not evaluation.gold_reward:
+        raise ConfigError("evaluation.reward.path", evaluation.reward.path,
+                          "an evaluation reward model (a separate one: guided methods optimise the guidance "
+                          "model's score), or evaluation.gold_reward")
+    check_reward_input(evaluation.reward, "evaluation.reward")
+    if evaluation.gold_reward:
+        from pargs_batch.evaluation.scoring import import_callable
+
+        try:
+            import_callable(evaluation.gold_reward)
+        except ConfigError as e:
+            raise ConfigError("evaluation.gold_reward", evaluation.gold_reward, e.allowed) from None
+    if evaluation.allow_same_model or not evaluation.reward.path:
+        return
+    mine = os.path.realpath(evaluation.reward.path)
+    for label, c in configs.items():
+        if METHODS[c.decode.method].uses_reward and any(
+                m.path and os.path.realpath(m.path) == mine for m, _ in c.reward.members):
+            raise ConfigError("evaluation.reward.path", evaluation.reward.path,
+                              f"is the guidance reward model of run '{label}'; evaluate with a separate model "
+                              "or set evaluation.allow_same_model: true")
+
+
+def compare_runs(config: GenerateConfig, runs: list[Run], evaluation: dict, out_dir: str | Path,
+                 reference: str | None = None, overwrite: bool = False, models=None,
+                 progress: bool = True) -> dict:
+    """Generate every run with shared models, evaluate them in one job, and return
+    ``{"configs", "summaries", "report", "reference", "seconds"}`` (the report: ``pb.evaluate``'s)."""
+    from pargs_batch.generation import check_models, run_generate
+    from pargs_batch.models import Models
+
+    out = Path(out_dir)
+    reference = reference_label(runs, reference)
+    configs = run_configs(config, runs, out, overwrite)
+    check_evaluation(build(EvalConfig, {**evaluation, "runs": ["."]}, "evaluation."), configs)  # runs: a stand-in
+    for c in configs.values():
+        check_models(c)
+    start = time.perf_counter()
+    shared = None if config.ray.enabled else (models if models is not None else Models())
+    summaries, engines = {}, None
+    try:
+        for i, (label, c) in enumerate(configs.items(), 1):
+            console.say(f"compare: run {i}/{len(configs)}: {label}")
+            summaries[label] = run_generate(c, models=shared, progress=progress)
+        engines = None if shared is None else len(shared.engines)
+    finally:
+        if shared is not None and models is None:
+            shared.close()
+    generate_s = time.perf_counter() - start
+    console.say(f"compare: evaluating {len(configs)} runs in one job")
+    from pargs_batch.evaluation.run import run_evaluate
+
+    report = run_evaluate(evaluation_config(evaluation, configs, out, reference), progress=progress)
+    return {"configs": configs, "summaries": summaries, "report": report, "reference": reference, "engines": engines,
+            "generate_seconds": round(generate_s, 1), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def table_rows(runs: list[Run], done: dict) -> list[dict]:
+    """Per run: rewards (mean ± SE over prompts), diversity, cost per prompt, the paired difference
+    to the reference and the judge's win-tie rate of the reference against it."""
+    report, summaries, reference = done["report"], done["summaries"], done["reference"]
+    paired = {p["b"]: p for p in report.get("paired", []) if p["a"] == reference}
+    judged = {p["b"]: p for p in (report.get("judge") or {}).get("pairs", []) if p["a"] == reference}
+    rows = []
+    for run in runs:
+        r = report["runs"][run.label]
+        prompts = max(r["rows"] / r["samples_per_prompt"], 1)
+        cost = r.get("cost") or {}
+        p, j = paired.get(run.label, {}), judged.get(run.label)
+        rows.append({
+            "label": run.label, "method": run.method, "budget": run.budget, "rows": r["rows"],
+            "error_rows": r["error_rows"], "reward": r.get("reward"), "gold": r.get("gold"),
+            "rouge_l": r["diversity"]["rouge_l"], "mean_tokens": r["mean_tokens"],
+            "tokens_per_s": summaries[run.label].tokens_per_s,
+            "reward_tokens_per_prompt": cost.get("reward_tokens", 0) / prompts,
+            "reward_calls_per_prompt": cost.get("reward_calls", 0) / prompts,
+            "llm_tokens_per_prompt": (cost.get("llm_prefill_tokens", 0) + cost.get("llm_decode_tokens", 0)) / prompts,
+            "wall_s_per_prompt": cost.get("wall_s", 0.0) / prompts,
+            "reference_minus_this": {k: p[k] for k in ("reward", "gold") if k in p} or None,
+            "judge_win_tie": None if j is None else {"rate": j["win_tie_rate"], "interval": j["win_tie_interval"]},
+        })
+    return rows
+
+
+def _mean_se(stat: dict | None) -> str:
+    return "—" if not stat or stat.get("mean") is None else f"{stat['mean']:.3f} ± {stat['se']:.3f}"
+
+
+def _diff(d: dict | None) -> str:
+    return "—" if not d or not d.get("interval") else \
+        f"{d['diff']:+.3f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]"
+
+
+def format_table(rows: list[dict], reference: str | None, note: str = "") -> str:
+    """The comparison as text: one line a run."""
+    gold = any(r["gold"] for r in rows)
+    judge = any(r["judge_win_tie"] for r in rows)
+    metric = "gold" if gold else "reward"
+    w = max(8, *(len(r["label"]) for r in rows)) + 2
+    diff_head = f"{reference or chr(8212)} − run ({metric}) [95% CI]"
+    dw = max(28, len(diff_head)) + 2
+    head = (f"{'run':<{w}}{'eval-RM ± SE':>17}" + (f"{'gold ± SE':>17}" if gold else "") +
+            f"{'ROUGE-L':>9}{'tokens':>8}{'RM tok/prompt':>15}{'wall s/prompt':>15}{'tok/s':>8}"
+            f"{diff_head:>{dw}}" + (f"{'judge: ref. win-tie %':>23}" if judge else ""))
+    lines = [head]
+    for r in rows:
+        d = (r["reference_minus_this"] or {}).get(metric)
+        jw = r["judge_win_tie"]
+        jtext = "—" if not jw or jw["rate"] is None else \
+            f"{100 * jw['rate']:.0f} [{100 * jw['interval'][0]:.0f}, {100 * jw['interval'][1]:.0f}]"
+        rouge = "—" if r["rouge_l"] is None else f"{r['rouge_l']:.3f}"
+        lines.append(f"{r['label']:<{w}}{_mean_se(r['reward']):>17}" + (f"{_mean_se(r['gold']):>17}" if gold else "") +
+                     f"{rouge:>9}{r['mean_tokens'] or 0:>8.1f}{r['reward_tokens_per_prompt']:>15.0f}"
+                     f"{r['wall_s_per_prompt']:>15.3f}{r['tokens_per_s']:>8.0f}{_diff(d) if r['label'] != reference else 'reference':>{dw}}"
+                     + (f"{jtext:>23}" if judge else ""))
+    lines.append("(± is the standard error over prompts, each prompt's samples averaged first; ROUGE-L between a "
+                 "prompt's samples, lower = more diverse; RM tok/prompt = tokens the guidance reward model read; "
+                 "wall s/prompt = the rows' shares of their micro-batches; reference − run: the paired difference "
+                 "over shared prompts, mean and 95% interval" + (f"; {note}" if note else "") + ")")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path, reference: str | None) -> list[str]:
+    """Mean reward (gold when given, else the evaluation RM's; ± SE) against the guidance reward
+    model's tokens and against wall seconds per prompt: one curve a method, budgets as its points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "gold" if any(r["gold"] for r in rows) else "reward"
+    usable = [r for r in rows if r[metric] and r[metric].get("mean") is not None]
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    names = []
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in usable))}
+    for key, xlabel, name in (("reward_tokens_per_prompt", "reward-model tokens read per prompt", "reward_vs_rm_tokens.png"),
+                              ("wall_s_per_prompt", "wall seconds per prompt", "reward_vs_wall_s.png")):
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        for method in colors:
+            mine = sorted((r for r in usable if r["method"] == method), key=lambda r: r[key])
+            if all(r[key] > 0 for r in mine):
+                ax.errorbar([r[key] for r in mine], [r[metric]["mean"] for r in mine],
+                            yerr=[r[metric]["se"] for r in mine], marker="o", capsize=3, label=method,
+                            color=colors[method])
+                for r in mine:
+                    if r["budget"]:
+                        ax.annotate(r["budget"], (r[key], r[metric]["mean"]), fontsize=7, xytext=(3, 3),
+                                    textcoords="offset points")
+            else:  # no cost on this axis (top-k reads no reward model): a level to beat
+                ax.axhline(mine[0][metric]["mean"], color=colors[method], lw=1, ls=":", label=f"{method} (no RM)")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"mean {'gold reward' if metric == 'gold' else 'evaluation-RM reward'} (± SE over prompts)")
+        ax.set_title("Reward per unit of compute" + (f" (reference: {reference})" if reference else ""))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / name, dpi=120)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def run_compare(config: GenerateConfig, spec: CompareConfig, models=None, progress: bool = True) -> dict:
+    """``pargs-batch compare``: plan the runs, generate and evaluate them, print and write the table
+    and plots; returns what ``compare.json`` holds."""
+    out = Path(spec.output_dir)
+    runs = plan_runs(config, spec)
+    evaluation = spec.evaluation
+    done = compare_runs(config, runs, evaluation, out, spec.reference, spec.overwrite, models, progress)
+    rows = table_rows(runs, done)
+    notes = [f"{name} guided by {r if isinstance(r, str) else r['path']}" for name, r in spec.rewards.items()]
+    text = format_table(rows, done["reference"], "; ".join(notes))
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"llm": config.model.path, "reward_model": config.reward.path or None,
+              "evaluation_model": (evaluation.get("reward") or {}).get("path"),
+              "gold_reward": evaluation.get("gold_reward"),
+              "prompts": config.data.source, "reference": done["reference"], "rows": rows,
+              "plots": plot(rows, out, done["reference"]), "report": str(out / "report" / "report.md"),
+              "engines": done["engines"],
+              "generate_seconds": done["generate_seconds"], "seconds": done["seconds"]}
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    (out / "compare.md").write_text("# Comparison\n\n```\n" + text + "\n```\n\n" +
+                                    "\n".join(f"![{p}](plots/{p})" for p in result["plots"]) + "\n")
+    console.show("\n" + text)
+    console.say(f"compare: {len(runs)} runs in {result['seconds']} s; table, plots, report and runs in {out}/")
+    return result
+
+
+def parse_budget(text: str) -> tuple[str, str, list[Any]]:
+    """``pargs.top_k=2,5,10`` -> ("pargs", "top_k", [2, 5, 10]) (values read as YAML scalars)."""
+    import yaml
+
+    head, sep, values = text.partition("=")
+    method, dot, key = head.rpartition(".")
+    if not (sep and dot and method and key and values):
+        raise ConfigError("--budget", text, "METHOD.KEY=V1,V2,... e.g. pargs.top_k=2,5,10")
+    return method, key, [yaml.safe_load(v) for v in values.split(",")]
