@@ -1,9 +1,14 @@
 """Helpers the test modules share (configs on the tiny world, generation with models already loaded,
-the duplicate-id case); fixtures are in conftest.py."""
+the duplicate-id case, the docs' code blocks run as a reader runs them); fixtures are in conftest.py."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 SMALL_ACTOR = {"num_cpus": 0.25}  # two CPUs must hold every actor of a Ray test
 
@@ -66,3 +71,27 @@ def check_duplicates(rows: list[dict], num_samples: int) -> None:
     assert all(r["prompt"] == "a different prompt" for r in bad)
     # one micro-batch's rows stay in input order, the repeat in its own place (third of four)
     assert [r["error"] is not None for r in rows] == [i // num_samples == 2 for i in range(4 * num_samples)]
+
+
+SKIP = "<!-- not run by tests/"
+BLOCK = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>bash|python)\n(?P<code>.*?)```", re.S)
+
+
+def doc_blocks(path: Path) -> list[tuple[str, str]]:
+    """(language, code) of each bash/python block of a docs page, less those marked as not run."""
+    return [(m["lang"], m["code"]) for m in BLOCK.finditer(path.read_text()) if not m["before"].startswith(SKIP)]
+
+
+def reader_dir(world, chat_world, tmp_path) -> dict:
+    """A reader's directory and shell: four prompts of the world, the models in $LLM, $RM, $EVAL_RM."""
+    rows = [line for line in open(world["prompts"])][:4]
+    (tmp_path / "prompts.jsonl").write_text("".join(rows))
+    return dict(os.environ, LLM=chat_world["llm"], RM=chat_world["reward_model"], EVAL_RM=world["reward_model_init"],
+                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def run_block(lang: str, code: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    command = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{lang} block failed:\n{code}\n{result.stderr[-3000:]}"
+    return result

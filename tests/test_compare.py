@@ -4,17 +4,17 @@ evaluation (a separate evaluation RM, the gold reward, paired differences), a ta
 bad compare settings fail before any model loads, naming the key."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from pargs_batch.cli import main
 from pargs_batch.starter import write_starter
 
-CLI = str(Path(sys.executable).parent / "pargs-batch")
+from helpers import base_config, doc_blocks, reader_dir, run_block
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def user_config(world, chat_world, tmp_path) -> Path:
@@ -26,43 +26,70 @@ def user_config(world, chat_world, tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_compare_runs_methods_and_budgets_on_one_engine_then_one_evaluation(world, chat_world, tmp_path):
-    config = user_config(world, chat_world, tmp_path)
-    # ARGS guided by another reward model (a plain-text one), as its paper has a full-sequence RM
-    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({
-        "rewards": {"args": {"path": world["reward_model"], "input": "template"}},
-        "evaluation": {"reward": {"path": world["reward_model_init"]},
-                       "gold_reward": "experiments.world.tiny:gold_reward"}}))
-    result = subprocess.run([CLI, "compare", "--config", str(config), "--compare", str(tmp_path / "compare.yaml"),
-                             "--budget", "pargs.top_k=2,5", "--out", str(tmp_path / "cmp"), "--no-progress",
-                             "decode.max_new_tokens=8", "decode.num_samples=2"],
-                            capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "cmp"
+def test_the_docs_command_line_compare_runs_as_written(world, chat_world, tmp_path):
+    """Six runs (five methods, PARGS at two k) on one engine, then one evaluation, a table and plots."""
+    env = reader_dir(world, chat_world, tmp_path)
+    (lang, code), _ = doc_blocks(ROOT / "docs" / "compare.md")[:2]
+    printed = run_block(lang, code, tmp_path, env).stdout
+    out = tmp_path / "outputs" / "compare"
     done = json.loads((out / "compare.json").read_text())
     labels = ["topk", "args", "pargs-greedy", "pargs top_k=2", "pargs top_k=5", "best-of-n"]
     assert [r["label"] for r in done["rows"]] == labels
     assert done["reference"] == "pargs top_k=2" and done["engines"] == 1  # one vLLM engine for all six
     for row in done["rows"]:
-        assert row["rows"] == 12 and row["error_rows"] == 0
-        assert row["reward"]["se"] >= 0 and row["gold"]["mean"] is not None and row["rouge_l"] is not None
-        if row["label"] == "pargs top_k=2":
-            assert row["reference_minus_this"] is None
-        else:
-            assert set(row["reference_minus_this"]) == {"reward", "gold"}
+        assert row["rows"] == 8 and row["error_rows"] == 0  # 4 prompts x 2 samples
+        assert row["reward"]["se"] >= 0 and row["rouge_l"] is not None and row["gold"] is None
+        assert (row["reference_minus_this"] is None) == (row["label"] == "pargs top_k=2")
         # the cost each run spent: top-k reads no reward model, the guided methods do
         assert (row["reward_tokens_per_prompt"] > 0) == (row["method"] != "topk")
+        assert row["wall_s_per_prompt"] > 0 and row["mean_tokens"] <= 16
     by = {r["label"]: r for r in done["rows"]}
     assert by["pargs top_k=5"]["reward_tokens_per_prompt"] > by["pargs top_k=2"]["reward_tokens_per_prompt"]
-    # each run is an ordinary generate output, with the config it ran
-    args_config = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_schema(
-        next((out / "runs" / "args").glob("part-*.parquet"))).metadata[b"pargs_batch.config"])
-    assert args_config["reward"]["path"] == world["reward_model"] and args_config["decode"]["method"] == "args"
-    assert (out / "report" / "report.md").exists()
-    assert all((out / "plots" / name).stat().st_size > 0 for name in done["plots"]) and len(done["plots"]) == 2
+    assert by["args"]["rouge_l"] == pytest.approx(1.0)  # greedy: both samples the same reply
+    # each run is an ordinary generate output with the config it ran; the override reached every run
+    for label, slug in (("args", "args"), ("pargs top_k=5", "pargs_top_k5")):
+        meta = pq.read_schema(next((out / "runs" / slug).glob("part-*.parquet"))).metadata
+        ran = json.loads(meta[b"pargs_batch.config"])
+        assert ran["decode"]["max_new_tokens"] == 16 and ran["reward"]["path"] == chat_world["reward_model"]
+        assert (ran["decode"]["method"], ran["decode"]["top_k"]) == (("args", 10) if label == "args" else ("pargs", 5))
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["evaluation_model"] == world["reward_model_init"] and len(report["paired"]) == 5
+    assert all(p["a"] == "pargs top_k=2" for p in report["paired"])
+    assert len(done["plots"]) == 2 and all((out / "plots" / name).stat().st_size > 0 for name in done["plots"])
     table = (out / "compare.md").read_text()
-    assert all(label in table for label in labels) and "gold ± SE" in table
-    assert "pargs top_k=2 − run (gold)" in result.stdout  # printed as well as written
+    assert all(label in table for label in labels) and "pargs top_k=2 − run (reward)" in printed
+
+
+@pytest.mark.slow
+def test_the_docs_python_compare_runs_as_written(world, chat_world, tmp_path):
+    env = reader_dir(world, chat_world, tmp_path)
+    (_, shell), (lang, code) = doc_blocks(ROOT / "docs" / "compare.md")[:2]
+    run_block("bash", shell.splitlines()[0], tmp_path, env)  # init writes pargs.yaml
+    printed = run_block(lang, code, tmp_path, env).stdout.splitlines()
+    done = json.loads((tmp_path / "outputs" / "compare-beta" / "compare.json").read_text())
+    assert [r["label"] for r in done["rows"]] == ["topk", "pargs beta=0.5", "pargs beta=2"]
+    assert [line.split()[0] for line in printed[-3:]] == ["topk", "pargs", "pargs"]
+
+
+def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, tmp_path):
+    from pargs_batch.compare import CompareConfig, plan_runs, run_configs
+    from pargs_batch.config import GenerateConfig
+
+    config = GenerateConfig.from_dict(base_config(world, tmp_path))
+    spec = CompareConfig.from_dict({
+        "methods": ["topk", "args", "blockwise"], "evaluation": {"gold_reward": "experiments.world.tiny:gold_reward"},
+        "budgets": {"blockwise": {"block_tokens": [4, 8], "n_candidates": [2, 4]}},
+        "rewards": {"args": world["reward_model_init"], "blockwise": {"path": world["reward_model"], "batch_size": 8}}})
+    runs = plan_runs(config, spec)
+    assert [r.label for r in runs] == ["topk", "args", "blockwise block_tokens=4 n_candidates=2",
+                                       "blockwise block_tokens=4 n_candidates=4", "blockwise block_tokens=8 n_candidates=2",
+                                       "blockwise block_tokens=8 n_candidates=4"]
+    configs = run_configs(config, runs, tmp_path / "cmp", overwrite=False)
+    assert configs["args"].reward.path == world["reward_model_init"] and configs["topk"].reward.path == world["reward_model"]
+    last = configs["blockwise block_tokens=8 n_candidates=4"]
+    assert (last.decode.block_tokens, last.decode.n_candidates, last.reward.batch_size) == (8, 4, 8)
+    assert last.decode.beta == config.decode.beta and last.data == config.data  # the rest is the config's
+    assert last.output.path == str(tmp_path / "cmp" / "runs" / "blockwise_block_tokens8_n_candidates4")
 
 
 @pytest.mark.parametrize("argv, message", [

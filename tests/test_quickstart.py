@@ -2,23 +2,16 @@
 the install) runs in order in one directory, on the tiny chat model (chat template, two end ids) and
 a chat reward model built offline; the README's quickstart blocks are the docs' own."""
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import doc_blocks as blocks
+from helpers import reader_dir as quickstart_dir
+from helpers import run_block
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = "<!-- not run by tests/test_quickstart.py"
-BLOCK = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>bash|python)\n(?P<code>.*?)```", re.S)
-
-
-def blocks(path: Path) -> list[tuple[str, str]]:
-    """(language, code) of each bash/python block, less those marked as not run."""
-    return [(m["lang"], m["code"]) for m in BLOCK.finditer(path.read_text()) if not m["before"].startswith(SKIP)]
 
 
 def test_the_readme_shows_the_docs_quickstart_blocks():
@@ -27,20 +20,6 @@ def test_the_readme_shows_the_docs_quickstart_blocks():
     assert [lang for lang, _ in docs] == ["bash", "python"]
     for block in docs:
         assert block in readme, f"README.md lacks the quickstart's {block[0]} block as written"
-
-
-def quickstart_dir(world, chat_world, tmp_path):
-    """The reader's directory and shell: four prompts of the world, the models in $LLM, $RM, $EVAL_RM."""
-    rows = [line for line in open(world["prompts"])][:4]
-    (tmp_path / "prompts.jsonl").write_text("".join(rows))
-    return dict(os.environ, LLM=chat_world["llm"], RM=chat_world["reward_model"], EVAL_RM=world["reward_model_init"],
-                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-
-
-def run_block(lang: str, code: str, cwd: Path, env: dict) -> None:
-    command = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{lang} block failed:\n{code}\n{result.stderr[-3000:]}"
 
 
 def check_run(path: Path, chat_world) -> None:
