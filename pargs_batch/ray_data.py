@@ -174,5 +174,27 @@ def build_processor(config: GenerateConfig | dict | str | Path, *,
         raise ConfigError("concurrency", concurrency, "expected a positive integer or a (min, max) pair of them")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError("batch_size", batch_size, "expected a positive integer")
+    check_unused(config)
     check_models(config)
     return Processor(config, preprocess, postprocess, concurrency, batch_size)
+
+
+# keys of generate's Ray pool and reader that have no meaning in a stage, and what to do instead
+UNUSED = {
+    ("data", "limit"): "limit the dataset in the pipeline (ds.limit(n))",
+    ("ray", "num_reward_actors"): "each actor scores with its own reward model",
+    ("ray", "reward_resources"): "each actor scores with its own reward model, on the actor's resources",
+    ("ray", "inflight_per_worker"): "Ray Data decides how many batches each actor is given",
+    ("ray", "max_retries"): "Ray Data's own retries apply (DataContext, max_restarts)",
+}
+
+
+def check_unused(config: GenerateConfig) -> None:
+    """A key set away from its default that the stage would silently not use is refused, naming it."""
+    defaults = GenerateConfig.__dataclass_fields__
+    for (section, key), instead in UNUSED.items():
+        value = getattr(getattr(config, section), key)
+        default = getattr(defaults[section].default_factory(), key)
+        if value != default:
+            raise ConfigError(f"{section}.{key}", value, f"left at {default!r}: the Ray Data stage does not use "
+                              f"it ({instead})")

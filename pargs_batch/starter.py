@@ -79,12 +79,14 @@ def first_records(data: str, split: str) -> list[dict]:
     from pargs_batch.config import DataConfig
     from pargs_batch.io import PromptSource
 
+    config = DataConfig(source=data, split=split)
     try:
-        source = PromptSource(DataConfig(source=data, split=split), check_columns=False)
+        rows = (PromptSource(config, check_columns=False).records() if config.is_file
+                else hub_records(config))
     except ConfigError as e:
         raise ConfigError("--data", data, e.allowed) from None
     records = []
-    for record in source.records():
+    for record in rows:
         if "__error__" not in record:
             records.append(record)
         if len(records) >= SAMPLE_ROWS:
@@ -92,6 +94,17 @@ def first_records(data: str, split: str) -> list[dict]:
     if not records:
         raise ConfigError("--data", data, "no readable row")
     return records
+
+
+def hub_records(config) -> Any:
+    """A Hugging Face dataset's rows, streamed: the first rows without downloading the whole split."""
+    import datasets
+
+    try:
+        return iter(datasets.load_dataset(config.source, config.subset, split=config.split, streaming=True))
+    except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise ConfigError("data.source", config.source,
+                          f"could not load it as a Hugging Face dataset ({e.__class__.__name__})") from None
 
 
 def is_conversation(value: Any) -> bool:

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_importing_the_package_loads_no_model_library():
-    code = ("import sys, pargs_batch as pb; assert callable(pb.generate) and callable(pb.evaluate); "
+    code = ("import sys, pargs_batch as pb; assert callable(pb.generate) and callable(pb.evaluate) and callable(pb.compare); "
+            "pb.CompareConfig; "
             "print(sorted(m for m in ('torch', 'vllm', 'transformers', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -93,10 +94,11 @@ def test_generate_read_output_and_evaluate_as_a_user_calls_them(world, tmp_path,
 
 
 def test_the_cli_commands_call_the_python_api():
-    """generate and evaluate reach the library through pargs_batch.api, not the functions below it."""
+    """generate, evaluate and compare reach the library through pargs_batch.api, not the functions below it."""
     tree = ast.parse((ROOT / "pargs_batch" / "cli.py").read_text())
     called = {node.func.attr for node in ast.walk(tree)
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and isinstance(node.func.value, ast.Name) and node.func.value.id == "api"}
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
-    assert {"generate", "evaluate"} <= called and not imported & {"run_generate", "run_evaluate"}
+    assert {"generate", "evaluate", "compare"} <= called
+    assert not imported & {"run_generate", "run_evaluate", "run_compare", "compare_runs"}

@@ -25,6 +25,10 @@ def user_config(world, chat_world, tmp_path) -> Path:
     return out
 
 
+def test_the_readme_shows_the_docs_compare_block():
+    assert doc_blocks(ROOT / "docs" / "compare.md")[0] in doc_blocks(ROOT / "README.md")
+
+
 @pytest.mark.slow
 def test_the_docs_command_line_compare_runs_as_written(world, chat_world, tmp_path):
     """Six runs (five methods, PARGS at two k) on one engine, then one evaluation, a table and plots."""

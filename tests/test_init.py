@@ -96,3 +96,17 @@ def test_an_existing_file_is_kept_without_force(world, tmp_path):
     with pytest.raises(pb.ConfigError, match="--force replaces it"):
         write_starter(out, world["llm"], None, world["prompts"])
     assert out.read_text() == "# mine\n"
+
+
+def test_a_hub_dataset_is_streamed_for_its_first_rows(tmp_path):
+    """A dataset name (here a local dataset directory, read by `datasets.load_dataset` as a hub id
+    would be) is read in streaming mode: its first rows, not the whole split."""
+    from pargs_batch.starter import SAMPLE_ROWS, first_records
+
+    (tmp_path / "ds").mkdir()
+    rows = [{"id": f"q{i}", "question": f"question number {i}"} for i in range(SAMPLE_ROWS + 50)]
+    (tmp_path / "ds" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = first_records(str(tmp_path / "ds"), "train")
+    assert records == rows[:SAMPLE_ROWS]
+    with pytest.raises(pb.ConfigError, match=r"--data=.*could not load it as a Hugging Face dataset"):
+        first_records(str(tmp_path / "no-such-dataset"), "train")

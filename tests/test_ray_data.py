@@ -72,6 +72,11 @@ def test_a_stage_without_an_id_column_or_with_a_bad_value_is_refused_before_mode
         build_processor(dict(cfg, data={"id_column": "id"}), decode={"beta": "x"})
     with pytest.raises(ConfigError, match=r"concurrency=0"):
         build_processor(dict(cfg, data={"id_column": "id"}), concurrency=0)
+    # keys of generate's reader and Ray pool that a stage would not use are refused, not ignored
+    with pytest.raises(ConfigError, match=r"data\.limit=5 .*left at None.*ds\.limit"):
+        build_processor(dict(cfg, data={"id_column": "id", "limit": 5}))
+    with pytest.raises(ConfigError, match=r"ray\.num_reward_actors=1 .*own reward model"):
+        build_processor(dict(cfg, data={"id_column": "id"}), ray={"num_reward_actors": 1})
 
 
 def test_missing_or_clashing_columns_are_refused_before_any_actor_starts(ray_local, world, tmp_path):
