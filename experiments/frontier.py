@@ -206,41 +206,10 @@ def format_tables(result: dict) -> str:
 
 
 def plot(rows: list[dict], out: Path) -> list[str]:
-    """Mean gold (± SE over prompts) against RM FLOPs and against wall seconds per prompt, one curve a method."""
-    import matplotlib
+    """Mean gold (± SE over prompts) against RM FLOPs and against wall seconds per prompt, one curve
+    a method, Best-of-16 as the reference line (compare's plot with the frontier's axes)."""
+    from pargs_batch.compare import plot as compare_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    ref = next((r for r in rows if r["label"] == REFERENCE), None)
-    names = []
-    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}  # alike in both plots
-    for key, xlabel, name in (("rm_flops_per_prompt", "reward-model FLOPs per prompt", "gold_vs_rm_flops.png"),
-                              ("wall_s_per_prompt", "wall seconds per prompt (this CPU)", "gold_vs_wall_s.png")):
-        fig, ax = plt.subplots(figsize=(7.5, 5))
-        for method in dict.fromkeys(r["method"] for r in rows):
-            mine = sorted((r for r in rows if r["method"] == method and r[key] > 0), key=lambda r: r[key])
-            if not mine:
-                continue
-            ax.errorbar([r[key] for r in mine], [r["gold"]["mean"] for r in mine],
-                        yerr=[r["gold"]["se"] for r in mine], marker="o", capsize=3, label=method,
-                        color=colors[method])
-            for r in mine:
-                ax.annotate(r["budget"], (r[key], r["gold"]["mean"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        topk = next((r for r in rows if r["method"] == "topk"), None)
-        if topk is not None:
-            ax.axhline(topk["gold"]["mean"], color="grey", lw=1, ls=":", label="top-k sampling (no RM)")
-        if ref is not None:
-            ax.axhline(ref["gold"]["mean"], color="black", lw=1, ls="--", label=f"{REFERENCE} (reference)")
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("mean gold reward (± SE over prompts)")
-        ax.set_title("Reward per unit of compute")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "plots" / name, dpi=120)
-        plt.close(fig)
-        names.append(name)
-    return names
+    return compare_plot(rows, out, REFERENCE, axes=(
+        ("rm_flops_per_prompt", "reward-model FLOPs per prompt", "gold_vs_rm_flops.png"),
+        ("wall_s_per_prompt", "wall seconds per prompt (this CPU)", "gold_vs_wall_s.png")))

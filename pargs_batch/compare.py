@@ -299,21 +299,28 @@ def format_table(rows: list[dict], reference: str | None, note: str = "") -> str
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], out: Path, reference: str | None) -> list[str]:
-    """Mean reward (gold when given, else the evaluation RM's; ± SE) against the guidance reward
-    model's tokens and against wall seconds per prompt: one curve a method, budgets as its points."""
+AXES = (("reward_tokens_per_prompt", "reward-model tokens read per prompt", "reward_vs_rm_tokens.png"),
+        ("wall_s_per_prompt", "wall seconds per prompt", "reward_vs_wall_s.png"))
+
+
+def plot(rows: list[dict], out: Path, reference: str | None, axes=AXES, title: str = "Reward per unit of compute"
+         ) -> list[str]:
+    """Mean reward (gold when given, else the evaluation RM's; ± SE) against each of ``axes``' cost
+    per prompt ((row key, label, file name), x log): a curve a method, its budgets as points; a
+    method that costs nothing on an axis (top-k reads no reward model) as a level to beat, and the
+    reference run as a dashed one. Returns the files written under ``out/plots``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = "gold" if any(r["gold"] for r in rows) else "reward"
-    usable = [r for r in rows if r[metric] and r[metric].get("mean") is not None]
+    metric = "gold" if any(r.get("gold") for r in rows) else "reward"
+    usable = [r for r in rows if r.get(metric) and r[metric].get("mean") is not None]
+    ref = next((r for r in usable if r["label"] == reference), None)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     names = []
-    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in usable))}
-    for key, xlabel, name in (("reward_tokens_per_prompt", "reward-model tokens read per prompt", "reward_vs_rm_tokens.png"),
-                              ("wall_s_per_prompt", "wall seconds per prompt", "reward_vs_wall_s.png")):
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in usable))}  # alike in every plot
+    for key, xlabel, name in axes:
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for method in colors:
             mine = sorted((r for r in usable if r["method"] == method), key=lambda r: r[key])
@@ -325,12 +332,14 @@ def plot(rows: list[dict], out: Path, reference: str | None) -> list[str]:
                     if r["budget"]:
                         ax.annotate(r["budget"], (r[key], r[metric]["mean"]), fontsize=7, xytext=(3, 3),
                                     textcoords="offset points")
-            else:  # no cost on this axis (top-k reads no reward model): a level to beat
+            else:
                 ax.axhline(mine[0][metric]["mean"], color=colors[method], lw=1, ls=":", label=f"{method} (no RM)")
+        if ref is not None:
+            ax.axhline(ref[metric]["mean"], color="black", lw=1, ls="--", label=f"{reference} (reference)")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"mean {'gold reward' if metric == 'gold' else 'evaluation-RM reward'} (± SE over prompts)")
-        ax.set_title("Reward per unit of compute" + (f" (reference: {reference})" if reference else ""))
+        ax.set_title(title)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "plots" / name, dpi=120)
