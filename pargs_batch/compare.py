@@ -250,7 +250,8 @@ def table_rows(runs: list[Run], done: dict) -> list[dict]:
             "label": run.label, "method": run.method, "budget": run.budget, "rows": r["rows"],
             "error_rows": r["error_rows"], "reward": r.get("reward"), "gold": r.get("gold"),
             "rouge_l": r["diversity"]["rouge_l"], "mean_tokens": r["mean_tokens"],
-            "tokens_per_s": summaries[run.label].tokens_per_s,
+            # this invocation's speed; None for a run it only resumed (nothing left to make)
+            "tokens_per_s": summaries[run.label].tokens_per_s if summaries[run.label].rows else None,
             "reward_tokens_per_prompt": cost.get("reward_tokens", 0) / prompts,
             "reward_calls_per_prompt": cost.get("reward_calls", 0) / prompts,
             "llm_tokens_per_prompt": (cost.get("llm_prefill_tokens", 0) + cost.get("llm_decode_tokens", 0)) / prompts,
@@ -288,13 +289,15 @@ def format_table(rows: list[dict], reference: str | None, note: str = "") -> str
         jtext = "—" if not jw or jw["rate"] is None else \
             f"{100 * jw['rate']:.0f} [{100 * jw['interval'][0]:.0f}, {100 * jw['interval'][1]:.0f}]"
         rouge = "—" if r["rouge_l"] is None else f"{r['rouge_l']:.3f}"
+        speed = "—" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"
         lines.append(f"{r['label']:<{w}}{_mean_se(r['reward']):>17}" + (f"{_mean_se(r['gold']):>17}" if gold else "") +
                      f"{rouge:>9}{r['mean_tokens'] or 0:>8.1f}{r['reward_tokens_per_prompt']:>15.0f}"
-                     f"{r['wall_s_per_prompt']:>15.3f}{r['tokens_per_s']:>8.0f}{_diff(d) if r['label'] != reference else 'reference':>{dw}}"
+                     f"{r['wall_s_per_prompt']:>15.3f}{speed:>8}{_diff(d) if r['label'] != reference else 'reference':>{dw}}"
                      + (f"{jtext:>23}" if judge else ""))
     lines.append("(± is the standard error over prompts, each prompt's samples averaged first; ROUGE-L between a "
                  "prompt's samples, lower = more diverse; RM tok/prompt = tokens the guidance reward model read; "
-                 "wall s/prompt = the rows' shares of their micro-batches; reference − run: the paired difference "
+                 "wall s/prompt = the rows' shares of their micro-batches; tok/s = this invocation's (— for a run it only "
+                 "resumed); reference − run: the paired difference "
                  "over shared prompts, mean and 95% interval" + (f"; {note}" if note else "") + ")")
     return "\n".join(lines)
 

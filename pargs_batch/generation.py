@@ -123,20 +123,28 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
     o = config.output
     run = RunDir(o.path, config.identity(), metadata, o.compression, overwrite=o.overwrite,
                  rows_per_file=o.rows_per_file, target_file_mb=o.target_file_mb)
-    records, started = None, time.perf_counter()
-    if isinstance(models, Models):
-        models = models.for_config(config)
-    if models is not None:
-        pool = LocalPool(DecodeWorker.from_models(config, *models))
-    elif config.ray.enabled:
+    records = None
+    if models is None and config.ray.enabled:
         init_ray(config.ray.address)
-        pool = RayPool(config)
         records = source.ray_records()
-    else:
-        pool = LocalPool(DecodeWorker(config))
+    pool, startup, guidance = None, 0.0, []
 
-    startup = time.perf_counter() - started
-    guidance = [g for g in pool.guide_info() if g] if guides_in_engine(config) else []
+    def start_pool():
+        """The models load at the first micro-batch left to make: a finished run loads nothing."""
+        nonlocal pool, startup, guidance, models
+        started = time.perf_counter()
+        if isinstance(models, Models):
+            models = models.for_config(config)
+        if models is not None:
+            pool = LocalPool(DecodeWorker.from_models(config, *models))
+        elif config.ray.enabled:
+            pool = RayPool(config)
+        else:
+            pool = LocalPool(DecodeWorker(config))
+        startup = time.perf_counter() - started
+        guidance = [g for g in pool.guide_info() if g] if guides_in_engine(config) else []
+        return pool
+
     totals, row_maker = Totals(), RowMaker(config.decode, config.model.path, config.reward.label or None)
     bar = tqdm(desc=f"generate {config.decode.method}", unit="row", disable=not progress,
                file=console.err)
@@ -161,15 +169,17 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
 
     try:
         for prompts in source.batches(config.decode.micro_batch_size, records, skip=run.is_finished):
+            pool = pool or start_pool()
             while pool.pending() >= pool.capacity:
                 write_next()
             pool.submit(prompts, prompts)
-        while pool.pending():
+        while pool is not None and pool.pending():
             write_next()
         run.close()
     finally:
         bar.close()
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
 
     wall = time.perf_counter() - totals.start
     summary = RunSummary(

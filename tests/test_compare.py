@@ -63,6 +63,13 @@ def test_the_docs_command_line_compare_runs_as_written(world, chat_world, tmp_pa
     table = (out / "compare.md").read_text()
     assert all(label in table for label in labels) and "pargs top_k=2 − run (reward)" in printed
 
+    # the same command again resumes every finished run: no model loads, the same figures
+    run_block(lang, code.split("\n", 1)[1], tmp_path, env)
+    again = json.loads((out / "compare.json").read_text())
+    assert again["engines"] == 0 and all(r["tokens_per_s"] is None for r in again["rows"])
+    assert [(r["label"], r["reward"], r["rouge_l"]) for r in again["rows"]] == \
+        [(r["label"], r["reward"], r["rouge_l"]) for r in done["rows"]]
+
 
 @pytest.mark.slow
 def test_the_docs_python_compare_runs_as_written(world, chat_world, tmp_path):

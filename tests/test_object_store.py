@@ -58,6 +58,7 @@ def test_write_kill_resume_and_read_back_on_s3(world, models, tmp_path, s3):
     local = build(GenerateConfig, cfg)
     run_generate(local, models=models, progress=False)  # the same run on local disk: the reference
     cfg["output"]["path"] = uri("out")
+    cfg["model"]["enforce_eager"] = True  # each driver starts an engine: eager starts faster, same rows
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, **CREDENTIALS}
