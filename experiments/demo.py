@@ -1,6 +1,6 @@
 """`pargs-batch demo`: the paper's Table 1 in miniature on the default world, offline.
 
-An experiment on top of the library: ``pargs-batch compare`` (``pargs_batch.compare.compare_runs``)
+An experiment on top of the library: ``pargs-batch compare`` (``pargs_batch.comparison.compare_runs``)
 applied to the world, then ``diagnose_models`` and a beta sweep, like any caller.
 
 Builds (or reuses) the default world, generates for its held-out prompts with every method - one
@@ -69,7 +69,7 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
              sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5,
              with_trained_baselines: bool = False) -> dict:
-    from pargs_batch.compare import compare_runs
+    from pargs_batch.comparison import compare_runs
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.models import Models
@@ -131,7 +131,7 @@ JUDGE_KEY_ENV = "PARGS_DEMO_JUDGE_KEY"
 def compare_plan(world: dict, runs, policies: dict):
     """The demo's runs as ``pargs-batch compare`` runs: each a method with its guidance RM (and backend),
     the fine-tuned baselines with their checkpoint as the LLM."""
-    from pargs_batch.compare import Run
+    from pargs_batch.comparison import Run
 
     plan = []
     for r in runs:

@@ -18,7 +18,7 @@ _EXPORTS = {
     "evaluate": "pargs_batch.api",
     "compare": "pargs_batch.api",
     "read_output": "pargs_batch.api",
-    "CompareConfig": "pargs_batch.compare",
+    "CompareConfig": "pargs_batch.comparison",
     "GenerateConfig": "pargs_batch.config",
     "EvalConfig": "pargs_batch.evaluation.config",
     "RunSummary": "pargs_batch.generation",
@@ -29,7 +29,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from pargs_batch.api import compare, evaluate, generate, read_output
-    from pargs_batch.compare import CompareConfig
+    from pargs_batch.comparison import CompareConfig
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError
     from pargs_batch.evaluation.config import EvalConfig

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pargs_batch.compare import CompareConfig
+from pargs_batch.comparison import CompareConfig
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import Loadable
 from pargs_batch.evaluation.config import EvalConfig
@@ -75,10 +75,11 @@ def compare(config: GenerateConfig | dict | str | Path, spec: CompareConfig | di
     pargs-greedy, pargs, best-of-n), ``budgets`` per method, ``rewards`` per method, ``evaluation``
     (at least an evaluation reward model or a gold reward); keyword overrides set its keys
     (``methods=["topk", "pargs"]``, ``evaluation={"reward": {"path": ...}}``). One engine and one scorer
-    per reward model serve every run (``models``: a ``pb.Models`` to keep them for later calls). Returns
+    per reward model serve every run (``models``: a ``pb.Models`` to keep them for later calls; with
+    ``ray.enabled`` each run starts its own Ray pool and ``models`` is not used). Returns
     what ``compare.json`` holds: a row per run (rewards ± SE, diversity, cost per prompt, paired
     difference to the reference run), the plots and the report's path."""
-    from pargs_batch.compare import run_compare
+    from pargs_batch.comparison import run_compare
 
     generate_config = as_config(GenerateConfig, config, {})
     return run_compare(generate_config, as_config(CompareConfig, spec or {}, spec_overrides), models=models,

@@ -63,9 +63,10 @@ def _compare(args) -> int:
     import yaml
 
     from pargs_batch import api
-    from pargs_batch.compare import CompareConfig, parse_budget
+    from pargs_batch.comparison import CompareConfig, parse_budget
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError, apply_overrides, build, load_config
+    from pargs_batch.evaluation.judge import JudgeError
 
     ours = [o for o in args.overrides if o.startswith("compare.")]
     config = load_config(GenerateConfig, args.config, [o for o in args.overrides if o not in ours])
@@ -96,7 +97,12 @@ def _compare(args) -> int:
     if args.overwrite:
         data["overwrite"] = True
     spec = build(CompareConfig, apply_overrides(data, [o[len("compare."):] for o in ours]))
-    result = api.compare(config, spec, progress=not args.no_progress)
+    try:
+        result = api.compare(config, spec, progress=not args.no_progress)
+    except JudgeError as e:
+        console.say(f"judge error: {e} (the runs are kept, and answers already received are in the judge's cache: "
+                    "the same command again resumes)")
+        return 1
     console.show("summary: " + json.dumps({"runs": len(result["rows"]), "reference": result["reference"],
                                            "output": spec.output_dir, "seconds": result["seconds"]}))
     return 0

@@ -30,7 +30,7 @@ class Models:
         from pargs_batch.engine import Engine
 
         tokenizer = model.tokenizer or model.path
-        key = json.dumps([asdict(model), fused, asdict(fused_reward) if fused_reward else None], sort_keys=True)
+        key = engine_key(model, fused_reward, fused)
         if key not in self.engines:
             self.engines[key] = fused_engine(model, fused_reward, tokenizer) if fused else Engine(model)
         return self.engines[key]
@@ -60,6 +60,19 @@ class Models:
         scorer = self.scorer(config.reward, len(tokenizer)) if guided and load_scorer else None
         return self.engine(config.model), tokenizer, scorer
 
+    @staticmethod
+    def engine_key_for(config: GenerateConfig) -> str:
+        """Which engine ``for_config(config)`` uses (equal keys share one)."""
+        if guides_in_engine(config):
+            return engine_key(config.model, config.reward if METHODS[config.decode.method].uses_reward else None, True)
+        return engine_key(config.model, None, False)
+
+    def release(self, keep: set[str]) -> None:
+        """Close the engines whose keys are not in ``keep`` (what later runs need): on a GPU two
+        engines at the default memory share do not fit side by side."""
+        for key in [k for k in self.engines if k not in keep]:
+            self.engines.pop(key).close()
+
     def close(self) -> None:
         """Stop every engine's vLLM engine core now rather than at interpreter exit."""
         for engine in self.engines.values():
@@ -71,6 +84,10 @@ class Models:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def engine_key(model: ModelConfig, fused_reward: RewardConfig | None, fused: bool) -> str:
+    return json.dumps([asdict(model), fused, asdict(fused_reward) if fused_reward else None], sort_keys=True)
 
 
 def fused_engine(model: ModelConfig, reward: RewardConfig | None, tokenizer: str):

@@ -83,7 +83,7 @@ def test_the_docs_python_compare_runs_as_written(world, chat_world, tmp_path):
 
 
 def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, tmp_path):
-    from pargs_batch.compare import CompareConfig, plan_runs, run_configs
+    from pargs_batch.comparison import CompareConfig, plan_runs, run_configs
     from pargs_batch.config import GenerateConfig
 
     config = GenerateConfig.from_dict(base_config(world, tmp_path))
@@ -96,11 +96,31 @@ def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, 
                                        "blockwise block_tokens=4 n_candidates=4", "blockwise block_tokens=8 n_candidates=2",
                                        "blockwise block_tokens=8 n_candidates=4"]
     configs = run_configs(config, runs, tmp_path / "cmp", overwrite=False)
-    assert configs["args"].reward.path == world["reward_model_init"] and configs["topk"].reward.path == world["reward_model"]
+    assert configs["args"].reward.path == world["reward_model_init"]
+    assert configs["topk"].reward.path == "" and configs["topk"].data.weights_column is None  # unguided: no RM
     last = configs["blockwise block_tokens=8 n_candidates=4"]
     assert (last.decode.block_tokens, last.decode.n_candidates, last.reward.batch_size) == (8, 4, 8)
     assert last.decode.beta == config.decode.beta and last.data == config.data  # the rest is the config's
     assert last.output.path == str(tmp_path / "cmp" / "runs" / "blockwise_block_tokens8_n_candidates4")
+
+    # a method's own reward model replaces an ensemble, read by the hf backend unless its entry says
+    causal = GenerateConfig.from_dict(base_config(world, tmp_path, data={"weights_column": "w"}), reward={
+        "path": "", "models": [{"path": world["reward_model"]}, {"path": world["reward_model_init"]}]})
+    spec = CompareConfig.from_dict({"methods": ["topk", "args"], "rewards": {"args": world["reward_model"]},
+                                    "evaluation": {"gold_reward": "experiments.world.tiny:gold_reward"}})
+    configs = run_configs(causal, plan_runs(causal, spec), tmp_path / "cmp2", overwrite=False)
+    assert configs["args"].reward.models == [] and configs["args"].reward.backend == "hf"
+    assert configs["args"].data.weights_column is None
+    assert configs["topk"].data.weights_column is None and configs["topk"].reward.models == []
+
+
+def test_the_table_of_a_one_prompt_run_says_it_has_no_standard_error():
+    from pargs_batch.comparison import format_table
+
+    row = {"label": "pargs", "reward": {"mean": 0.5, "se": None}, "gold": None, "rouge_l": None, "mean_tokens": 3.0,
+           "reward_tokens_per_prompt": 10.0, "wall_s_per_prompt": 0.1, "tokens_per_s": None,
+           "reference_minus_this": None, "judge_win_tie": None}
+    assert "0.500 ± —" in format_table([row], "pargs")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -114,6 +134,13 @@ def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, 
     (["--gold-reward", "no_such_module:f"], "evaluation.gold_reward='no_such_module:f'"),
     (["--eval-reward", "{rm_init}", "--reference", "best"], "reference='best'"),
     (["--eval-reward", "{rm_init}", "decode.beta=x"], "decode.beta='x'"),
+    # what the evaluation would refuse after every run was made is refused before any is
+    (["--eval-reward", "{rm_init}", "compare.evaluation.judge.base_url=http://127.0.0.1:9/v1"],
+     "evaluation.judge.model=''"),
+    (["--eval-reward", "{rm_init}", "compare.evaluation.judge.base_url=http://127.0.0.1:9/v1",
+      "compare.evaluation.judge.model=m", "compare.evaluation.judge.api_key_env=PARGS_NO_SUCH_KEY"],
+     "evaluation.judge.api_key_env='PARGS_NO_SUCH_KEY'"),
+    (["--eval-reward", "{rm_init}", "compare.evaluation.paired=[[topk, nope]]"], "evaluation.paired=['topk', 'nope']"),
 ])
 def test_bad_compare_settings_fail_before_any_model_loads(world, chat_world, tmp_path, capfd, argv, message):
     config = user_config(world, chat_world, tmp_path)

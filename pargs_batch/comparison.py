@@ -47,7 +47,7 @@ class CompareConfig(Loadable):
                            "reward.* keys, e.g. {args: path/to/full-sequence-rm} (ARGS is defined with a "
                            "full-sequence one)", factory=dict)
     reference: str | None = option("the run every other is paired with (paired differences, judge); default: "
-                                   "the first pargs run", None)
+                                   "the first pargs run, else the first guided one", None)
     output_dir: str = option("where runs/, report/, compare.md, compare.json and plots/ go", "outputs/compare")
     overwrite: bool = option("start every run over (otherwise a rerun resumes finished and partial runs)", False)
     evaluation: dict = option("the evaluation job's keys (evaluate's configuration: reward, gold_reward, judge, "
@@ -106,14 +106,17 @@ def plan_runs(config: GenerateConfig, spec: CompareConfig) -> list[Run]:
     runs = []
     for name in spec.methods:
         given = spec.rewards.get(name)
-        reward = {"path": given} if isinstance(given, str) else dict(given or {})
+        # another model replaces the config's (its path or its ensemble), scored by the hf backend unless
+        # the entry says otherwise; the config's other reward keys (input, template, ...) stay
+        reward = {"models": [], "backend": "hf", **({"path": given} if isinstance(given, str) else given)} \
+            if given else {}
         grid = spec.budgets.get(name)
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
         for combo in combos:
             budget = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in combo.items())
             overrides = {"decode": {"method": name, **combo}}
-            if reward:
-                overrides["reward"] = reward
+            if reward:  # one model of its own: the ensemble's per-prompt weights do not apply
+                overrides["reward"], overrides["data"] = reward, {"weights_column": None}
             runs.append(Run(f"{name} {budget}".strip(), name, budget, overrides))
     return runs
 
@@ -133,6 +136,9 @@ def run_configs(config: GenerateConfig, runs: list[Run], out_dir: Path, overwrit
         if run.label in configs:
             raise ConfigError("runs", run.label, "each run label once")
         data = merge_overrides(json.loads(json.dumps(base)), run.overrides, GenerateConfig)
+        if not METHODS[data["decode"]["method"]].uses_reward:  # e.g. top-k: no reward model, no weights
+            data["reward"] = {**data["reward"], "path": "", "models": []}
+            data["data"] = {**data["data"], "weights_column": None}
         data["output"] = {**data.get("output", {}), "path": str(out_dir / "runs" / slug(run.label)),
                           "overwrite": overwrite}
         if slug(run.label) in dirs:
@@ -148,26 +154,49 @@ def run_configs(config: GenerateConfig, runs: list[Run], out_dir: Path, overwrit
 
 def reference_label(runs: list[Run], reference: str | None) -> str | None:
     labels = [r.label for r in runs]
-    if reference is None:
-        return next((r.label for r in runs if r.method == "pargs"), None)
+    if reference is None:  # the first pargs run, else the first guided one
+        return next((r.label for r in runs if r.method == "pargs"),
+                    next((r.label for r in runs if METHODS[r.method].uses_reward), None))
     if reference not in labels:
         raise ConfigError("reference", reference, "a run label: " + ", ".join(labels))
     return reference
 
 
 def evaluation_config(evaluation: dict, configs: dict[str, GenerateConfig], out_dir: Path,
-                      reference: str | None) -> EvalConfig:
-    """The one evaluation of every run: ``evaluation``'s keys with the runs, their labels and the pairs."""
+                      reference: str | None, stand_in: bool = False) -> EvalConfig:
+    """The one evaluation of every run: ``evaluation``'s keys with the runs, their labels and the pairs
+    (``stand_in``: an existing directory for each run not made yet, to check the rest before it is)."""
     others = [label for label in configs if label != reference]
     pairs = [[reference, other] for other in others] if reference else []
     data = json.loads(json.dumps(evaluation))
-    data.update(runs=[c.output.path for c in configs.values()], labels=list(configs),
+    runs = ["."] * len(configs) if stand_in else [c.output.path for c in configs.values()]
+    data.update(runs=runs, labels=list(configs),
                 output_dir=str(out_dir / "report"), paired=data.get("paired") or pairs)  # pairs given win
     judge = data.get("judge") or {}
     if judge.get("base_url"):
         judge["pairs"] = judge.get("pairs") or pairs
         data["judge"] = judge
-    return build(EvalConfig, data)
+    try:
+        return build(EvalConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"evaluation.{e.key}", e.value, e.allowed) from None
+
+
+def check_planned_evaluation(evaluation: dict, configs: dict[str, GenerateConfig], out_dir: Path,
+                             reference: str | None) -> None:
+    """Everything the evaluation would refuse after every run was generated, refused before any is:
+    its keys, the pairs' labels, the judge's model and key, the evaluation model."""
+    from pargs_batch.evaluation.judging import check_judge
+    from pargs_batch.evaluation.scoring import pair_labels
+
+    planned = evaluation_config(evaluation, configs, out_dir, reference, stand_in=True)
+    labels = dict.fromkeys(configs)
+    try:
+        pair_labels(planned, labels)
+        check_judge(planned, labels)
+    except ConfigError as e:
+        raise ConfigError(f"evaluation.{e.key}", e.value, e.allowed) from None
+    check_evaluation(planned, configs)
 
 
 def check_evaluation(evaluation: EvalConfig, configs: dict[str, GenerateConfig]) -> None:
@@ -193,8 +222,7 @@ def check_evaluation(evaluation: EvalConfig, configs: dict[str, GenerateConfig])
         return
     mine = os.path.realpath(evaluation.reward.path)
     for label, c in configs.items():
-        if METHODS[c.decode.method].uses_reward and any(
-                m.path and os.path.realpath(m.path) == mine for m, _ in c.reward.members):
+        if any(m.path and os.path.realpath(m.path) == mine for m, _ in c.reward.members):
             raise ConfigError("evaluation.reward.path", evaluation.reward.path,
                               f"is the guidance reward model of run '{label}'; evaluate with a separate model "
                               "or set evaluation.allow_same_model: true")
@@ -211,17 +239,29 @@ def compare_runs(config: GenerateConfig, runs: list[Run], evaluation: dict, out_
     out = Path(out_dir)
     reference = reference_label(runs, reference)
     configs = run_configs(config, runs, out, overwrite)
-    check_evaluation(build(EvalConfig, {**evaluation, "runs": ["."]}, "evaluation."), configs)  # runs: a stand-in
+    check_planned_evaluation(evaluation, configs, out, reference)
     for c in configs.values():
         check_models(c)
     start = time.perf_counter()
     shared = None if config.ray.enabled else (models if models is not None else Models())
     summaries, engines = {}, None
+    # runs that share an engine run one after another (the table keeps the given order), and an
+    # engine no later run needs is closed (when compare owns the models): one engine alive at a time
+    key = Models.engine_key_for
+    first = {}
+    for c in configs.values():
+        first.setdefault(key(c), len(first))
+    order = sorted(configs, key=lambda label: first[key(configs[label])])
+    started = set()
     try:
-        for i, (label, c) in enumerate(configs.items(), 1):
+        for i, label in enumerate(order, 1):
             console.say(f"compare: run {i}/{len(configs)}: {label}")
-            summaries[label] = run_generate(c, models=shared, progress=progress)
-        engines = None if shared is None else len(shared.engines)
+            summaries[label] = run_generate(configs[label], models=shared, progress=progress)
+            if shared is not None:
+                started |= set(shared.engines)
+                if models is None:
+                    shared.release({key(configs[later]) for later in order[i:]})
+        engines = None if shared is None else len(started)
     finally:
         if shared is not None and models is None:
             shared.close()
@@ -230,6 +270,7 @@ def compare_runs(config: GenerateConfig, runs: list[Run], evaluation: dict, out_
     from pargs_batch.evaluation.run import run_evaluate
 
     report = run_evaluate(evaluation_config(evaluation, configs, out, reference), progress=progress)
+    summaries = {label: summaries[label] for label in configs}  # the given order
     return {"configs": configs, "summaries": summaries, "report": report, "reference": reference, "engines": engines,
             "generate_seconds": round(generate_s, 1), "seconds": round(time.perf_counter() - start, 1)}
 
@@ -263,7 +304,9 @@ def table_rows(runs: list[Run], done: dict) -> list[dict]:
 
 
 def _mean_se(stat: dict | None) -> str:
-    return "—" if not stat or stat.get("mean") is None else f"{stat['mean']:.3f} ± {stat['se']:.3f}"
+    if not stat or stat.get("mean") is None:
+        return "—"
+    return f"{stat['mean']:.3f} ± " + ("—" if stat.get("se") is None else f"{stat['se']:.3f}")  # one prompt: no SE
 
 
 def _diff(d: dict | None) -> str:
@@ -329,7 +372,7 @@ def plot(rows: list[dict], out: Path, reference: str | None, axes=AXES, title: s
             mine = sorted((r for r in usable if r["method"] == method), key=lambda r: r[key])
             if all(r[key] > 0 for r in mine):
                 ax.errorbar([r[key] for r in mine], [r[metric]["mean"] for r in mine],
-                            yerr=[r[metric]["se"] for r in mine], marker="o", capsize=3, label=method,
+                            yerr=[r[metric]["se"] or 0.0 for r in mine], marker="o", capsize=3, label=method,
                             color=colors[method])
                 for r in mine:
                     if r["budget"]:
