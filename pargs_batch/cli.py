@@ -86,6 +86,8 @@ def _compare(args) -> int:
         if not sep or not method or not path:
             raise ConfigError("--reward-for", text, "METHOD=PATH, e.g. args=path/to/full-sequence-rm")
         data.setdefault("rewards", {})[method] = path
+    if args.reward_seeds:
+        data["reward_seeds"] = [p.strip() for p in args.reward_seeds.split(",") if p.strip()]
     evaluation = data.setdefault("evaluation", {}) if (args.eval_reward or args.gold_reward) else {}
     if args.eval_reward:
         evaluation.setdefault("reward", {})["path"] = args.eval_reward
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run METHOD at each value of decode KEY, e.g. pargs.top_k=2,5,10 (repeatable)")
     cmp.add_argument("--reward-for", action="append", default=[], metavar="METHOD=PATH",
                      help="guide METHOD with another reward model, e.g. args=path/to/full-sequence-rm (repeatable)")
+    cmp.add_argument("--reward-seeds", metavar="PATH,PATH",
+                     help="other seeds of the config's reward model: each guided run once per seed, the table "
+                          "over seeds and prompts")
     cmp.add_argument("--eval-reward", help="the evaluation reward model (a separate one from the guidance model)")
     cmp.add_argument("--gold-reward", help="a 'module:function' scoring (prompts, responses) -> floats")
     cmp.add_argument("--reference", help="the run every other is paired with (default: the first pargs run)")

@@ -45,7 +45,10 @@ class CompareConfig(Loadable):
                            + ", ".join(BUDGET_KEYS), factory=dict)
     rewards: dict = option("per method, a guidance reward model other than the config's: a path, or a mapping of "
                            "reward.* keys, e.g. {args: path/to/full-sequence-rm} (ARGS is defined with a "
-                           "full-sequence one)", factory=dict)
+                           "full-sequence one); a list of them: that model's seeds", factory=dict)
+    reward_seeds: list[str] = option("other seeds of the config's reward model (its recipe trained again with "
+                                     "another initialisation and data order): every run it guides runs once per "
+                                     "seed, and the table reports each method over seeds and prompts", factory=list)
     reference: str | None = option("the run every other is paired with (paired differences, judge); default: "
                                    "the first pargs run, else the first guided one", None)
     output_dir: str = option("where runs/, report/, compare.md, compare.json and plots/ go", "outputs/compare")
@@ -73,12 +76,15 @@ class CompareConfig(Loadable):
                     raise ConfigError(f"budgets.{name}.{key}", values, "one of " + ", ".join(BUDGET_KEYS))
                 if not isinstance(values, list) or not values:
                     raise ConfigError(f"budgets.{name}.{key}", values, "a non-empty list of values")
-        for name, path in self.rewards.items():
+        for name, given in self.rewards.items():
             if name not in self.methods or not METHODS[name].uses_reward:
-                raise ConfigError(f"rewards.{name}", path, "a reward model for a guided method in methods")
-            if not (isinstance(path, str) and path or isinstance(path, dict) and path.get("path")):
-                raise ConfigError(f"rewards.{name}", path, "a reward model's path or hub id, or a mapping of "
-                                  "reward.* keys with a path")
+                raise ConfigError(f"rewards.{name}", given, "a reward model for a guided method in methods")
+            for path in given if isinstance(given, list) and given else [given]:
+                if not (isinstance(path, str) and path or isinstance(path, dict) and path.get("path")):
+                    raise ConfigError(f"rewards.{name}", given, "a reward model's path or hub id, a mapping of "
+                                      "reward.* keys with a path, or a non-empty list of them (its seeds)")
+        if not isinstance(self.reward_seeds, list) or not all(isinstance(p, str) and p for p in self.reward_seeds):
+            raise ConfigError("reward_seeds", self.reward_seeds, "a list of reward-model paths or hub ids")
         if not isinstance(self.evaluation, dict):
             raise ConfigError("evaluation", self.evaluation, "a mapping of evaluate's keys")
         for key in ("runs", "labels", "output_dir"):
@@ -99,25 +105,44 @@ class Run:
     method: str                  # the curve it belongs to in the plot
     budget: str = ""             # the budget as the table prints it ("" = the config's settings)
     overrides: dict = field(default_factory=dict)  # {section: {key: value}} over the base config
+    seed: int | None = None      # which seed of its reward model, when the comparison has several
+
+    @property
+    def group(self) -> str:
+        """The method at its budget, whatever the seed: what the table across seeds has a row for."""
+        return f"{self.method} {self.budget}".strip()
 
 
 def plan_runs(config: GenerateConfig, spec: CompareConfig) -> list[Run]:
     """The runs ``spec`` asks for, in order: each method at the config's settings or at each budget."""
+    if spec.reward_seeds and config.reward.models:
+        raise ConfigError("reward_seeds", spec.reward_seeds, "seeds of one reward model: the config's reward.path, "
+                          "not an ensemble (reward.models)")
+    # the config's own model (no override), then its other seeds: the same recipe, so the same reward keys
+    own_seeds = [None] + [{"path": p} for p in spec.reward_seeds]
     runs = []
     for name in spec.methods:
         given = spec.rewards.get(name)
         # another model replaces the config's (its path or its ensemble), scored by the hf backend unless
         # the entry says otherwise; the config's other reward keys (input, template, ...) stay
-        reward = {"models": [], "backend": "hf", **({"path": given} if isinstance(given, str) else given)} \
-            if given else {}
+        if not METHODS[name].uses_reward:
+            seeds = [None]
+        elif given is None:
+            seeds = own_seeds
+        else:
+            seeds = [{"models": [], "backend": "hf", **({"path": g} if isinstance(g, str) else g)}
+                     for g in (given if isinstance(given, list) else [given])]
         grid = spec.budgets.get(name)
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
         for combo in combos:
             budget = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in combo.items())
-            overrides = {"decode": {"method": name, **combo}}
-            if reward:  # one model of its own: the ensemble's per-prompt weights do not apply
-                overrides["reward"], overrides["data"] = reward, {"weights_column": None}
-            runs.append(Run(f"{name} {budget}".strip(), name, budget, overrides))
+            for i, reward in enumerate(seeds):
+                overrides = {"decode": {"method": name, **combo}}
+                if reward:  # one model of its own: the ensemble's per-prompt weights do not apply
+                    overrides["reward"], overrides["data"] = {"models": [], **reward}, {"weights_column": None}
+                seed = i if len(seeds) > 1 else None
+                label = f"{name} {budget}".strip() + ("" if seed is None else f" seed={seed}")
+                runs.append(Run(label, name, budget, overrides, seed))
     return runs
 
 
@@ -152,22 +177,33 @@ def run_configs(config: GenerateConfig, runs: list[Run], out_dir: Path, overwrit
     return configs
 
 
-def reference_label(runs: list[Run], reference: str | None) -> str | None:
-    labels = [r.label for r in runs]
-    if reference is None:  # the first pargs run, else the first guided one
-        return next((r.label for r in runs if r.method == "pargs"),
-                    next((r.label for r in runs if METHODS[r.method].uses_reward), None))
-    if reference not in labels:
-        raise ConfigError("reference", reference, "a run label: " + ", ".join(labels))
-    return reference
+def reference_group(runs: list[Run], reference: str | None) -> str | None:
+    """The method (at its budget) every other is paired with: ``reference`` (a run's label or its
+    group's), else the first pargs run's, else the first guided run's."""
+    if reference is None:
+        return next((r.group for r in runs if r.method == "pargs"),
+                    next((r.group for r in runs if METHODS[r.method].uses_reward), None))
+    for r in runs:
+        if reference in (r.label, r.group):
+            return r.group
+    raise ConfigError("reference", reference, "a run label: " + ", ".join(dict.fromkeys(
+        x for r in runs for x in (r.group, r.label))))
+
+
+def reference_pairs(runs: list[Run], group: str | None) -> list[list[str]]:
+    """[reference run, run] for every run outside the reference group: the reference run of the
+    same seed where it has one, else its first."""
+    if group is None:
+        return []
+    mine = {r.seed: r.label for r in runs if r.group == group}
+    first = next(iter(mine.values()))
+    return [[mine.get(r.seed, first), r.label] for r in runs if r.group != group]
 
 
 def evaluation_config(evaluation: dict, configs: dict[str, GenerateConfig], out_dir: Path,
-                      reference: str | None, stand_in: bool = False) -> EvalConfig:
+                      pairs: list[list[str]], stand_in: bool = False) -> EvalConfig:
     """The one evaluation of every run: ``evaluation``'s keys with the runs, their labels and the pairs
     (``stand_in``: an existing directory for each run not made yet, to check the rest before it is)."""
-    others = [label for label in configs if label != reference]
-    pairs = [[reference, other] for other in others] if reference else []
     data = json.loads(json.dumps(evaluation))
     runs = ["."] * len(configs) if stand_in else [c.output.path for c in configs.values()]
     data.update(runs=runs, labels=list(configs),
@@ -183,13 +219,13 @@ def evaluation_config(evaluation: dict, configs: dict[str, GenerateConfig], out_
 
 
 def check_planned_evaluation(evaluation: dict, configs: dict[str, GenerateConfig], out_dir: Path,
-                             reference: str | None) -> None:
+                             pairs: list[list[str]]) -> None:
     """Everything the evaluation would refuse after every run was generated, refused before any is:
     its keys, the pairs' labels, the judge's model and key, the evaluation model."""
     from pargs_batch.evaluation.judging import check_judge
     from pargs_batch.evaluation.scoring import pair_labels
 
-    planned = evaluation_config(evaluation, configs, out_dir, reference, stand_in=True)
+    planned = evaluation_config(evaluation, configs, out_dir, pairs, stand_in=True)
     labels = dict.fromkeys(configs)
     try:
         pair_labels(planned, labels)
@@ -232,14 +268,16 @@ def compare_runs(config: GenerateConfig, runs: list[Run], evaluation: dict, out_
                  reference: str | None = None, overwrite: bool = False, models=None,
                  progress: bool = True) -> dict:
     """Generate every run with shared models, evaluate them in one job, and return
-    ``{"configs", "summaries", "report", "reference", "seconds"}`` (the report: ``pb.evaluate``'s)."""
+    ``{"configs", "summaries", "report", "reference", "seconds"}`` (the report: ``pb.evaluate``'s;
+    the reference: the group every other is paired with)."""
     from pargs_batch.generation import check_models, run_generate
     from pargs_batch.models import Models
 
     out = Path(out_dir)
-    reference = reference_label(runs, reference)
+    reference = reference_group(runs, reference)
+    pairs = reference_pairs(runs, reference)
     configs = run_configs(config, runs, out, overwrite)
-    check_planned_evaluation(evaluation, configs, out, reference)
+    check_planned_evaluation(evaluation, configs, out, pairs)
     for c in configs.values():
         check_models(c)
     start = time.perf_counter()
@@ -269,7 +307,7 @@ def compare_runs(config: GenerateConfig, runs: list[Run], evaluation: dict, out_
     console.say(f"compare: evaluating {len(configs)} runs in one job")
     from pargs_batch.evaluation.run import run_evaluate
 
-    report = run_evaluate(evaluation_config(evaluation, configs, out, reference), progress=progress)
+    report = run_evaluate(evaluation_config(evaluation, configs, out, pairs), progress=progress)
     summaries = {label: summaries[label] for label in configs}  # the given order
     return {"configs": configs, "summaries": summaries, "report": report, "reference": reference, "engines": engines,
             "generate_seconds": round(generate_s, 1), "seconds": round(time.perf_counter() - start, 1)}
@@ -279,8 +317,9 @@ def table_rows(runs: list[Run], done: dict) -> list[dict]:
     """Per run: rewards (mean ± SE over prompts), diversity, cost per prompt, the paired difference
     to the reference and the judge's win-tie rate of the reference against it."""
     report, summaries, reference = done["report"], done["summaries"], done["reference"]
-    paired = {p["b"]: p for p in report.get("paired", []) if p["a"] == reference}
-    judged = {p["b"]: p for p in (report.get("judge") or {}).get("pairs", []) if p["a"] == reference}
+    mine = {r.label for r in runs if r.group == reference}
+    paired = {p["b"]: p for p in report.get("paired", []) if p["a"] in mine}
+    judged = {p["b"]: p for p in (report.get("judge") or {}).get("pairs", []) if p["a"] in mine}
     rows = []
     for run in runs:
         r = report["runs"][run.label]
@@ -288,7 +327,8 @@ def table_rows(runs: list[Run], done: dict) -> list[dict]:
         cost = r.get("cost") or {}
         p, j = paired.get(run.label, {}), judged.get(run.label)
         rows.append({
-            "label": run.label, "method": run.method, "budget": run.budget, "rows": r["rows"],
+            "label": run.label, "group": run.group, "method": run.method, "budget": run.budget, "seed": run.seed,
+            "rows": r["rows"],
             "error_rows": r["error_rows"], "reward": r.get("reward"), "gold": r.get("gold"),
             "rouge_l": r["diversity"]["rouge_l"], "mean_tokens": r["mean_tokens"],
             # this invocation's speed; None for a run it only resumed (nothing left to make)
@@ -335,13 +375,106 @@ def format_table(rows: list[dict], reference: str | None, note: str = "") -> str
         speed = "—" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}"
         lines.append(f"{r['label']:<{w}}{_mean_se(r['reward']):>17}" + (f"{_mean_se(r['gold']):>17}" if gold else "") +
                      f"{rouge:>9}{r['mean_tokens'] or 0:>8.1f}{r['reward_tokens_per_prompt']:>15.0f}"
-                     f"{r['wall_s_per_prompt']:>15.3f}{speed:>8}{_diff(d) if r['label'] != reference else 'reference':>{dw}}"
+                     f"{r['wall_s_per_prompt']:>15.3f}{speed:>8}{_diff(d) if r['group'] != reference else 'reference':>{dw}}"
                      + (f"{jtext:>23}" if judge else ""))
     lines.append("(± is the standard error over prompts, each prompt's samples averaged first; ROUGE-L between a "
                  "prompt's samples, lower = more diverse; RM tok/prompt = tokens the guidance reward model read; "
                  "wall s/prompt = the rows' shares of their micro-batches; tok/s = this invocation's (— for a run it only "
                  "resumed); reference − run: the paired difference "
                  "over shared prompts, mean and 95% interval" + (f"; {note}" if note else "") + ")")
+    return "\n".join(lines)
+
+
+def seed_rows(runs: list[Run], report_dir: Path, reference: str | None, metric: str) -> list[dict]:
+    """Per method (at its budget): ``metric`` over seeds and prompts (``metrics.over_seeds_and_prompts``
+    on the prompts every seed answered), and the reference minus it paired on seed and prompt (a method
+    with one run - no reward model - is paired with every seed of the other)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pargs_batch.evaluation.metrics import over_seeds_and_prompts
+
+    values: dict[str, dict[str, float]] = {}
+    for row in pq.read_table(report_dir / "prompts.parquet", columns=["run", "id", metric]).to_pylist():
+        if row[metric] is not None:
+            values.setdefault(row["run"], {})[row["id"]] = row[metric]
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+
+    def matrix(labels: list[str], ids: list[str]):
+        return np.array([[values[label][i] for i in ids] for label in labels])
+
+    def shared(labels: list[str]) -> list[str]:
+        sets = [set(values.get(label, {})) for label in labels]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    ref = [r.label for r in groups.get(reference, [])]
+    rows = []
+    for group, members in groups.items():
+        labels = [r.label for r in members]
+        ids = shared(labels)
+        row = {"group": group, "method": members[0].method, "budget": members[0].budget, "seeds": len(labels),
+               metric: over_seeds_and_prompts(matrix(labels, ids)) if ids else None, "reference_minus_this": None}
+        if ref and group != reference and (len(ref) == len(labels) or 1 in (len(ref), len(labels))):
+            n = max(len(ref), len(labels))
+            a = [ref[i % len(ref)] for i in range(n)]
+            b = [labels[i % len(labels)] for i in range(n)]
+            ids = shared(a + b)
+            if ids:
+                d = matrix(a, ids) - matrix(b, ids)
+                diff = over_seeds_and_prompts(d)
+                per_seed = [float(v) for v in d.mean(axis=1)]
+                row["reference_minus_this"] = {**diff, "seed_diffs": per_seed,
+                                               "changes_sign": min(per_seed) < 0 < max(per_seed)}
+        rows.append(row)
+    return rows
+
+
+def group_points(rows: list[dict], over_seeds: list[dict] | None, metric: str) -> list[dict]:
+    """What the plots show: each run, or over seeds each method at its budget (its mean and SE over
+    seeds and prompts, its runs' mean cost)."""
+    if not over_seeds:
+        return rows
+    members: dict[str, list[dict]] = {}
+    for r in rows:
+        members.setdefault(r["group"], []).append(r)
+    points = []
+    for g in over_seeds:
+        mine, stat = members[g["group"]], g[metric] or {}
+        points.append({"label": g["group"], "group": g["group"], "method": g["method"], "budget": g["budget"],
+                       metric: {"mean": stat.get("mean"), "se": stat.get("se")},
+                       **{k: sum(m[k] for m in mine) / len(mine) for k, _, _ in AXES}})
+    return points
+
+
+def format_seed_table(rows: list[dict], reference: str | None, metric: str) -> str:
+    """The comparison over reward-model seeds: a line a method (at its budget)."""
+    w = max(8, *(len(r["group"]) for r in rows)) + 2
+    name = "gold" if metric == "gold" else "eval-RM"
+    lines = [f"{'method':<{w}}{'seeds':>6}{f'{name} mean [95% CI]':>28}{'seed means':>22}"
+             f"{f'{reference or chr(8212)} − method [95% CI]':>34}{'per seed':>26}"]
+    for r in rows:
+        m = r[metric] or {}
+        lo_hi = m.get("interval")
+        mean = "—" if m.get("mean") is None else f"{m['mean']:.3f}" + (
+            f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "")
+        seeds = ", ".join(f"{v:.2f}" for v in m.get("seed_means", [])) if r["seeds"] > 1 else "—"
+        d = r["reference_minus_this"]
+        if r["group"] == reference:
+            diff, per_seed = "reference", ""
+        elif not d or d.get("mean") is None:
+            diff, per_seed = "—", ""
+        else:
+            iv = d.get("interval")
+            diff = f"{d['mean']:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")
+            per_seed = ", ".join(f"{v:+.2f}" for v in d["seed_diffs"]) + (" (sign changes)" if d["changes_sign"] else "")
+        lines.append(f"{r['group']:<{w}}{r['seeds']:>6}{mean:>28}{seeds:>22}{diff:>34}{per_seed:>26}")
+    lines.append("(over reward-model seeds and prompts: per seed a prompt's samples are averaged, then the mean "
+                 "over seeds and prompts with a 95% interval from a crossed random-effects model - seeds x "
+                 "prompts, method of moments, Satterthwaite's t; a method without a reward model has one seed "
+                 "and is paired with every seed of the reference; an ordering holds where its interval "
+                 "excludes 0)")
     return "\n".join(lines)
 
 
@@ -362,7 +495,7 @@ def plot(rows: list[dict], out: Path, reference: str | None, axes=AXES, title: s
 
     metric = "gold" if any(r.get("gold") for r in rows) else "reward"
     usable = [r for r in rows if r.get(metric) and r[metric].get("mean") is not None]
-    ref = next((r for r in usable if r["label"] == reference), None)
+    ref = next((r for r in usable if r["label"] == reference or r.get("group") == reference), None)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     names = []
     colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in usable))}  # alike in every plot
@@ -402,14 +535,22 @@ def run_compare(config: GenerateConfig, spec: CompareConfig, models=None, progre
     evaluation = spec.evaluation
     done = compare_runs(config, runs, evaluation, out, spec.reference, spec.overwrite, models, progress)
     rows = table_rows(runs, done)
-    notes = [f"{name} guided by {r if isinstance(r, str) else r['path']}" for name, r in spec.rewards.items()]
+    notes = [f"{name} guided by {', '.join(g if isinstance(g, str) else g['path'] for g in (r if isinstance(r, list) else [r]))}"
+             for name, r in spec.rewards.items()]
     text = format_table(rows, done["reference"], "; ".join(notes))
+    seeded = any(run.seed is not None for run in runs)
+    metric = "gold" if any(r["gold"] for r in rows) else "reward"
+    over_seeds = seed_rows(runs, out / "report", done["reference"], metric) if seeded else None
+    if over_seeds:
+        text += "\n\n" + format_seed_table(over_seeds, done["reference"], metric)
     out.mkdir(parents=True, exist_ok=True)
     result = {"llm": config.model.path, "reward_model": config.reward.path or None,
               "evaluation_model": (evaluation.get("reward") or {}).get("path"),
               "gold_reward": evaluation.get("gold_reward"),
               "prompts": config.data.source, "reference": done["reference"], "rows": rows,
-              "plots": plot(rows, out, done["reference"]), "report": str(out / "report" / "report.md"),
+              "over_seeds": over_seeds,
+              "plots": plot(group_points(rows, over_seeds, metric), out, done["reference"]),
+              "report": str(out / "report" / "report.md"),
               "engines": done["engines"],
               "generate_seconds": done["generate_seconds"], "seconds": done["seconds"]}
     (out / "compare.json").write_text(json.dumps(result, indent=2))

@@ -6,6 +6,7 @@ bad compare settings fail before any model loads, naming the key."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -117,7 +118,7 @@ def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, 
 def test_the_table_of_a_one_prompt_run_says_it_has_no_standard_error():
     from pargs_batch.comparison import format_table
 
-    row = {"label": "pargs", "reward": {"mean": 0.5, "se": None}, "gold": None, "rouge_l": None, "mean_tokens": 3.0,
+    row = {"label": "pargs", "group": "pargs", "reward": {"mean": 0.5, "se": None}, "gold": None, "rouge_l": None, "mean_tokens": 3.0,
            "reward_tokens_per_prompt": 10.0, "wall_s_per_prompt": 0.1, "tokens_per_s": None,
            "reference_minus_this": None, "judge_win_tie": None}
     assert "0.500 ± —" in format_table([row], "pargs")
@@ -149,3 +150,52 @@ def test_bad_compare_settings_fail_before_any_model_loads(world, chat_world, tmp
     err = capfd.readouterr().err
     assert message in err and err.count("config error") == 1
     assert not (tmp_path / "cmp" / "runs").exists()
+
+
+def test_reward_model_seeds_run_each_guided_method_per_seed_and_the_table_pairs_on_seed(world, tmp_path):
+    """Three seeds of the config's reward model: top-k runs once, every guided run once per seed; the
+    table over seeds pairs the reference with each method on seed and prompt (top-k with every seed),
+    from the evaluation's per-prompt means, and says where a difference changes sign between seeds."""
+    import pyarrow as pa
+
+    from pargs_batch.comparison import (CompareConfig, format_seed_table, plan_runs, reference_group,
+                                        reference_pairs, run_configs, seed_rows)
+    from pargs_batch.config import GenerateConfig
+
+    config = GenerateConfig.from_dict(base_config(world, tmp_path))
+    seeds = [world["reward_model_init"], world["reward_model"]]
+    spec = CompareConfig.from_dict({"methods": ["topk", "pargs-greedy", "pargs"], "reward_seeds": seeds,
+                                    "evaluation": {"gold_reward": "experiments.world.tiny:gold_reward"}})
+    runs = plan_runs(config, spec)
+    assert [r.label for r in runs] == ["topk"] + [f"{m} seed={s}" for m in ("pargs-greedy", "pargs") for s in range(3)]
+    configs = run_configs(config, runs, tmp_path / "cmp", overwrite=False)
+    assert [configs[f"pargs seed={s}"].reward.path for s in range(3)] == [world["reward_model"]] + seeds
+    group = reference_group(runs, None)
+    assert group == "pargs" and reference_pairs(runs, group) == [
+        ["pargs seed=0", "topk"]] + [[f"pargs seed={s}", f"pargs-greedy seed={s}"] for s in range(3)]
+
+    # the evaluation's per-prompt means, made up: pargs-greedy beats pargs under seeds 0 and 1, not 2
+    rng = np.random.default_rng(0)
+    prompts = [f"p{i}" for i in range(40)]
+    base = rng.normal(size=40)
+    gold = {"topk": base - 1.0}
+    for s, shift in enumerate((0.5, 0.6, -0.3)):
+        gold[f"pargs seed={s}"] = base + rng.normal(scale=0.1, size=40)
+        gold[f"pargs-greedy seed={s}"] = gold[f"pargs seed={s}"] + shift
+    rows = [{"run": run, "id": i, "samples": 1, "reward": None, "gold": float(v)}
+            for run, values in gold.items() for i, v in zip(prompts, values)]
+    rows.append({"run": "topk", "id": "only-topk", "samples": 1, "reward": None, "gold": 9.0})  # not shared
+    (tmp_path / "report").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "report" / "prompts.parquet")
+
+    table = {r["group"]: r for r in seed_rows(runs, tmp_path / "report", group, "gold")}
+    assert [(g, r["seeds"]) for g, r in table.items()] == [("topk", 1), ("pargs-greedy", 3), ("pargs", 3)]
+    greedy = table["pargs-greedy"]["reference_minus_this"]
+    assert greedy["seed_diffs"] == pytest.approx([-0.5, -0.6, 0.3]) and greedy["changes_sign"]
+    assert greedy["interval"][0] < 0 < greedy["interval"][1]  # one seed in three disagrees: not settled
+    topk = table["topk"]["reference_minus_this"]
+    assert topk["seeds"] == 3 and topk["prompts"] == 40 and not topk["changes_sign"]
+    assert topk["interval"][0] > 0.5  # pargs beats top-k under every seed
+    assert table["pargs"]["gold"]["seeds"] == 3 and len(table["pargs"]["gold"]["seed_means"]) == 3
+    text = format_seed_table(list(table.values()), group, "gold")
+    assert "(sign changes)" in text and "reference" in text.splitlines()[3]

@@ -151,3 +151,31 @@ def test_win_tie_plot_draws_a_pair_that_won_every_prompt(tmp_path):
     wins = {**metrics.win_tie(["win"] * 131), "a": "x", "b": "y", "prompts": 131, "seed": 0}
     report = {"runs": {}, "beta_groups": [], "judge": {"pairs": [wins]}}
     assert plots(report, tmp_path) == ["win_tie.png"] and (tmp_path / "win_tie.png").exists()
+
+
+def test_the_interval_over_seeds_and_prompts_matches_a_hand_computation():
+    """Two seeds x three prompts, worked by hand: seed means 2 and 4, prompt means 1.5, 3, 4.5, grand
+    mean 3; MS_seeds = 3 * (1 + 1) / 1 = 6, MS_prompts = 2 * (2.25 + 0 + 2.25) / 2 = 4.5, residuals
+    +-0.5 and 0 so MS_resid = 1 / 2 = 0.5; Var(mean) = (6 + 4.5 - 0.5) / 6, Satterthwaite's
+    df = 10^2 / (6^2 / 1 + 4.5^2 / 2 + 0.5^2 / 2) = 100 / 46.25."""
+    from scipy import stats
+
+    from pargs_batch.evaluation.metrics import over_seeds_and_prompts, t_quantile
+
+    out = over_seeds_and_prompts([[1, 2, 3], [2, 4, 6]])
+    assert out["mean"] == 3 and out["seed_means"] == [2, 4] and out["seed_sd"] == pytest.approx(2 ** 0.5)
+    assert out["mean_squares"] == pytest.approx({"seeds": 6, "prompts": 4.5, "residual": 0.5})
+    se, df = (10 / 6) ** 0.5, 100 / 46.25
+    assert out["se"] == pytest.approx(se) and out["df"] == pytest.approx(df)
+    half = stats.t.ppf(0.975, df) * se
+    assert out["interval"] == pytest.approx([3 - half, 3 + half])
+    for d in (1, 2, 2.16, 7.5, 60):
+        assert t_quantile(0.975, d) == pytest.approx(stats.t.ppf(0.975, d), rel=1e-9)
+    # one seed: the SE over prompts and the normal interval, as for a single run
+    one = over_seeds_and_prompts([[1, 2, 3]])
+    assert one["se"] == pytest.approx(1 / 3 ** 0.5) and one["interval"][1] == pytest.approx(2 + 1.959964 / 3 ** 0.5)
+    # seeds that disagree widen the interval beyond what the prompts alone give
+    agree = over_seeds_and_prompts([[1, 2, 3, 4], [1.1, 2.1, 3.1, 4.1], [0.9, 1.9, 2.9, 3.9]])
+    disagree = over_seeds_and_prompts([[1, 2, 3, 4], [3, 4, 5, 6], [-1, 0, 1, 2]])
+    width = lambda r: r["interval"][1] - r["interval"][0]  # noqa: E731
+    assert width(disagree) > 1.5 * width(agree)

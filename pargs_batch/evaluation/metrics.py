@@ -148,3 +148,91 @@ def paired_difference(diffs, z: float = Z95) -> dict:
         return {"diff": mean, "se": None, "interval": None, "prompts": 1}
     se = float(d.std(ddof=1) / math.sqrt(n))
     return {"diff": mean, "se": se, "interval": [mean - z * se, mean + z * se], "prompts": n}
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularised incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile (0.5 < p < 1) of Student's t with ``df`` degrees of freedom (not
+    necessarily whole: Satterthwaite's), by bisection on its CDF; the normal's for df = inf."""
+    if math.isinf(df):
+        from statistics import NormalDist
+
+        return NormalDist().inv_cdf(p)
+    tail = 1.0 - p
+
+    def upper(t: float) -> float:  # P(T > t), t >= 0
+        return 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+    lo, hi = 0.0, 1.0
+    while upper(hi) > tail:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if upper(mid) > tail else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+def over_seeds_and_prompts(table) -> dict:
+    """Mean and 95 % interval of a seeds x prompts table (each cell a prompt's mean under one
+    reward-model seed; the same prompts under every seed) covering both sources of variation.
+
+    The estimate is a crossed two-way random-effects model, x_sp = mu + a_s + b_p + e_sp (a seed's
+    effect, a prompt's, and what is left), by the method of moments: with the ANOVA mean squares of
+    seeds (MS_S), prompts (MS_P) and residual (MS_E), Var(grand mean) = sigma_a^2/S + sigma_b^2/P +
+    sigma_e^2/(SP) = (MS_S + MS_P - MS_E) / (SP), and the interval is mean +/- t * sqrt(that) with
+    Satterthwaite's degrees of freedom (few seeds: a wide t). One seed: the SE over prompts and the
+    normal interval, as everywhere else. Also the seeds' own means and their spread."""
+    import numpy as np
+
+    x = np.asarray(table, dtype=np.float64)
+    s, p = x.shape
+    seed_means = x.mean(axis=1)
+    grand = float(x.mean()) if x.size else None
+    out = {"mean": grand, "seeds": s, "prompts": p, "seed_means": [float(v) for v in seed_means],
+           "seed_sd": float(seed_means.std(ddof=1)) if s > 1 else None, "se": None, "df": None, "interval": None,
+           "estimator": "crossed random effects (seeds x prompts), method of moments, Satterthwaite df"}
+    if p < 2 or s < 1:
+        return out
+    if s == 1:
+        se = float(x[0].std(ddof=1) / math.sqrt(p))
+        return {**out, "se": se, "df": math.inf, "interval": [grand - Z95 * se, grand + Z95 * se],
+                "estimator": "one seed: SE over prompts, normal interval"}
+    prompt_means = x.mean(axis=0)
+    ms_s = p * float(((seed_means - grand) ** 2).sum()) / (s - 1)
+    ms_p = s * float(((prompt_means - grand) ** 2).sum()) / (p - 1)
+    resid = x - seed_means[:, None] - prompt_means[None, :] + grand
+    ms_e = float((resid ** 2).sum()) / ((s - 1) * (p - 1))
+    combined = max(ms_s + ms_p - ms_e, ms_e, 1e-300)  # a variance: never below the residual's share
+    se = math.sqrt(combined / (s * p))
+    denominator = ms_s ** 2 / (s - 1) + ms_p ** 2 / (p - 1) + ms_e ** 2 / ((s - 1) * (p - 1))
+    df = combined ** 2 / denominator if denominator > 0 else math.inf
+    t = t_quantile(0.975, df)
+    return {**out, "se": se, "df": df, "interval": [grand - t * se, grand + t * se],
+            "mean_squares": {"seeds": ms_s, "prompts": ms_p, "residual": ms_e}}
