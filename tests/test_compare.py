@@ -199,3 +199,27 @@ def test_reward_model_seeds_run_each_guided_method_per_seed_and_the_table_pairs_
     assert table["pargs"]["gold"]["seeds"] == 3 and len(table["pargs"]["gold"]["seed_means"]) == 3
     text = format_seed_table(list(table.values()), group, "gold")
     assert "(sign changes)" in text and "reference" in text.splitlines()[3]
+
+
+@pytest.mark.slow
+def test_pb_compare_over_two_reward_model_seeds_end_to_end(world, tmp_path):
+    """The Python call on the tiny world's LLM with two 'seeds' of its reward model (the trained one and
+    the untrained one: seeds that disagree as much as two can): top-k once, pargs per seed, the table
+    over seeds written to compare.json and compare.md."""
+    import pargs_batch as pb
+
+    cfg = base_config(world, tmp_path, data={"limit": 8}, decode={"max_new_tokens": 8, "num_samples": 2})
+    cfg["model"]["enforce_eager"] = True
+    result = pb.compare(cfg, methods=["topk", "pargs"], reward_seeds=[world["reward_model_init"]],
+                        evaluation={"gold_reward": "experiments.world.tiny:gold_reward"},
+                        output_dir=str(tmp_path / "cmp"), progress=False)
+    assert [r["label"] for r in result["rows"]] == ["topk", "pargs seed=0", "pargs seed=1"]
+    assert result["engines"] == 1 and result["reference"] == "pargs"
+    over = {r["group"]: r for r in result["over_seeds"]}
+    assert over["pargs"]["seeds"] == 2 and over["topk"]["seeds"] == 1
+    pargs = over["pargs"]["gold"]
+    assert pargs["prompts"] == 8 and pargs["seed_means"] == pytest.approx(
+        [result["rows"][1]["gold"]["mean"], result["rows"][2]["gold"]["mean"]])
+    diff = over["topk"]["reference_minus_this"]
+    assert diff["seeds"] == 2 and len(diff["seed_diffs"]) == 2 and diff["interval"] is not None
+    assert "seed means" in (tmp_path / "cmp" / "compare.md").read_text()
