@@ -76,7 +76,9 @@ def test_the_import_graph_has_no_cycle():
     graph = import_graph()
     assert len(graph) > 30 and graph["pargs_batch.generation"]  # the walk found the tree and its imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
-    assert depth(graph) <= 13  # experiments (3 levels) over the library (10): a guard against growth
+    # the longest chain, 14 modules: __main__ -> cli -> api -> comparison (compare sits on generate and
+    # evaluate) -> evaluation.run -> scoring -> pool -> runners -> ... -> configlib; a guard against growth
+    assert depth(graph) <= 14
 
 
 def test_the_cycle_finder_finds_a_cycle():
