@@ -79,8 +79,8 @@ def first_records(data: str, split: str) -> list[dict]:
     from pargs_batch.config import DataConfig
     from pargs_batch.io import PromptSource
 
-    config = DataConfig(source=data, split=split)
     try:
+        config = DataConfig(source=data, split=split)
         rows = (PromptSource(config, check_columns=False).records() if config.is_file
                 else hub_records(config))
     except ConfigError as e:
