@@ -106,11 +106,12 @@ class Run:
     budget: str = ""             # the budget as the table prints it ("" = the config's settings)
     overrides: dict = field(default_factory=dict)  # {section: {key: value}} over the base config
     seed: int | None = None      # which seed of its reward model, when the comparison has several
+    of: str | None = None        # the label its seeds share (the run's own label when it has no seeds)
 
     @property
     def group(self) -> str:
-        """The method at its budget, whatever the seed: what the table across seeds has a row for."""
-        return f"{self.method} {self.budget}".strip()
+        """What the run is, whatever the seed: what the table across seeds has a row for."""
+        return self.of or self.label
 
 
 def plan_runs(config: GenerateConfig, spec: CompareConfig) -> list[Run]:
@@ -141,8 +142,8 @@ def plan_runs(config: GenerateConfig, spec: CompareConfig) -> list[Run]:
                 if reward:  # one model of its own: the ensemble's per-prompt weights do not apply
                     overrides["reward"], overrides["data"] = {"models": [], **reward}, {"weights_column": None}
                 seed = i if len(seeds) > 1 else None
-                label = f"{name} {budget}".strip() + ("" if seed is None else f" seed={seed}")
-                runs.append(Run(label, name, budget, overrides, seed))
+                group = f"{name} {budget}".strip()
+                runs.append(Run(group if seed is None else f"{group} seed={seed}", name, budget, overrides, seed, group))
     return runs
 
 
