@@ -55,6 +55,9 @@ def add_demo_command(sub) -> None:
     demo.add_argument("--with-trained-baselines", action="store_true",
                       help="also fine-tune DPO and online-RL (RLOO) policies from the world's LM and add their rows "
                            "(a few minutes more; see the README)")
+    demo.add_argument("--rm-seeds", type=int, default=None, metavar="N",
+                      help="guide with the first N seeds of each reward model (default: all the world has, 3; "
+                           "1: the quick look, intervals over prompts only)")
     demo.set_defaults(func=_demo, log_default=lambda a: f"{a.out}/demo.log")
 
 
@@ -90,6 +93,9 @@ def add_frontier_command(sub) -> None:
     frontier.add_argument("--num-prompts", type=int, default=256, help="held-out prompts per run")
     frontier.add_argument("--max-new-tokens", type=int, default=48)
     frontier.add_argument("--beta", type=float, default=2.0)
+    frontier.add_argument("--rm-seeds", type=int, default=None, metavar="N",
+                          help="run each guided point with the first N seeds of its reward model (default: all the "
+                               "world has, 3; 1: a third of the runs, intervals over prompts only)")
     frontier.set_defaults(func=_frontier, log_default=lambda a: f"{a.out}/frontier.log")
 
 
@@ -97,7 +103,8 @@ def _frontier(args) -> int:
     from experiments.frontier import run_frontier
 
     run_frontier(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts,
-                 max_new_tokens=args.max_new_tokens, beta=args.beta, reduced_world=args.reduced_world)
+                 max_new_tokens=args.max_new_tokens, beta=args.beta, reduced_world=args.reduced_world,
+                 rm_seeds=args.rm_seeds)
     return 0
 
 
@@ -165,7 +172,7 @@ def _demo(args) -> int:
     run_demo(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts, beta=args.beta,
              max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, sweep_beta=sweep,
              reduced_world=args.reduced_world, judge_noise=args.judge_noise,
-             with_trained_baselines=args.with_trained_baselines)
+             with_trained_baselines=args.with_trained_baselines, rm_seeds=args.rm_seeds)
     return 0
 
 

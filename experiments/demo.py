@@ -68,8 +68,8 @@ def demo_config(world: dict, run: DemoRun, out_dir: Path, num_prompts: int, beta
 def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prompts: int = 256,
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
              sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5,
-             with_trained_baselines: bool = False) -> dict:
-    from pargs_batch.comparison import compare_runs
+             with_trained_baselines: bool = False, rm_seeds: int | None = None) -> dict:
+    from pargs_batch.comparison import compare_runs, judge_seed_rows, seed_rows
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.models import Models
@@ -78,9 +78,14 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
 
     start = time.perf_counter()
     spec = DefaultWorldSpec.reduced() if reduced_world else DefaultWorldSpec()
+    if rm_seeds is not None and not 1 <= rm_seeds <= spec.rm_seeds:  # before the world is built
+        from pargs_batch.configlib import ConfigError
+
+        raise ConfigError("--rm-seeds", rm_seeds, f"1 to {spec.rm_seeds}: the reward-model seeds the world is built with")
     reused = built_world(Path(world_dir), spec) is not None
     world = ensure_world(world_dir, reduced_world)
     world_s = time.perf_counter() - start  # seconds spent on the world: building it, or reading world.json
+    seeds = len(world["rm_seeds"]["rm_full"]) if rm_seeds is None else rm_seeds
     out = Path(out_dir)
     runs, policies = DEMO_RUNS, {}
     if with_trained_baselines:
@@ -93,22 +98,28 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     base = build(GenerateConfig, demo_config(world, PARGS, out, num_prompts, beta, max_new_tokens, num_samples))
     models = Models()  # one engine for every run, one scorer per reward model and backend
     engines = "one vLLM engine for the frozen LM" + (", one per fine-tuned policy" if policies else " for all")
+    plan = compare_plan(world, runs, policies, seeds)
     console.say(f"demo: pargs-batch compare on the world: {num_prompts} prompts x {num_samples} samples with "
-                f"{len(runs)} methods ({engines}; an engine takes about a minute to start), then one evaluation "
+                f"{len(runs)} methods, each guided one once per reward-model seed ({seeds}): {len(plan)} runs "
+                f"({engines}; an engine takes about a minute to start), then one evaluation "
                 "(evaluation RM, gold reward, ROUGE-L, gold judge on localhost)")
     with judge_server(judge_noise) as judge:
-        done = compare_runs(base, compare_plan(world, runs, policies), evaluation(world, judge), out,
-                            reference=PARGS.label, overwrite=True, models=models)
+        done = compare_runs(base, plan, evaluation(world, judge), out, reference=PARGS.label, overwrite=True,
+                            models=models)
     report, summaries = done["report"], done["summaries"]
     generate_s = world_s + (policies and sum(p["seconds"] for p in policies.values()) or 0) + done["generate_seconds"]
-    rows = table_rows(report, summaries, runs, policies)
-    console.show("\n" + format_table(rows, beta, num_samples))
-    console.show("\n" + format_judge_table(report, {r.label: r.name for r in runs if r.name}))
+    over = {metric: {r["group"]: r for r in seed_rows(plan, out / "report", PARGS.label, metric)}
+            for metric in ("gold", "reward")}
+    judged = judge_seed_rows(plan, out / "report", PARGS.label)
+    documented = documented_intervals(world, seeds)
+    rows = table_rows(report, summaries, plan, over, runs, policies, documented)
+    console.show("\n" + format_table(rows, beta, num_samples, seeds, documented is not None))
+    console.show("\n" + format_judge_table(rows, judged, seeds))
     console.say("demo: diagnosing the guidance RMs on held-out prefix pairs")
-    diagnosis = diagnose_guidance(world, out)
+    diagnosis = diagnose_guidance(world, out, seeds)
     result = {"world": {k: world[k] for k in ("llm_heldout_perplexity", "build_seconds", "reward_models")},
-              "beta": beta, "num_prompts": num_prompts, "num_samples": num_samples, "table": rows,
-              "judge": report["judge"], "paired": report["paired"],
+              "beta": beta, "num_prompts": num_prompts, "num_samples": num_samples, "rm_seeds": seeds, "table": rows,
+              "judge": report["judge"], "judge_over_seeds": judged, "paired": report["paired"],
               "diagnose": diagnosis, "generate_seconds": round(generate_s, 1)}
     if policies:
         result["policies"] = policies
@@ -128,18 +139,24 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
 JUDGE_KEY_ENV = "PARGS_DEMO_JUDGE_KEY"
 
 
-def compare_plan(world: dict, runs, policies: dict):
-    """The demo's runs as ``pargs-batch compare`` runs: each a method with its guidance RM (and backend),
-    the fine-tuned baselines with their checkpoint as the LLM."""
+def compare_plan(world: dict, runs, policies: dict, seeds: int = 1):
+    """The demo's runs as ``pargs-batch compare`` runs: each a method with its guidance RM (and
+    backend), once per reward-model seed (``label seed=i``) when there are several; the fine-tuned
+    baselines with their checkpoint as the LLM."""
+    from experiments.world.default import reward_seed_paths
     from pargs_batch.comparison import Run
 
     plan = []
     for r in runs:
-        overrides = {"decode": {"method": r.method},
-                     "reward": {"path": world[r.reward_model] if r.reward_model else "", "backend": r.backend}}
-        if r.policy:
-            overrides["model"] = {"path": policies[r.policy]["path"]}
-        plan.append(Run(r.label, r.method, "", overrides))
+        paths = reward_seed_paths(world, r.reward_model, seeds)
+        for i, path in enumerate(paths):
+            overrides = {"decode": {"method": r.method}, "reward": {"path": path, "backend": r.backend}}
+            if r.policy:
+                overrides["model"] = {"path": policies[r.policy]["path"]}
+            if len(paths) > 1:
+                plan.append(Run(f"{r.label} seed={i}", r.method, "", overrides, i, r.label))
+            else:
+                plan.append(Run(r.label, r.method, "", overrides))
     return plan
 
 
@@ -164,76 +181,146 @@ def evaluation(world: dict, judge: dict) -> dict:
             "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128}}
 
 
-def table_rows(report: dict, summaries: dict, runs=DEMO_RUNS, policies: dict | None = None) -> list[dict]:
-    by_label, rows = {run.label: run for run in runs}, []
-    for label, r in report["runs"].items():
-        run = by_label[label]
+def table_rows(report: dict, summaries: dict, plan, over: dict, runs=DEMO_RUNS, policies: dict | None = None,
+               documented: dict | None = None) -> list[dict]:
+    """A row a method: its rewards over seeds and prompts (``over``: metric -> method -> ``seed_rows``
+    row), the means of its runs' diversity, length and speed, and whether its gold mean falls in the
+    documented interval."""
+    rows = []
+    for run in runs:
+        members = [p.label for p in plan if p.group == run.label]
         trained = (policies or {}).get(run.policy)
-        rows.append({"method": label, "name": run.name or label, "llm_frozen": trained is None,
-                     "train_seconds": trained["seconds"] if trained else None,
-                     "single_response": r["method"] != "best-of-n",
-                     "rows": r["rows"], "mean_tokens": r["mean_tokens"], "gold": r["gold"], "eval_rm": r["reward"],
-                     "rouge_l": r["diversity"]["rouge_l"], "tokens_per_s": summaries[label].tokens_per_s})
+        first = report["runs"][members[0]]
+        rouge = [report["runs"][m]["diversity"]["rouge_l"] for m in members]
+        gold, eval_rm = over["gold"][run.label], over["reward"][run.label]
+        row = {"method": run.label, "name": run.name or run.label, "llm_frozen": trained is None,
+               "train_seconds": trained["seconds"] if trained else None,
+               "single_response": first["method"] != "best-of-n", "seeds": len(members), "runs": members,
+               "rows": first["rows"], "mean_tokens": mean(report["runs"][m]["mean_tokens"] for m in members),
+               "gold": gold["gold"], "eval_rm": eval_rm["reward"],
+               "pargs_minus_this": gold["reference_minus_this"],
+               "rouge_l": None if None in rouge else mean(rouge),
+               "tokens_per_s": mean(summaries[m].tokens_per_s for m in members)}
+        if documented and run.label in documented:
+            lo, hi = documented[run.label]
+            row["documented_interval"] = [lo, hi]
+            row["inside_documented"] = lo <= row["gold"]["mean"] <= hi
+        rows.append(row)
     return rows
 
 
-def format_judge_table(report: dict, names: dict | None = None) -> str:
-    """Table 2's shape: PARGS against each method, by the gold judge, and the paired gold difference."""
-    if not report.get("judge"):
-        return ""
-    paired = {(p["a"], p["b"]): p.get("gold") for p in report.get("paired", [])}
-    names = names or {}
-    width = max(17, *(len(names.get(p["b"], p["b"])) + 2 for p in report["judge"]["pairs"]))
-    lines = [f"{'pargs vs':<{width}}{'win':>6}{'tie':>6}{'loss':>6}{'win-tie % [95% CI]':>22}{'gold diff [95% CI]':>26}"]
-    for p in report["judge"]["pairs"]:
-        lo, hi = p["win_tie_interval"] or (0.0, 0.0)
-        rate = f"{100 * p['win_tie_rate']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]" if p["win_tie_rate"] is not None else "—"
-        g = paired.get((p["a"], p["b"]))
-        diff = f"{g['diff']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}]" if g and g["interval"] else "—"
-        lines.append(f"{names.get(p['b'], p['b']):<{width}}{p['win']:>6}{p['tie']:>6}{p['loss']:>6}{rate:>22}{diff:>26}")
-    lines.append(f"(gold judge: the world's gold reward + N(0, noise) per reply, graded 1-10 - not an LLM; "
-                 f"{report['judge']['pairs'][0]['prompts']} prompts, first sample each; Wilson intervals; "
-                 "gold diff = pargs minus the other, per prompt, mean ± 1.96 SE)")
-    return "\n".join(lines)
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
-def format_table(rows: list[dict], beta: float, num_samples: int) -> str:
+# the documented world's gold means over its three reward-model seeds, 95 % intervals over seeds and
+# prompts (docs/world.md; `make demo` on the world with DOCUMENTED_FINGERPRINT's spec): a run on another
+# CPU builds other reward models, and its means should fall inside these
+DOCUMENTED_GOLD = {}
+
+
+def documented_intervals(world: dict, seeds: int) -> dict | None:
+    """The documented gold intervals when this run is comparable with them (the default spec, all
+    three seeds), else None."""
+    from dataclasses import asdict
+
+    from experiments.world.default import DefaultWorldSpec
+
+    if not DOCUMENTED_GOLD or world.get("spec") != asdict(DefaultWorldSpec()) or seeds != DefaultWorldSpec().rm_seeds:
+        return None
+    return DOCUMENTED_GOLD
+
+
+def _interval(stat: dict | None, scale: float = 1.0, signed: bool = False) -> str:
+    if not stat or stat.get("mean") is None:
+        return "—"
+    f = "+.3f" if signed else ".3f"
+    iv = stat.get("interval")
+    return f"{scale * stat['mean']:{f}}" + (f" [{scale * iv[0]:{f}}, {scale * iv[1]:{f}}]" if iv else "")
+
+
+def format_table(rows: list[dict], beta: float, num_samples: int, seeds: int = 1, documented: bool = False) -> str:
     width = max(17, *(len(r.get("name") or r["method"]) + 2 for r in rows))
     trained = any(not r["llm_frozen"] for r in rows)
-    head = (f"{'method':<{width}}{'LLM frozen':>11}{'single resp.':>13}{'gold reward ± SE':>20}"
-            f"{'eval-RM reward ± SE':>22}{'ROUGE-L':>9}{'tokens':>8}{'tok/s':>7}" + (f"{'train s':>9}" if trained else ""))
+    head = (f"{'method':<{width}}{'LLM frozen':>11}{'single resp.':>13}{'gold mean [95% CI]':>26}"
+            + (f"{'gold per seed':>22}" if seeds > 1 else "") + f"{'eval-RM mean [95% CI]':>26}{'ROUGE-L':>9}"
+            f"{'tokens':>8}{'tok/s':>7}" + (f"{'in docs CI':>12}" if documented else "")
+            + (f"{'train s':>9}" if trained else ""))
     lines = [head]
     for r in rows:
-        gold = f"{r['gold']['mean']:.3f} ± {r['gold']['se']:.3f}"
-        rm = f"{r['eval_rm']['mean']:.3f} ± {r['eval_rm']['se']:.3f}"
+        per_seed = ", ".join(f"{v:.2f}" for v in r["gold"]["seed_means"]) if r["seeds"] > 1 else "—"
         rouge = "—" if r["rouge_l"] is None else f"{r['rouge_l']:.3f}"
         train_s = "—" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
+        inside = "—" if "inside_documented" not in r else ("yes" if r["inside_documented"] else "NO")
         lines.append(f"{r.get('name') or r['method']:<{width}}{'yes' if r['llm_frozen'] else 'no':>11}"
-                     f"{'yes' if r['single_response'] else 'no':>13}{gold:>20}{rm:>22}{rouge:>9}"
-                     f"{r['mean_tokens']:>8.1f}{r['tokens_per_s']:>7.0f}" + (f"{train_s:>9}" if trained else ""))
-    lines.append(f"(β = {beta:g}, k = 10, best-of-n N = 10; {rows[0]['rows']} rows per method = prompts × "
-                 f"{num_samples} samples; ± is the standard error over prompts, each prompt's samples "
-                 "averaged first; ROUGE-L between a prompt's samples, lower = more diverse; "
-                 "tok/s counts best-of-n's N candidates"
+                     f"{'yes' if r['single_response'] else 'no':>13}{_interval(r['gold']):>26}"
+                     + (f"{per_seed:>22}" if seeds > 1 else "") + f"{_interval(r['eval_rm']):>26}{rouge:>9}"
+                     f"{r['mean_tokens']:>8.1f}{r['tokens_per_s']:>7.0f}" + (f"{inside:>12}" if documented else "")
+                     + (f"{train_s:>9}" if trained else ""))
+    over = (f"over {seeds} reward-model seeds and the prompts: a crossed random-effects interval (seeds x prompts, "
+            "method of moments, Satterthwaite's t); a method without a reward model has one run"
+            if seeds > 1 else "one reward-model seed: over prompts only (mean ± 1.96 SE)")
+    lines.append(f"(β = {beta:g}, k = 10, best-of-n N = 10; {rows[0]['rows']} rows per run = prompts × "
+                 f"{num_samples} samples; 95% intervals {over}; each prompt's samples averaged first; ROUGE-L "
+                 "between a prompt's samples, lower = more diverse; tokens, ROUGE-L and tok/s are means over a "
+                 "method's runs; tok/s counts best-of-n's N candidates"
+                 + ("; in docs CI: whether the gold mean falls in the interval docs/world.md documents" if documented else "")
                  + ("; trained rows: top-k sampling (k = 10) from the fine-tuned checkpoint, "
                     "train s = the fine-tuning's wall time)" if trained else ")"))
     return "\n".join(lines)
 
 
-def diagnose_guidance(world: dict, out: Path) -> dict:
-    """`diagnose-rm` for the guidance reward models on the held-out preference pairs, and the
-    accuracy of Eq. 5's labels against the gold order of each prefix pair (rm_partial's tokens)."""
+def format_judge_table(rows: list[dict], judged: dict, seeds: int = 1) -> str:
+    """Table 2's shape: PARGS against each method, by the gold judge (win/tie/loss summed over the seed
+    pairs; the win-tie rate over seeds and prompts), and the paired gold difference likewise."""
+    from pargs_batch.comparison import win_tie_text
+
+    if not judged:
+        return ""
+    others = [r for r in rows if r["method"] in judged]
+    width = max(17, *(len(r["name"]) + 2 for r in others))
+    lines = [f"{'pargs vs':<{width}}{'win':>6}{'tie':>6}{'loss':>6}{'win-tie % [95% CI]':>22}"
+             f"{'gold diff [95% CI]':>28}" + ("  per seed" if seeds > 1 else "")]
+    for r in others:
+        j, d = judged[r["method"]], r["pargs_minus_this"]
+        per_seed = "" if not d else ", ".join(f"{v:+.2f}" for v in d["seed_diffs"]) + (
+            " (sign changes)" if d["changes_sign"] else "")
+        lines.append(f"{r['name']:<{width}}{j['win']:>6}{j['tie']:>6}{j['loss']:>6}{win_tie_text(j):>22}"
+                     f"{_interval(d, signed=True):>28}" + (f"  {per_seed}" if seeds > 1 else ""))
+    lines.append("(gold judge: the world's gold reward + N(0, noise) per reply, graded 1-10 - not an LLM; first sample "
+                 "of each prompt; " + ("pargs and each method paired on seed and prompt (a method without a reward "
+                                       "model against every pargs seed), win/tie/loss summed over seeds; "
+                                       if seeds > 1 else "") +
+                 "95% intervals as in the table above; gold diff = pargs minus the other; an ordering holds where "
+                 "its interval excludes 0)")
+    return "\n".join(lines)
+
+
+def diagnose_guidance(world: dict, out: Path, seeds: int = 1) -> dict:
+    """`diagnose-rm` for the guidance reward models (each of their first ``seeds`` seeds) on the
+    held-out preference pairs, and the accuracy of Eq. 5's labels against the gold order of each
+    prefix pair (rm_partial's tokens). With several seeds the terminal gets each model's accuracy
+    over seeds [min, max] (``over_seeds``); each seed's own table goes to the log."""
+    import logging
+
+    from experiments.world.default import seed_key
     from pargs_batch.config import RewardConfig
-    from rm_training.diagnose import diagnose_models
-
-    models = {key: RewardConfig(path=world[key], template=world["template"], max_length=128, batch_size=512)
-              for key in DIAGNOSED}
     from pargs_batch.evaluation.scoring import import_callable
+    from rm_training.diagnose import diagnose_models, label_table, seed_spread, seeds_table
 
-    gold = import_callable(world["gold_reward"])
-    return diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=lambda t: console.show("\n" + t),
-                           gold=gold, labels_with="rm_partial")
-
+    models = {seed_key(key, i): RewardConfig(path=world["rm_seeds"][key][i], template=world["template"],
+                                             max_length=128, batch_size=512)
+              for key in DIAGNOSED for i in range(seeds)}
+    show = lambda t: console.show("\n" + t)  # noqa: E731
+    log = show if seeds == 1 else logging.getLogger(__name__).info
+    result = diagnose_models(models, world["preferences"]["heldout"], out / "diagnose", log=log,
+                             gold=import_callable(world["gold_reward"]), labels_with="rm_partial")
+    if seeds > 1:
+        result["over_seeds"] = {key: seed_spread([result[seed_key(key, i)] for i in range(seeds)]) for key in DIAGNOSED}
+        show(seeds_table(result["over_seeds"], result["rm_full"]["triples"]))
+        show(label_table(result["labels"]))
+    return result
 
 
 def sweep(world: dict, out: Path, models, num_prompts: int, betas: list[float],

@@ -82,38 +82,57 @@ def rm_flops_per_token(path: str) -> float:
     return 2.0 * count_params(path)["N"]
 
 
+def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
+    """Each point as ``compare`` runs: once per seed of its reward model (``label seed=i``) when
+    there are several, once without one."""
+    from experiments.world.default import reward_seed_paths
+    from pargs_batch.comparison import Run
+
+    runs = []
+    for p in points:
+        paths = reward_seed_paths(world, p.reward_model, seeds)
+        for i, path in enumerate(paths):
+            overrides = {"decode": p.decode, "reward": {"path": path}}
+            runs.append(Run(f"{p.label} seed={i}", p.method, p.budget, overrides, i, p.label) if len(paths) > 1
+                        else Run(p.label, p.method, p.budget, overrides))
+    return runs
+
+
 def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/world", num_prompts: int = 256,
                  max_new_tokens: int = 48, beta: float = 2.0, reduced_world: bool = False,
-                 points: list[Point] | None = None) -> dict:
-    from pargs_batch.comparison import Run, compare_runs
+                 points: list[Point] | None = None, rm_seeds: int | None = None) -> dict:
+    from pargs_batch.comparison import compare_runs, seed_rows
     from pargs_batch.config import GenerateConfig
-    from pargs_batch.configlib import build
+    from pargs_batch.configlib import ConfigError, build
 
-    from experiments.world.default import ensure_world
+    from experiments.world.default import DefaultWorldSpec, ensure_world
 
     start = time.perf_counter()
+    spec = DefaultWorldSpec.reduced() if reduced_world else DefaultWorldSpec()
+    if rm_seeds is not None and not 1 <= rm_seeds <= spec.rm_seeds:  # before the world is built
+        raise ConfigError("--rm-seeds", rm_seeds, f"1 to {spec.rm_seeds}: the reward-model seeds the world is built with")
     world = ensure_world(world_dir, reduced_world)
     world_s = time.perf_counter() - start
+    seeds = rm_seeds or len(world["rm_seeds"]["rm_full"])
     out = Path(out_dir)
     points = points or grid(beta, max_new_tokens)
     # every run is the base config with its own decode keys and RM (as each point's config alone was)
     base = build(GenerateConfig, point_config(world, Point("", "", {"method": "topk"}, None), out, num_prompts, max_new_tokens))
-    runs = [Run(p.label, p.method, p.budget, {"decode": p.decode, "reward": {
-        "path": world[p.reward_model] if p.reward_model else ""}}) for p in points]
-    console.say(f"frontier: pargs-batch compare on the world: {len(points)} runs of {num_prompts} prompts (one vLLM "
-                "engine for all; it takes about a minute to start), then one evaluation (gold reward, evaluation "
-                "RM, cost sums)")
-    labels = [p.label for p in points]
+    runs = frontier_runs(world, points, seeds)
+    console.say(f"frontier: pargs-batch compare on the world: {len(points)} points, each with a reward model once per "
+                f"seed ({seeds}): {len(runs)} runs of {num_prompts} prompts (one vLLM engine for all; it takes about a "
+                "minute to start), then one evaluation (gold reward, evaluation RM, cost sums)")
+    reference = REFERENCE if REFERENCE in {p.label for p in points} else None
     evaluation = {
         "gold_reward": world["gold_reward"],
-        "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128},
-        "paired": [[label, REFERENCE] for label in labels if label != REFERENCE] if REFERENCE in labels else []}
-    done = compare_runs(base, runs, evaluation, out, reference=REFERENCE if REFERENCE in labels else None,
-                        overwrite=True)
+        "reward": {"path": world["rm_eval"], "template": world["template"], "batch_size": 512, "max_length": 128}}
+    done = compare_runs(base, runs, evaluation, out, reference=reference, overwrite=True)
     report, generate_s = done["report"], done["generate_seconds"]
+    over = {metric: {r["group"]: r for r in seed_rows(runs, out / "report", reference, metric)}
+            for metric in ("gold", "reward")}
     flops = {key: rm_flops_per_token(world[key]) for key in {p.reward_model for p in points if p.reward_model}}
-    rows = frontier_rows(points, report, flops)
-    result = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "beta": beta,
+    rows = frontier_rows(points, runs, report, over, flops)
+    result = {"num_prompts": num_prompts, "max_new_tokens": max_new_tokens, "beta": beta, "rm_seeds": seeds,
               "reference": REFERENCE, "rows": rows, "reach": reach(rows),
               "rm_flops_per_token": flops, "world_fingerprint": world.get("fingerprint"),
               "generate_seconds": round(generate_s, 1)}
@@ -131,25 +150,35 @@ def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/wo
     return result
 
 
-def frontier_rows(points: list[Point], report: dict, flops: dict[str, float]) -> list[dict]:
-    """Per point: gold and eval-RM reward (mean, SE over prompts), compute per prompt, the paired
-    gold difference to the reference."""
-    paired = {p["a"]: p.get("gold") for p in report.get("paired", [])}
+def frontier_rows(points: list[Point], runs: list, report: dict, over: dict, flops: dict[str, float]) -> list[dict]:
+    """Per point: gold and eval-RM reward over its seeds and the prompts (mean, SE, 95 % interval;
+    ``over``: metric -> point -> ``seed_rows`` row), compute per prompt (the mean over its seeds'
+    runs), and the gold difference to the reference paired on seed and prompt."""
     rows = []
     for p in points:
-        r = report["runs"][p.label]
-        prompts = max(r["rows"] / r["samples_per_prompt"], 1)  # every prompt: error rows spent compute too
-        cost = r["cost"]
+        members = [report["runs"][r.label] for r in runs if r.group == p.label]
+        prompts = [max(r["rows"] / r["samples_per_prompt"], 1) for r in members]  # error rows spent compute too
+
+        def per_prompt(*keys: str) -> float:
+            return sum(sum(r["cost"][k] for k in keys) / n for r, n in zip(members, prompts)) / len(members)
+
+        mine = over["gold"][p.label]
+        diff = mine["reference_minus_this"]
         rows.append({
-            "label": p.label, "method": p.method, "budget": p.budget, "decode": p.decode,
-            "gold": r["gold"], "eval_rm": r["reward"], "error_rows": r["error_rows"],
-            "mean_tokens": r["mean_tokens"],
-            "rm_flops_per_prompt": cost["reward_tokens"] * flops.get(p.reward_model, 0.0) / prompts,
-            "reward_tokens_per_prompt": cost["reward_tokens"] / prompts,
-            "reward_calls_per_prompt": cost["reward_calls"] / prompts,
-            "llm_tokens_per_prompt": (cost["llm_prefill_tokens"] + cost["llm_decode_tokens"]) / prompts,
-            "wall_s_per_prompt": cost["wall_s"] / prompts,
-            "gold_vs_reference": paired.get(p.label),
+            "label": p.label, "method": p.method, "budget": p.budget, "decode": p.decode, "seeds": len(members),
+            "gold": mine["gold"], "eval_rm": over["reward"][p.label]["reward"],
+            "error_rows": sum(r["error_rows"] for r in members),
+            "mean_tokens": sum(r["mean_tokens"] or 0 for r in members) / len(members),
+            "rm_flops_per_prompt": per_prompt("reward_tokens") * flops.get(p.reward_model, 0.0),
+            "reward_tokens_per_prompt": per_prompt("reward_tokens"),
+            "reward_calls_per_prompt": per_prompt("reward_calls"),
+            "llm_tokens_per_prompt": per_prompt("llm_prefill_tokens", "llm_decode_tokens"),
+            "wall_s_per_prompt": per_prompt("wall_s"),
+            # this point minus the reference: the negative of the reference minus it
+            "gold_vs_reference": None if not diff or diff.get("mean") is None else {
+                "diff": -diff["mean"], "se": diff["se"], "seeds": diff["seeds"], "prompts": diff["prompts"],
+                "interval": None if diff["interval"] is None else [-diff["interval"][1], -diff["interval"][0]],
+                "seed_diffs": [-d for d in diff["seed_diffs"]], "changes_sign": diff["changes_sign"]},
         })
     return rows
 
@@ -188,8 +217,11 @@ def format_tables(result: dict) -> str:
                      f"{r['eval_rm']['mean']:>9.3f} ± {r['eval_rm']['se']:.3f}{_flops(r['rm_flops_per_prompt']):>17}"
                      f"{r['reward_calls_per_prompt']:>10.0f}{r['mean_tokens'] or 0:>8.1f}{r['llm_tokens_per_prompt']:>9.0f}"
                      f"{r['wall_s_per_prompt']:>8.3f}{diff:>26}")
+    seeds = result.get("rm_seeds", 1)
+    spread = (f"over {seeds} reward-model seeds and the prompts (crossed random effects), a point's costs the mean over "
+              "its seeds' runs, its difference to BoN-16 paired on seed and prompt" if seeds > 1 else "over prompts")
     lines.append(f"(per prompt: {result['num_prompts']} held-out prompts, 1 response each, ≤ {result['max_new_tokens']} "
-                 "tokens; ± is the SE over prompts; RM FLOPs = 2 N_RM x tokens the guidance RM read; tokens = mean response length; LLM tok = prompt "
+                 f"tokens; ± is the SE {spread}; RM FLOPs = 2 N_RM x tokens the guidance RM read; tokens = mean response length; LLM tok = prompt "
                  "tokens computed + tokens generated; wall s = the rows' shares of their micro-batches)")
     lines += ["", f"First budget at which each method's mean gold reaches {ref}'s "
                   f"({next(r for r in rows if r['label'] == ref)['gold']['mean']:.3f}):",

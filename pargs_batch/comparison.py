@@ -193,12 +193,18 @@ def reference_group(runs: list[Run], reference: str | None) -> str | None:
 
 def reference_pairs(runs: list[Run], group: str | None) -> list[list[str]]:
     """[reference run, run] for every run outside the reference group: the reference run of the
-    same seed where it has one, else its first."""
+    same seed; a run without seeds (no reward model) against every seed of the reference; a run
+    whose seed the reference lacks against the reference's first."""
     if group is None:
         return []
     mine = {r.seed: r.label for r in runs if r.group == group}
     first = next(iter(mine.values()))
-    return [[mine.get(r.seed, first), r.label] for r in runs if r.group != group]
+    pairs = []
+    for r in runs:
+        if r.group != group:
+            partners = mine.values() if r.seed is None else [mine.get(r.seed, first)]
+            pairs += [[a, r.label] for a in partners]
+    return pairs
 
 
 def evaluation_config(evaluation: dict, configs: dict[str, GenerateConfig], out_dir: Path,
@@ -319,8 +325,9 @@ def table_rows(runs: list[Run], done: dict) -> list[dict]:
     to the reference and the judge's win-tie rate of the reference against it."""
     report, summaries, reference = done["report"], done["summaries"], done["reference"]
     mine = {r.label for r in runs if r.group == reference}
-    paired = {p["b"]: p for p in report.get("paired", []) if p["a"] in mine}
-    judged = {p["b"]: p for p in (report.get("judge") or {}).get("pairs", []) if p["a"] in mine}
+    # a run without seeds is paired with every seed of the reference: its row shows the first pair
+    paired = {p["b"]: p for p in reversed(report.get("paired", [])) if p["a"] in mine}
+    judged = {p["b"]: p for p in reversed((report.get("judge") or {}).get("pairs", [])) if p["a"] in mine}
     rows = []
     for run in runs:
         r = report["runs"][run.label]
@@ -432,6 +439,35 @@ def seed_rows(runs: list[Run], report_dir: Path, reference: str | None, metric: 
     return rows
 
 
+def judge_seed_rows(runs: list[Run], report_dir: Path, reference: str | None) -> dict[str, dict]:
+    """Per method judged against the reference: win/tie/loss summed over its seed pairs, and the
+    win-tie rate over seeds and prompts (``metrics.over_seeds_and_prompts`` on a 1/0 outcome per
+    seed and prompt, the prompts every pair judged validly)."""
+    import pyarrow.parquet as pq
+
+    from pargs_batch.evaluation.metrics import over_seeds_and_prompts
+
+    path = report_dir / "judge.parquet"
+    if not path.exists():
+        return {}
+    outcomes: dict[tuple[str, str], dict[str, str]] = {}
+    for row in pq.read_table(path, columns=["a", "b", "id", "outcome"]).to_pylist():
+        outcomes.setdefault((row["a"], row["b"]), {})[row["id"]] = row["outcome"]
+    group_of = {r.label: r.group for r in runs}
+    by_group: dict[str, list[dict[str, str]]] = {}
+    for (a, b), judged in outcomes.items():
+        if group_of.get(a) == reference and group_of.get(b) not in (None, reference):
+            by_group.setdefault(group_of[b], []).append(judged)
+    rows = {}
+    for group, pairs in by_group.items():
+        every = [o for judged in pairs for o in judged.values()]
+        ids = sorted(set.intersection(*({i for i, o in judged.items() if o != "invalid"} for judged in pairs)))
+        table = [[1.0 if judged[i] in ("win", "tie") else 0.0 for i in ids] for judged in pairs]
+        rows[group] = {**{k: every.count(k) for k in ("win", "tie", "loss", "invalid")}, "seeds": len(pairs),
+                       "win_tie": over_seeds_and_prompts(table) if ids else None}
+    return rows
+
+
 def group_points(rows: list[dict], over_seeds: list[dict] | None, metric: str) -> list[dict]:
     """What the plots show: each run, or over seeds each method at its budget (its mean and SE over
     seeds and prompts, its runs' mean cost)."""
@@ -453,8 +489,10 @@ def format_seed_table(rows: list[dict], reference: str | None, metric: str) -> s
     """The comparison over reward-model seeds: a line a method (at its budget)."""
     w = max(8, *(len(r["group"]) for r in rows)) + 2
     name = "gold" if metric == "gold" else "eval-RM"
+    judge = any(r.get("judge") for r in rows)
     lines = [f"{'method':<{w}}{'seeds':>6}{f'{name} mean [95% CI]':>28}{'seed means':>22}"
-             f"{f'{reference or chr(8212)} − method [95% CI]':>34}{'per seed':>26}"]
+             + (f"{'judge: ref. win-tie %':>23}" if judge else "") + f"{f'{reference or chr(8212)} − method [95% CI]':>34}"
+             "  per seed"]
     for r in rows:
         m = r[metric] or {}
         lo_hi = m.get("interval")
@@ -470,13 +508,23 @@ def format_seed_table(rows: list[dict], reference: str | None, metric: str) -> s
             iv = d.get("interval")
             diff = f"{d['mean']:+.3f}" + (f" [{iv[0]:+.3f}, {iv[1]:+.3f}]" if iv else "")
             per_seed = ", ".join(f"{v:+.2f}" for v in d["seed_diffs"]) + (" (sign changes)" if d["changes_sign"] else "")
-        lines.append(f"{r['group']:<{w}}{r['seeds']:>6}{mean:>28}{seeds:>22}{diff:>34}{per_seed:>26}")
+        lines.append(f"{r['group']:<{w}}{r['seeds']:>6}{mean:>28}{seeds:>22}"
+                     + (f"{win_tie_text(r.get('judge')):>23}" if judge else "") + f"{diff:>34}  {per_seed}")
     lines.append("(over reward-model seeds and prompts: per seed a prompt's samples are averaged, then the mean "
                  "over seeds and prompts with a 95% interval from a crossed random-effects model - seeds x "
                  "prompts, method of moments, Satterthwaite's t; a method without a reward model has one seed "
                  "and is paired with every seed of the reference; an ordering holds where its interval "
-                 "excludes 0)")
+                 "excludes 0" + ("; the judge's win-tie rate likewise over seed-paired prompts" if judge else "") + ")")
     return "\n".join(lines)
+
+
+def win_tie_text(judged: dict | None) -> str:
+    """The judge's win-tie rate over seeds and prompts as a percentage with its 95 % interval."""
+    stat = (judged or {}).get("win_tie") or {}
+    if stat.get("mean") is None:
+        return "—"
+    iv = stat.get("interval")
+    return f"{100 * stat['mean']:.0f}" + (f" [{100 * max(iv[0], 0):.0f}, {100 * min(iv[1], 1):.0f}]" if iv else "")
 
 
 AXES = (("reward_tokens_per_prompt", "reward-model tokens read per prompt", "reward_vs_rm_tokens.png"),
@@ -543,6 +591,9 @@ def run_compare(config: GenerateConfig, spec: CompareConfig, models=None, progre
     metric = "gold" if any(r["gold"] for r in rows) else "reward"
     over_seeds = seed_rows(runs, out / "report", done["reference"], metric) if seeded else None
     if over_seeds:
+        judged = judge_seed_rows(runs, out / "report", done["reference"])
+        for row in over_seeds:
+            row["judge"] = judged.get(row["group"])
         text += "\n\n" + format_seed_table(over_seeds, done["reference"], metric)
     out.mkdir(parents=True, exist_ok=True)
     result = {"llm": config.model.path, "reward_model": config.reward.path or None,

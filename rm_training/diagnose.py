@@ -108,6 +108,34 @@ def table(result: dict, name: str) -> str:
     return "\n".join(lines)
 
 
+def seed_spread(per_seed: list[dict]) -> dict:
+    """One reward model's seeds (each a :func:`diagnose` result): per bucket and for whole replies,
+    each seed's accuracy, their mean, min, max and standard deviation."""
+    import statistics
+
+    buckets = ["whole"] + list(per_seed[0]["prefix_accuracy"])
+    out = {}
+    for bucket in buckets:
+        values = [r["pairwise_accuracy"] if bucket == "whole" else r["prefix_accuracy"][bucket]["accuracy"]
+                  for r in per_seed]
+        out[bucket] = {"per_seed": values, "mean": statistics.fmean(values), "min": min(values), "max": max(values),
+                       "sd": statistics.stdev(values) if len(values) > 1 else None}
+    return out
+
+
+def seeds_table(spreads: dict[str, dict], triples: int) -> str:
+    """Accuracy by bucket across seeds, a column a reward model: the mean over seeds [min, max]."""
+    names = list(spreads)
+    seeds = len(next(iter(spreads.values()))["whole"]["per_seed"])
+    w = max(24, *(len(n) + 2 for n in names))
+    lines = [f"reward models on {triples} held-out preference triples: accuracy, mean over {seeds} seeds [min, max]",
+             f"  {'responses':<18}" + "".join(f"{n:>{w}}" for n in names)]
+    for bucket in next(iter(spreads.values())):
+        cells = [f"{s[bucket]['mean']:.3f} [{s[bucket]['min']:.3f}, {s[bucket]['max']:.3f}]" for s in spreads.values()]
+        lines.append(f"  {(bucket if bucket == 'whole' else 'prefix ' + bucket):<18}" + "".join(f"{c:>{w}}" for c in cells))
+    return "\n".join(lines)
+
+
 def label_table(result: dict) -> str:
     lines = ["Eq. 5's labels against the known reward's order of each prefix pair (ties excluded)",
              f"  {'pairs':<18}{'agree':>9}{'95% interval':>17}{'pairs':>8}{'ties':>7}"]

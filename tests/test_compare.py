@@ -158,8 +158,8 @@ def test_reward_model_seeds_run_each_guided_method_per_seed_and_the_table_pairs_
     from the evaluation's per-prompt means, and says where a difference changes sign between seeds."""
     import pyarrow as pa
 
-    from pargs_batch.comparison import (CompareConfig, format_seed_table, plan_runs, reference_group,
-                                        reference_pairs, run_configs, seed_rows)
+    from pargs_batch.comparison import (CompareConfig, format_seed_table, judge_seed_rows, plan_runs,
+                                        reference_group, reference_pairs, run_configs, seed_rows)
     from pargs_batch.config import GenerateConfig
 
     config = GenerateConfig.from_dict(base_config(world, tmp_path))
@@ -172,7 +172,7 @@ def test_reward_model_seeds_run_each_guided_method_per_seed_and_the_table_pairs_
     assert [configs[f"pargs seed={s}"].reward.path for s in range(3)] == [world["reward_model"]] + seeds
     group = reference_group(runs, None)
     assert group == "pargs" and reference_pairs(runs, group) == [
-        ["pargs seed=0", "topk"]] + [[f"pargs seed={s}", f"pargs-greedy seed={s}"] for s in range(3)]
+        [f"pargs seed={s}", "topk"] for s in range(3)] + [[f"pargs seed={s}", f"pargs-greedy seed={s}"] for s in range(3)]
 
     # the evaluation's per-prompt means, made up: pargs-greedy beats pargs under seeds 0 and 1, not 2
     rng = np.random.default_rng(0)
@@ -199,6 +199,28 @@ def test_reward_model_seeds_run_each_guided_method_per_seed_and_the_table_pairs_
     assert table["pargs"]["gold"]["seeds"] == 3 and len(table["pargs"]["gold"]["seed_means"]) == 3
     text = format_seed_table(list(table.values()), group, "gold")
     assert "(sign changes)" in text and "reference" in text.splitlines()[3]
+
+    # the judge's verdicts, made up: pargs wins or ties against top-k on 30 of 40 prompts under every
+    # seed pair; against pargs-greedy on 10, 12 and 40 - and one invalid verdict drops its prompt
+    verdicts = []
+    for s, greedy_wins in enumerate((10, 12, 40)):
+        for b, good in (("topk", 30), (f"pargs-greedy seed={s}", greedy_wins)):
+            verdicts += [{"a": f"pargs seed={s}", "b": b, "id": i, "outcome": ("win" if k % 2 else "tie") if k < good
+                          else "loss"} for k, i in enumerate(prompts)]
+    verdicts[0]["outcome"] = "invalid"  # pargs seed=0 against top-k, prompt p0
+    pq.write_table(pa.Table.from_pylist(verdicts), tmp_path / "report" / "judge.parquet")
+    judged = judge_seed_rows(runs, tmp_path / "report", group)
+    assert set(judged) == {"topk", "pargs-greedy"}
+    topk = judged["topk"]
+    assert (topk["seeds"], topk["invalid"], topk["win"] + topk["tie"], topk["loss"]) == (3, 1, 89, 30)
+    assert topk["win_tie"]["prompts"] == 39 and topk["win_tie"]["mean"] == pytest.approx(29 / 39)
+    assert topk["win_tie"]["seed_sd"] == 0 and topk["win_tie"]["interval"][0] > 0.5
+    greedy = judged["pargs-greedy"]["win_tie"]
+    assert greedy["seed_means"] == pytest.approx([0.25, 0.3, 1.0]) and greedy["interval"][0] < 0.5 < greedy["interval"][1]
+    for row in table.values():
+        row["judge"] = judged.get(row["group"])
+    text = format_seed_table(list(table.values()), group, "gold")
+    assert "judge: ref. win-tie %" in text.splitlines()[0] and " 74 [" in text.splitlines()[1]
 
 
 @pytest.mark.slow

@@ -28,8 +28,15 @@ def test_frontier_runs_every_method_over_its_budgets_and_plots_them(reduced_worl
     report = json.loads((out / "frontier.json").read_text())
     rows = {r["label"]: r for r in report["rows"]}
     assert list(rows) == [p.label for p in grid(2.0, 12)]
+    # every point with a reward model ran once per seed of it (the reduced world has 2), paired with
+    # Best-of-16 on seed and prompt; top-k once, against both seeds of the reference
+    assert report["rm_seeds"] == 2
     for label, r in rows.items():
+        assert r["seeds"] == (1 if r["method"] == "topk" else 2), label
         assert r["gold"]["prompts"] == 8 and r["error_rows"] == 0, label
+        assert r["gold"]["seeds"] == r["seeds"] and r["gold"]["interval"] is not None, label
+        if r["gold_vs_reference"]:
+            assert r["gold_vs_reference"]["seeds"] == 2 and len(r["gold_vs_reference"]["seed_diffs"]) == 2, label
         assert r["llm_tokens_per_prompt"] > 0 and r["wall_s_per_prompt"] > 0, label
         assert (r["rm_flops_per_prompt"] > 0) == (r["method"] != "topk"), label
         assert (r["gold_vs_reference"] is None) == (label == REFERENCE), label

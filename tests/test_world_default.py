@@ -50,6 +50,23 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
     assert tokenizers["rm_partial_causal"][1] == len(AutoTokenizer.from_pretrained(w["llm"]))
     assert tokenizers["rm_full"][1] != tokenizers["rm_partial_causal"][1]
 
+    # two seeds of each reward model (the reduced spec's rm_seeds): the same recipe, other weights -
+    # DeBERTa ones from an untrained start of their own - and each seed's accuracy on record
+    from safetensors.torch import load_file
+
+    for key in ("rm_full", "rm_partial", "rm_partial_causal", "rm_eval"):
+        first, second = w["rm_seeds"][key]
+        assert first == w[key] and second == str(Path(w[key]).parent / f"{key}_seed1")
+        a, b = (load_file(str(Path(d) / "model.safetensors")) for d in (first, second))
+        assert a.keys() == b.keys() and any(not (a[k] == b[k]).all() for k in a), key
+        record = w["reward_models"][key]
+        assert [s["path"] for s in record["seeds"]] == [first, second] and record["steps"] == record["seeds"][1]["steps"]
+        assert record["seeds"][0]["seed"] != record["seeds"][1]["seed"]
+        over = record["heldout_accuracy_over_seeds"]
+        assert over["min"] <= over["mean"] <= over["max"] and over["min"] == min(s["heldout_accuracy"] for s in record["seeds"])
+    inits = [load_file(str(Path(w["rm_init"]).parent / d / "model.safetensors")) for d in ("rm_init", "rm_init_seed1")]
+    assert any(not (inits[0][k] == inits[1][k]).all() for k in inits[0])
+
 
 def test_sample_gold_mean_covers_every_split_and_both_replies(reduced_world):
     from experiments.world.default import sample_gold_means
@@ -159,7 +176,9 @@ def test_the_same_seed_builds_the_same_world_byte_for_byte(reduced_world, tmp_pa
     assert "train_runtime" in (out / "build.log").read_text() and "train_runtime" not in result.stderr
     assert "world: rm_partial (partial) trained: 40 steps" in result.stderr
     first, second = artefact_hashes(Path(reduced_world["llm"]).parent), artefact_hashes(out)
-    assert len(first) == 29 and "rm_partial/model.safetensors" in first and "preferences_guidance.jsonl" in first
+    # the LM, 2 untrained DeBERTa starts, 4 reward models x 2 seeds, 3 preference files, the prompts
+    assert len(first) == 49 and "preferences_guidance.jsonl" in first
+    assert {"rm_partial/model.safetensors", "rm_partial_seed1/model.safetensors", "rm_init_seed1/model.safetensors"} <= set(first)
     assert sorted(k for k in first if first[k] != second.get(k)) == [] and set(first) == set(second)
     assert again["fingerprint"] == reduced_world["fingerprint"]
     for key in ("llm_heldout_perplexity", "llm_final_train_loss", "llm_sample_gold_by_split", "pairs", "matched_compute"):
@@ -198,7 +217,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    assert "gold reward ± SE" in lines[header] and "eval-RM reward ± SE" in lines[header]
+    assert "gold mean [95% CI]" in lines[header] and "gold per seed" in lines[header]
     printed = [line.split()[0] for line in lines[header + 1: header + 9]]
     assert printed == ["topk", "args", "pargs-greedy", "pargs", "pargs-causal-rm", "best-of-n", "DPO", "online"]
     # the fine-tuned rows: LLM not frozen, their training wall time beside them
@@ -226,8 +245,26 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert report["evaluation_model"] == reduced_world["rm_eval"]
     assert report["gold_reward"] == "experiments.world.gold:gold_reward"
     assert (tmp_path / "report" / "plots" / "gold_distribution.png").exists()
-    # the diagnostic ran for the full- and the partial-sequence RMs, by prefix bucket
-    assert set(demo["diagnose"]) == {"rm_full", "rm_partial", "rm_partial_causal", "labels"}
+    # every guided method ran once per reward-model seed (2 in the reduced world): its gold mean and
+    # interval are over seeds and prompts, and the seeds' own means differ (two trainings, two RMs;
+    # a greedy method may still choose alike under both on 16 short prompts)
+    assert demo["rm_seeds"] == 2
+    guided = ("args", "pargs-greedy", "pargs", "pargs-causal-rm", "best-of-n")
+    for method in guided:
+        row = table[method]
+        assert row["seeds"] == 2 and row["runs"] == [f"{method} seed=0", f"{method} seed=1"], method
+        gold = row["gold"]
+        assert gold["seeds"] == 2 and gold["prompts"] == 16 and len(gold["seed_means"]) == 2, method
+        assert gold["interval"][0] < gold["mean"] < gold["interval"][1], method
+    assert sum(table[m]["gold"]["seed_sd"] > 0 for m in guided) >= 3
+    assert table["topk"]["seeds"] == table["dpo-trained"]["seeds"] == 1
+    assert table["topk"]["gold"]["estimator"].startswith("one seed")
+    # the diagnostic ran for each seed of the full- and the partial-sequence RMs, by prefix bucket
+    assert set(demo["diagnose"]) == {f"{rm}{s}" for rm in ("rm_full", "rm_partial", "rm_partial_causal")
+                                     for s in ("", "_seed1")} | {"labels", "over_seeds"}
+    spread = demo["diagnose"]["over_seeds"]["rm_full"]["whole"]
+    assert len(spread["per_seed"]) == 2 and spread["min"] <= spread["mean"] <= spread["max"]
+    assert "accuracy, mean over 2 seeds [min, max]" in result.stdout
     labels = demo["diagnose"]["labels"]
     assert set(labels) == {"0-25%", "25-50%", "50-75%", "75-100%", "whole"}
     assert 0.5 < labels["whole"]["accuracy"] <= 1 and labels["whole"]["interval"][0] <= labels["whole"]["accuracy"]
@@ -235,17 +272,23 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert lo <= demo["diagnose"]["rm_partial"]["pairwise_accuracy"] <= hi
     assert set(demo["diagnose"]["rm_partial"]["prefix_accuracy"]) == {"0-25%", "25-50%", "50-75%", "75-100%"}
     assert (tmp_path / "diagnose" / "prefix_accuracy.png").exists()
-    # the gold judge ran through the real openai client: PARGS against each other method, with intervals
-    judged = {p["b"]: p for p in demo["judge"]["pairs"]}
+    # the gold judge ran through the real openai client: PARGS against each other method, paired on seed
+    # (a method without a reward model against both pargs seeds), with intervals over seeds and prompts
+    judged = demo["judge_over_seeds"]
     assert set(judged) == {"topk", "args", "pargs-greedy", "pargs-causal-rm", "best-of-n", "dpo-trained",
                            "online-rl-trained"}
-    for p in judged.values():
+    for j in judged.values():
+        assert j["seeds"] == 2 and j["invalid"] == 0 and j["win"] + j["tie"] + j["loss"] == 32
+        lo, hi = j["win_tie"]["interval"]
+        assert lo <= j["win_tie"]["mean"] <= hi and j["win_tie"]["prompts"] == 16
+    for p in demo["judge"]["pairs"]:
         # identical replies from two methods are one comparison: the cache answers the repeat
-        assert p["prompts"] == 16 and p["invalid"] == 0 and 1 <= p["requests"] <= 16
-        lo, hi = p["win_tie_interval"]
-        assert lo <= p["win_tie_rate"] <= hi
+        assert p["prompts"] == 16 and p["invalid"] == 0 and 0 <= p["requests"] <= 16
     assert "pargs vs" in result.stdout and "gold judge" in result.stdout
-    assert {(p["a"], p["b"]) for p in demo["paired"]} == {("pargs", b) for b in judged}
+    seeded = {f"{m} seed={s}" for m in ("args", "pargs-greedy", "pargs-causal-rm", "best-of-n") for s in (0, 1)}
+    pairs = {(p["a"], p["b"]) for p in demo["paired"]}
+    assert pairs == {(f"pargs seed={b[-1]}", b) for b in seeded} | {
+        (f"pargs seed={s}", b) for s in (0, 1) for b in ("topk", "dpo-trained", "online-rl-trained")}
     assert [t["beta"] for t in demo["sweep"]["table"]] == [0.0, 3.0]
     assert (tmp_path / "sweep" / "report" / "plots" / "reward_vs_beta_0.png").exists()
     # quiet by default: the terminal has stage lines, bars and tables; library output is in the log

@@ -15,12 +15,16 @@
    ``rm_full`` (DeBERTa-v2 with its own WordPiece tokenizer, Eq. 1 - ARGS's and Best-of-N's),
    ``rm_partial`` (the same architecture on prefix pairs, Eq. 5 - PARGS's),
    ``rm_partial_causal`` (GPT-2 initialised from the LM, sharing its tokenizer, Eq. 5 over every
-   prefix in one pass) and ``rm_eval`` (DeBERTa, Eq. 1, on the disjoint ``evaluation`` split);
+   prefix in one pass) and ``rm_eval`` (DeBERTa, Eq. 1, on the disjoint ``evaluation`` split) -
+   each ``spec.rm_seeds`` times, the recipe unchanged but for the seed of the initialisation (a
+   DeBERTa start of its own per seed; the causal RM's score head) and of the data order
+   (``rm_full``, ``rm_full_seed1``, ...), ``spec.rm_workers`` side by side in processes of their own;
 5. ``prompts_heldout.jsonl``: prompts no corpus reply, preference pair or RM has seen.
 
-Everything is an ordinary Hugging Face checkpoint or JSONL file; ``world.json`` lists the paths,
-the LM's perplexity, each RM's held-out accuracy and the build time. A world whose ``world.json``
-matches the spec and version is reused.
+Everything is an ordinary Hugging Face checkpoint or JSONL file; ``world.json`` lists the paths
+(``rm_seeds``: each reward model's seeds in order, the first the one under its plain key), the
+LM's perplexity, each RM's held-out accuracy per seed and the build time. A world whose
+``world.json`` matches the spec and version is reused.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pargs_batch.console import console
 from experiments.world.builders import (encode_texts, new_deberta_rm, new_llm, train_llm, train_llm_tokenizer,
                                         train_rm_tokenizer)
 
-WORLD_VERSION = 3  # 3: deterministic RM tokenizer; rm_full / rm_partial at matched compute
+WORLD_VERSION = 4  # 3: deterministic RM tokenizer; rm_full / rm_partial at matched compute; 4: RM seeds
 STRIDE = 2  # every second token boundary of a pair is a prefix pair (Eq. 5)
 GOLD_REWARD = "experiments.world.gold:gold_reward"
 TEMPLATE = "{prompt}{response}"
@@ -76,13 +80,15 @@ class DefaultWorldSpec:
     rm_lr_full: float = 1e-3
     rm_lr_partial: float = 3e-3
     threads: int = 2  # torch CPU threads while building: the artefacts depend on it
+    rm_seeds: int = 3  # each reward model trained this many times, seeds of initialisation and data order
+    rm_workers: int = 2  # reward models trained side by side, each process on threads // rm_workers threads
 
     @classmethod
     def reduced(cls, seed: int = 0) -> DefaultWorldSpec:
         """Tiny sizes for tests: the same pipeline in a minute or two."""
         return cls(seed=seed, corpus_size=3000, heldout_prompts=64, llm_vocab_size=400, llm_layers=2,
                    llm_width=64, llm_steps=300, rm_vocab_size=300, rm_width=32, pairs_per_prompt=2,
-                   heldout_pairs=64, sample_max_tokens=40, rm_epochs=1.0, rm_steps=40)
+                   heldout_pairs=64, sample_max_tokens=40, rm_epochs=1.0, rm_steps=40, rm_seeds=2)
 
 
 # ---------------------------------------------------------------- language
@@ -247,38 +253,106 @@ def matched_rm_config(spec: DefaultWorldSpec, mode: str, rm_init: str, guidance:
     return cfg
 
 
-def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict, log=None) -> dict:
+RM_NAMES = ("rm_full", "rm_partial", "rm_partial_causal", "rm_eval")
+LONGEST_FIRST = ("rm_partial_causal", "rm_partial", "rm_full", "rm_eval")  # their training times, in the build
+
+
+def seed_key(name: str, index: int) -> str:
+    """A reward model's directory (and world.json key) for its ``index``-th seed: the plain name first."""
+    return name if index == 0 else f"{name}_seed{index}"
+
+
+def reward_seed_paths(world: dict, key: str | None, seeds: int) -> list[str]:
+    """The first ``seeds`` seeds of reward model ``key`` in a built world ([""] for no reward model)."""
+    from pargs_batch.configlib import ConfigError
+
+    built = len(world["rm_seeds"]["rm_full"])
+    if not 1 <= seeds <= built:
+        raise ConfigError("--rm-seeds", seeds, f"1 to {built}: the reward-model seeds this world was built with")
+    return world["rm_seeds"][key][:seeds] if key else [""]
+
+
+def rm_init_seed(spec: DefaultWorldSpec, index: int) -> int:
+    """The torch seed of the untrained DeBERTa the ``index``-th seed of the DeBERTa RMs starts from."""
+    return spec.seed + 1000 * index
+
+
+def rm_jobs(spec: DefaultWorldSpec, out: Path, files: dict, batches: dict[str, int]) -> dict[tuple[str, int], dict]:
+    """The rm_training config of every reward model and seed, by (name, seed index)."""
+    recipes = {
+        "rm_full": ("full", "rm_init", "guidance_pairs", spec.rm_lr_full),
+        "rm_partial": ("partial", "rm_init", "guidance_pairs", spec.rm_lr_partial),
+        "rm_partial_causal": ("partial-causal", "llm", "guidance_pairs", 1e-3),
+        "rm_eval": ("full", "rm_init", "evaluation_pairs", 3e-3),
+    }
+    jobs = {}
+    for index in range(spec.rm_seeds):
+        for i, (name, (mode, init, train_file, lr)) in enumerate(recipes.items()):
+            init_path = files["rm_inits"][index] if init == "rm_init" else files[init]
+            seed = spec.seed + 10 + i + 100 * index
+            path = str(out / seed_key(name, index))
+            if name in ("rm_full", "rm_partial"):
+                cfg = matched_rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr,
+                                        seed, spec.rm_steps, batches[mode])
+            else:
+                cfg = rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr, seed)
+            jobs[(name, index)] = cfg
+    return jobs
+
+
+def train_one_rm(cfg: dict, threads: int) -> dict:
+    """Train one of the world's reward models under :func:`deterministic_torch` (in a process of its
+    own when the build trains them side by side); what world.json records of it."""
     from pargs_batch.configlib import build
     from rm_training.config import TrainConfig
     from rm_training.train import train
 
+    t0 = time.perf_counter()
+    with deterministic_torch(cfg["training"]["seed"], threads):
+        summary = train(build(TrainConfig, cfg))
+    return {"path": cfg["training"]["output_dir"], "seed": cfg["training"]["seed"], "steps": summary["steps"],
+            "train_pairs": summary["train_pairs"], "heldout_accuracy": summary.get("pairwise_accuracy"),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict, log=None) -> dict:
+    """Every reward model at every seed, ``spec.rm_workers`` at a time (spawned processes, each on
+    ``threads // rm_workers`` torch threads: these small models use one thread about as well as two)."""
+    import concurrent.futures
+    import multiprocessing
+
+    log = log or (lambda _: None)
     batches, tokens = matched_batches(files["rm_init"], files["guidance_pairs"], spec.rm_batch_size)
     matched = {"steps": spec.rm_steps, "batches": batches, "tokens_per_example": tokens,
                "tokens_per_step": {m: round(batches[m] * tokens[m], 1) for m in batches}}
-    jobs = {
-        "rm_full": ("full", files["rm_init"], files["guidance_pairs"], spec.rm_lr_full),
-        "rm_partial": ("partial", files["rm_init"], files["guidance_pairs"], spec.rm_lr_partial),
-        "rm_partial_causal": ("partial-causal", files["llm"], files["guidance_pairs"], 1e-3),
-        "rm_eval": ("full", files["rm_init"], files["evaluation_pairs"], 3e-3),
-    }
-    results = {}
-    for i, (name, (mode, init, train_file, lr)) in enumerate(jobs.items()):
-        t0 = time.perf_counter()
-        if name in ("rm_full", "rm_partial"):
-            cfg = matched_rm_config(spec, mode, init, train_file, files["heldout_pairs"], str(out / name), lr,
-                                    spec.seed + 10 + i, spec.rm_steps, batches[mode])
-        else:
-            cfg = rm_config(spec, mode, init, train_file, files["heldout_pairs"], str(out / name), lr, spec.seed + 10 + i)
-        summary = train(build(TrainConfig, cfg))
-        results[name] = {"path": str(out / name), "mode": mode, "train_pairs": summary["train_pairs"],
-                         "steps": summary["steps"], "learning_rate": lr,
-                         "batch_size": cfg["training"]["per_device_train_batch_size"],
-                         "heldout_accuracy": summary.get("pairwise_accuracy"),
-                         "seconds": round(time.perf_counter() - t0, 1)}
-        if log:
-            log(f"world: {name} ({mode}) trained: {summary['steps']} steps in {results[name]['seconds']} s, "
-                f"held-out accuracy {results[name]['heldout_accuracy']:.3f}")
-    return {"models": results, "matched": matched}
+    jobs = rm_jobs(spec, out, files, batches)
+    threads = max(1, spec.threads // max(1, spec.rm_workers))
+    done: dict[tuple[str, int], dict] = {}
+
+    def record(key: tuple[str, int], result: dict) -> None:
+        done[key] = result
+        log(f"world: {seed_key(*key)} ({jobs[key]['mode']}) trained: {result['steps']} steps in {result['seconds']} s, "
+            f"held-out accuracy {result['heldout_accuracy']:.3f}")
+
+    if spec.rm_workers <= 1:
+        for key, cfg in jobs.items():
+            record(key, train_one_rm(cfg, threads))
+    else:
+        order = sorted(jobs, key=lambda k: (LONGEST_FIRST.index(k[0]), k[1]))  # so the processes end together
+        with concurrent.futures.ProcessPoolExecutor(spec.rm_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(train_one_rm, jobs[key], threads): key for key in order}
+            for future in concurrent.futures.as_completed(futures):
+                record(futures[future], future.result())
+    models = {}
+    for name in RM_NAMES:
+        seeds = [done[(name, index)] for index in range(spec.rm_seeds)]
+        cfg = jobs[(name, 0)]
+        accuracies = [s["heldout_accuracy"] for s in seeds]
+        models[name] = {**seeds[0], "mode": cfg["mode"], "learning_rate": cfg["training"]["learning_rate"],
+                        "batch_size": cfg["training"]["per_device_train_batch_size"], "seeds": seeds,
+                        "heldout_accuracy_over_seeds": {"mean": round(sum(accuracies) / len(accuracies), 4),
+                                                        "min": min(accuracies), "max": max(accuracies)}}
+    return {"models": models, "matched": matched}
 
 
 # ---------------------------------------------------------------- build
@@ -400,9 +474,16 @@ def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:
 
     t0 = time.perf_counter()
     rm_tok = train_rm_tokenizer(texts, spec.rm_vocab_size)
-    rm = new_deberta_rm(rm_tok, spec.rm_layers, spec.rm_width)
-    rm.save_pretrained(out / "rm_init")
-    rm_tok.save_pretrained(out / "rm_init")
+    import torch
+
+    rm_inits = []
+    for index in range(spec.rm_seeds):  # an untrained DeBERTa a seed (the first one's seed the build's)
+        if index:
+            torch.manual_seed(rm_init_seed(spec, index))
+        rm = new_deberta_rm(rm_tok, spec.rm_layers, spec.rm_width)
+        rm_inits.append(str(out / seed_key("rm_init", index)))
+        rm.save_pretrained(rm_inits[-1])
+        rm_tok.save_pretrained(rm_inits[-1])
 
     # preference pairs: two LM samples per prompt, three disjoint prompt splits
     rng = random.Random(spec.seed + 3)
@@ -410,7 +491,7 @@ def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:
     rng.shuffle(shuffled)
     n_eval = int(len(shuffled) * spec.eval_prompt_share)
     splits = {"guidance": shuffled[n_eval:], "evaluation": shuffled[:n_eval], "heldout": heldout_prompts}
-    files = {"llm": str(out / "llm"), "rm_init": str(out / "rm_init")}
+    files = {"llm": str(out / "llm"), "rm_init": rm_inits[0], "rm_inits": rm_inits}
     pair_stats, drawn = {}, {}
     for i, (name, prompts) in enumerate(splits.items()):
         reps = spec.pairs_per_prompt if name != "heldout" else max(1, -(-spec.heldout_pairs // len(prompts)))
@@ -441,6 +522,7 @@ def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:
         "llm": str(out / "llm"), "rm_init": str(out / "rm_init"),
         "rm_full": rms["rm_full"]["path"], "rm_partial": rms["rm_partial"]["path"],
         "rm_partial_causal": rms["rm_partial_causal"]["path"], "rm_eval": rms["rm_eval"]["path"],
+        "rm_seeds": {name: [s["path"] for s in rm["seeds"]] for name, rm in rms.items()},
         "prompts": prompts_file, "template": TEMPLATE, "gold_reward": GOLD_REWARD,
         "preferences": {k: files[f"{k}_pairs"] for k in splits},
         "llm_heldout_perplexity": round(ppl, 3), "llm_final_train_loss": round(loss, 4),
