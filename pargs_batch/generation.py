@@ -181,7 +181,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
         if pool is not None:
             pool.shutdown()
 
-    wall = time.perf_counter() - totals.start
+    wall = time.perf_counter() - totals.start - startup  # the models' loading is startup_s, not generation
     summary = RunSummary(
         method=config.decode.method,
         rows=run.rows,
