@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from statistics import fmean
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,14 +75,12 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
     from pargs_batch.configlib import build
     from pargs_batch.models import Models
 
-    from experiments.world.default import DefaultWorldSpec, built_world, ensure_world, fingerprint_note
+    from experiments.world.default import (DefaultWorldSpec, built_world, check_seed_count, ensure_world,
+                                            fingerprint_note)
 
     start = time.perf_counter()
     spec = DefaultWorldSpec.reduced() if reduced_world else DefaultWorldSpec()
-    if rm_seeds is not None and not 1 <= rm_seeds <= spec.rm_seeds:  # before the world is built
-        from pargs_batch.configlib import ConfigError
-
-        raise ConfigError("--rm-seeds", rm_seeds, f"1 to {spec.rm_seeds}: the reward-model seeds the world is built with")
+    check_seed_count(spec, rm_seeds)  # before the world is built
     reused = built_world(Path(world_dir), spec) is not None
     world = ensure_world(world_dir, reduced_world)
     world_s = time.perf_counter() - start  # seconds spent on the world: building it, or reading world.json
@@ -198,22 +197,17 @@ def table_rows(report: dict, summaries: dict, plan, over: dict, runs=DEMO_RUNS, 
         row = {"method": run.label, "name": run.name or run.label, "llm_frozen": trained is None,
                "train_seconds": trained["seconds"] if trained else None,
                "single_response": first["method"] != "best-of-n", "seeds": len(members), "runs": members,
-               "rows": first["rows"], "mean_tokens": mean(report["runs"][m]["mean_tokens"] for m in members),
+               "rows": first["rows"], "mean_tokens": fmean(report["runs"][m]["mean_tokens"] for m in members),
                "gold": gold["gold"], "eval_rm": eval_rm["reward"],
                "pargs_minus_this": gold["reference_minus_this"],
-               "rouge_l": None if None in rouge else mean(rouge),
-               "tokens_per_s": mean(summaries[m].tokens_per_s for m in members)}
+               "rouge_l": None if None in rouge else fmean(rouge),
+               "tokens_per_s": fmean(summaries[m].tokens_per_s for m in members)}
         if documented and run.label in documented:
             lo, hi = documented[run.label]
             row["documented_interval"] = [lo, hi]
             row["inside_documented"] = lo <= row["gold"]["mean"] <= hi
         rows.append(row)
     return rows
-
-
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 # the documented world's gold means over its three reward-model seeds, 95 % intervals over seeds and

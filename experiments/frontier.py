@@ -103,14 +103,13 @@ def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/wo
                  points: list[Point] | None = None, rm_seeds: int | None = None) -> dict:
     from pargs_batch.comparison import compare_runs, seed_rows
     from pargs_batch.config import GenerateConfig
-    from pargs_batch.configlib import ConfigError, build
+    from pargs_batch.configlib import build
 
-    from experiments.world.default import DefaultWorldSpec, ensure_world
+    from experiments.world.default import DefaultWorldSpec, check_seed_count, ensure_world
 
     start = time.perf_counter()
     spec = DefaultWorldSpec.reduced() if reduced_world else DefaultWorldSpec()
-    if rm_seeds is not None and not 1 <= rm_seeds <= spec.rm_seeds:  # before the world is built
-        raise ConfigError("--rm-seeds", rm_seeds, f"1 to {spec.rm_seeds}: the reward-model seeds the world is built with")
+    check_seed_count(spec, rm_seeds)  # before the world is built
     world = ensure_world(world_dir, reduced_world)
     world_s = time.perf_counter() - start
     seeds = rm_seeds or len(world["rm_seeds"]["rm_full"])

@@ -262,6 +262,14 @@ def seed_key(name: str, index: int) -> str:
     return name if index == 0 else f"{name}_seed{index}"
 
 
+def check_seed_count(spec: DefaultWorldSpec, seeds: int | None) -> None:
+    """Refuse a number of reward-model seeds the world built from ``spec`` does not have (None: all)."""
+    from pargs_batch.configlib import ConfigError
+
+    if seeds is not None and not 1 <= seeds <= spec.rm_seeds:
+        raise ConfigError("--rm-seeds", seeds, f"1 to {spec.rm_seeds}: the reward-model seeds the world is built with")
+
+
 def reward_seed_paths(world: dict, key: str | None, seeds: int) -> list[str]:
     """The first ``seeds`` seeds of reward model ``key`` in a built world ([""] for no reward model)."""
     from pargs_batch.configlib import ConfigError
