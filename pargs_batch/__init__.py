@@ -1,7 +1,7 @@
 """pargs_batch: batch tokenwise reward-guided text generation (PARGS, ARGS, top-k) on vLLM.
 
 ``import pargs_batch as pb`` offers the Python API (``pargs_batch.api``): ``pb.generate``,
-``pb.evaluate``, ``pb.compare``, ``pb.read_output``, the configs (``pb.GenerateConfig``, ``pb.EvalConfig``,
+``pb.evaluate``, ``pb.compare``, ``pb.serve``, ``pb.read_output``, the configs (``pb.GenerateConfig``, ``pb.EvalConfig``,
 ``pb.CompareConfig``), the
 run summary, ``pb.Models`` (loaded models kept across calls) and ``pb.ConfigError``. Names load on first use, so importing the package is cheap.
 """
@@ -18,6 +18,7 @@ _EXPORTS = {
     "evaluate": "pargs_batch.api",
     "compare": "pargs_batch.api",
     "read_output": "pargs_batch.api",
+    "serve": "pargs_batch.api",
     "CompareConfig": "pargs_batch.comparison",
     "GenerateConfig": "pargs_batch.config",
     "EvalConfig": "pargs_batch.evaluation.config",
@@ -28,7 +29,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from pargs_batch.api import compare, evaluate, generate, read_output
+    from pargs_batch.api import compare, evaluate, generate, read_output, serve
     from pargs_batch.comparison import CompareConfig
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError

@@ -86,6 +86,23 @@ def compare(config: GenerateConfig | dict | str | Path, spec: CompareConfig | di
                        progress=progress)
 
 
+def serve(config: GenerateConfig | dict | str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          replicas: int = 1, served_model_name: str | None = None, on_ready=None, **overrides: Any) -> None:
+    """Serve ``config``'s LLM and reward model behind vLLM's OpenAI-compatible server until stopped:
+    every request guided as its ``extra_body`` says (method, beta, top_k, temperature, seed, id,
+    reward_weights), the config's ``decode`` section the defaults. ``replicas`` > 1 runs that many
+    engines behind Ray Serve. ``on_ready(url)`` is called once it answers."""
+    from pargs_batch.serving import check_servable, serve as run
+
+    config = as_config(GenerateConfig, config, overrides)
+    check_servable(config)
+    if replicas > 1:
+        from pargs_batch.serve_ray import serve_replicas
+
+        return serve_replicas(config, host, port, replicas, served_model_name, on_ready=on_ready)
+    return run(config, host, port, served_model_name, on_ready=on_ready)
+
+
 def read_output(path: str | Path, kind: str = "rows") -> pa.Table:
     """A run's rows (``kind="rows"``) or its best-of-n candidates (``"candidates"``) as one Arrow
     table, finished files and micro-batches not yet compacted alike (``.to_pandas()`` for pandas)."""

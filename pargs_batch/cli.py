@@ -1,7 +1,7 @@
 """`pargs-batch`: the command line.
 
-The library's own commands are ``generate``, ``evaluate``, ``compare`` and ``init`` (a starting
-config); all but ``init`` are thin layers over the Python API
+The library's own commands are ``generate``, ``evaluate``, ``compare``, ``serve`` (an
+OpenAI-compatible server) and ``init`` (a starting config); all but ``init`` are thin layers over the Python API
 (``pargs_batch.api``: config from YAML and overrides in, the API's call, its summary printed). Packages above the library add theirs
 through the ``pargs_batch.commands`` entry-point group (a function that adds a subparser):
 ``rm_training`` adds ``diagnose-rm``; ``experiments`` adds ``world``, ``demo`` and ``bench``. So the
@@ -110,6 +110,32 @@ def _compare(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import ConfigError, load_config
+    from pargs_batch.serving import check_servable
+
+    config = load_config(GenerateConfig, args.config, args.overrides)
+    check_servable(config)
+    if args.replicas < 1:
+        raise ConfigError("--replicas", args.replicas, "an integer >= 1")
+    if not 0 < args.port < 65536:
+        raise ConfigError("--port", args.port, "a TCP port in [1, 65535]")
+    log = getattr(args, "log", None)
+    console.say(f"serve: starting vLLM's OpenAI-compatible server for {config.model.path} with "
+                f"{config.reward.label or 'no reward model'}" + (f" (library output: {log})" if log else ""))
+
+    def ready(url: str) -> None:
+        console.say(f"serve: ready at {url} (completions and chat completions; guidance per request in extra_body; "
+                    f"Prometheus metrics at {url[:-3]}/metrics); Ctrl-C stops it")
+
+    from pargs_batch import api
+
+    api.serve(config, host=args.host, port=args.port, replicas=args.replicas,
+              served_model_name=args.served_model_name, on_ready=ready)
+    return 0
+
+
 def _init(args) -> int:
     from pargs_batch.starter import write_starter
 
@@ -162,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "keys with a compare. prefix (compare.evaluation.judge.base_url=...)")
     cmp.set_defaults(func=_compare)
 
+    srv = sub.add_parser("serve", help="an OpenAI-compatible server (vLLM's) with reward guidance per request")
+    srv.add_argument("--config", help="your generate YAML: the LLM, reward model and decode defaults")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument("--served-model-name", help="the model name clients send (default: model.path)")
+    srv.add_argument("--replicas", type=int, default=1,
+                     help="engine replicas behind Ray Serve (default 1: vLLM's server in this process)")
+    srv.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="dotted overrides, e.g. decode.beta=2.0 model.max_model_len=4096")
+    srv.set_defaults(func=_serve)
+
     init = sub.add_parser("init", help="write a commented starting config for your LLM, reward model and data")
     init.add_argument("--llm", required=True, help="the LLM: a checkpoint directory or hub id")
     init.add_argument("--reward", help="the guidance reward model (omit for top-k sampling)")
@@ -212,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if getattr(args, "verbose", True):
         return _run(args)
-    log = log_path(args)
+    log = args.log = log_path(args)
     try:
         with quiet(log):
             return _run(args)

@@ -90,6 +90,42 @@ def _finish_reason(completion) -> str:
     return "stop" if isinstance(completion.stop_reason, str) else "eos"
 
 
+def engine_args(config: ModelConfig, eager_default: bool = False) -> dict:
+    """vLLM's engine arguments for ``config``: what ``vllm.LLM`` takes here and what
+    ``pargs-batch serve`` builds vLLM's ``AsyncEngineArgs`` from, so a server's engine is the batch
+    engine (the same block size, prefill and sampling, hence the same tokens). ``eager_default``:
+    ``enforce_eager`` when the config leaves it unset."""
+    from vllm.platforms import current_platform
+
+    kwargs = dict(
+        model=config.path,
+        tokenizer=config.tokenizer or config.path,
+        dtype=config.dtype,
+        max_model_len=config.max_model_len,
+        max_logprobs=config.max_logprobs,
+        enable_prefix_caching=True,
+        tensor_parallel_size=config.tensor_parallel_size,
+        enforce_eager=eager_default if config.enforce_eager is None else config.enforce_eager,
+        trust_remote_code=config.trust_remote_code,
+        seed=config.seed,
+        disable_log_stats=not config.log_stats,
+    )
+    # the stepped loop resubmits every sequence each token: only whole cached blocks are reused
+    kwargs["block_size"] = config.block_size or (32 if current_platform.is_cpu() else 16)
+    if current_platform.is_cpu():
+        # vLLM's CPU runner cannot rewind a seeded request's torch generator when a step's token is
+        # discarded because its prompt was only partly prefilled ("CPU Generator does not use
+        # offset" kills the engine): whole prompts only (vLLM then sizes the step's token budget
+        # to hold the longest)
+        kwargs["enable_chunked_prefill"] = False
+    if config.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
+    else:
+        default = 0.2 if current_platform.is_cpu() else 0.9
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization or default
+    return kwargs
+
+
 class Engine:
     """A ``vllm.LLM`` that answers "which k tokens come next, and how likely is each?"."""
 
@@ -99,36 +135,9 @@ class Engine:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        kwargs = dict(
-            model=config.path,
-            tokenizer=config.tokenizer or config.path,
-            dtype=config.dtype,
-            max_model_len=config.max_model_len,
-            max_logprobs=config.max_logprobs,
-            enable_prefix_caching=True,
-            tensor_parallel_size=config.tensor_parallel_size,
-            enforce_eager=config.enforce_eager,
-            trust_remote_code=config.trust_remote_code,
-            seed=config.seed,
-            disable_log_stats=not config.log_stats,
-        )
-        # the stepped loop resubmits every sequence each token: only whole cached blocks are reused
-        kwargs["block_size"] = config.block_size or (32 if current_platform.is_cpu() else 16)
-        if current_platform.is_cpu():
-            # vLLM's CPU runner cannot rewind a seeded request's torch generator when a step's token is
-            # discarded because its prompt was only partly prefilled ("CPU Generator does not use
-            # offset" kills the engine): whole prompts only (vLLM then sizes the step's token budget
-            # to hold the longest)
-            kwargs["enable_chunked_prefill"] = False
-        if config.kv_cache_memory_bytes is not None:
-            kwargs["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
-        else:
-            default = 0.2 if current_platform.is_cpu() else 0.9
-            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization or default
         # a fused engine on CPU runs in this process, on every core it may use (see in_process_layout)
         self.in_process = fused is not None and current_platform.is_cpu() and config.tensor_parallel_size == 1
-        if config.enforce_eager is None:
-            kwargs["enforce_eager"] = self.in_process
+        kwargs = engine_args(config, self.in_process)
         self.config, self.fused = config, fused is not None
         with in_process_layout() if self.in_process else contextlib.nullcontext():
             self.llm = LLM(**kwargs, **(fused or {}))

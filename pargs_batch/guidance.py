@@ -5,7 +5,8 @@ neither vLLM nor torch:
 
 - ``GuideSetup``: what the engine is built with (``additional_config``): the reward model(s) and
   the LLM's tokenizer;
-- ``GuideArgs``: one request's guidance (``SamplingParams.extra_args``);
+- ``GuideArgs``: one request's guidance (``SamplingParams.extra_args``; from an HTTP request, where
+  vLLM takes only flat values in ``vllm_xargs``, as a JSON string);
 - ``GuideRecord``: what the guidance recorded for one request, fetched with ``collective_rpc``;
 - ``GuideInfo``: the guidance's start-up facts in one worker.
 
@@ -54,7 +55,9 @@ class GuideSetup:
 class GuideArgs:
     """One request's guidance: its key (the row's identity across preemptions), k, beta, whether a
     reward model guides it, whether it is greedy, the reward model's context (prompt text or
-    conversation) and its reward models' own weights."""
+    conversation), its reward models' own weights, and whether its record is kept for the driver
+    to fetch (batch runs) or dropped when the request leaves the engine (``pargs-batch serve``,
+    where nobody fetches it)."""
 
     key: str
     k: int
@@ -63,14 +66,31 @@ class GuideArgs:
     greedy: bool
     prompt: Any = ""
     weights: list[float] | None = None
+    keep: bool = True
 
     def to_wire(self) -> dict:
         return {EXTRA_KEY: asdict(self)}
+
+    def to_http(self) -> dict:
+        """As an HTTP request's ``vllm_xargs`` carries it: vLLM's server takes flat values only (a
+        conversation is not one), so the arguments travel as one JSON string."""
+        import json
+
+        return {EXTRA_KEY: json.dumps(asdict(self))}
 
     @classmethod
     def from_params(cls, params) -> GuideArgs | None:
         """The request's guidance from its ``SamplingParams`` (None: not ours, left alone)."""
         data = (getattr(params, "extra_args", None) or {}).get(EXTRA_KEY) if params is not None else None
+        if isinstance(data, str):
+            import json
+
+            try:
+                data = json.loads(data)
+            except ValueError:
+                raise ValueError(f"extra_args[{EXTRA_KEY!r}]: not JSON") from None
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"extra_args[{EXTRA_KEY!r}]: expected an object, got {type(data).__name__}")
         return None if data is None else _from_wire(cls, data, f"extra_args[{EXTRA_KEY!r}]")
 
 

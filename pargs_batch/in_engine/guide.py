@@ -60,6 +60,7 @@ class Row:
     reward_tokens: int = 0        # what the reward model read for the row, and the inputs it scored
     reward_calls: int = 0
     weights: list[float] | None = None  # its reward models' own weights (data.weights_column)
+    keep: bool = True             # its record waits for the driver (False: dropped when it leaves)
 
     def record(self) -> GuideRecord:
         """What the driver gets of this row."""
@@ -93,6 +94,7 @@ class Guide:
         self.session, self.order = None, []  # causal backend: the RM's KV state, and whose row is whose
         self.last_step = None  # (candidate ids, rewards, row -> its line in them) of the last step
         self.reservation, self.load_s = None, 0.0
+        self.stats = defaultdict(float)  # since start: steps, guided row-steps, candidates scored, seconds
         if setup is None:
             return
         from transformers import AutoTokenizer
@@ -139,11 +141,27 @@ class Guide:
             return row
         row = Row(key=args.key, k=int(args.k), beta=float(args.beta), guided=bool(args.guided) and self.scorer is not None,
                   greedy=bool(args.greedy), prompt=args.prompt, out_ids=[] if out_ids is None else out_ids,
-                  weights=args.weights)
+                  weights=args.weights, keep=bool(args.keep))
         if prompt_ids is not None:
             self.set_prompt(row, prompt_ids)
         self.records[row.key] = row
         return row
+
+    def leave(self, row: Row | None) -> None:
+        """A row's request left vLLM's batch (finished, aborted or preempted). A row nobody will
+        fetch (``keep`` false: a served request) is dropped now; a request vLLM adds back after a
+        preemption then starts a new row from its prompt and output so far."""
+        if row is None:
+            return
+        row.alive = False
+        if not row.keep and self.records.get(row.key) is row:
+            del self.records[row.key]
+
+    def counters(self) -> dict:
+        """Totals since start, for a server's metrics: guided steps, row-steps and candidates scored,
+        the reward model's and the detokeniser's seconds, and the rows held now."""
+        return {**{name: float(self.stats[name]) for name in ("steps", "rows", "candidates", "reward_s", "decode_s")},
+                "live_rows": len(self.records)}
 
     def set_prompt(self, row: Row, prompt_ids: list[int]) -> None:
         row.prompt_ids = list(prompt_ids)
@@ -303,6 +321,13 @@ class Guide:
         for n, r in enumerate(rows):
             r.pending = (ids_np[n], rewards[n], windows.get(n))
         self.last_step = (ids_np, rewards, {id(r): n for n, r in enumerate(rows)})
+        if guided:
+            stats = self.stats
+            stats["steps"] += 1
+            stats["rows"] += len(guided)
+            stats["candidates"] += len(guided) * kmax
+            stats["reward_s"] += t3 - t2
+            stats["decode_s"] += t2 - t1
         share = 1.0 / len(rows)
         for r in rows:  # per-row shares of this step's guidance time, for the run's phase split
             r.timings["decode"] += (t2 - t1) * share

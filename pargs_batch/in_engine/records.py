@@ -32,3 +32,12 @@ class RecordsExtension:
                 if row is not None:
                     found[key] = row.record().to_wire()
         return found
+
+    def pargs_batch_counters(self) -> dict[str, float]:
+        """The guidance's totals in this worker (``Guide.counters``), summed over its processors:
+        what a server's ``/metrics`` shows."""
+        total: dict[str, float] = {}
+        for guide in self._guides():
+            for name, value in guide.counters().items():
+                total[name] = total.get(name, 0.0) + value
+        return total

@@ -27,9 +27,9 @@ class PargsLogitsProcessorV1:
         if batch_update is None:
             return
         for index in batch_update.removed:
-            self._retire(self.rows.pop(index, None))
+            self.guide.leave(self.rows.pop(index, None))
         for index, params, prompt_ids, out_ids in batch_update.added:
-            self._retire(self.rows.pop(index, None))
+            self.guide.leave(self.rows.pop(index, None))
             args = GuideArgs.from_params(params)
             if args is not None:
                 self.rows[index] = self.guide.row_for(args, prompt_ids or [], out_ids)
@@ -39,11 +39,6 @@ class PargsLogitsProcessorV1:
                 self.rows[b] = row_a
             if direction == MoveDirectionality.SWAP and row_b is not None:
                 self.rows[a] = row_b
-
-    @staticmethod
-    def _retire(row: Row | None) -> None:
-        if row is not None:
-            row.alive = False
 
     def apply(self, logits):
         self.guide.commit(self.rows.values())

@@ -64,9 +64,10 @@ class PargsLogitsProcessorV2:
             return logits
         self._read(rows, spans)
         live = {id(r) for r in rows}
-        for row in self.guide.order:  # rows that left the batch silently (finished, preempted)
-            if id(row) not in live:
-                row.alive = False
+        # rows that left the batch silently (finished, aborted, preempted, or still prefilling)
+        for row in [*self.slots.values(), *self.guide.order]:
+            if id(row) not in live and row.alive:
+                self.guide.leave(row)
         self.guide.commit(rows)
         return self.guide.guide(logits, index, rows)
 
