@@ -206,8 +206,9 @@ class GuidanceCollector:
         steps = v.get("steps", 0.0)
         yield GaugeMetricFamily("pargs_guidance_reward_seconds_per_step", "mean reward-model seconds per guided step",
                                 value=v.get("reward_s", 0.0) / steps if steps else 0.0)
-        yield GaugeMetricFamily("pargs_guidance_live_rows", "guided requests the engine holds rows for now",
-                                value=v.get("live_rows", 0.0))
+        yield GaugeMetricFamily("pargs_guidance_rows_held", "guided requests the guidance holds rows for: those in "
+                                "the engine, and those finished since its last step (freed at the next)",
+                                value=v.get("rows_held", 0.0))
 
 
 _metrics: dict = {}

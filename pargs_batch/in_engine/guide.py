@@ -159,9 +159,10 @@ class Guide:
 
     def counters(self) -> dict:
         """Totals since start, for a server's metrics: guided steps, row-steps and candidates scored,
-        the reward model's and the detokeniser's seconds, and the rows held now."""
+        the reward model's and the detokeniser's seconds; and the rows held now (vLLM tells a logits
+        processor that a request left at its next step, so a finished request's row is freed then)."""
         return {**{name: float(self.stats[name]) for name in ("steps", "rows", "candidates", "reward_s", "decode_s")},
-                "live_rows": len(self.records)}
+                "rows_held": len(self.records)}
 
     def set_prompt(self, row: Row, prompt_ids: list[int]) -> None:
         row.prompt_ids = list(prompt_ids)

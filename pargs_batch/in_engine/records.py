@@ -41,3 +41,4 @@ class RecordsExtension:
             for name, value in guide.counters().items():
                 total[name] = total.get(name, 0.0) + value
         return total
+

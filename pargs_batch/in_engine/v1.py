@@ -37,8 +37,11 @@ class PargsLogitsProcessorV1:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if row_a is not None:
                 self.rows[b] = row_a
-            if direction == MoveDirectionality.SWAP and row_b is not None:
-                self.rows[a] = row_b
+            if direction == MoveDirectionality.SWAP:
+                if row_b is not None:
+                    self.rows[a] = row_b
+            else:  # a one-way move replaces whatever request was at b
+                self.guide.leave(row_b)
 
     def apply(self, logits):
         self.guide.commit(self.rows.values())

@@ -1,0 +1,351 @@
+"""`pargs-batch serve`: vLLM's OpenAI-compatible server with reward guidance per request, started as a
+user starts it and spoken to with the real ``openai`` client on localhost.
+
+One server on the tiny world serves the module (its start is the cost); the batch rows it must
+reproduce come from ``engine.mode: fused`` runs of the same config in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import base_config
+
+from pargs_batch import decoding
+from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import ConfigError, build
+from pargs_batch.serving import Policy, RequestError
+
+METHODS = ("topk", "args", "pargs-greedy", "pargs")
+PROMPTS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``pargs-batch serve`` in a subprocess, as a user runs it."""
+
+    def __init__(self, config: dict, directory: Path, *flags: str):
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = directory / "serve.log"
+        cli = str(Path(sys.executable).parent / "pargs-batch")
+        self.proc = subprocess.Popen([cli, "serve", "--config", str(path), "--port", str(self.port),
+                                      "--log-file", str(self.log), *flags],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, timeout: float = 240) -> str:
+        """Its stage lines up to ``serve: ready``."""
+        lines, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line and self.proc.poll() is not None:
+                break
+            lines.append(line)
+            if line.startswith("serve: ready"):
+                return "".join(lines)
+        raise AssertionError("server did not start:\n" + "".join(lines) +
+                             (self.log.read_text()[-4000:] if self.log.exists() else ""))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def metrics(self) -> dict[str, float]:
+        import urllib.request
+
+        text = urllib.request.urlopen(f"{self.url}/metrics", timeout=30).read().decode()
+        found = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                found[name] = float(value)
+        return found
+
+    def processes(self):
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+
+def serve_config(world, tmp_path) -> dict:
+    cfg = base_config(world, tmp_path, engine={"mode": "fused"}, data={"limit": PROMPTS})
+    cfg["model"]["log_stats"] = True
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def server(world, tmp_path_factory):
+    server = Server(serve_config(world, tmp_path_factory.mktemp("serve")), tmp_path_factory.mktemp("serve-run"))
+    server.stages = server.wait_ready()
+    yield server
+    assert server.stop() in (0, -signal.SIGINT, 130)
+
+
+@pytest.fixture(scope="module")
+def batch_rows(world, tmp_path_factory):
+    """The fused batch run's rows per (method, beta, k): what a served request must equal."""
+    import pargs_batch as pb
+
+    tmp = tmp_path_factory.mktemp("serve-batch")
+    runs = {}
+    with pb.Models() as models:
+        for method, beta, k in [(m, 2.0, 10) for m in METHODS] + [("pargs", 4.0, 5)]:
+            cfg = build(GenerateConfig, serve_config(world, tmp / f"{method}-{beta}-{k}"))
+            cfg = cfg.with_overrides(decode={"method": method, "beta": beta, "top_k": k})
+            pb.generate(cfg, models=models, progress=False)
+            runs[(method, beta, k)] = pb.read_output(cfg.output.path).to_pylist()
+    return runs
+
+
+def client(server, **kwargs):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, **kwargs)
+
+
+def complete(c, world, row, method, **extra):
+    """One completion for a batch row's prompt and id, with its token ids."""
+    body = {"method": method, "id": row["id"], "return_token_ids": True, **extra}
+    r = c.completions.create(model=world["llm"], prompt=row["prompt"], extra_body=body)
+    return r.choices[0]
+
+
+# ------------------------------------------------------------------ the request's checks (no server)
+
+
+@pytest.fixture(scope="module")
+def policy(world, tmp_path_factory):
+    cfg = build(GenerateConfig, serve_config(world, tmp_path_factory.mktemp("policy")))
+    return Policy.of(cfg, [0, 7])
+
+
+def test_a_request_without_guidance_fields_gets_the_configs_decode_section(policy):
+    body, method = policy.translate({"model": "m", "prompt": "hello"}, chat=False)
+    args = json.loads(body["vllm_xargs"]["pargs_batch"])
+    assert method == "pargs" and args["k"] == 10 and args["beta"] == 2.0 and args["guided"] and not args["greedy"]
+    assert args["prompt"] == "hello" and args["keep"] is False
+    assert body["max_tokens"] == 16 and body["temperature"] == 1.0 and "top_k" not in body
+    assert body["stop_token_ids"] == [0, 7]
+    # the seed of a batch run's row: decode.seed, the row id ("" without one), sample 0
+    assert body["seed"] == int(decoding.request_seed(0, decoding.id_hashes([""]), [0])[0])
+
+
+def test_request_fields_map_onto_the_batch_rows_settings(policy):
+    body, method = policy.translate({"prompt": "x", "method": "args", "beta": 0.5, "top_k": 3, "seed": 4, "id": "p7",
+                                     "temperature": 0.7, "stop_token_ids": [5], "max_tokens": 3}, chat=False)
+    args = json.loads(body["vllm_xargs"]["pargs_batch"])
+    assert method == "args" and (args["k"], args["beta"], args["greedy"]) == (3, 0.5, True)
+    assert body["temperature"] == 0.0 and body["max_tokens"] == 3 and body["stop_token_ids"] == [5, 0, 7]
+    assert body["seed"] == int(decoding.request_seed(4, decoding.id_hashes(["p7"]), [0])[0])
+    body, method = policy.translate({"prompt": "x", "method": "topk", "beta": 3.0}, chat=False)
+    assert json.loads(body["vllm_xargs"]["pargs_batch"])["beta"] == 0.0  # top-k sampling is beta = 0
+    body, _ = policy.translate({"prompt": "x", "temperature": 0}, chat=False)  # a harness's greedy setting
+    assert json.loads(body["vllm_xargs"]["pargs_batch"])["greedy"] and body["temperature"] == 0.0
+    body, _ = policy.translate({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, chat=True)
+    assert json.loads(body["vllm_xargs"]["pargs_batch"])["prompt"] == [{"role": "user", "content": "hi"}]
+    body, method = policy.translate({"prompt": "x", "guidance": False, "top_k": 5}, chat=False)
+    assert method is None and "vllm_xargs" not in body and body["top_k"] == 5  # vLLM's own sampling
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("method", "best-of-n", "one of topk, args, pargs-greedy, pargs"),
+    ("beta", -1, "a finite number >= 0"),
+    ("beta", "2", "a finite number >= 0"),
+    ("top_k", 0, "an integer in [1, 20]"),
+    ("top_k", 21, "an integer in [1, 20]"),
+    ("top_k", True, "an integer in [1, 20]"),
+    ("temperature", -0.5, "a number >= 0"),
+    ("seed", -1, "an integer >= 0"),
+    ("id", ["a"], "a string"),
+    ("reward_weights", [1.0], "needs reward.models"),
+    ("n", 2, "1: one response per request"),
+    ("prompt", ["a", "b"], "one prompt string per guided request"),
+    ("guidance", "yes", "true (reward guidance, the default) or false"),
+])
+def test_a_bad_field_is_refused_naming_the_field_the_value_and_what_is_allowed(policy, field, value, allowed):
+    with pytest.raises(RequestError) as e:
+        policy.translate({"prompt": "hello", field: value}, chat=False)
+    assert e.value.name == field and str(e.value).startswith(f"{field}={value!r}: ") and allowed in str(e.value)
+
+
+def test_several_reward_models_take_per_request_weights(world, tmp_path):
+    cfg = serve_config(world, tmp_path)
+    cfg["reward"] = {"models": [{"path": world["reward_model"]}, {"path": world["reward_model"], "weight": 0.5}]}
+    policy = Policy.of(build(GenerateConfig, cfg), [0])
+    body, _ = policy.translate({"prompt": "x", "reward_weights": [1, -2]}, chat=False)
+    assert json.loads(body["vllm_xargs"]["pargs_batch"])["weights"] == [1.0, -2.0]
+    with pytest.raises(RequestError, match=r"reward_weights=\[1\]: a list of 2 finite numbers"):
+        policy.translate({"prompt": "x", "reward_weights": [1]}, chat=False)
+
+
+def test_serve_refuses_a_method_it_cannot_serve_before_any_model_loads(world, tmp_path):
+    from pargs_batch.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base_config(world, tmp_path, decode={"method": "best-of-n"})))
+    assert main(["serve", "--config", str(path)]) == 2
+    with pytest.raises(ConfigError, match="decode.method"):
+        import pargs_batch as pb
+
+        pb.serve(str(path))
+
+
+# ------------------------------------------------------------------ the server
+
+
+@pytest.mark.slow
+def test_served_completions_equal_the_batch_rows_token_for_token(server, batch_rows, world):
+    assert "serve: ready at " + server.url + "/v1" in server.stages
+    c = client(server)
+    for (method, beta, k), rows in batch_rows.items():
+        extra = {} if (beta, k) == (2.0, 10) else {"beta": beta, "top_k": k}
+        for row in rows:
+            choice = complete(c, world, row, method, **extra)
+            assert choice.token_ids == row["response_token_ids"], (method, beta, k, row["id"])
+            assert choice.text == row["response"]
+            assert choice.finish_reason == {"eos": "stop", "stop": "stop", "length": "length"}[row["finish_reason"]]
+    # streamed, the same text
+    row = batch_rows[("pargs", 2.0, 10)][3]
+    stream = c.completions.create(model=world["llm"], prompt=row["prompt"], stream=True,
+                                  extra_body={"method": "pargs", "id": row["id"]})
+    assert "".join(chunk.choices[0].text for chunk in stream) == row["response"]
+    # another seed is another draw; the same request again the same one
+    again = [complete(c, world, r, "pargs").token_ids for r in batch_rows[("pargs", 2.0, 10)]]
+    other = [complete(c, world, r, "pargs", seed=1).token_ids for r in batch_rows[("pargs", 2.0, 10)]]
+    assert again == [r["response_token_ids"] for r in batch_rows[("pargs", 2.0, 10)]] and other != again
+
+
+@pytest.mark.slow
+def test_bad_requests_are_400s_before_any_token_and_the_server_stays_up(server, batch_rows, world):
+    import openai
+
+    c = client(server)
+    before = server.metrics()
+    for body, field in [({"method": "beam"}, "method"), ({"top_k": 64}, "top_k"), ({"beta": -2}, "beta"),
+                        ({"reward_weights": [1, 2]}, "reward_weights")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=world["llm"], prompt="a review :", extra_body=body)
+        assert e.value.status_code == 400 and re.search(rf"\b{field}=", e.value.message), e.value.message
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 256"):  # vLLM's own check
+        c.completions.create(model=world["llm"], prompt="good " * 300, extra_body={"method": "pargs"})
+    after = server.metrics()
+    assert after["pargs_guidance_steps_total"] == before["pargs_guidance_steps_total"]  # nothing generated
+    assert after['pargs_refused_requests_total{field="top_k"}'] >= 1
+    row = batch_rows[("args", 2.0, 10)][0]
+    assert complete(c, world, row, "args").token_ids == row["response_token_ids"]
+
+
+@pytest.mark.slow
+def test_64_concurrent_requests_of_mixed_methods_and_lengths_all_get_their_tokens(server, batch_rows, world):
+    import openai
+
+    async def run():
+        c = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        jobs = [(m, row, n) for m in METHODS for row in batch_rows[(m, 2.0, 10)] for n in (5, 16)]
+        assert len(jobs) == 64
+
+        async def one(method, row, n):
+            r = await c.completions.create(model=world["llm"], prompt=row["prompt"], max_tokens=n,
+                                           extra_body={"method": method, "id": row["id"], "return_token_ids": True})
+            return r.choices[0].token_ids
+
+        return jobs, await asyncio.gather(*(one(*j) for j in jobs))
+
+    jobs, got = asyncio.run(run())
+    for (method, row, n), ids in zip(jobs, got):
+        assert ids == row["response_token_ids"][:n], (method, row["id"], n)
+    assert server.metrics()["vllm:num_requests_running{engine=\"0\",model_name=\"" + world["llm"] + "\"}"] == 0
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_mid_stream_is_aborted_and_its_row_freed(server, batch_rows, world):
+    import httpx
+
+    running = f'vllm:num_requests_running{{engine="0",model_name="{world["llm"]}"}}'
+    generated = f'vllm:generation_tokens_total{{engine="0",model_name="{world["llm"]}"}}'
+    body = {"model": world["llm"], "prompt": "review of the movie :", "max_tokens": 240, "ignore_eos": True,
+            "stream": True, "method": "pargs"}
+    before = server.metrics()[generated]
+    for _ in range(3):
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            chunks = response.iter_lines()
+            got = [next(chunks) for _ in range(4)]  # two tokens in: then the client goes away
+            assert all(line.startswith("data: ") or not line for line in got)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.metrics()[running] > 0:
+        time.sleep(0.2)
+    m = server.metrics()
+    assert m[running] == 0
+    # aborted: far fewer than the 3 x 240 tokens they asked for were generated
+    assert m[generated] - before < 240, m[generated] - before
+    row = batch_rows[("pargs", 2.0, 10)][1]  # the next request is unaffected
+    assert complete(client(server), world, row, "pargs").token_ids == row["response_token_ids"]
+    # and at its first step the aborted requests' rows were freed: only its own is held (until the next step)
+    assert server.metrics()["pargs_guidance_rows_held"] <= 1
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_500_requests_and_no_row_is_left(server, world):
+    import openai
+
+    def rss() -> int:
+        return sum(p.memory_info().rss for p in server.processes())
+
+    async def burst(n: int, offset: int):
+        c = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        gate = asyncio.Semaphore(32)
+
+        async def one(i):
+            async with gate:
+                await c.completions.create(model=world["llm"], prompt=f"review {i} :", max_tokens=4,
+                                           extra_body={"method": METHODS[i % 4], "id": str(i)})
+
+        await asyncio.gather(*(one(offset + i) for i in range(n)))
+
+    asyncio.run(burst(200, 0))
+    warm = rss()
+    asyncio.run(burst(300, 200))
+    grown = rss() - warm
+    assert server.metrics()["pargs_guidance_rows_held"] <= 32  # at most the last step's requests
+    asyncio.run(burst(1, 500))
+    m = server.metrics()
+    assert m["pargs_guidance_rows_held"] <= 1  # and those freed at the next step
+    # vLLM's CPU worker grows by a few MiB per 100 requests with or without guidance (its allocator,
+    # without tcmalloc); a leak of the guidance's own would be a per-request cost on top, unbounded
+    assert grown < 64 << 20, f"server processes grew by {grown / 2**20:.1f} MiB over 300 requests"
+    total = sum(v for k, v in m.items() if k.startswith("pargs_guided_requests_total"))
+    assert total >= 500
+
+
+@pytest.mark.slow
+def test_metrics_show_vllms_and_the_guidances_own(server, world):
+    m = server.metrics()
+    assert any(k.startswith("vllm:prompt_tokens_total") for k in m)
+    assert m["pargs_guidance_steps_total"] > 0 and m["pargs_guidance_candidates_scored_total"] > 0
+    assert m["pargs_guidance_reward_seconds_total"] > 0 and m["pargs_guidance_reward_seconds_per_step"] > 0
+    assert {"args", "pargs", "pargs-greedy", "topk"} <= {
+        re.search(r'method="([^"]+)"', k).group(1) for k in m if k.startswith("pargs_guided_requests_total")}
