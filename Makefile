@@ -19,7 +19,7 @@ ifeq ($(ACCEL),cpu)
 	@# they break transformers' model imports and nothing here needs them
 	@$(BIN)/pip uninstall -y torchvision torchaudio torchcodec >> $(VENV)/install.log 2>&1
 endif
-	@$(BIN)/python -c "import vllm, trl, deepspeed, pargs_batch, rm_training, experiments; from transformers import GPT2LMHeadModel" \
+	@$(BIN)/python -c "import vllm, trl, deepspeed, ray.serve, pargs_batch, rm_training, experiments; from transformers import GPT2LMHeadModel" \
 		>> $(VENV)/install.log 2>&1 || (tail -n 40 $(VENV)/install.log; exit 1)
 	@echo "install: done"
 	@touch $(STAMP)

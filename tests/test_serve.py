@@ -341,6 +341,64 @@ def test_memory_stays_flat_over_500_requests_and_no_row_is_left(server, world):
     assert total >= 500
 
 
+# ------------------------------------------------------------------ a chat model
+
+
+def chat_serve_config(world, chat_world, tmp_path) -> dict:
+    """The chat world: its LLM (two end ids, a chat template) and a reward head reading the
+    conversation through its chat template (``reward.input: chat``)."""
+    cfg = base_config(world, tmp_path, engine={"mode": "fused"}, data={"chat_template": True, "limit": PROMPTS},
+                      decode={"max_new_tokens": 48})
+    cfg["model"] = {"path": chat_world["llm"], "dtype": "float32", "max_model_len": 256,
+                    "kv_cache_memory_bytes": 64 << 20}
+    cfg["reward"] = {"path": chat_world["reward_model"], "input": "chat", "batch_size": 16}
+    return cfg
+
+
+@pytest.mark.slow
+def test_chat_completions_use_the_chat_template_and_end_set_and_equal_the_batch_rows(
+        world, chat_world, tmp_path_factory):
+    """A chat request is rendered by the model's chat template as the batch run renders
+    ``data.chat_template`` prompts, stops on either end id, and its reward model reads the
+    conversation: the reply is the batch row, greedy and sampled."""
+    import pargs_batch as pb
+
+    tmp = tmp_path_factory.mktemp("serve-chat")
+    server = Server(chat_serve_config(world, chat_world, tmp / "cfg"), tmp / "run")
+    rows = {}
+    with pb.Models() as models:
+        for method in ("pargs-greedy", "pargs"):
+            cfg = build(GenerateConfig, chat_serve_config(world, chat_world, tmp / method)).with_overrides(
+                decode={"method": method})
+            pb.generate(cfg, models=models, progress=False)
+            rows[method] = pb.read_output(cfg.output.path).to_pylist()
+    server.wait_ready()
+    try:
+        c = client(server)
+        ends = {chat_world["end_id"], chat_world["eot_id"]}
+        enders = set()
+        for method, batch in rows.items():
+            for row in batch:
+                r = c.chat.completions.create(model=chat_world["llm"],
+                                              messages=[{"role": "user", "content": row["prompt"]}],
+                                              extra_body={"method": method, "id": row["id"], "return_token_ids": True})
+                choice = r.choices[0]
+                assert choice.token_ids == row["response_token_ids"], (method, row["id"])
+                assert choice.message.content == row["response"]
+                assert choice.finish_reason == ("stop" if row["finish_reason"] == "eos" else "length")
+                if row["finish_reason"] == "eos":
+                    enders.add(row["response_token_ids"][-1])
+        assert enders == ends  # replies ended on both ids: a server stopping on one alone would run on
+        # streamed, the same reply
+        row = rows["pargs"][2]
+        stream = c.chat.completions.create(model=chat_world["llm"], stream=True,
+                                           messages=[{"role": "user", "content": row["prompt"]}],
+                                           extra_body={"method": "pargs", "id": row["id"]})
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == row["response"]
+    finally:
+        assert server.stop() in (0, -signal.SIGINT, 130)
+
+
 @pytest.mark.slow
 def test_metrics_show_vllms_and_the_guidances_own(server, world):
     m = server.metrics()
