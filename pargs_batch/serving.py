@@ -354,7 +354,9 @@ def serve(config: GenerateConfig, host: str = "127.0.0.1", port: int = 8000, nam
     from transformers import AutoTokenizer
 
     from pargs_batch.engine import eos_token_ids
+    from pargs_batch.serve_ray import exit_with_parent
 
+    exit_with_parent()  # a Ray Serve replica's server goes with its replica
     check_servable(config)
     tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
     policy = Policy.of(config, eos_token_ids(config.model.path, tokenizer))

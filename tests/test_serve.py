@@ -8,86 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
-from helpers import base_config
+from helpers import Server, base_config
 
 from pargs_batch import decoding
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError, build
 from pargs_batch.serving import Policy, RequestError
 
+pytestmark = pytest.mark.xdist_group("serve")  # one worker: its servers start once
 METHODS = ("topk", "args", "pargs-greedy", "pargs")
 PROMPTS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``pargs-batch serve`` in a subprocess, as a user runs it."""
-
-    def __init__(self, config: dict, directory: Path, *flags: str):
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "serve.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = directory / "serve.log"
-        cli = str(Path(sys.executable).parent / "pargs-batch")
-        self.proc = subprocess.Popen([cli, "serve", "--config", str(path), "--port", str(self.port),
-                                      "--log-file", str(self.log), *flags],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def wait_ready(self, timeout: float = 240) -> str:
-        """Its stage lines up to ``serve: ready``."""
-        lines, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line and self.proc.poll() is not None:
-                break
-            lines.append(line)
-            if line.startswith("serve: ready"):
-                return "".join(lines)
-        raise AssertionError("server did not start:\n" + "".join(lines) +
-                             (self.log.read_text()[-4000:] if self.log.exists() else ""))
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def metrics(self) -> dict[str, float]:
-        import urllib.request
-
-        text = urllib.request.urlopen(f"{self.url}/metrics", timeout=30).read().decode()
-        found = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                found[name] = float(value)
-        return found
-
-    def processes(self):
-        import psutil
-
-        root = psutil.Process(self.proc.pid)
-        return [root, *root.children(recursive=True)]
 
 
 def serve_config(world, tmp_path) -> dict:

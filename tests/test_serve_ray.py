@@ -1,0 +1,108 @@
+"""`pargs-batch serve --replicas 2`: two guided vLLM servers behind Ray Serve on a local Ray, spoken
+to as one endpoint: requests spread over both, each answer the batch row, a 400 stays a 400, a stream
+stays a stream, and a replica killed outright takes its server with it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+
+import psutil
+import pytest
+from helpers import Server, base_config
+
+from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import build
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+METHODS = ("pargs-greedy", "pargs")
+
+
+@pytest.fixture(scope="module")
+def replicated(world, tmp_path_factory):
+    """The server (started first: its replicas load while the batch rows are made) and the batch rows."""
+    import pargs_batch as pb
+
+    tmp = tmp_path_factory.mktemp("serve-ray")
+    server = Server(base_config(world, tmp / "cfg", engine={"mode": "fused"}), tmp / "run", "--replicas", "2")
+    rows = {}
+    with pb.Models() as models:
+        for method in METHODS:
+            cfg = build(GenerateConfig, base_config(world, tmp / method, engine={"mode": "fused"},
+                                                    data={"limit": 8}, decode={"method": method}))
+            pb.generate(cfg, models=models, progress=False)
+            rows[method] = pb.read_output(cfg.output.path).to_pylist()
+    server.stages = server.wait_ready(timeout=420)
+    yield server, rows
+    assert server.stop() in (0, -signal.SIGINT, 130)
+
+
+def replica_servers(server) -> dict[int, list[psutil.Process]]:
+    """Ray Serve's replica processes (found under the local Ray this server started) and their child
+    vLLM servers."""
+    found = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if "ServeReplica:pargs-batch" in " ".join(p.info["cmdline"] or []):
+                found[p.pid] = [c for c in p.children() if "pargs_batch.cli" in " ".join(c.cmdline())]
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_two_replicas_share_the_requests_and_each_answer_is_the_batch_row(replicated, world):
+    import httpx
+    import openai
+
+    server, rows = replicated
+    assert "serve: ready at " + server.url + "/v1" in server.stages
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as c:
+            async def one(method, row):
+                r = await c.post("/v1/completions", json={"model": world["llm"], "prompt": row["prompt"],
+                                                           "method": method, "id": row["id"], "return_token_ids": True})
+                assert r.status_code == 200, r.text
+                return r.headers["x-pargs-replica"], r.json()["choices"][0]["token_ids"]
+
+            jobs = [(m, row) for m in METHODS for row in rows[m]] * 2
+            return jobs, await asyncio.gather(*(one(*j) for j in jobs))
+
+    jobs, got = asyncio.run(run())
+    for (method, row), (_, ids) in zip(jobs, got):
+        assert ids == row["response_token_ids"], (method, row["id"])
+    spread = collections.Counter(replica for replica, _ in got)
+    assert len(spread) == 2 and min(spread.values()) >= 4, spread  # 32 requests over both replicas
+
+    c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match=r"top_k=99: candidates per step"):
+        c.completions.create(model=world["llm"], prompt="a review :", extra_body={"top_k": 99})
+    row = rows["pargs"][5]
+    stream = c.completions.create(model=world["llm"], prompt=row["prompt"], stream=True,
+                                  extra_body={"method": "pargs", "id": row["id"]})
+    assert "".join(chunk.choices[0].text for chunk in stream) == row["response"]
+
+
+def test_a_replica_killed_outright_takes_its_server_with_it_and_the_endpoint_still_answers(replicated, world):
+    import openai
+
+    server, rows = replicated
+    replicas = replica_servers(server)
+    assert len(replicas) == 2 and all(len(children) == 1 for children in replicas.values()), replicas
+    victim, (child,) = next(iter(replicas.items()))
+    psutil.Process(victim).kill()  # no __del__, no graceful shutdown: the child must notice by itself
+    child.wait(timeout=60)
+    c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+    row = rows["pargs-greedy"][0]
+    deadline = time.monotonic() + 120
+    while True:  # Ray Serve routes around the dead replica once its health check fails
+        try:
+            r = c.completions.create(model=world["llm"], prompt=row["prompt"],
+                                     extra_body={"method": "pargs-greedy", "id": row["id"]})
+            break
+        except openai.APIError:
+            assert time.monotonic() < deadline, "the endpoint did not answer after a replica died"
+            time.sleep(1)
+    assert r.choices[0].text == row["response"]
