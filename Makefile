@@ -35,6 +35,7 @@ clean:
 
 bench: install
 	$(BIN)/pargs-batch bench
+	$(BIN)/pargs-batch bench --serve
 
 bench-memory: install
 	$(BIN)/pargs-batch bench --memory

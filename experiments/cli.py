@@ -81,6 +81,12 @@ def add_bench_command(sub) -> None:
                        help="instead: the driver's peak memory at --memory-sizes prompts (fresh run, resume, evaluation) "
                             "and the part files 100k text rows make")
     bench.add_argument("--memory-sizes", default="20000,1000000", metavar="N1,N2,...")
+    bench.add_argument("--serve", action="store_true",
+                       help="instead: requests/s, tokens/s and p50/p99 latency of `pargs-batch serve` at --serve-clients "
+                            "concurrent clients, guided against plain (guidance: false)")
+    bench.add_argument("--serve-clients", default="1,16,64", metavar="C1,C2,...")
+    bench.add_argument("--serve-min-requests", type=int, default=8,
+                       help="requests per round at each concurrency: this many, or twice the clients")
     bench.set_defaults(func=_bench, log_default=lambda a: f"{a.out}/bench.log")
 
 
@@ -183,6 +189,12 @@ def _bench(args) -> int:
         result = run_memory(args.out, [int(n) for n in args.memory_sizes.split(",")])
         growth = result["bytes_per_prompt"]
         return 0 if all(growth.get(k, 0) <= TARGET_BYTES_PER_PROMPT for k in ("fresh", "resume")) else 1
+    if args.serve:
+        from experiments.bench.serving import run_serving
+
+        run_serving(args.out, args.world_dir, args.reduced_world, [int(c) for c in args.serve_clients.split(",")],
+                    args.new_tokens, args.serve_min_requests, args.repeats)
+        return 0
     from experiments.bench import run_bench
 
     result = run_bench(out_dir=args.out, world_dir=args.world_dir, reduced_world=args.reduced_world,

@@ -39,6 +39,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class ChildServer:
+    """``pargs-batch serve`` for ``config`` in a child process on a free port of this host; its
+    stage lines and library log in a directory of its own."""
+
+    def __init__(self, config: dict, name: str | None = None, env: dict | None = None,
+                 directory: str | Path | None = None):
+        self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="pargs-serve-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log, self.stages = self.dir / "serve.log", self.dir / "stages.log"
+        argv = [sys.executable, "-m", "pargs_batch.cli", "serve", "--config", str(path), "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-file", str(self.log)] + (["--served-model-name", name] if name else [])
+        with open(self.stages, "w") as stages:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stages, env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, who: str = "server") -> str:
+        """Its OpenAI base URL once it answers; raises with its output's tail if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "serve: ready" in self.stages.read_text():
+                return self.base + "/v1"
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = self.stages.read_text()[-2000:] + (self.log.read_text()[-3000:] if self.log.exists() else "")
+        self.proc.kill()
+        raise RuntimeError(f"{who}: its server did not start (exit {self.proc.poll()}):\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 class GuidedReplica:
     """One Ray Serve replica: a ``pargs-batch serve`` child and a streaming forwarder to it."""
 
@@ -47,31 +88,9 @@ class GuidedReplica:
         from ray import serve
 
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.dir = Path(tempfile.mkdtemp(prefix="pargs-serve-"))
-        path = self.dir / "serve.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.port = _free_port()
-        self.log = self.dir / "serve.log"
-        argv = [sys.executable, "-m", "pargs_batch.cli", "serve", "--config", str(path), "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-file", str(self.log)] + (["--served-model-name", name] if name else [])
-        self.stages = self.dir / "stages.log"
-        with open(self.stages, "w") as stages:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stages,
-                                         env={**os.environ, PARENT_ENV: str(os.getpid())})
-        self._wait_ready()
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=None)
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if "serve: ready" in self.stages.read_text():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        tail = self.stages.read_text()[-2000:] + (self.log.read_text()[-3000:] if self.log.exists() else "")
-        self.proc.kill()
-        raise RuntimeError(f"replica {self.replica}: its server did not start (exit {self.proc.poll()}):\n{tail}")
+        self.server = ChildServer(config, name=name, env={PARENT_ENV: str(os.getpid())})
+        self.server.wait_ready(READY_TIMEOUT_S, f"replica {self.replica}")
+        self.client = httpx.AsyncClient(base_url=self.server.base, timeout=None)
 
     async def __call__(self, request):
         from starlette.background import BackgroundTask
@@ -87,17 +106,12 @@ class GuidedReplica:
                                  background=BackgroundTask(response.aclose))
 
     def check_health(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"replica {self.replica}: its server exited ({self.proc.returncode})")
+        if self.server.proc.poll() is not None:
+            raise RuntimeError(f"replica {self.replica}: its server exited ({self.server.proc.returncode})")
 
     def __del__(self):
-        proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if getattr(self, "server", None) is not None:
+            self.server.stop()
 
 
 def replica_options(config: GenerateConfig, cluster_gpus: float) -> dict:

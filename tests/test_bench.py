@@ -48,3 +48,23 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
     assert startup["total_s"]["median"] >= startup["imports_s"]["median"] + startup["engine_s"]["median"]
     assert "start-up, seconds" in result.stdout and "reward model" in result.stdout
     assert any(t["target"].startswith("fused >= stepped") for t in bench["targets"])
+
+
+@pytest.mark.slow
+def test_bench_serve_times_guided_and_plain_requests_at_each_concurrency(reduced_world, tmp_path):
+    world_dir = str(Path(reduced_world["llm"]).parent)
+    result = subprocess.run([CLI, "bench", "--serve", "--reduced-world", "--world-dir", world_dir, "--out", str(tmp_path),
+                             "--serve-clients", "1,4", "--serve-min-requests", "4", "--new-tokens", "6",
+                             "--repeats", "2"], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "×plain" in result.stdout and "p99 s" in result.stdout
+    bench = json.loads((tmp_path / "bench_serve.json").read_text())
+    assert {(r["mode"], r["clients"]) for r in bench["rows"]} == {(m, c) for m in ("guided", "plain") for c in (1, 4)}
+    for r in bench["rows"]:
+        assert len(r["runs"]) == 2 and r["tokens_per_s_min"] <= r["tokens_per_s"] <= r["tokens_per_s_max"]
+        assert all(run["tokens"] == 6 * max(4, 2 * r["clients"]) for run in r["runs"])  # every request its 6 tokens
+        assert 0 < r["p50_s"] <= r["p99_s"] and r["requests_per_s"] > 0
+        assert ("vs_plain" in r) == (r["mode"] == "guided")
+    # the guided rounds went through the reward model (the server's own metrics), the plain ones did not
+    assert len(bench["guidance"]) == 4 and all(g["steps"] > 0 and g["reward_s_per_step"] > 0 for g in bench["guidance"])
+    assert (tmp_path / "serving.png").exists()
