@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import yaml
-from helpers import Server, base_config
+from helpers import Server, base_config, doc_blocks, run_block
 
 from pargs_batch import decoding
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError, build
 from pargs_batch.serving import Policy, RequestError
 
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("serve")  # one worker: its servers start once
 METHODS = ("topk", "args", "pargs-greedy", "pargs")
 PROMPTS = 8
@@ -331,6 +334,13 @@ def test_chat_completions_use_the_chat_template_and_end_set_and_equal_the_batch_
                                            messages=[{"role": "user", "content": row["prompt"]}],
                                            extra_body={"method": "pargs", "id": row["id"]})
         assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == row["response"]
+        # the docs' worked example, as a reader runs it: the client configured from the environment
+        (lang, code), = doc_blocks(ROOT / "docs" / "serving.md")
+        env = dict(os.environ, OPENAI_BASE_URL=f"{server.url}/v1", OPENAI_API_KEY="none")
+        printed = run_block(lang, code, tmp, env).stdout.splitlines()
+        assert printed[-1] == ("Error code: 400 - top_k=0: candidates per step: an integer in [1, 20] (the server's "
+                               "model.max_logprobs)")
+        assert printed[0].endswith((" stop", " length"))
     finally:
         assert server.stop() in (0, -signal.SIGINT, 130)
 
