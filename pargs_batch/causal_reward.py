@@ -147,8 +147,10 @@ class CausalRewardScorer:
 
     # ------------------------------------------------------------ stateful scoring
 
-    def start(self, prompt_ids: list[list[int]]) -> CausalSession:
-        """Encode the prompts (left-padded) once; returns the session the steps continue."""
+    def start(self, prompt_ids: list[list[int]], response_lengths: list[int] | None = None) -> CausalSession:
+        """Encode the prompts (left-padded) once - with tokens already generated, for a row that
+        joins late (``response_lengths``: a head's reward at the last position needs no more); returns
+        the session the steps continue."""
         import torch
 
         width = max(len(p) for p in prompt_ids)

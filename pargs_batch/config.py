@@ -56,14 +56,20 @@ class ModelConfig:
                               "must be in (0, 1]")
 
 
+BACKENDS = ("hf", "causal", "autoregressive")
+
+
 @dataclass
 class RewardConfig:
     """The reward model that scores every candidate prefix."""
 
     path: str = option("checkpoint directory or hub id of a sequence-classification reward model", "")
     backend: str = option("scorer: hf (any AutoModelForSequenceClassification, own tokenizer, rescores whole "
-                          "prefixes) or causal (a causal RM sharing the LLM's tokenizer, KV state kept between "
-                          "steps, runs inside the decode worker)", "hf")
+                          "prefixes), causal (a causal RM sharing the LLM's tokenizer, KV state kept between "
+                          "steps, runs inside the decode worker) or autoregressive (a causal LM sharing the LLM's "
+                          "tokenizer whose reward is the sum of its token log-probabilities: every next token's "
+                          "reward from one forward, one token a step whatever k; rm_training mode "
+                          "autoregressive)", "hf")
     input: str = option("what the reward model reads: template (reward.template's text), pair (prompt and response "
                         "as a segment pair, tokenizer(prompt, response), as OpenAssistant's DeBERTa RMs were "
                         "trained), chat (the user/assistant turns rendered by the RM tokenizer's chat template)",
@@ -86,10 +92,10 @@ class RewardConfig:
             check_model_path("reward.path", self.path)
         # checked once here; a config is not changed after it is built (dataclasses.replace builds anew)
         self._members = [self._member(i, entry) for i, entry in enumerate(self.models)]
-        one_of("reward.backend", self.backend, ["hf", "causal"])
+        one_of("reward.backend", self.backend, BACKENDS)
         one_of("reward.input", self.input, ["template", "pair", "chat"])
-        if self.backend == "causal" and self.input != "template":
-            raise ConfigError("reward.input", self.input, "the causal backend reads the LLM's own token ids "
+        if self.backend != "hf" and self.input != "template":
+            raise ConfigError("reward.input", self.input, f"the {self.backend} backend reads the LLM's own token ids "
                               "(prompt then response); use reward.input: template, or reward.backend: hf")
         positive("reward.batch_size", self.batch_size)
         positive("reward.max_length", self.max_length)
@@ -126,7 +132,7 @@ class RewardConfig:
             raise ConfigError(e.key.replace("reward.", f"{key}.", 1), e.value, e.allowed) from None
         if member.backend != "hf":
             raise ConfigError(f"{key}.backend", member.backend, "several reward models are scored by the hf backend "
-                              "(the causal one keeps a single model's KV state per sequence)")
+                              f"(the {member.backend} one keeps a single model's KV state per sequence)")
         return member, float(weight)
 
     @property

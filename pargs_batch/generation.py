@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from pargs_batch.batch import MicroBatchResult, Phases
 from pargs_batch.config import GenerateConfig
+from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import METHODS
 from pargs_batch.guidance import GuideInfo
 from pargs_batch.io import PromptSource, package_versions
@@ -94,6 +95,17 @@ def check_output_place(path: str) -> None:
                 path, os.path.abspath(path))
 
 
+def check_shared_tokenizer(config: GenerateConfig) -> None:
+    """The autoregressive backend reads the LLM's token ids: its tokenizer must be the LLM's
+    (the same vocabulary, id for id), checked on the tokenizers alone before any model loads."""
+    from transformers import AutoTokenizer
+
+    llm = config.model.tokenizer or config.model.path
+    if AutoTokenizer.from_pretrained(config.reward.path).get_vocab() != AutoTokenizer.from_pretrained(llm).get_vocab():
+        raise ConfigError("reward.path", config.reward.path, f"reward.backend=autoregressive needs the LLM's tokenizer "
+                          f"(it scores the LLM's token ids); its vocabulary differs from {llm}'s")
+
+
 def check_models(config: GenerateConfig) -> None:
     """What can be known of the models before loading them: a chat run's LLM has a chat template, and
     each guidance reward model's tokenizer can take the input format it is given."""
@@ -101,6 +113,8 @@ def check_models(config: GenerateConfig) -> None:
     if METHODS[config.decode.method].uses_reward:
         for i, (member, _) in enumerate(config.reward.members):
             check_reward_input(member, f"reward.models[{i}]" if config.reward.models else "reward")
+        if config.reward.backend == "autoregressive":
+            check_shared_tokenizer(config)
 
 
 def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> RunSummary:

@@ -6,8 +6,8 @@ Placements:
 
 - ``engine``: fused mode (tokenwise methods) - the scorer lives inside vLLM's process, beside the
   logits processor that calls it every step;
-- ``worker``: beside the engine in the decode worker - the causal backend (it keeps per-sequence
-  KV state between steps, which cannot cross a process boundary every token), best-of-n and the
+- ``worker``: beside the engine in the decode worker - the causal and autoregressive backends (they
+  keep per-sequence KV state between steps, which cannot cross a process boundary every token), best-of-n and the
   block methods in fused mode, and every run without Ray;
 - ``actor``: a separate Ray reward actor shared round-robin by the decode workers - the ``hf``
   backend in stepped mode on Ray, so one worker's engine steps while the actor scores.
@@ -32,15 +32,20 @@ def reward_placement(config: GenerateConfig, on_ray: bool) -> str | None:
         return None
     if guides_in_engine(config):
         return "engine"
-    if config.reward.backend == "causal" or config.engine.mode == "fused" or not on_ray:
+    if config.reward.backend != "hf" or config.engine.mode == "fused" or not on_ray:
         return "worker"
     return "actor"
 
 
 def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
     """The scorer ``reward.backend`` names, loaded in this process: ``hf`` (any sequence-classification
-    RM, text re-tokenised), several ``hf`` models weighted (``reward.models``), or ``causal`` (a causal
-    RM sharing the LLM's tokenizer, KV state kept)."""
+    RM, text re-tokenised), several ``hf`` models weighted (``reward.models``), ``causal`` (a causal
+    RM sharing the LLM's tokenizer, KV state kept) or ``autoregressive`` (a causal LM's summed token
+    log-probabilities, KV state kept)."""
+    if reward.backend == "autoregressive":
+        from pargs_batch.autoregressive_reward import AutoregressiveRewardScorer
+
+        return AutoregressiveRewardScorer(reward, llm_vocab_size)
     if reward.backend == "causal":
         from pargs_batch.causal_reward import CausalRewardScorer
 

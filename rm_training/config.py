@@ -9,7 +9,7 @@ from pargs_batch.configlib import ConfigError, check_model_path, one_of, option,
 from rm_training.data import FORMATS
 from rm_training.prefixes import STRATEGIES
 
-MODES = ("full", "partial", "partial-causal")
+MODES = ("full", "partial", "partial-causal", "autoregressive")
 
 
 @dataclass
@@ -103,20 +103,54 @@ class Training:
 
 
 @dataclass
+class LoraOptions:
+    """LoRA adapters through peft (the paper's DPO models: r = 16, alpha = 16); merged into the
+    weights at the end, so the output is a plain checkpoint."""
+
+    enabled: bool = option("train LoRA adapters (false: every weight, with a full reference copy)", True)
+    r: int = option("adapter rank", 16)
+    alpha: int = option("adapter scale numerator (lora_alpha)", 16)
+    dropout: float = option("dropout on the adapter's input", 0.05)
+    target_modules: list[str] = option("module names (or suffixes) to adapt; all-linear: every linear layer but "
+                                       "the output head", factory=lambda: ["all-linear"])
+
+    def __post_init__(self):
+        positive("lora.r", self.r)
+        positive("lora.alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("lora.dropout", self.dropout, "must be in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules", self.target_modules, "name at least one module, or all-linear")
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise ConfigError("lora.target_modules", self.target_modules, "all-linear stands alone")
+
+
+@dataclass
 class TrainConfig:
     """Everything `python -m rm_training.train` needs."""
 
-    mode: str = option("full (Eq. 1), partial (Eq. 5 on prefix pairs) or partial-causal (Eq. 5, one pass)", "partial")
-    model: str = option("checkpoint or hub id to start from (a base LM gets a fresh reward head)", "")
+    mode: str = option("full (Eq. 1), partial (Eq. 5 on prefix pairs), partial-causal (Eq. 5, one pass) or "
+                       "autoregressive (a causal LM whose reward is its summed token log-probabilities, "
+                       "Bradley-Terry on that sum)", "partial")
+    model: str = option("checkpoint or hub id to start from (a base LM gets a fresh reward head; autoregressive "
+                        "mode: a causal LM, trained as it is)", "")
     tokenizer: str | None = option("tokenizer directory or hub id; defaults to `model`", None)
     template: str = option("how prompt and response are joined; use the same as reward.template when generating",
                            "{prompt}{response}")
     data: PreferenceData = option("preference triples", factory=PreferenceData)
     prefixes: PrefixOptions = option("prefix pairs (partial mode)", factory=PrefixOptions)
     training: Training = option("optimisation", factory=Training)
+    autoregressive_scale: float = option("autoregressive mode: s in -log sigma(s * (r(y_w) - r(y_l))), the "
+                                         "Bradley-Terry scale of the summed log-probabilities", 0.1)
+    lora: LoraOptions = option("autoregressive mode: LoRA adapters through peft, merged into the checkpoint "
+                               "(enabled: false trains every weight)", factory=lambda: LoraOptions(enabled=False))
 
     def __post_init__(self):
         one_of("mode", self.mode, MODES)
+        positive("autoregressive_scale", self.autoregressive_scale)
+        if self.lora.enabled and self.mode != "autoregressive":
+            raise ConfigError("lora.enabled", True, "LoRA adapters train the autoregressive mode's causal LM; "
+                              "the other modes train every weight of a reward model")
         check_model_path("model", self.model)
         if self.tokenizer:
             check_model_path("tokenizer", self.tokenizer)

@@ -11,34 +11,11 @@ from dataclasses import dataclass
 
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError, check_model_path, one_of, option, positive
-from rm_training.config import PreferenceData, Training
+from rm_training.config import LoraOptions, PreferenceData, Training
 
 METHODS = ("dpo", "online-rl")
 ONLINE_RL_ALGORITHMS = ("rloo",)  # TRL 1.x ships no PPO trainer; RLOO is its KL-penalised REINFORCE
 DPO_LOSSES = ("sigmoid", "hinge", "ipo")
-
-
-@dataclass
-class LoraOptions:
-    """LoRA adapters through peft (the paper's DPO models: r = 16, alpha = 16); merged into the
-    weights at the end, so the output is a plain checkpoint."""
-
-    enabled: bool = option("train LoRA adapters (false: every weight, with a full reference copy)", True)
-    r: int = option("adapter rank", 16)
-    alpha: int = option("adapter scale numerator (lora_alpha)", 16)
-    dropout: float = option("dropout on the adapter's input", 0.05)
-    target_modules: list[str] = option("module names (or suffixes) to adapt; all-linear: every linear layer but "
-                                       "the output head", factory=lambda: ["all-linear"])
-
-    def __post_init__(self):
-        positive("lora.r", self.r)
-        positive("lora.alpha", self.alpha)
-        if not 0 <= self.dropout < 1:
-            raise ConfigError("lora.dropout", self.dropout, "must be in [0, 1)")
-        if not self.target_modules:
-            raise ConfigError("lora.target_modules", self.target_modules, "name at least one module, or all-linear")
-        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
-            raise ConfigError("lora.target_modules", self.target_modules, "all-linear stands alone")
 
 
 @dataclass

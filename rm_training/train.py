@@ -3,7 +3,9 @@
 Modes:
 - ``full``: Eq. 1 on whole responses (the reward model ARGS and the evaluation use);
 - ``partial``: Eq. 5 on prefix pairs (PARGS's reward model), through TRL's RewardTrainer;
-- ``partial-causal``: Eq. 5 over all prefix lengths from one pass per sequence (causal models).
+- ``partial-causal``: Eq. 5 over all prefix lengths from one pass per sequence (causal models);
+- ``autoregressive``: a causal LM whose reward is its summed token log-probabilities, Bradley-Terry
+  on that sum (``rm_training.autoregressive``; full weights or LoRA).
 
 The output directory is an ordinary Hugging Face checkpoint plus ``training_summary.json``;
 ``pargs-batch generate`` takes it as ``reward.path`` as it is. Under ``torchrun`` / ``deepspeed``
@@ -89,6 +91,10 @@ def check_architecture(cfg: TrainConfig) -> None:
                                                         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 
     model_type = AutoConfig.from_pretrained(cfg.model).model_type
+    if cfg.mode == "autoregressive":
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ConfigError("mode", cfg.mode, f"needs a causal language model; {cfg.model} is {model_type}")
+        return
     if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise ConfigError("model", cfg.model, f"its architecture ({model_type}) has no sequence-classification "
                           "head in transformers, so it cannot be a reward model")
@@ -142,7 +148,7 @@ def causal_examples(cfg: TrainConfig, tokenizer, triples: list[prefs.Triple]):
 def build_examples(cfg: TrainConfig, tokenizer, triples):
     import datasets
 
-    if cfg.mode == "partial-causal":
+    if cfg.mode in ("partial-causal", "autoregressive"):
         rows, identical = causal_examples(cfg, tokenizer, triples)
     else:
         rows, identical = text_examples(cfg, tokenizer, triples, partial=cfg.mode == "partial")
@@ -168,6 +174,8 @@ def make_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds):
         save_strategy="no", eval_strategy="no", disable_tqdm=False,
         ddp_backend=ddp_backend_for(t.deepspeed),
     )
+    if cfg.mode == "autoregressive":
+        return autoregressive_trainer(cfg, model, tokenizer, args, train_ds, eval_ds)
     if cfg.mode != "partial-causal":
         return RewardTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=tokenizer)
@@ -192,6 +200,30 @@ def make_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds):
                                 data_collator=CausalPrefixCollator(tokenizer.pad_token_id))
 
 
+def autoregressive_trainer(cfg: TrainConfig, model, tokenizer, args, train_ds, eval_ds):
+    """TRL's RewardTrainer with the autoregressive loss: Bradley-Terry on summed log-probabilities."""
+    from trl import RewardTrainer
+
+    from rm_training.autoregressive import SequenceCollator, autoregressive_loss
+
+    class AutoregressiveTrainer(RewardTrainer):
+        def _set_signature_columns_if_needed(self):
+            self._signature_columns = ["chosen_ids", "rejected_ids", "chosen_start", "rejected_start"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, stats = autoregressive_loss(model, inputs, cfg.autoregressive_scale)
+            mode = "train" if model.training else "eval"
+            for key, value in stats.items():
+                self._metrics[mode][key].append(value)
+            return (loss, {}) if return_outputs else loss
+
+    from rm_training.policy import lora_config
+
+    return AutoregressiveTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                 processing_class=tokenizer, data_collator=SequenceCollator(tokenizer.pad_token_id),
+                                 peft_config=lora_config(cfg))
+
+
 def ddp_backend_for(deepspeed: str | None) -> str | None:
     """gloo for distributed runs on CPU (launched by torchrun/deepspeed); the default elsewhere."""
     import os
@@ -213,8 +245,9 @@ def evaluate_checkpoint(cfg: TrainConfig, out_dir: str, held: list[prefs.Triple]
 
     if not held:
         return {}
+    backend = "autoregressive" if cfg.mode == "autoregressive" else "hf"
     scorer = make_scorer(RewardConfig(path=out_dir, template=cfg.template, max_length=cfg.training.max_length,
-                                         batch_size=cfg.training.per_device_eval_batch_size))
+                                      batch_size=cfg.training.per_device_eval_batch_size, backend=backend))
     whole = whole_accuracy(scorer, held)
     result = {"pairwise_accuracy": whole["accuracy"], "pairwise_interval": whole["interval"], "eval_triples": len(held)}
     if cfg.mode != "full":
@@ -239,7 +272,12 @@ def train(cfg: TrainConfig) -> dict:
              cfg.mode, len(train_ds), identical, len(held))
 
     torch.manual_seed(cfg.training.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=1)
+    if cfg.mode == "autoregressive":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=1)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     # how the model read (prompt, response) in training, for `pargs-batch init` to read back
@@ -251,7 +289,15 @@ def train(cfg: TrainConfig) -> dict:
     result = trainer.train()
     fit_seconds = time.perf_counter() - fit_start
     after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
-    trainer.save_model(cfg.training.output_dir)
+    if cfg.mode == "autoregressive":
+        from rm_training.autoregressive import mark_checkpoint
+        from rm_training.policy import save_merged
+
+        save_merged(cfg, trainer)  # LoRA adapters folded into the weights; the tokenizer as given
+        if trainer.is_world_process_zero():
+            mark_checkpoint(cfg.training.output_dir, cfg.autoregressive_scale, cfg.template)
+    else:
+        trainer.save_model(cfg.training.output_dir)
     if not trainer.is_world_process_zero():
         return {}
     tokenizer.save_pretrained(cfg.training.output_dir)

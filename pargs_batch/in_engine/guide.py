@@ -342,7 +342,8 @@ class Guide:
         for r in fresh:
             self._sync(r)  # tokens committed while it was out of the session
         if fresh:
-            start = self.scorer.start([r.prompt_ids + list(r.out_ids[: r.seen]) for r in fresh])
+            start = self.scorer.start([r.prompt_ids + list(r.out_ids[: r.seen]) for r in fresh],
+                                      [r.seen for r in fresh])
             for r in fresh:
                 r.reward_tokens += len(r.prompt_ids) + r.seen
             self.session = self.scorer.merge(self.session, start)

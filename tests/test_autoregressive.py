@@ -1,0 +1,154 @@
+"""Autoregressive reward models (GenARM's idea): a causal LM π_r whose reward is its summed token
+log-probabilities. Trained with real TRL in `rm_training` mode ``autoregressive`` (held-out accuracy
+well above chance, full weights and LoRA); scored by ``reward.backend: autoregressive``, whose kept KV
+state gives each candidate's reward as the hand-summed log-probabilities (through steps, dropped rows
+and merged sessions); the stepped loop and the fused processor agree token for token; a reward model
+with another tokenizer is refused before any model loads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import base_config
+
+from pargs_batch.config import GenerateConfig, RewardConfig
+from pargs_batch.configlib import ConfigError, build
+
+pytestmark = pytest.mark.slow
+
+
+def train_config(world, out, **overrides) -> dict:
+    training = {"output_dir": str(out), "learning_rate": 1e-3, "per_device_train_batch_size": 16,
+                "gradient_accumulation_steps": 1, "num_train_epochs": 4, "logging_steps": 10, "max_length": 128}
+    training.update(overrides.pop("training", {}))
+    return {"mode": "autoregressive", "model": world["llm"], "autoregressive_scale": 0.5,
+            "data": {"source": world["preferences"], "format": "generic", "eval_fraction": 0.2},
+            "training": training, **overrides}
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    from rm_training.config import TrainConfig
+    from rm_training.train import train
+
+    out = tmp_path_factory.mktemp("ar-rm")
+    return out, train(build(TrainConfig, train_config(world, out)))
+
+
+def hand_summed(model_dir: str, prompt: list[int], response: list[int]) -> float:
+    """Σ_t log π_r(y_t | x, y<t) by one plain transformers forward."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + response])).logits[0].float(), -1)
+    return float(sum(logp[len(prompt) - 1 + t, token] for t, token in enumerate(response)))
+
+
+def test_training_raises_held_out_accuracy_well_above_chance(trained):
+    out, summary = trained
+    assert summary["mode"] == "autoregressive" and summary["data"]["train"]["rows"] == 300
+    assert summary["eval_loss_after"] < summary["eval_loss_before"] - 0.02
+    assert summary["pairwise_accuracy"] > 0.75, summary["pairwise_accuracy"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["pargs_batch_reward"] == {"kind": "autoregressive", "scale": 0.5}
+    from pargs_batch.autoregressive_reward import is_autoregressive
+
+    assert is_autoregressive(str(out))
+
+
+def test_lora_adapters_are_merged_into_a_plain_causal_lm_checkpoint(world, tmp_path):
+    from rm_training.config import TrainConfig
+    from rm_training.train import train
+
+    out = tmp_path / "lora"
+    summary = train(build(TrainConfig, train_config(world, out, lora={"enabled": True, "r": 4, "alpha": 8},
+                                                    training={"max_steps": 20})))
+    assert summary["steps"] == 20 and not (out / "adapter_config.json").exists()
+    from pargs_batch.autoregressive_reward import AutoregressiveRewardScorer
+
+    scorer = AutoregressiveRewardScorer(RewardConfig(path=str(out), backend="autoregressive"))
+    assert np.isfinite(scorer.score(["review of the cafe :"], [" food was warm ."])).all()
+    with pytest.raises(ConfigError, match="lora.enabled"):
+        build(TrainConfig, {**train_config(world, out, lora={"enabled": True}), "mode": "partial"})
+
+
+def test_kept_kv_state_gives_the_hand_summed_reward_of_every_candidate(world, tokenizer):
+    """Six steps of four prompts (one row dropped after step 2, two new prompts merged in at step 3):
+    every candidate's reward is r(x, y) + log π_r(v | x, y) as a whole-sequence forward sums it."""
+    from pargs_batch.autoregressive_reward import AutoregressiveRewardScorer
+
+    rm = world["llm"]  # any causal LM over the LLM's tokenizer is an autoregressive reward model
+    scorer = AutoregressiveRewardScorer(RewardConfig(path=rm, backend="autoregressive"))
+    prompts = [tokenizer(p)["input_ids"] for p in ("review of the cafe :", "review of the bar on the corner :",
+                                                   "review of a show :", "review of the train :")]
+    later = [tokenizer(p)["input_ids"] for p in ("review of the museum :", "review of the hotel :")]
+    rows, responses = list(prompts), [[] for _ in prompts]
+    session, rng = scorer.start(rows), np.random.default_rng(0)
+    for step in range(6):
+        if step == 2:
+            scorer.keep(session, [0, 2, 3])
+            rows, responses = [rows[i] for i in (0, 2, 3)], [responses[i] for i in (0, 2, 3)]
+        if step == 3:
+            session = scorer.merge(session, scorer.start(later))
+            rows, responses = rows + later, responses + [[], []]
+        cand = rng.integers(0, 300, size=(len(rows), 5))
+        cand[0, -1] = -1  # an empty slot keeps the sequence's reward
+        rewards = scorer.score_candidates(session, cand)
+        for b in range(len(rows)):
+            for j in (0, 3):
+                expected = scorer.sequence_rewards([rows[b]], [responses[b] + [int(cand[b, j])]])[0]
+                assert abs(rewards[b, j] - expected) < 1e-4, (step, b, j)
+        assert rewards[0, -1] == pytest.approx(scorer.sequence_rewards([rows[0]], [responses[0]])[0], abs=1e-4)
+        choice = rng.integers(0, 4, size=len(rows))
+        scorer.commit(session, choice)
+        for b in range(len(rows)):
+            responses[b].append(int(cand[b, choice[b]]))
+    assert scorer.sequence_rewards([rows[1]], [responses[1]])[0] == pytest.approx(
+        hand_summed(rm, rows[1], responses[1]), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def ar_models():
+    from pargs_batch.models import Models
+
+    with Models() as models:
+        yield models
+
+
+@pytest.mark.parametrize("method", ["pargs-greedy", "pargs"])
+def test_stepped_and_fused_agree_and_rewards_are_the_summed_logprobs(world, trained, ar_models, tokenizer, tmp_path,
+                                                                     method):
+    from pargs_batch.generation import run_generate
+    from pargs_batch.output import read_output
+
+    rm = str(trained[0])
+    runs = {}
+    for mode in ("stepped", "fused"):
+        cfg = build(GenerateConfig, base_config(world, tmp_path / mode, engine={"mode": mode},
+                                                reward={"path": rm, "backend": "autoregressive"},
+                                                decode={"method": method, "max_new_tokens": 24}, data={"limit": 12}))
+        run_generate(cfg, models=ar_models.for_config(cfg), progress=False)
+        runs[mode] = read_output(cfg.output.path).to_pylist()
+    stepped, fused = runs["stepped"], runs["fused"]
+    assert [r["response_token_ids"] for r in stepped] == [r["response_token_ids"] for r in fused]
+    assert np.allclose([x for r in stepped for x in r["rewards"]], [x for r in fused for x in r["rewards"]], atol=1e-4)
+    for r in stepped[:3]:  # the rewards column: each chosen prefix's summed log-probability under pi_r
+        ids = r["response_token_ids"]
+        prompt = tokenizer(r["prompt"])["input_ids"]
+        assert r["rewards"][-1] == pytest.approx(hand_summed(rm, prompt, ids), abs=1e-3)
+        assert r["rewards"][0] == pytest.approx(hand_summed(rm, prompt, ids[:1]), abs=1e-4)
+
+
+def test_a_reward_model_with_another_tokenizer_is_refused_before_any_model_loads(world, tmp_path):
+    from pargs_batch.generation import run_generate
+
+    cfg = build(GenerateConfig, base_config(world, tmp_path, reward={"path": world["reward_model"],
+                                                                     "backend": "autoregressive"}))
+    with pytest.raises(ConfigError, match=r"reward.path=.*autoregressive needs the LLM's tokenizer"):
+        run_generate(cfg, progress=False)
+    with pytest.raises(ConfigError, match="reward.input"):
+        build(RewardConfig, {"path": world["llm"], "backend": "autoregressive", "input": "pair"})
