@@ -35,6 +35,7 @@ class ARSession:
         self.last = last          # (B,) numpy: r(x, y) of each sequence as it stands
         self.logp = logp          # (B, V) torch: log π_r(v | x, y)
         self.rewards = self.candidates = None  # of the step being considered
+        self.pending = None       # set while a step's candidates wait for their commit (as CausalSession's)
         self.todo = None          # (B,) chosen tokens whose forward has not run yet
 
     @property
@@ -149,7 +150,7 @@ class AutoregressiveRewardScorer:
         step = torch.gather(logp, 1, torch.as_tensor(safe, device=logp.device)).cpu().numpy()
         rewards = np.where((candidates < 0) | (candidates >= self.vocab), session.last[:, None],
                            session.last[:, None] + step).astype(np.float32)
-        session.rewards, session.candidates = rewards, candidates
+        session.rewards, session.candidates, session.pending = rewards, candidates, True
         return rewards
 
     def commit(self, session: ARSession, choice: np.ndarray) -> None:
@@ -158,13 +159,13 @@ class AutoregressiveRewardScorer:
         session.last = session.rewards[rows, choice].astype(np.float32)
         token = session.candidates[rows, choice]
         session.todo = np.where(token < 0, self.pad_id, token).astype(np.int64)
-        session.rewards = session.candidates = None
+        session.rewards = session.candidates = session.pending = None
 
     def commit_tokens(self, session: ARSession, tokens: np.ndarray, rewards: np.ndarray) -> None:
         """As ``commit``, for tokens chosen over the whole vocabulary (with their rewards)."""
         session.last = np.asarray(rewards, dtype=np.float32)
         session.todo = np.asarray(tokens, dtype=np.int64)
-        session.rewards = session.candidates = None
+        session.rewards = session.candidates = session.pending = None
 
     def keep(self, session: ARSession, rows: list[int]) -> None:
         """Drop every row not in ``rows`` (finished sequences), and columns no row needs any more."""

@@ -30,6 +30,9 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"config error: {key}={value!r} is not allowed: {allowed}")
 
+    def __reduce__(self):  # across processes (a spawned trainer's error reaches its parent whole)
+        return ConfigError, (self.key, self.value, self.allowed)
+
 
 def option(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
     if factory is not dataclasses.MISSING:

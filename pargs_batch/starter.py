@@ -38,6 +38,7 @@ class Findings:
     reward_input: str | None = None
     reward_why: str = ""
     reward_template: str | None = None
+    reward_autoregressive: bool = False  # rm_training's autoregressive mode made it: backend autoregressive
     notes: list[str] = field(default_factory=list)
 
 
@@ -71,6 +72,9 @@ def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Fi
     found.id_column = next((c for c in ID_NAMES if c in columns and unique_ids(records, c)), None)
     if reward:
         found.reward_input, found.reward_why, found.reward_template = reward_input(reward)
+        from pargs_batch.autoregressive_reward import is_autoregressive
+
+        found.reward_autoregressive = is_autoregressive(reward)
     return found
 
 
@@ -167,6 +171,8 @@ def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split
             f"  path: {json.dumps(reward)}",
             f"  input: {found.reward_input}   # {found.reward_why}",
             *([f"  template: {json.dumps(found.reward_template)}"] if found.reward_template else []),
+            "  backend: autoregressive   # an autoregressive reward model (rm_training mode autoregressive): its "
+            "summed token log-probabilities" if found.reward_autoregressive else
             "  # backend: causal   # faster when the reward model is a causal LM sharing the LLM's tokenizer",
         ]
     else:

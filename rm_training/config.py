@@ -126,6 +126,13 @@ class LoraOptions:
 
 
 @dataclass
+class AdapterOptions(LoraOptions):
+    """LoRA adapters for an autoregressive reward model (off by default: every weight trains)."""
+
+    enabled: bool = option("train LoRA adapters (autoregressive mode) instead of every weight", False)
+
+
+@dataclass
 class TrainConfig:
     """Everything `python -m rm_training.train` needs."""
 
@@ -142,8 +149,8 @@ class TrainConfig:
     training: Training = option("optimisation", factory=Training)
     autoregressive_scale: float = option("autoregressive mode: s in -log sigma(s * (r(y_w) - r(y_l))), the "
                                          "Bradley-Terry scale of the summed log-probabilities", 0.1)
-    lora: LoraOptions = option("autoregressive mode: LoRA adapters through peft, merged into the checkpoint "
-                               "(enabled: false trains every weight)", factory=lambda: LoraOptions(enabled=False))
+    lora: AdapterOptions = option("autoregressive mode: LoRA adapters through peft, merged into the checkpoint",
+                                  factory=AdapterOptions)
 
     def __post_init__(self):
         one_of("mode", self.mode, MODES)

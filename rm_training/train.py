@@ -276,6 +276,7 @@ def train(cfg: TrainConfig) -> dict:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+        model.config.num_labels = 1  # TRL's RewardTrainer asks for one output; an LM head's config ignores it
     else:
         model = AutoModelForSequenceClassification.from_pretrained(cfg.model, num_labels=1)
     if model.config.pad_token_id is None:

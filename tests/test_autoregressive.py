@@ -21,21 +21,12 @@ pytestmark = pytest.mark.slow
 
 
 def train_config(world, out, **overrides) -> dict:
-    training = {"output_dir": str(out), "learning_rate": 1e-3, "per_device_train_batch_size": 16,
-                "gradient_accumulation_steps": 1, "num_train_epochs": 4, "logging_steps": 10, "max_length": 128}
+    training = {"output_dir": str(out), "learning_rate": 3e-3, "per_device_train_batch_size": 16,
+                "gradient_accumulation_steps": 1, "num_train_epochs": 4, "logging_steps": 20, "max_length": 128}
     training.update(overrides.pop("training", {}))
-    return {"mode": "autoregressive", "model": world["llm"], "autoregressive_scale": 0.5,
+    return {"mode": "autoregressive", "model": world["llm"], "autoregressive_scale": 0.1,
             "data": {"source": world["preferences"], "format": "generic", "eval_fraction": 0.2},
             "training": training, **overrides}
-
-
-@pytest.fixture(scope="module")
-def trained(world, tmp_path_factory):
-    from rm_training.config import TrainConfig
-    from rm_training.train import train
-
-    out = tmp_path_factory.mktemp("ar-rm")
-    return out, train(build(TrainConfig, train_config(world, out)))
 
 
 def hand_summed(model_dir: str, prompt: list[int], response: list[int]) -> float:
@@ -48,13 +39,23 @@ def hand_summed(model_dir: str, prompt: list[int], response: list[int]) -> float
     return float(sum(logp[len(prompt) - 1 + t, token] for t, token in enumerate(response)))
 
 
-def test_training_raises_held_out_accuracy_well_above_chance(trained):
-    out, summary = trained
-    assert summary["mode"] == "autoregressive" and summary["data"]["train"]["rows"] == 300
-    assert summary["eval_loss_after"] < summary["eval_loss_before"] - 0.02
-    assert summary["pairwise_accuracy"] > 0.75, summary["pairwise_accuracy"]
+def test_training_on_the_reduced_world_raises_held_out_accuracy_clearly_above_chance(reduced_world, tmp_path):
+    """156 updates from the world's LM on its 616 guidance pairs, judged on the 408 pairs of the
+    evaluation split (other prompts)."""
+    from rm_training.config import TrainConfig
+    from rm_training.train import train
+
+    out = tmp_path / "ar"
+    pairs = reduced_world["preferences"]
+    cfg = train_config({"llm": reduced_world["llm"], "preferences": pairs["guidance"]}, out)
+    cfg["data"] = {"source": pairs["guidance"], "format": "generic", "eval_source": pairs["evaluation"]}
+    summary = train(build(TrainConfig, cfg))
+    assert summary["mode"] == "autoregressive" and summary["steps"] == 156 and summary["eval_pairs"] == 408
+    assert summary["eval_loss_after"] < summary["eval_loss_before"] - 0.05
+    low, high = summary["pairwise_interval"]  # 95 % over the held-out pairs
+    assert low > 0.55, (summary["pairwise_accuracy"], low, high)
     config = json.loads((out / "config.json").read_text())
-    assert config["pargs_batch_reward"] == {"kind": "autoregressive", "scale": 0.5}
+    assert config["pargs_batch_reward"] == {"kind": "autoregressive", "scale": 0.1}
     from pargs_batch.autoregressive_reward import is_autoregressive
 
     assert is_autoregressive(str(out))
@@ -74,6 +75,14 @@ def test_lora_adapters_are_merged_into_a_plain_causal_lm_checkpoint(world, tmp_p
     assert np.isfinite(scorer.score(["review of the cafe :"], [" food was warm ."])).all()
     with pytest.raises(ConfigError, match="lora.enabled"):
         build(TrainConfig, {**train_config(world, out, lora={"enabled": True}), "mode": "partial"})
+    # `pargs-batch init` reads what the checkpoint is and writes the backend that scores it
+    import yaml
+
+    from pargs_batch.starter import inspect, starter_yaml
+
+    text = starter_yaml(world["llm"], str(out), world["prompts"], inspect(world["llm"], str(out), world["prompts"]))
+    config = build(GenerateConfig, yaml.safe_load(text))
+    assert config.reward.backend == "autoregressive" and config.reward.input == "template"
 
 
 def test_kept_kv_state_gives_the_hand_summed_reward_of_every_candidate(world, tokenizer):
@@ -120,12 +129,11 @@ def ar_models():
 
 
 @pytest.mark.parametrize("method", ["pargs-greedy", "pargs"])
-def test_stepped_and_fused_agree_and_rewards_are_the_summed_logprobs(world, trained, ar_models, tokenizer, tmp_path,
-                                                                     method):
+def test_stepped_and_fused_agree_and_rewards_are_the_summed_logprobs(world, ar_models, tokenizer, tmp_path, method):
     from pargs_batch.generation import run_generate
     from pargs_batch.output import read_output
 
-    rm = str(trained[0])
+    rm = world["llm"]  # pi_r over the LLM's tokenizer (trained or not, the mechanics are the same)
     runs = {}
     for mode in ("stepped", "fused"):
         cfg = build(GenerateConfig, base_config(world, tmp_path / mode, engine={"mode": mode},
@@ -134,9 +142,12 @@ def test_stepped_and_fused_agree_and_rewards_are_the_summed_logprobs(world, trai
         run_generate(cfg, models=ar_models.for_config(cfg), progress=False)
         runs[mode] = read_output(cfg.output.path).to_pylist()
     stepped, fused = runs["stepped"], runs["fused"]
-    assert [r["response_token_ids"] for r in stepped] == [r["response_token_ids"] for r in fused]
-    assert np.allclose([x for r in stepped for x in r["rewards"]], [x for r in fused for x in r["rewards"]], atol=1e-4)
-    for r in stepped[:3]:  # the rewards column: each chosen prefix's summed log-probability under pi_r
+    assert all(r["error"] is None for r in stepped + fused)
+    if method == "pargs-greedy":  # greedy: the same tokens and rewards (sampled modes draw other streams)
+        assert [r["response_token_ids"] for r in stepped] == [r["response_token_ids"] for r in fused]
+        assert np.allclose([x for r in stepped for x in r["rewards"]], [x for r in fused for x in r["rewards"]],
+                           atol=1e-4)
+    for r in stepped[:2] + fused[:2]:  # the rewards column: each chosen prefix's summed log-probability under pi_r
         ids = r["response_token_ids"]
         prompt = tokenizer(r["prompt"])["input_ids"]
         assert r["rewards"][-1] == pytest.approx(hand_summed(rm, prompt, ids), abs=1e-3)
