@@ -163,7 +163,8 @@ class DecodeConfig:
 
     method: str = option("; ".join(f"{m.name}: {m.help}" for m in METHODS.values()), "pargs")
     beta: float = option("reward weight: score = log pi_ref + beta * r", 1.0)
-    top_k: int = option("candidates per step (k)", 10)
+    top_k: int = option("candidates per step (k); 0: the whole vocabulary (reward.backend autoregressive, "
+                        "engine.mode fused, tokenwise methods: the exact pi_ref * pi_r^beta)", 10)
     temperature: float = option("divides the scores before sampling (sampling methods only)", 1.0)
     max_new_tokens: int = option("response length limit in tokens", 64)
     num_samples: int = option("responses per prompt (n)", 1)
@@ -180,8 +181,8 @@ class DecodeConfig:
     def __post_init__(self):
         one_of("decode.method", self.method, METHODS)
         positive("decode.beta", self.beta, allow_zero=True)
-        if self.top_k < 1:
-            raise ConfigError("decode.top_k", self.top_k, "must be >= 1")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError("decode.top_k", self.top_k, "must be an integer >= 1, or 0 (the whole vocabulary)")
         positive("decode.temperature", self.temperature)
         positive("decode.max_new_tokens", self.max_new_tokens)
         positive("decode.num_samples", self.num_samples)
@@ -330,6 +331,8 @@ class GenerateConfig(Loadable):
     ray: RayConfig = option("the Ray pool", factory=RayConfig)
 
     def __post_init__(self):
+        if self.decode.top_k == 0:
+            self._check_whole_vocabulary()
         if self.decode.top_k > self.model.max_logprobs:
             raise ConfigError("decode.top_k", self.decode.top_k,
                               f"must be <= model.max_logprobs ({self.model.max_logprobs})")
@@ -347,6 +350,22 @@ class GenerateConfig(Loadable):
         if self.data.weights_column and not METHODS[self.decode.method].uses_reward:
             raise ConfigError("data.weights_column", self.data.weights_column,
                               f"decode.method={self.decode.method} uses no reward model")
+
+    def _check_whole_vocabulary(self) -> None:
+        """``decode.top_k: 0`` guides over every token: only inside the engine, and only with a reward
+        model that scores every next token at once."""
+        method = METHODS[self.decode.method]
+        if not method.tokenwise:
+            raise ConfigError("decode.top_k", 0, f"the whole vocabulary is for the tokenwise methods; "
+                              f"decode.method={self.decode.method} samples whole candidates: give k >= 1")
+        if self.engine.mode != "fused":
+            raise ConfigError("decode.top_k", 0, "the whole vocabulary is guided in engine.mode: fused (on vLLM's "
+                              "logits); stepped mode reads the engine's top-k log-probabilities, and vLLM returns a "
+                              "whole vocabulary of them per token only as Python objects (max_logprobs: -1), far too "
+                              "slow to guide with")
+        if method.uses_reward and self.reward.backend != "autoregressive":
+            raise ConfigError("decode.top_k", 0, "the whole vocabulary needs reward.backend: autoregressive (one "
+                              "forward scores every next token); the hf and causal backends score k candidates")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

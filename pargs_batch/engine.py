@@ -209,10 +209,12 @@ class Engine:
             prefill.extend(map(prefill_computed, outputs))
         return [(list(o.outputs[0].token_ids), o.outputs[0].text, _finish_reason(o.outputs[0])) for o in outputs]
 
-    def fused_records(self, keys: list[str]) -> dict[str, GuideRecord]:
+    def fused_records(self, keys: list[str], last_tokens: list[int] | None = None) -> dict[str, GuideRecord]:
         """What the fused logits processor recorded for the requests ``keys`` (popped from it): the
-        reward of each chosen token and its guidance seconds (``in_engine.records.RecordsExtension``)."""
-        wire = self.llm.collective_rpc("pargs_batch_records", args=(list(keys),))[0]
+        reward of each chosen token and its guidance seconds (``in_engine.records.RecordsExtension``);
+        ``last_tokens``, each request's final token (-1: none), for the whole-vocabulary rows."""
+        args = (list(keys),) if last_tokens is None else (list(keys), [int(t) for t in last_tokens])
+        wire = self.llm.collective_rpc("pargs_batch_records", args=args)[0]
         return {key: GuideRecord.from_wire(record) for key, record in wire.items()}
 
     def guide_info(self) -> GuideInfo | None:

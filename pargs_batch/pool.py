@@ -61,8 +61,8 @@ class LockedEngine:
     def guided(self, *args, **kwargs):
         return self._locked(self.engine.guided, *args, **kwargs)
 
-    def fused_records(self, keys):
-        return self._locked(self.engine.fused_records, keys)
+    def fused_records(self, keys, last_tokens=None):
+        return self._locked(self.engine.fused_records, keys, last_tokens)
 
 
 class DecodeWorker:

@@ -93,13 +93,15 @@ class Policy:
     reward_models: int          # reward models in the engine (0: none, every request topk)
     weights: bool = False       # reward.models given: a request may weight them
     model: str = ""
+    whole: bool = False         # an autoregressive reward model: top_k 0 (the whole vocabulary) allowed
     counts: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, config: GenerateConfig, eos_ids) -> Policy:
         return cls(decode=config.decode, eos_ids=sorted(int(i) for i in eos_ids),
                    max_logprobs=config.model.max_logprobs, reward_models=len(config.reward.members),
-                   weights=bool(config.reward.models), model=config.model.path)
+                   weights=bool(config.reward.models), model=config.model.path,
+                   whole=config.reward.backend == "autoregressive" and bool(config.reward.members))
 
     def translate(self, body: Any, chat: bool) -> tuple[Any, str | None]:
         """The request ``body`` as vLLM's server should see it, and the method guiding it (None:
@@ -140,8 +142,9 @@ class Policy:
             raise RequestError("method", method, "this server has no reward model (reward.path in its config): topk")
         beta = _number("beta", ours.get("beta", d.beta), "a finite number >= 0")
         k = _integer("top_k", body.pop("top_k", None) if body.get("top_k") is not None else d.top_k,
-                     f"candidates per step: an integer in [1, {self.max_logprobs}] (the server's "
-                     "model.max_logprobs)", 1, self.max_logprobs)
+                     f"candidates per step: an integer in [1, {self.max_logprobs}] (the server's model.max_logprobs)"
+                     + (", or 0 for the whole vocabulary" if self.whole else ""), 0 if self.whole else 1,
+                     self.max_logprobs)
         temperature = body.get("temperature")
         temperature = d.temperature if temperature is None else \
             _number("temperature", temperature, "a number >= 0 (0: the argmax of the guided score)")

@@ -163,3 +163,100 @@ def test_a_reward_model_with_another_tokenizer_is_refused_before_any_model_loads
         run_generate(cfg, progress=False)
     with pytest.raises(ConfigError, match="reward.input"):
         build(RewardConfig, {"path": world["llm"], "backend": "autoregressive", "input": "pair"})
+
+
+# ------------------------------------------------------------------ the whole vocabulary (top_k: 0)
+
+
+@pytest.fixture(scope="module")
+def small_ar(world, tmp_path_factory):
+    """A π_r unlike π_ref: the world's LM after 30 autoregressive updates at a high learning rate."""
+    from rm_training.config import TrainConfig
+    from rm_training.train import train
+
+    out = tmp_path_factory.mktemp("ar-small")
+    train(build(TrainConfig, train_config(world, out, training={"max_steps": 30, "learning_rate": 1e-2})))
+    return str(out)
+
+
+def whole_config(world, path, rm, method, **decode) -> GenerateConfig:
+    return build(GenerateConfig, base_config(world, path, engine={"mode": "fused"},
+                                             reward={"path": rm, "backend": "autoregressive"},
+                                             decode={"method": method, "top_k": 0, "beta": 1.5, **decode},
+                                             data={"limit": 6}))
+
+
+def test_whole_vocabulary_draws_follow_pi_ref_times_pi_r_to_the_beta(world, small_ar, ar_models, tokenizer, tmp_path):
+    """10,000 first tokens drawn by vLLM's sampler under the processor (top_k 0) fit
+    softmax(log π_ref + β log π_r) over every token of the vocabulary (chi-square)."""
+    from scipy import stats
+    from transformers import AutoModelForCausalLM
+
+    from pargs_batch.guidance import GuideArgs
+
+    engine, _, _ = ar_models.for_config(whole_config(world, tmp_path, small_ar, "pargs"))
+    prompt, beta, n = "review of the cafe : food was", 1.5, 10000
+    ids = tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        def next_logp(path):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
+
+        ref, r = next_logp(world["llm"]), next_logp(small_ar)
+    expected = np.exp(ref + beta * r - np.logaddexp.reduce(ref + beta * r))
+    extra = [GuideArgs(key=f"whole/{i}", k=0, beta=beta, guided=True, greedy=False, prompt=prompt).to_wire()
+             for i in range(n)]
+    out = engine.guided([ids] * n, list(range(n)), extra, max_tokens=1, temperature=1.0, stop=[])
+    first = np.array([o[0][0] for o in out])
+    records = engine.fused_records([f"whole/{i}" for i in range(n)], list(first))
+    # each draw's recorded reward is log π_r of the token drawn (the prompt's reward is 0)
+    for i in range(0, n, 997):
+        assert records[f"whole/{i}"].rewards_for([int(first[i])])[0] == pytest.approx(r[first[i]], abs=1e-4)
+    observed = np.bincount(first, minlength=len(expected))[: len(expected)]
+    keep = expected * n >= 5
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp = np.append(expected[keep], expected[~keep].sum()) * n
+    assert stats.chisquare(obs, exp * obs.sum() / exp.sum())[1] > 1e-3, (obs, exp)
+    plain = np.exp(ref) * n  # and far from π_ref alone: the reward moved them
+    assert stats.chisquare(observed, plain * observed.sum() / plain.sum())[1] < 1e-6
+
+
+def test_whole_vocabulary_greedy_is_the_argmax_of_the_product_and_rewards_are_summed(world, small_ar, ar_models,
+                                                                                      tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from pargs_batch.generation import run_generate
+    from pargs_batch.output import read_output
+
+    cfg = whole_config(world, tmp_path, small_ar, "pargs-greedy", max_new_tokens=10)
+    run_generate(cfg, models=ar_models.for_config(cfg), progress=False)
+    rows = read_output(cfg.output.path).to_pylist()
+    llm = AutoModelForCausalLM.from_pretrained(world["llm"], dtype=torch.float32).eval()
+    rm = AutoModelForCausalLM.from_pretrained(small_ar, dtype=torch.float32).eval()
+    for row in rows[:3]:
+        seq, chosen, summed = tokenizer(row["prompt"])["input_ids"], [], []
+        with torch.no_grad():
+            for _ in range(len(row["response_token_ids"])):
+                ref = torch.log_softmax(llm(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)
+                r = torch.log_softmax(rm(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)
+                token = int(torch.argmax(ref + 1.5 * r))
+                summed.append((summed[-1] if summed else 0.0) + float(r[token]))
+                chosen.append(token)
+                seq = seq + [token]
+        assert row["response_token_ids"] == chosen and row["k"] == 0
+        assert np.allclose(row["rewards"], summed, atol=1e-3)
+    sampled = whole_config(world, tmp_path / "s", small_ar, "pargs", max_new_tokens=10)
+    run_generate(sampled, models=ar_models.for_config(sampled), progress=False)
+    for row in read_output(sampled.output.path).to_pylist()[:2]:
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        assert row["rewards"][-1] == pytest.approx(hand_summed(small_ar, prompt, row["response_token_ids"]), abs=1e-3)
+
+
+def test_the_whole_vocabulary_is_refused_where_it_cannot_run(world, tmp_path):
+    cfg = base_config(world, tmp_path, decode={"top_k": 0}, reward={"path": world["llm"], "backend": "autoregressive"})
+    with pytest.raises(ConfigError, match="decode.top_k=0.*engine.mode: fused"):
+        build(GenerateConfig, cfg)
+    cfg["engine"] = {"mode": "fused"}
+    cfg["reward"] = {"path": world["reward_model"]}
+    with pytest.raises(ConfigError, match="decode.top_k=0.*reward.backend: autoregressive"):
+        build(GenerateConfig, cfg)

@@ -62,10 +62,16 @@ class Row:
     weights: list[float] | None = None  # its reward models' own weights (data.weights_column)
     keep: bool = True             # its record waits for the driver (False: dropped when it leaves)
 
-    def record(self) -> GuideRecord:
-        """What the driver gets of this row."""
-        last = {} if self.pending is None else \
-            {int(t): float(r) for t, r in zip(self.pending[0], self.pending[1])}
+    def record(self, last_token: int | None = None) -> GuideRecord:
+        """What the driver gets of this row (``last_token``: the request's final token, which a
+        whole-vocabulary row's last step can give the reward of)."""
+        if self.pending is None:
+            last = {}
+        elif self.pending[0] is None:  # whole vocabulary: the final token's reward alone
+            reward = self.reward_of(last_token) if last_token is not None and last_token >= 0 else None
+            last = {} if reward is None else {int(last_token): reward}
+        else:
+            last = {int(t): float(r) for t, r in zip(self.pending[0], self.pending[1])}
         return GuideRecord(rewards=[None if r is None else float(r) for r in self.rewards], last_token_rewards=last,
                            timings=dict(self.timings), failed_at=self.failed_at, reward_tokens=self.reward_tokens,
                            reward_calls=self.reward_calls)
@@ -74,6 +80,8 @@ class Row:
         if self.pending is None:
             return None
         ids, rewards, _ = self.pending
+        if ids is None:  # whole vocabulary: r(x, y) + log pi_r(v | x, y) for every v
+            return float(rewards[token]) if 0 <= token < rewards.shape[0] else None
         hit = np.nonzero(ids == token)[0]
         return float(rewards[hit[0]]) if len(hit) else None
 
@@ -197,20 +205,29 @@ class Guide:
             self._sync(row)
 
     def _commit_session(self) -> None:
-        """Causal backend: keep each row's chosen candidate in the RM's KV state and record its
-        reward; rows that left vLLM's batch, or did not advance by exactly one token, leave the
-        session (a live one is encoded afresh, with everything it has, at its next step)."""
+        """Causal and autoregressive backends: keep each row's chosen token in the RM's KV state and
+        record its reward; rows that left vLLM's batch, or did not advance by exactly one token, leave
+        the session (a live one is encoded afresh, with everything it has, at its next step)."""
         session = self.session
         if session is None or session.pending is None:
             return
-        order, (ids, rewards, position) = self.order, self.last_step
-        # which of the last step's candidates each row took: one comparison for the whole session
-        at = np.array([position.get(id(row), -1) for row in order], dtype=np.int64)
+        order = self.order
+        ids, rewards, position = self.last_step if self.last_step is not None else (None, None, {})
         token = np.array([row.out_ids[row.seen] if len(row.out_ids) == row.seen + 1 and row.pending is not None
                           else -1 for row in order], dtype=np.int64)
-        match = (ids[at] == token[:, None]) & ((at >= 0) & (token >= 0))[:, None]
-        took, choice = match.any(1), match.argmax(1)
-        reward = rewards[at, choice]
+        took = np.zeros(len(order), dtype=bool)
+        choice = np.zeros(len(order), dtype=np.int64)
+        reward = np.zeros(len(order), dtype=np.float32)
+        # which of the last step's candidates each top-k row took: one comparison for the whole session
+        at = np.array([position.get(id(row), -1) for row in order], dtype=np.int64)
+        if ids is not None:
+            match = (ids[at] == token[:, None]) & ((at >= 0) & (token >= 0))[:, None]
+            took, choice = match.any(1), match.argmax(1)
+            reward = rewards[at, choice].astype(np.float32)
+        for i, row in enumerate(order):  # whole-vocabulary rows: the token is its own candidate
+            if row.pending is not None and row.pending[0] is None and token[i] >= 0:
+                value = row.reward_of(int(token[i]))
+                took[i], reward[i] = value is not None, value if value is not None else 0.0
         kept = []
         for i, row in enumerate(order):
             if took[i]:
@@ -222,9 +239,11 @@ class Guide:
                     kept.append(i)
                     continue
             row.in_session = False
-        choice = np.where(took, choice, 0)
         t0 = time.perf_counter()
-        self.scorer.commit(session, choice)
+        if hasattr(self.scorer, "commit_tokens"):
+            self.scorer.commit_tokens(session, np.where(took, token, 0), reward)
+        else:
+            self.scorer.commit(session, np.where(took, choice, 0))
         self.scorer.keep(session, kept)
         share = (time.perf_counter() - t0) / max(len(kept), 1)
         self.order = [self.order[i] for i in kept]
@@ -270,6 +289,14 @@ class Guide:
 
         if not index:
             return logits
+        self.last_step = None
+        whole = [n for n, r in enumerate(rows) if r.k == 0]
+        if whole:
+            self._guide_whole(logits, [index[n] for n in whole], [rows[n] for n in whole])
+            if len(whole) == len(rows):
+                return logits
+            keep = [n for n, r in enumerate(rows) if r.k != 0]
+            index, rows = [index[n] for n in keep], [rows[n] for n in keep]
         # every row of the batch, in order (the usual case): rewritten in place, no gather and no copy back
         whole = len(index) == logits.shape[0] and all(i == n for n, i in enumerate(index))
         at = None if whole else torch.tensor(index, device=logits.device)
@@ -336,8 +363,67 @@ class Guide:
         return logits
 
 
-    def _score_causal(self, rows: list[Row], cand: np.ndarray) -> np.ndarray:
-        """Rewards (len(rows), k) from the causal session, encoding rows new to it first."""
+    def _guide_whole(self, logits, index: list[int], rows: list[Row]) -> None:
+        """Rows over the whole vocabulary (k = 0): logits become log pi_ref(v) + beta * log pi_r(v)
+        for every token v (an autoregressive reward model's next-token log-probabilities; the
+        sequence's reward so far is the same for every v), so vLLM samples from
+        pi_ref * pi_r^beta at the request's temperature; a greedy row keeps only its argmax."""
+        import torch
+
+        at = torch.tensor(index, device=logits.device)
+        logp = torch.log_softmax(logits[at].float(), dim=-1)
+        score = logp.clone()
+        guided = [n for n, r in enumerate(rows) if r.guided]
+        t1 = time.perf_counter()
+        if guided:
+            step, last = self._session_logp([rows[n] for n in guided])
+            v = min(step.shape[1], score.shape[1])
+            beta = torch.tensor([rows[n].beta for n in guided], device=score.device)[:, None]
+            part = score[guided]
+            part[:, :v] += beta * step[:, :v].to(score.device)
+            part[:, v:] = -float("inf")
+            score[guided] = part
+            for m, n in enumerate(guided):
+                row = rows[n]
+                row.pending = (None, (last[m] + step[m]).cpu(), None)
+                row.reward_tokens += 1
+                row.reward_calls += 1
+                if not torch.isfinite(step[m]).any() and row.failed_at is None:
+                    row.failed_at = len(row.rewards)  # no finite reward anywhere: the request ends here
+                    stop = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+                    score[n] = -float("inf")
+                    score[n, stop] = 0.0
+        t2 = time.perf_counter()
+        for n, row in enumerate(rows):
+            if row.greedy:  # the argmax alone stays finite (ties to the lowest id), as vLLM's greedy takes it
+                best = int(torch.argmax(score[n]))
+                value = score[n, best].clone()
+                score[n] = -float("inf")
+                score[n, best] = value
+            if not row.guided:
+                row.pending = None
+        logits[at] = score.to(logits.dtype)
+        if guided:
+            self.stats["steps"] += 1
+            self.stats["rows"] += len(guided)
+            self.stats["candidates"] += len(guided) * int(score.shape[1])
+            self.stats["reward_s"] += t2 - t1
+        for r in rows:
+            r.timings["reward"] += (t2 - t1) / len(rows)
+
+    def _session_logp(self, rows: list[Row]):
+        """(log pi_r of every next token, as a (len(rows), V) tensor; each row's reward so far) from
+        the autoregressive session, encoding rows new to it first."""
+        if not getattr(self.scorer, "whole_vocabulary", False):
+            raise ValueError("decode.top_k=0 (the whole vocabulary) needs reward.backend=autoregressive")
+        self._join_session(rows)
+        where = [{id(r): i for i, r in enumerate(self.order)}[id(r)] for r in rows]
+        step = self.scorer.next_logprobs(self.session)
+        self.session.pending = True
+        return step[where], self.session.last[where]
+
+    def _join_session(self, rows: list[Row]) -> None:
+        """Encode the rows new to the KV session (prompt and every committed token) into it."""
         fresh = [r for r in rows if not r.in_session]
         for r in fresh:
             self._sync(r)  # tokens committed while it was out of the session
@@ -350,6 +436,10 @@ class Guide:
             self.order += fresh
             for r in fresh:
                 r.in_session = True
+
+    def _score_causal(self, rows: list[Row], cand: np.ndarray) -> np.ndarray:
+        """Rewards (len(rows), k) from the causal session, encoding rows new to it first."""
+        self._join_session(rows)
         where = {id(r): i for i, r in enumerate(self.order)}
         ordered = np.full((len(self.order), cand.shape[1]), -1, dtype=np.int64)
         for r, c in zip(rows, cand):

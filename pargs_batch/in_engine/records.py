@@ -23,14 +23,16 @@ class RecordsExtension:
         guides = self._guides()
         return guides[0].info().to_wire() if guides else None
 
-    def pargs_batch_records(self, keys: list[str]) -> dict[str, dict]:
-        """Pop the records of ``keys`` from this worker's processor, each a ``GuideRecord`` on the wire."""
+    def pargs_batch_records(self, keys: list[str], last_tokens: list[int] | None = None) -> dict[str, dict]:
+        """Pop the records of ``keys`` from this worker's processor, each a ``GuideRecord`` on the wire
+        (``last_tokens``: each request's final token, whose reward a whole-vocabulary row looks up)."""
         found = {}
+        finals = dict(zip(keys, last_tokens)) if last_tokens is not None else {}
         for guide in self._guides():
             for key in keys:
                 row = guide.records.pop(key, None)
                 if row is not None:
-                    found[key] = row.record().to_wire()
+                    found[key] = row.record(finals.get(key)).to_wire()
         return found
 
     def pargs_batch_counters(self) -> dict[str, float]:

@@ -56,7 +56,7 @@ class FusedRunner:
             outputs = self.engine.guided([ids for _, _, ids, _ in jobs], seeds.tolist(), extra, d.max_new_tokens,
                                          0.0 if method.greedy else d.temperature, d.stop, d.ignore_eos,
                                          prefill=prefill)
-            records = self.engine.fused_records(keys)
+            records = self.engine.fused_records(keys, [ids[-1] if ids else -1 for ids, _, _ in outputs])
             wall = time.perf_counter() - t0
             inside = defaultdict(float)
             for key, (i, p, _, s), (token_ids, text, reason), computed in zip(keys, jobs, outputs, prefill):
