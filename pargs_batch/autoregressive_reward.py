@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pargs_batch.causal_reward import BufferedLayer
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
+from pargs_batch.kv_cache import BufferedLayer
 
 MARKER = "pargs_batch_reward"  # the checkpoint config's record of what kind of reward model it is
 

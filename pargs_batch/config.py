@@ -359,10 +359,10 @@ class GenerateConfig(Loadable):
             raise ConfigError("decode.top_k", 0, f"the whole vocabulary is for the tokenwise methods; "
                               f"decode.method={self.decode.method} samples whole candidates: give k >= 1")
         if self.engine.mode != "fused":
-            raise ConfigError("decode.top_k", 0, "the whole vocabulary is guided in engine.mode: fused (on vLLM's "
-                              "logits); stepped mode reads the engine's top-k log-probabilities, and vLLM returns a "
-                              "whole vocabulary of them per token only as Python objects (max_logprobs: -1), far too "
-                              "slow to guide with")
+            raise ConfigError("decode.top_k", 0, "the whole vocabulary is guided in engine.mode: fused (on the "
+                              "engine's logits); stepped mode reads the engine's top-k log-probabilities, which it "
+                              "returns for a whole vocabulary only as per-token Python objects (model.max_logprobs: "
+                              "-1), far too slow to guide with")
         if method.uses_reward and self.reward.backend != "autoregressive":
             raise ConfigError("decode.top_k", 0, "the whole vocabulary needs reward.backend: autoregressive (one "
                               "forward scores every next token); the hf and causal backends score k candidates")

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pargs_batch.configlib import ConfigError
 from rm_training import data as prefs
+from rm_training.adapters import lora_config, save_merged
 from rm_training.policy_config import PolicyConfig
 
 log = logging.getLogger("rm_training")
@@ -143,16 +144,6 @@ def load_tokenizer(cfg: PolicyConfig, padding_side: str):
     return tokenizer
 
 
-def lora_config(cfg: PolicyConfig):
-    if not cfg.lora.enabled:
-        return None
-    from peft import LoraConfig
-
-    targets = cfg.lora.target_modules
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-                      target_modules="all-linear" if targets == ["all-linear"] else list(targets))
-
-
 def common_args(cfg: PolicyConfig) -> dict:
     """TrainingArguments shared by DPOConfig and RLOOConfig."""
     from rm_training.train import ddp_backend_for
@@ -225,16 +216,6 @@ def heldout_reward(model, tokenizer, reward_fn, prompts: list[str], max_new_toke
     return {"mean": round(float(values.mean()), 4), "se": round(se, 4), "prompts": len(values), "samples": samples}
 
 
-def stored_dtype(model: str):
-    """The dtype a checkpoint's config records (float32 when it records none)."""
-    import torch
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model)
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-
-
 def clip_prompts(tokenizer, prompts: list[str], limit: int) -> tuple[list[str], int]:
     """Prompts longer than ``limit`` tokens keep their last ``limit`` (the question is at the end, as
     the reward scorer cuts too); returns them and how many were cut."""
@@ -245,38 +226,6 @@ def clip_prompts(tokenizer, prompts: list[str], limit: int) -> tuple[list[str], 
             prompt, cut = tokenizer.decode(ids[-limit:]), cut + 1
         out.append(prompt)
     return out, cut
-
-
-def save_merged(cfg: PolicyConfig, trainer) -> None:
-    """Write the output checkpoint: LoRA adapters folded into a fresh float32 copy of the base weights
-    (so the same code serves ZeRO-3, where the trainer's model is partitioned), stored in the base's
-    dtype; or the full weights. Every rank waits until rank 0 has written it."""
-    import torch
-
-    out = Path(cfg.training.output_dir)
-    if not cfg.lora.enabled:
-        trainer.save_model(str(out))
-    else:
-        adapter = out / "adapter"
-        trainer.save_model(str(adapter))
-        if trainer.is_world_process_zero():
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
-
-            if cfg.training.deepspeed:
-                from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-                unset_hf_deepspeed_config()  # load whole weights, not ZeRO-3 partitions
-            dtype = stored_dtype(cfg.model)
-            base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-            merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-            merged.to(dtype).save_pretrained(str(out))
-    if trainer.is_world_process_zero():
-        from transformers import AutoTokenizer
-
-        # the tokenizer as the user gave it (training changed its padding side and pad token)
-        AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model).save_pretrained(str(out))
-    trainer.accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------- the two methods

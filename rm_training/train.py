@@ -217,7 +217,7 @@ def autoregressive_trainer(cfg: TrainConfig, model, tokenizer, args, train_ds, e
                 self._metrics[mode][key].append(value)
             return (loss, {}) if return_outputs else loss
 
-    from rm_training.policy import lora_config
+    from rm_training.adapters import lora_config
 
     return AutoregressiveTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                  processing_class=tokenizer, data_collator=SequenceCollator(tokenizer.pad_token_id),
@@ -292,7 +292,7 @@ def train(cfg: TrainConfig) -> dict:
     after = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
     if cfg.mode == "autoregressive":
         from rm_training.autoregressive import mark_checkpoint
-        from rm_training.policy import save_merged
+        from rm_training.adapters import save_merged
 
         save_merged(cfg, trainer)  # LoRA adapters folded into the weights; the tokenizer as given
         if trainer.is_world_process_zero():

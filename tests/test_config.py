@@ -26,7 +26,7 @@ def bad(world, tmp_path, section, key, value):
 @pytest.mark.parametrize("section,key,value,allowed", [
     ("decode", "method", "beam", "expected one of topk, args, pargs-greedy, pargs"),
     ("decode", "beta", -0.5, "must be >= 0"),
-    ("decode", "top_k", 0, "must be >= 1"),
+    ("decode", "top_k", -1, "must be an integer >= 1, or 0 (the whole vocabulary)"),
     ("decode", "top_k", 50, "must be <= model.max_logprobs (20)"),
     ("decode", "temperature", 0, "must be > 0"),
     ("decode", "max_new_tokens", -1, "must be > 0"),
