@@ -21,7 +21,7 @@ import numpy as np
 
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
-from pargs_batch.kv_cache import BufferedLayer
+from pargs_batch.kv_cache import BufferedLayer, left_padded, stack_sessions
 
 MARKER = "pargs_batch_reward"  # the checkpoint config's record of what kind of reward model it is
 
@@ -95,12 +95,8 @@ class AutoregressiveRewardScorer:
         ``response_lengths[b]`` tokens of response, whose log-probabilities start its reward."""
         import torch
 
-        width = max(len(p) for p in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.bool)
-        for b, p in enumerate(sequences):
-            ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, width - len(p):] = True
+        ids, mask = left_padded(sequences, self.pad_id)
+        width = ids.shape[1]
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         done = np.zeros(len(sequences), dtype=np.int64) if response_lengths is None else \
             np.asarray(response_lengths, dtype=np.int64)
@@ -193,21 +189,8 @@ class AutoregressiveRewardScorer:
         if a is None or a.rows == 0:
             return b
         self._flush(a)
-        width = max(a.mask.shape[1], b.mask.shape[1])
-
-        def pad(t, n):
-            return t if n == 0 else torch.cat([torch.zeros((t.shape[0], n), dtype=t.dtype, device=t.device), t], 1)
-
         with torch.inference_mode():
-            for la, lb in zip(a.cache.layers, b.cache.layers):
-                la.left_pad(width - la.length)
-                lb.left_pad(width - lb.length)
-                size = max(la.kbuf.shape[2], lb.kbuf.shape[2])
-                la.resize(size)
-                lb.resize(size)
-                la.kbuf, la.vbuf = torch.cat([la.kbuf, lb.kbuf]), torch.cat([la.vbuf, lb.vbuf])
-                la._view()
-        a.mask = torch.cat([pad(a.mask, width - a.mask.shape[1]), pad(b.mask, width - b.mask.shape[1])])
+            a.mask = stack_sessions(a.cache.layers, b.cache.layers, a.mask, b.mask)
         a.positions = torch.cat([a.positions, b.positions])
         a.last, a.logp = np.concatenate([a.last, b.last]), torch.cat([a.logp, b.logp])
         return a

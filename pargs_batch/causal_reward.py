@@ -24,7 +24,7 @@ import numpy as np
 
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
-from pargs_batch.kv_cache import BufferedLayer
+from pargs_batch.kv_cache import BufferedLayer, left_padded, stack_sessions
 
 
 class CausalSession:
@@ -88,12 +88,8 @@ class CausalRewardScorer:
         the session the steps continue."""
         import torch
 
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompt_ids), width), dtype=torch.bool)
-        for b, p in enumerate(prompt_ids):
-            ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, width - len(p):] = True
+        ids, mask = left_padded(prompt_ids, self.pad_id)
+        width = ids.shape[1]
         positions = mask.long().cumsum(1) - 1
         with torch.inference_mode():
             out = self.body(input_ids=ids.to(self.device), attention_mask=mask.long().to(self.device),
@@ -187,25 +183,7 @@ class CausalRewardScorer:
     def _merge(self, a: CausalSession, b: CausalSession) -> CausalSession:
         import torch
 
-        width = max(a.mask.shape[1], b.mask.shape[1])
-
-        def pad(t, n, dim):
-            if n == 0:
-                return t
-            shape = list(t.shape)
-            shape[dim] = n
-            return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
-
-        for la, lb in zip(a.cache.layers, b.cache.layers):
-            la.left_pad(width - la.length)
-            lb.left_pad(width - lb.length)
-            size = max(la.kbuf.shape[2], lb.kbuf.shape[2])
-            la.resize(size)
-            lb.resize(size)
-            la.kbuf = torch.cat([la.kbuf, lb.kbuf])
-            la.vbuf = torch.cat([la.vbuf, lb.vbuf])
-            la._view()
-        a.mask = torch.cat([pad(a.mask, width - a.mask.shape[1], 1), pad(b.mask, width - b.mask.shape[1], 1)])
+        a.mask = stack_sessions(a.cache.layers, b.cache.layers, a.mask, b.mask)
         a.positions = torch.cat([a.positions, b.positions])
         a.last = np.concatenate([a.last, b.last])
         return a

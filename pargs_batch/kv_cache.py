@@ -68,3 +68,39 @@ def torch_cat(tensors, dim):
     import torch
 
     return torch.cat(tensors, dim=dim)
+
+
+def left_padded(sequences: list[list[int]], pad_id: int):
+    """(ids, mask) of ``sequences`` left-padded to the longest: each sequence's last token in the
+    last column, so one forward's last position is every sequence's next-token position."""
+    import torch
+
+    width = max(len(p) for p in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for b, p in enumerate(sequences):
+        ids[b, width - len(p):] = torch.tensor(p)
+        mask[b, width - len(p):] = True
+    return ids, mask
+
+
+def stack_sessions(a_layers, b_layers, a_mask, b_mask):
+    """Append b's rows to a's: every cache layer and the padding masks left-padded to a common
+    length (a's layers take the result); returns the stacked mask."""
+    import torch
+
+    width = max(a_mask.shape[1], b_mask.shape[1])
+    for la, lb in zip(a_layers, b_layers):
+        la.left_pad(width - la.length)
+        lb.left_pad(width - lb.length)
+        size = max(la.kbuf.shape[2], lb.kbuf.shape[2])
+        la.resize(size)
+        lb.resize(size)
+        la.kbuf, la.vbuf = torch.cat([la.kbuf, lb.kbuf]), torch.cat([la.vbuf, lb.vbuf])
+        la._view()
+
+    def pad(mask):
+        n = width - mask.shape[1]
+        return mask if n == 0 else torch.cat([mask.new_zeros((mask.shape[0], n)), mask], 1)
+
+    return torch.cat([pad(a_mask), pad(b_mask)])

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rm_training.causal import pad_pairs
+
 MARKER = "pargs_batch_reward"  # as pargs_batch.autoregressive_reward reads it
 
 
@@ -28,13 +30,7 @@ class SequenceCollator:
     pad_token_id: int
 
     def __call__(self, examples: list[dict]) -> dict:
-        seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            input_ids[row, : len(s)] = torch.tensor(s)
-            attention_mask[row, : len(s)] = 1
+        input_ids, attention_mask = pad_pairs(examples, self.pad_token_id)
         starts = [e["chosen_start"] for e in examples] + [e["rejected_start"] for e in examples]
         return {"input_ids": input_ids, "attention_mask": attention_mask,
                 "response_starts": torch.tensor(starts, dtype=torch.long)}

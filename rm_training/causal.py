@@ -41,6 +41,22 @@ def prefix_positions(chosen_start: int, chosen_len: int, rejected_start: int, re
     return pos_c, pos_r
 
 
+def right_padded(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of token sequences right-padded to the longest."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        input_ids[row, : len(s)] = torch.tensor(s)
+        attention_mask[row, : len(s)] = 1
+    return input_ids, attention_mask
+
+
+def pad_pairs(examples: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen then rejected sequences of ``examples``, right-padded into one batch: (ids, mask)."""
+    return right_padded([e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples], pad_token_id)
+
+
 @dataclass
 class CausalPrefixCollator:
     """Pads chosen and rejected sequences into one batch (chosen first) and lists prefix positions."""
@@ -48,13 +64,7 @@ class CausalPrefixCollator:
     pad_token_id: int
 
     def __call__(self, examples: list[dict]) -> dict:
-        seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            input_ids[row, : len(s)] = torch.tensor(s)
-            attention_mask[row, : len(s)] = 1
+        input_ids, attention_mask = pad_pairs(examples, self.pad_token_id)
         rows, pos_c, pos_r = [], [], []
         for b, e in enumerate(examples):
             cs, rs = e["chosen_start"], e["rejected_start"]

@@ -79,17 +79,9 @@ def new_deberta_rm(tokenizer, layers: int, width: int):
 
 def encode_texts(tokenizer, texts: list[str], end: str = EOS):
     """(ids, mask) tensors of ``text + end`` (the end is a target: replies must learn to end), right-padded."""
-    import torch
+    from rm_training.causal import right_padded
 
-    ids = [tokenizer(t + end)["input_ids"] for t in texts]
-    width = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id
-    data = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        data[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return data, mask
+    return right_padded([tokenizer(t + end)["input_ids"] for t in texts], tokenizer.pad_token_id)
 
 
 def train_llm(model, tokenizer, texts: list[str], steps: int, seed: int, lr: float = 3e-3,
