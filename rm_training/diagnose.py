@@ -219,7 +219,12 @@ def _diagnose_command(args) -> int:
     from pargs_batch.config import RewardConfig
     from pargs_batch.console import console
 
-    models = {path: RewardConfig(path=path, template=args.template) for path in args.reward_model}
+    from pargs_batch.autoregressive_reward import is_autoregressive
+
+    # an autoregressive reward model (rm_training mode autoregressive) is scored as generation scores it
+    models = {path: RewardConfig(path=path, template=args.template,
+                                 backend="autoregressive" if is_autoregressive(path) else "hf")
+              for path in args.reward_model}
     diagnose_models(models, args.pairs, args.out, args.format, args.limit)
     out = Path(args.out)
     console.show(f"written: {out / 'diagnose.json'}, {out / 'prefix_accuracy.png'}")

@@ -83,6 +83,19 @@ def test_lora_adapters_are_merged_into_a_plain_causal_lm_checkpoint(world, tmp_p
     text = starter_yaml(world["llm"], str(out), world["prompts"], inspect(world["llm"], str(out), world["prompts"]))
     config = build(GenerateConfig, yaml.safe_load(text))
     assert config.reward.backend == "autoregressive" and config.reward.input == "template"
+    # and `pargs-batch diagnose-rm` scores it as generation does, beside a classifier RM, bucket by bucket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).parent / "pargs-batch")
+    done = subprocess.run([cli, "diagnose-rm", "--reward-model", str(out), "--reward-model", world["reward_model"],
+                           "--pairs", world["preferences"], "--limit", "40", "--out", str(tmp_path / "diag")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads((tmp_path / "diag" / "diagnose.json").read_text())["reward_models"]
+    assert set(found) == {str(out), world["reward_model"]}
+    assert set(found[str(out)]["prefix_accuracy"]) == {"0-25%", "25-50%", "50-75%", "75-100%"}
 
 
 def test_kept_kv_state_gives_the_hand_summed_reward_of_every_candidate(world, tokenizer):

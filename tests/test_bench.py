@@ -39,6 +39,11 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
     # speed never changes results: the timed rows equal a rerun through a YAML config
     assert bench["guard"]["world"] and all(bench["guard"]["world"].values())
     assert set(bench["reward_vs_prefix"]["causal"]) == {"8", "32"}
+    # one reward step by backend and k: the whole vocabulary only for the autoregressive backend
+    steps = bench["reward_step_by_k"]["seconds"]
+    assert steps["hf"]["0"] is None and steps["causal"]["0"] is None and steps["autoregressive"]["0"] > 0
+    assert all(steps[b][k] > 0 for b in steps for k in ("2", "10"))
+    assert "reward step by backend and k" in result.stdout and "whole vocab" in result.stdout
     assert {t["target"].split(" ")[0] for t in bench["targets"]} >= {"best", "causal", "decode-and-glue"}
     assert (tmp_path / "reward_vs_prefix.png").exists()
     # start-up in fresh processes, phase by phase; the fused targets are judged

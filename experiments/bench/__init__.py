@@ -16,7 +16,8 @@ Each row reports tokens/s, its ratio to ``plain`` and to ``reference``, the step
 (C_forward + k * C_RM, C = 2N + 2 n_layers n_ctx d_model) at the machine's measured matmul rate.
 A correctness guard reruns the timed ``pargs`` configurations through a config loaded like the
 CLI's, at another micro-batch size, and requires identical rows. The reward-vs-prefix curve
-times one reward step of each backend at growing prefix lengths.
+times one reward step of each backend at growing prefix lengths, and the step-cost table one step
+of the hf, causal and autoregressive backends at k = 2, 10 and the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from experiments.bench.models import curve_model, paper_ratio_set, world_set
 from experiments.bench.report import format_startup, format_table, fused_targets, targets
 from experiments.bench.runs import generate_config, run_model_set, write_prompts
 from experiments.bench.startup import measure_startup
+from experiments.bench.step_cost import flat_in_k, format_step_costs, reward_step_costs
 from pargs_batch.console import console
 
 
@@ -58,7 +60,8 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
                for mode in startup_modes}
     curve = reward_vs_prefix(curve_model(out / "curve-rm", world), list(prefix_lengths))
     plot_reward_vs_prefix(curve, out / "reward_vs_prefix.png")
-    goals = targets(rows, curve, max(batch_sizes)) + fused_targets(rows, list(batch_sizes))
+    step_costs = reward_step_costs(world, max(batch_sizes))
+    goals = targets(rows, curve, max(batch_sizes)) + fused_targets(rows, list(batch_sizes)) + [flat_in_k(step_costs)]
     console.show("\n" + format_table(rows))
     console.show(f"\nstart-up, seconds (median and range over {repeats} fresh processes; one prompt, one token, "
                  "world models):\n" + format_startup(startup))
@@ -66,12 +69,13 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
                  f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
     for backend in ("hf", "causal"):
         console.show(f"  {backend:<8}" + "".join(f"{1000 * curve[backend][x]:>9.1f}" for x in curve[backend]))
+    console.show("\n" + format_step_costs(step_costs))
     console.show("\ntargets:")
     for g in goals:
         console.show(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {g['measured']:.3g}"
                      + (f" ({g['config']})" if "config" in g else ""))
     result = {"k": K, "new_tokens": tokens, "batch_sizes": list(batch_sizes), "machine_flops": flops,
-              "repeats": repeats, "startup": startup, "models": shapes, "rows": rows, "reward_vs_prefix": curve, "targets": goals, "guard": guards}
+              "repeats": repeats, "startup": startup, "models": shapes, "rows": rows, "reward_vs_prefix": curve, "reward_step_by_k": step_costs, "targets": goals, "guard": guards}
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
     console.show(f"\nwritten: {out / 'bench.json'}, {out / 'reward_vs_prefix.png'}")
     return result
