@@ -16,7 +16,7 @@ from helpers import Server, base_config
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve-ray")]  # its own Ray, in the server process
 METHODS = ("pargs-greedy", "pargs")
 
 
