@@ -55,6 +55,14 @@ def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
     return WeightedScorer(reward) if reward.models else HFRewardScorer(reward)
 
 
+def trained_backend(path: str) -> str:
+    """The backend a checkpoint asks to be scored with: ``autoregressive`` for one `rm_training` made
+    in autoregressive mode (its config says so), else ``hf``."""
+    from pargs_batch.autoregressive_reward import is_autoregressive
+
+    return "autoregressive" if is_autoregressive(path) else "hf"
+
+
 class ScorerActor:
     """The body of a Ray reward actor: the scorer ``make_scorer`` picks, loaded in the actor."""
 

@@ -219,11 +219,10 @@ def _diagnose_command(args) -> int:
     from pargs_batch.config import RewardConfig
     from pargs_batch.console import console
 
-    from pargs_batch.autoregressive_reward import is_autoregressive
+    from pargs_batch.scorers import trained_backend
 
     # an autoregressive reward model (rm_training mode autoregressive) is scored as generation scores it
-    models = {path: RewardConfig(path=path, template=args.template,
-                                 backend="autoregressive" if is_autoregressive(path) else "hf")
+    models = {path: RewardConfig(path=path, template=args.template, backend=trained_backend(path))
               for path in args.reward_model}
     diagnose_models(models, args.pairs, args.out, args.format, args.limit)
     out = Path(args.out)
