@@ -114,14 +114,6 @@ class GuidedReplica:
             self.server.stop()
 
 
-def replica_options(config: GenerateConfig, cluster_gpus: float) -> dict:
-    """Ray actor options of one replica: ``ray.engine_resources``, else one CPU and, on a cluster
-    with GPUs, ``model.tensor_parallel_size`` GPUs."""
-    if config.ray.engine_resources is not None:
-        return dict(config.ray.engine_resources)
-    return {"num_cpus": 1, "num_gpus": config.model.tensor_parallel_size if cluster_gpus > 0 else 0}
-
-
 def serve_replicas(config: GenerateConfig, host: str, port: int, replicas: int, name: str | None = None,
                    on_ready=None) -> None:
     """Run ``replicas`` guided servers behind Ray Serve on ``host:port`` until SIGINT or SIGTERM."""
@@ -130,6 +122,7 @@ def serve_replicas(config: GenerateConfig, host: str, port: int, replicas: int, 
     import ray
     from ray import serve
 
+    from pargs_batch.placement import plan
     from pargs_batch.pool import init_ray
 
     started_here = not ray.is_initialized()
@@ -142,7 +135,8 @@ def serve_replicas(config: GenerateConfig, host: str, port: int, replicas: int, 
         signal.signal(number, interrupt)
     try:
         serve.start(http_options={"host": host, "port": port})
-        options = replica_options(config, ray.cluster_resources().get("GPU", 0))
+        # a replica is placed as a batch run's decode worker is (fused: its reward model shares its devices)
+        options = plan(config, 0, ray.cluster_resources().get("GPU", 0)).engine
         deployment = serve.deployment(GuidedReplica, name="pargs-batch", num_replicas=replicas,
                                       max_ongoing_requests=MAX_ONGOING, ray_actor_options=options,
                                       health_check_period_s=10, graceful_shutdown_timeout_s=30)

@@ -290,10 +290,10 @@ class Guide:
         if not index:
             return logits
         self.last_step = None
-        whole = [n for n, r in enumerate(rows) if r.k == 0]
-        if whole:
-            self._guide_whole(logits, [index[n] for n in whole], [rows[n] for n in whole])
-            if len(whole) == len(rows):
+        vocab_rows = [n for n, r in enumerate(rows) if r.k == 0]  # k = 0: the whole vocabulary
+        if vocab_rows:
+            self._guide_whole(logits, [index[n] for n in vocab_rows], [rows[n] for n in vocab_rows])
+            if len(vocab_rows) == len(rows):
                 return logits
             keep = [n for n, r in enumerate(rows) if r.k != 0]
             index, rows = [index[n] for n in keep], [rows[n] for n in keep]
@@ -417,7 +417,8 @@ class Guide:
         if not getattr(self.scorer, "whole_vocabulary", False):
             raise ValueError("decode.top_k=0 (the whole vocabulary) needs reward.backend=autoregressive")
         self._join_session(rows)
-        where = [{id(r): i for i, r in enumerate(self.order)}[id(r)] for r in rows]
+        at = {id(r): i for i, r in enumerate(self.order)}
+        where = [at[id(r)] for r in rows]
         step = self.scorer.next_logprobs(self.session)
         self.session.pending = True
         return step[where], self.session.last[where]
