@@ -77,7 +77,6 @@ class AutoregressiveRewardScorer:
             raise ConfigError("reward.path", config.path, f"its vocabulary ({self.vocab}) is smaller than the LLM's "
                               f"({llm_vocab_size}); the autoregressive backend needs the LLM's tokenizer")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.scale = float((getattr(model.config, MARKER, None) or {}).get("scale", 1.0))
 
     # ------------------------------------------------------------ stateful scoring
 
