@@ -40,13 +40,14 @@ DEMO_RUNS = (
     DemoRun("pargs-greedy", "pargs-greedy", "rm_partial"),
     PARGS,
     DemoRun("pargs-causal-rm", "pargs", "rm_partial_causal", backend="causal"),  # the KV-keeping path
+    DemoRun("pargs-ar", "pargs", "rm_autoregressive", backend="autoregressive"),  # one RM token a step
     DemoRun("best-of-n", "best-of-n", "rm_full"),
 )
 TRAINED_RUNS = (  # --with-trained-baselines: the same top-k sampler on the fine-tuned checkpoints
     DemoRun("dpo-trained", "topk", None, policy="dpo", name="DPO (trained)"),
     DemoRun("online-rl-trained", "topk", None, policy="online-rl", name="online RL (RLOO, trained)"),
 )
-DIAGNOSED = ("rm_full", "rm_partial", "rm_partial_causal")
+DIAGNOSED = ("rm_full", "rm_partial", "rm_partial_causal", "rm_autoregressive")
 WORLD_DIR = "outputs/world"
 
 
@@ -344,10 +345,12 @@ def diagnose_guidance(world: dict, out: Path, seeds: int = 1) -> dict:
     from experiments.world.default import seed_key
     from pargs_batch.config import RewardConfig
     from pargs_batch.evaluation.scoring import import_callable
+    from pargs_batch.scorers import trained_backend
     from rm_training.diagnose import diagnose_models, label_table, seed_spread, seeds_table
 
     models = {seed_key(key, i): RewardConfig(path=world["rm_seeds"][key][i], template=world["template"],
-                                             max_length=128, batch_size=512)
+                                             max_length=128, batch_size=512,
+                                             backend=trained_backend(world["rm_seeds"][key][i]))
               for key in DIAGNOSED for i in range(seeds)}
     show = lambda t: console.show("\n" + t)  # noqa: E731
     log = show if seeds == 1 else logging.getLogger(__name__).info

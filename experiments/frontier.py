@@ -9,7 +9,9 @@ spent per prompt; the report gives, per method, the least compute at which its m
 reaches Best-of-16's, with the paired gold difference to Best-of-16 over the same prompts.
 
 Reward-model FLOPs are 2 N per token read (N: non-embedding parameters, 12 n_layers d_model^2,
-as in Section 5.3 and Kaplan et al.), times the run's ``reward_tokens``; wall seconds are the sum
+as in Section 5.3 and Kaplan et al.; plus d_model x vocab for the autoregressive RM, whose reward
+is a log-softmax over the vocabulary), times the run's ``reward_tokens`` (the autoregressive RM
+reads one token a step whatever k); wall seconds are the sum
 of the rows' ``wall_s`` (one micro-batch in flight, so their sum is the generation time).
 """
 
@@ -33,6 +35,8 @@ class Point:
     budget: str                 # the budget, as the table prints it
     decode: dict = field(default_factory=dict)  # decode.* of this run
     reward_model: str | None = "rm_partial"     # world.json key of its guidance RM
+    backend: str = "hf"                         # reward.backend
+    mode: str = "stepped"                       # engine.mode
 
     @property
     def label(self) -> str:
@@ -48,6 +52,11 @@ def grid(beta: float, max_new_tokens: int = 48) -> list[Point]:
     # beta buys no compute: at k = 2 it moves gold up or down at the same cost
     points += [Point("pargs k=2, other β", f"β={b:g}", {"method": "pargs", "top_k": 2, "beta": b})
                for b in (beta / 2, beta * 2)]
+    # the autoregressive RM (one forward a step gives every token's reward): fused, so that k = 0, the
+    # whole vocabulary, runs too (inside vLLM's logits), and its curve is one mode
+    points += [Point("pargs-ar (fused)", "whole vocab" if k == 0 else f"k={k}",
+                     {"method": "pargs", "top_k": k, "beta": beta}, "rm_autoregressive", "autoregressive", "fused")
+               for k in (2, 10, 0)]
     points += [Point("blockwise", f"m={m} K={k}", {"method": "blockwise", "block_tokens": m, "n_candidates": k,
                                                      "beta": beta})
                for m, k in ((16, 2), (16, 4), (8, 4), (8, 8), (4, 8), (8, 16))]
@@ -76,10 +85,12 @@ def point_config(world: dict, point: Point, out: Path, num_prompts: int, max_new
 
 
 def rm_flops_per_token(path: str) -> float:
-    """2 N: the forward FLOPs of one token through the reward model (N non-embedding parameters)."""
-    from experiments.bench.flops import count_params
+    """2 N: the forward FLOPs of one token through the reward model (N non-embedding parameters,
+    and an autoregressive RM's output projection, which its reward needs)."""
+    from experiments.world.default import flop_params
+    from pargs_batch.scorers import trained_backend
 
-    return 2.0 * count_params(path)["N"]
+    return 2.0 * flop_params(path, trained_backend(path) == "autoregressive")
 
 
 def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
@@ -92,7 +103,8 @@ def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
     for p in points:
         paths = reward_seed_paths(world, p.reward_model, seeds)
         for i, path in enumerate(paths):
-            overrides = {"decode": p.decode, "reward": {"path": path}}
+            overrides = {"decode": p.decode, "reward": {"path": path, "backend": p.backend},
+                         "engine": {"mode": p.mode}}
             runs.append(Run(f"{p.label} seed={i}", p.method, p.budget, overrides, i, p.label) if len(paths) > 1
                         else Run(p.label, p.method, p.budget, overrides))
     return runs

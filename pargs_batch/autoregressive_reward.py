@@ -57,6 +57,12 @@ class AutoregressiveRewardScorer:
     incremental = True
     whole_vocabulary = True  # it gives the reward of every next token at once
 
+    @staticmethod
+    def step_tokens(k: int) -> int:
+        """Tokens it reads in a step, whatever ``k``: the chosen token (one forward gives every
+        candidate's reward)."""
+        return 1
+
     def __init__(self, config: RewardConfig, llm_vocab_size: int | None = None):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -46,6 +46,11 @@ class CausalRewardScorer:
 
     incremental = True
 
+    @staticmethod
+    def step_tokens(k: int) -> int:
+        """Tokens it reads in a step of ``k`` candidates: each candidate's one new token."""
+        return k
+
     def __init__(self, config: RewardConfig, llm_vocab_size: int | None = None):
         import torch
         from transformers import (

@@ -15,7 +15,9 @@
    ``rm_full`` (DeBERTa-v2 with its own WordPiece tokenizer, Eq. 1 - ARGS's and Best-of-N's),
    ``rm_partial`` (the same architecture on prefix pairs, Eq. 5 - PARGS's),
    ``rm_partial_causal`` (GPT-2 initialised from the LM, sharing its tokenizer, Eq. 5 over every
-   prefix in one pass) and ``rm_eval`` (DeBERTa, Eq. 1, on the disjoint ``evaluation`` split) -
+   prefix in one pass), ``rm_autoregressive`` (the LM itself trained as an autoregressive RM, its
+   reward the summed token log-probabilities, at rm_partial's training FLOPs: see
+   :func:`matched_autoregressive`) and ``rm_eval`` (DeBERTa, Eq. 1, on the disjoint ``evaluation`` split) -
    each ``spec.rm_seeds`` times, the recipe unchanged but for the seed of the initialisation (a
    DeBERTa start of its own per seed; the causal RM's score head) and of the data order
    (``rm_full``, ``rm_full_seed1``, ...), ``spec.rm_workers`` side by side in processes of their own;
@@ -44,7 +46,8 @@ from pargs_batch.console import console
 from experiments.world.builders import (encode_texts, new_deberta_rm, new_llm, train_llm, train_llm_tokenizer,
                                         train_rm_tokenizer)
 
-WORLD_VERSION = 4  # 3: deterministic RM tokenizer; rm_full / rm_partial at matched compute; 4: RM seeds
+WORLD_VERSION = 5  # 3: deterministic RM tokenizer; rm_full / rm_partial at matched compute; 4: RM seeds;
+# 5: rm_autoregressive
 STRIDE = 2  # every second token boundary of a pair is a prefix pair (Eq. 5)
 GOLD_REWARD = "experiments.world.gold:gold_reward"
 TEMPLATE = "{prompt}{response}"
@@ -79,6 +82,10 @@ class DefaultWorldSpec:
     rm_steps: int = 1500
     rm_lr_full: float = 1e-3
     rm_lr_partial: float = 3e-3
+    # rm_autoregressive: rm_partial's training FLOPs (6 N tokens) in batches of rm_batch_size pairs;
+    # accuracy on the evaluation split (one seed, matched steps): 0.724, 0.740, 0.743, 0.720
+    rm_lr_autoregressive: float = 3e-3  # of 3e-4, 1e-3, 3e-3, 1e-2, the best on the evaluation split
+    rm_autoregressive_scale: float = 0.1
     threads: int = 2  # torch CPU threads while building: the artefacts depend on it
     rm_seeds: int = 3  # each reward model trained this many times, seeds of initialisation and data order
     rm_workers: int = 2  # reward models trained side by side, each process on threads // rm_workers threads
@@ -243,6 +250,34 @@ def matched_batches(rm_init: str, guidance: str, base_batch: int) -> tuple[dict[
     return {"full": base_batch, "partial": max(1, round(base_batch * tokens["full"] / tokens["partial"]))}, tokens
 
 
+def flop_params(path: str, output_projection: bool) -> int:
+    """The parameters a token's forward multiplies by: 12 n_layers d_model^2 (Section 5.3's N), plus
+    the output projection over the vocabulary (d_model x vocab) for an autoregressive RM, whose
+    reward needs every token's log-probability; a DeBERTa RM's score head is one row."""
+    from experiments.bench.flops import count_params
+    from transformers import AutoConfig
+
+    shape = count_params(path)
+    return shape["N"] + (shape["d_model"] * AutoConfig.from_pretrained(path).vocab_size if output_projection else 0)
+
+
+def matched_autoregressive(spec: DefaultWorldSpec, llm: str, rm_init: str, guidance: str, batches: dict[str, int],
+                           tokens: dict[str, float]) -> dict:
+    """rm_autoregressive's optimiser steps at rm_partial's training FLOPs (6 N x tokens, Kaplan et
+    al.): batches of ``rm_batch_size`` pairs, each both whole sequences (prompt and response) in the
+    LM's tokens, for as many steps as rm_partial's FLOPs buy. The LM is the larger model, so it
+    gets fewer steps: compute is matched, not steps or examples."""
+    from transformers import AutoTokenizer
+
+    ar_tokens = mean_example_tokens(read_triples(guidance), AutoTokenizer.from_pretrained(llm))["full"]
+    partial_flops = 6 * flop_params(rm_init, False) * batches["partial"] * tokens["partial"] * spec.rm_steps
+    step_flops = 6 * flop_params(llm, True) * spec.rm_batch_size * ar_tokens
+    return {"steps": max(1, round(partial_flops / step_flops)), "batch": spec.rm_batch_size,
+            "tokens_per_example": round(ar_tokens, 2), "training_flops": {
+                "rm_partial": float(f"{partial_flops:.4g}"),
+                "rm_autoregressive": float(f"{step_flops * max(1, round(partial_flops / step_flops)):.4g}")}}
+
+
 def matched_rm_config(spec: DefaultWorldSpec, mode: str, rm_init: str, guidance: str, heldout: str, out: str,
                       lr: float, seed: int, steps: int, batch: int) -> dict:
     """rm_full's or rm_partial's recipe: ``steps`` optimiser steps of ``batch`` examples (5 % warm-up,
@@ -253,8 +288,9 @@ def matched_rm_config(spec: DefaultWorldSpec, mode: str, rm_init: str, guidance:
     return cfg
 
 
-RM_NAMES = ("rm_full", "rm_partial", "rm_partial_causal", "rm_eval")
-LONGEST_FIRST = ("rm_partial_causal", "rm_partial", "rm_full", "rm_eval")  # their training times, in the build
+RM_NAMES = ("rm_full", "rm_partial", "rm_partial_causal", "rm_eval", "rm_autoregressive")
+# their training times, in the build
+LONGEST_FIRST = ("rm_partial_causal", "rm_partial", "rm_full", "rm_autoregressive", "rm_eval")
 
 
 def seed_key(name: str, index: int) -> str:
@@ -285,13 +321,15 @@ def rm_init_seed(spec: DefaultWorldSpec, index: int) -> int:
     return spec.seed + 1000 * index
 
 
-def rm_jobs(spec: DefaultWorldSpec, out: Path, files: dict, batches: dict[str, int]) -> dict[tuple[str, int], dict]:
+def rm_jobs(spec: DefaultWorldSpec, out: Path, files: dict, batches: dict[str, int],
+            autoregressive: dict) -> dict[tuple[str, int], dict]:
     """The rm_training config of every reward model and seed, by (name, seed index)."""
-    recipes = {
+    recipes = {  # in the order that gives each its data seed (a new one goes last)
         "rm_full": ("full", "rm_init", "guidance_pairs", spec.rm_lr_full),
         "rm_partial": ("partial", "rm_init", "guidance_pairs", spec.rm_lr_partial),
         "rm_partial_causal": ("partial-causal", "llm", "guidance_pairs", 1e-3),
         "rm_eval": ("full", "rm_init", "evaluation_pairs", 3e-3),
+        "rm_autoregressive": ("autoregressive", "llm", "guidance_pairs", spec.rm_lr_autoregressive),
     }
     jobs = {}
     for index in range(spec.rm_seeds):
@@ -302,6 +340,10 @@ def rm_jobs(spec: DefaultWorldSpec, out: Path, files: dict, batches: dict[str, i
             if name in ("rm_full", "rm_partial"):
                 cfg = matched_rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr,
                                         seed, spec.rm_steps, batches[mode])
+            elif name == "rm_autoregressive":
+                cfg = matched_rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr,
+                                        seed, autoregressive["steps"], autoregressive["batch"])
+                cfg["autoregressive_scale"] = spec.rm_autoregressive_scale
             else:
                 cfg = rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr, seed)
             jobs[(name, index)] = cfg
@@ -331,9 +373,12 @@ def train_reward_models(spec: DefaultWorldSpec, out: Path, files: dict, log=None
 
     log = log or (lambda _: None)
     batches, tokens = matched_batches(files["rm_init"], files["guidance_pairs"], spec.rm_batch_size)
+    autoregressive = matched_autoregressive(spec, files["llm"], files["rm_init"], files["guidance_pairs"], batches,
+                                            tokens)
     matched = {"steps": spec.rm_steps, "batches": batches, "tokens_per_example": tokens,
-               "tokens_per_step": {m: round(batches[m] * tokens[m], 1) for m in batches}}
-    jobs = rm_jobs(spec, out, files, batches)
+               "tokens_per_step": {m: round(batches[m] * tokens[m], 1) for m in batches},
+               "autoregressive": autoregressive}
+    jobs = rm_jobs(spec, out, files, batches, autoregressive)
     threads = max(1, spec.threads // max(1, spec.rm_workers))
     done: dict[tuple[str, int], dict] = {}
 
@@ -530,6 +575,7 @@ def _build(out: Path, spec: DefaultWorldSpec, log) -> dict:
         "llm": str(out / "llm"), "rm_init": str(out / "rm_init"),
         "rm_full": rms["rm_full"]["path"], "rm_partial": rms["rm_partial"]["path"],
         "rm_partial_causal": rms["rm_partial_causal"]["path"], "rm_eval": rms["rm_eval"]["path"],
+        "rm_autoregressive": rms["rm_autoregressive"]["path"],
         "rm_seeds": {name: [s["path"] for s in rm["seeds"]] for name, rm in rms.items()},
         "prompts": prompts_file, "template": TEMPLATE, "gold_reward": GOLD_REWARD,
         "preferences": {k: files[f"{k}_pairs"] for k in splits},

@@ -310,9 +310,10 @@ class Guide:
         if guided and self.incremental:
             rewards[guided] = self._score_causal([rows[n] for n in guided], ids_np[guided])
             t2, t3 = t1, time.perf_counter()
-            for n in guided:  # one candidate token read per candidate
-                rows[n].reward_tokens += kmax
-                rows[n].reward_calls += kmax
+            read = self.scorer.step_tokens(kmax)  # causal: each candidate's token; autoregressive: the chosen one
+            for n in guided:
+                rows[n].reward_tokens += read
+                rows[n].reward_calls += read
         elif guided:
             states = [rows[n].detok for n in guided]
             flat = self.detok.decode_with(states, ids_np[guided])

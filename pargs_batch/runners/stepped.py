@@ -96,8 +96,9 @@ class Stepper:
         if self.incremental:
             rewards = self.scorer.score_candidates(self.session, cand_ids)
             self.timings.reward += clock() - t1
-            for s in active:  # one candidate token read per candidate
-                s.cost.add(reward_tokens=k, reward_calls=k)
+            read = self.scorer.step_tokens(k)  # causal: each candidate's token; autoregressive: the chosen one
+            for s in active:
+                s.cost.add(reward_tokens=read, reward_calls=read)
         elif self.method.uses_reward:
             windows = self.detok.decode_with([s.detok for s in active], cand_ids)
             texts = [self.detok.extended_text(s.detok, windows[b * k + j])
