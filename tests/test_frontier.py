@@ -45,8 +45,14 @@ def test_frontier_runs_every_method_over_its_budgets_and_plots_them(reduced_worl
     er = [rows[f"early-rejection N={n}"]["rm_flops_per_prompt"] for n in (4, 8, 16, 32, 64)]
     assert er == sorted(er)
     assert rows["early-rejection, one block N=16 m=12"]["reward_calls_per_prompt"] == 16  # each scored once, at the end
-    assert [m["method"] for m in report["reach"]] == ["topk", "best-of-n", "pargs", "pargs k=2, other β", "blockwise",
-                                                      "early-rejection", "early-rejection, one block"]
+    # the autoregressive RM reads one token a step whatever k, the whole vocabulary included (fused)
+    for budget in ("k=2", "k=10", "whole vocab"):
+        r = rows[f"pargs-ar (fused) {budget}"]
+        assert r["reward_calls_per_prompt"] == pytest.approx(r["mean_tokens"]), budget
+    assert rows["pargs k=10"]["reward_calls_per_prompt"] == pytest.approx(10 * rows["pargs k=10"]["mean_tokens"], rel=0.01)
+    assert [m["method"] for m in report["reach"]] == ["topk", "best-of-n", "pargs", "pargs k=2, other β",
+                                                      "pargs-ar (fused)", "blockwise", "early-rejection",
+                                                      "early-rejection, one block"]
     assert next(m for m in report["reach"] if m["method"] == "best-of-n")["reached"]  # N=16 reaches itself
     for name in report["plots"]:
         with Image.open(out / "plots" / name) as img:

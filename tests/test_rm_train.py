@@ -82,15 +82,20 @@ def test_partial_causal_loss_equals_the_expanded_prefix_loss(preference_file, wo
     assert 0 <= stats["accuracy"] <= 1
 
 
-def test_zero3_on_cpu_through_torchrun(preference_file, fresh_deberta, tmp_path):
+@pytest.mark.parametrize("mode", ["partial", "autoregressive"])
+def test_zero3_on_cpu_through_torchrun(mode, preference_file, fresh_deberta, world, tmp_path):
+    """ZeRO-3 (parameters partitioned, 16-bit weights gathered at save) trains each kind of checkpoint:
+    a DeBERTa classifier, and a causal LM as an autoregressive RM (saved marked, scored as one)."""
     out = tmp_path / "z3"
     cfg_path = tmp_path / "z3.yaml"
     import yaml
 
-    cfg_path.write_text(yaml.safe_dump(config(preference_file, fresh_deberta, out, "partial", max_steps=3)))
+    model = world["llm"] if mode == "autoregressive" else fresh_deberta
+    cfg_path.write_text(yaml.safe_dump(config(preference_file, model, out, mode, max_steps=3)))
     torchrun = str(Path(sys.executable).parent / "torchrun")
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29561",
+        [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+         "--master_port", str(29561 if mode == "partial" else 29563),  # the two may run at once (xdist)
          "-m", "rm_training.train", "--config", str(cfg_path),
          f"training.deepspeed={ROOT / 'rm_training/configs/zero3.json'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -98,8 +103,18 @@ def test_zero3_on_cpu_through_torchrun(preference_file, fresh_deberta, tmp_path)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["deepspeed_zero_stage"] == 3 and summary["steps"] == 3
     assert np.isfinite(summary["train_loss"])
-    scorer = HFRewardScorer(RewardConfig(path=str(out)))
+    from pargs_batch.scorers import make_scorer, trained_backend
+
+    backend = trained_backend(str(out))
+    assert backend == ("autoregressive" if mode == "autoregressive" else "hf")
+    scorer = make_scorer(RewardConfig(path=str(out), backend=backend))
     assert np.isfinite(scorer.score(["p"], [" staff was lovely"])).all()
+    if mode == "autoregressive":  # the gathered weights are whole: the checkpoint differs from the LM it began as
+        from safetensors.torch import load_file
+
+        trained, start = load_file(str(out / "model.safetensors")), load_file(str(Path(world["llm"]) / "model.safetensors"))
+        assert trained.keys() == start.keys() and all(trained[k].shape == start[k].shape for k in start)
+        assert any(not torch.equal(trained[k], start[k]) for k in start)
 
 
 @pytest.mark.parametrize("change,key", [

@@ -49,12 +49,20 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
     assert tokenizers["rm_partial_causal"][0].startswith("GPT2")
     assert tokenizers["rm_partial_causal"][1] == len(AutoTokenizer.from_pretrained(w["llm"]))
     assert tokenizers["rm_full"][1] != tokenizers["rm_partial_causal"][1]
+    # the autoregressive RM: the LM's architecture and tokenizer, marked as what it is, scored as one
+    from pargs_batch.scorers import make_scorer, trained_backend
+
+    ar = w["rm_autoregressive"]
+    assert trained_backend(ar) == "autoregressive" and trained_backend(w["rm_partial"]) == "hf"
+    assert AutoTokenizer.from_pretrained(ar).get_vocab() == AutoTokenizer.from_pretrained(w["llm"]).get_vocab()
+    scores = make_scorer(RewardConfig(path=ar, backend="autoregressive")).score(prompts[:4], [" the staff was kind ."] * 4)
+    assert scores.shape == (4,) and all(-1e3 < s < 0 for s in scores)  # summed log-probabilities
 
     # two seeds of each reward model (the reduced spec's rm_seeds): the same recipe, other weights -
     # DeBERTa ones from an untrained start of their own - and each seed's accuracy on record
     from safetensors.torch import load_file
 
-    for key in ("rm_full", "rm_partial", "rm_partial_causal", "rm_eval"):
+    for key in ("rm_full", "rm_partial", "rm_partial_causal", "rm_eval", "rm_autoregressive"):
         first, second = w["rm_seeds"][key]
         assert first == w[key] and second == str(Path(w[key]).parent / f"{key}_seed1")
         a, b = (load_file(str(Path(d) / "model.safetensors")) for d in (first, second))
@@ -176,9 +184,10 @@ def test_the_same_seed_builds_the_same_world_byte_for_byte(reduced_world, tmp_pa
     assert "train_runtime" in (out / "build.log").read_text() and "train_runtime" not in result.stderr
     assert "world: rm_partial (partial) trained: 40 steps" in result.stderr
     first, second = artefact_hashes(Path(reduced_world["llm"]).parent), artefact_hashes(out)
-    # the LM, 2 untrained DeBERTa starts, 4 reward models x 2 seeds, 3 preference files, the prompts
-    assert len(first) == 49 and "preferences_guidance.jsonl" in first
-    assert {"rm_partial/model.safetensors", "rm_partial_seed1/model.safetensors", "rm_init_seed1/model.safetensors"} <= set(first)
+    # the LM, 2 untrained DeBERTa starts, 5 reward models x 2 seeds, 3 preference files, the prompts
+    assert len(first) == 59 and "preferences_guidance.jsonl" in first
+    assert {"rm_partial/model.safetensors", "rm_partial_seed1/model.safetensors", "rm_init_seed1/model.safetensors",
+            "rm_autoregressive_seed1/model.safetensors"} <= set(first)
     assert sorted(k for k in first if first[k] != second.get(k)) == [] and set(first) == set(second)
     assert again["fingerprint"] == reduced_world["fingerprint"]
     for key in ("llm_heldout_perplexity", "llm_final_train_loss", "llm_sample_gold_by_split", "pairs", "matched_compute"):
@@ -197,6 +206,18 @@ def test_world_full_and_partial_rms_get_matched_compute(reduced_world):
     batches, tokens = matched["batches"], matched["tokens_per_example"]
     assert batches["full"] == spec.rm_batch_size < batches["partial"] == rms["rm_partial"]["batch_size"]
     assert abs(matched["tokens_per_step"]["partial"] - matched["tokens_per_step"]["full"]) <= tokens["partial"]
+    # the autoregressive RM (the larger LM) at rm_partial's training FLOPs, 6 N x tokens: fewer steps,
+    # the FLOPs within one of its steps of rm_partial's
+    from experiments.world.default import flop_params
+
+    ar, flops = matched["autoregressive"], matched["autoregressive"]["training_flops"]
+    assert rms["rm_autoregressive"]["steps"] == ar["steps"] < spec.rm_steps
+    assert rms["rm_autoregressive"]["batch_size"] == ar["batch"] == spec.rm_batch_size
+    assert rms["rm_autoregressive"]["learning_rate"] == spec.rm_lr_autoregressive
+    step = 6 * flop_params(reduced_world["llm"], True) * ar["batch"] * ar["tokens_per_example"]
+    assert abs(flops["rm_autoregressive"] - flops["rm_partial"]) <= step * 0.51
+    assert flops["rm_partial"] == pytest.approx(6 * flop_params(reduced_world["rm_init"], False) * spec.rm_steps
+                                                * matched["tokens_per_step"]["partial"], rel=1e-3)
 
 
 def test_world_build_reuses_the_built_world(reduced_world):
@@ -218,10 +239,11 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
     assert "gold mean [95% CI]" in lines[header] and "gold per seed" in lines[header]
-    printed = [line.split()[0] for line in lines[header + 1: header + 9]]
-    assert printed == ["topk", "args", "pargs-greedy", "pargs", "pargs-causal-rm", "best-of-n", "DPO", "online"]
+    printed = [line.split()[0] for line in lines[header + 1: header + 10]]
+    assert printed == ["topk", "args", "pargs-greedy", "pargs", "pargs-causal-rm", "pargs-ar", "best-of-n", "DPO",
+                       "online"]
     # the fine-tuned rows: LLM not frozen, their training wall time beside them
-    for line in lines[header + 7: header + 9]:
+    for line in lines[header + 8: header + 10]:
         assert line.split(")")[1].split()[0] == "no" and line.split()[-1].isdigit(), line
 
     demo = json.loads((tmp_path / "demo.json").read_text())
@@ -249,7 +271,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     # interval are over seeds and prompts, and the seeds' own means differ (two trainings, two RMs;
     # a greedy method may still choose alike under both on 16 short prompts)
     assert demo["rm_seeds"] == 2
-    guided = ("args", "pargs-greedy", "pargs", "pargs-causal-rm", "best-of-n")
+    guided = ("args", "pargs-greedy", "pargs", "pargs-causal-rm", "pargs-ar", "best-of-n")
     for method in guided:
         row = table[method]
         assert row["seeds"] == 2 and row["runs"] == [f"{method} seed=0", f"{method} seed=1"], method
@@ -260,14 +282,14 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     assert table["topk"]["seeds"] == table["dpo-trained"]["seeds"] == 1
     assert table["topk"]["gold"]["estimator"].startswith("one seed")
     # the diagnostic ran for each seed of the full- and the partial-sequence RMs, by prefix bucket
-    assert set(demo["diagnose"]) == {f"{rm}{s}" for rm in ("rm_full", "rm_partial", "rm_partial_causal")
+    assert set(demo["diagnose"]) == {f"{rm}{s}" for rm in ("rm_full", "rm_partial", "rm_partial_causal", "rm_autoregressive")
                                      for s in ("", "_seed1")} | {"labels", "over_seeds"}
     spread = demo["diagnose"]["over_seeds"]["rm_full"]["whole"]
     assert len(spread["per_seed"]) == 2 and spread["min"] <= spread["mean"] <= spread["max"]
     assert "accuracy, mean over 2 seeds [min, max]" in result.stdout
-    # every pair of the 8 methods ordered by gold, paired on seed and prompt, with its verdict
+    # every pair of the 9 methods ordered by gold, paired on seed and prompt, with its verdict
     ordered = demo["orderings"]
-    assert len(ordered) == 28 and "ordering by gold" in result.stdout
+    assert len(ordered) == 36 and "ordering by gold" in result.stdout
     unguided = {"topk", "dpo-trained", "online-rl-trained"}  # one run each: a pair of them has one seed
     for o in ordered:
         seeds = 1 if {o["higher"], o["lower"]} <= unguided else 2
@@ -282,7 +304,7 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
     # the gold judge ran through the real openai client: PARGS against each other method, paired on seed
     # (a method without a reward model against both pargs seeds), with intervals over seeds and prompts
     judged = demo["judge_over_seeds"]
-    assert set(judged) == {"topk", "args", "pargs-greedy", "pargs-causal-rm", "best-of-n", "dpo-trained",
+    assert set(judged) == {"topk", "args", "pargs-greedy", "pargs-causal-rm", "pargs-ar", "best-of-n", "dpo-trained",
                            "online-rl-trained"}
     for j in judged.values():
         assert j["seeds"] == 2 and j["invalid"] == 0 and j["win"] + j["tie"] + j["loss"] == 32
@@ -292,7 +314,8 @@ def test_demo_runs_end_to_end_on_the_reduced_world(reduced_world, tmp_path):
         # identical replies from two methods are one comparison: the cache answers the repeat
         assert p["prompts"] == 16 and p["invalid"] == 0 and 0 <= p["requests"] <= 16
     assert "pargs vs" in result.stdout and "gold judge" in result.stdout
-    seeded = {f"{m} seed={s}" for m in ("args", "pargs-greedy", "pargs-causal-rm", "best-of-n") for s in (0, 1)}
+    seeded = {f"{m} seed={s}" for m in ("args", "pargs-greedy", "pargs-causal-rm", "pargs-ar", "best-of-n")
+              for s in (0, 1)}
     pairs = {(p["a"], p["b"]) for p in demo["paired"]}
     assert pairs == {(f"pargs seed={b[-1]}", b) for b in seeded} | {
         (f"pargs seed={s}", b) for s in (0, 1) for b in ("topk", "dpo-trained", "online-rl-trained")}
@@ -327,17 +350,19 @@ def test_compare_rms_gives_both_modes_the_same_steps_and_tokens(reduced_world, t
     assert json.loads((tmp_path / "compare.json").read_text())["steps"] == 6
 
 
-@pytest.mark.parametrize("mode", ["full", "partial"])
+@pytest.mark.parametrize("mode", ["full", "partial", "autoregressive"])
 def test_the_world_rm_configs_hold_the_builds_matched_recipe(mode):
-    """rm_training/configs/world_{full,partial}.yaml train what the world's build trains."""
+    """rm_training/configs/world_{full,partial,autoregressive}.yaml train what the world's build trains."""
     import yaml
 
     from experiments.world.default import DefaultWorldSpec, matched_rm_config
 
     spec = DefaultWorldSpec()
     shipped = yaml.safe_load((Path(__file__).parents[1] / "rm_training" / "configs" / f"world_{mode}.yaml").read_text())
-    lr = spec.rm_lr_full if mode == "full" else spec.rm_lr_partial
-    built = matched_rm_config(spec, mode, "init", "train", "heldout", "out", lr, 0, spec.rm_steps,
+    lr = {"full": spec.rm_lr_full, "partial": spec.rm_lr_partial, "autoregressive": spec.rm_lr_autoregressive}[mode]
+    # the autoregressive RM's steps are the default world's matched_compute.autoregressive.steps (docs/world.md)
+    steps = 188 if mode == "autoregressive" else spec.rm_steps
+    built = matched_rm_config(spec, mode, "init", "train", "heldout", "out", lr, 0, steps,
                               shipped["training"]["per_device_train_batch_size"])
     assert shipped["mode"] == built["mode"]
     for key in ("learning_rate", "max_steps", "warmup_ratio", "max_length", "gradient_accumulation_steps"):
@@ -345,4 +370,6 @@ def test_the_world_rm_configs_hold_the_builds_matched_recipe(mode):
     if mode == "partial":
         assert {k: shipped["prefixes"][k] for k in ("strategy", "stride")} == {"strategy": "stride", "stride": 2}
     else:
+        if mode == "autoregressive":
+            assert shipped["autoregressive_scale"] == spec.rm_autoregressive_scale
         assert shipped["training"]["per_device_train_batch_size"] == spec.rm_batch_size

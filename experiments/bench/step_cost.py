@@ -21,7 +21,7 @@ def reward_step_costs(world: dict, b: int, ks=(2, 10, WHOLE), prefix: int = 32, 
     from pargs_batch.config import RewardConfig
     from pargs_batch.scorers import make_scorer
 
-    backends = {"hf": world["rm_partial"], "causal": world["rm_partial_causal"], "autoregressive": world["llm"]}
+    backends = {"hf": world["rm_partial"], "causal": world["rm_partial_causal"], "autoregressive": world["rm_autoregressive"]}
     rng = np.random.default_rng(0)
     out = {"b": b, "prefix": prefix, "ks": list(ks), "models": backends, "seconds": {}}
     for backend, path in backends.items():
