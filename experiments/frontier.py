@@ -87,7 +87,7 @@ def point_config(world: dict, point: Point, out: Path, num_prompts: int, max_new
 def rm_flops_per_token(path: str) -> float:
     """2 N: the forward FLOPs of one token through the reward model (N non-embedding parameters,
     and an autoregressive RM's output projection, which its reward needs)."""
-    from experiments.world.default import flop_params
+    from experiments.bench.flops import flop_params
     from pargs_batch.scorers import trained_backend
 
     return 2.0 * flop_params(path, trained_backend(path) == "autoregressive")

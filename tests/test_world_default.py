@@ -208,7 +208,7 @@ def test_world_full_and_partial_rms_get_matched_compute(reduced_world):
     assert abs(matched["tokens_per_step"]["partial"] - matched["tokens_per_step"]["full"]) <= tokens["partial"]
     # the autoregressive RM (the larger LM) at rm_partial's training FLOPs, 6 N x tokens: fewer steps,
     # the FLOPs within one of its steps of rm_partial's
-    from experiments.world.default import flop_params
+    from experiments.bench.flops import flop_params
 
     ar, flops = matched["autoregressive"], matched["autoregressive"]["training_flops"]
     assert rms["rm_autoregressive"]["steps"] == ar["steps"] < spec.rm_steps

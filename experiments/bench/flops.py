@@ -17,6 +17,16 @@ def count_params(path: str) -> dict:
     return {"n_layers": layers, "d_model": width, "N": 12 * layers * width ** 2}
 
 
+def flop_params(path: str, output_projection: bool) -> int:
+    """The parameters a token's forward multiplies by: N (above), plus the output projection over
+    the vocabulary (d_model x vocab) for an autoregressive RM, whose reward needs every token's
+    log-probability; a classifier RM's score head is one row."""
+    from transformers import AutoConfig
+
+    shape = count_params(path)
+    return shape["N"] + (shape["d_model"] * AutoConfig.from_pretrained(path).vocab_size if output_projection else 0)
+
+
 def machine_flops() -> float:
     """Sustained float32 matmul FLOP/s of this process's torch (the bound's denominator)."""
     import torch

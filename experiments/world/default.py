@@ -250,17 +250,6 @@ def matched_batches(rm_init: str, guidance: str, base_batch: int) -> tuple[dict[
     return {"full": base_batch, "partial": max(1, round(base_batch * tokens["full"] / tokens["partial"]))}, tokens
 
 
-def flop_params(path: str, output_projection: bool) -> int:
-    """The parameters a token's forward multiplies by: 12 n_layers d_model^2 (Section 5.3's N), plus
-    the output projection over the vocabulary (d_model x vocab) for an autoregressive RM, whose
-    reward needs every token's log-probability; a DeBERTa RM's score head is one row."""
-    from experiments.bench.flops import count_params
-    from transformers import AutoConfig
-
-    shape = count_params(path)
-    return shape["N"] + (shape["d_model"] * AutoConfig.from_pretrained(path).vocab_size if output_projection else 0)
-
-
 def matched_autoregressive(spec: DefaultWorldSpec, llm: str, rm_init: str, guidance: str, batches: dict[str, int],
                            tokens: dict[str, float]) -> dict:
     """rm_autoregressive's optimiser steps at rm_partial's training FLOPs (6 N x tokens, Kaplan et
@@ -269,13 +258,15 @@ def matched_autoregressive(spec: DefaultWorldSpec, llm: str, rm_init: str, guida
     gets fewer steps: compute is matched, not steps or examples."""
     from transformers import AutoTokenizer
 
+    from experiments.bench.flops import flop_params
+
     ar_tokens = mean_example_tokens(read_triples(guidance), AutoTokenizer.from_pretrained(llm))["full"]
     partial_flops = 6 * flop_params(rm_init, False) * batches["partial"] * tokens["partial"] * spec.rm_steps
     step_flops = 6 * flop_params(llm, True) * spec.rm_batch_size * ar_tokens
-    return {"steps": max(1, round(partial_flops / step_flops)), "batch": spec.rm_batch_size,
-            "tokens_per_example": round(ar_tokens, 2), "training_flops": {
-                "rm_partial": float(f"{partial_flops:.4g}"),
-                "rm_autoregressive": float(f"{step_flops * max(1, round(partial_flops / step_flops)):.4g}")}}
+    steps = max(1, round(partial_flops / step_flops))
+    return {"steps": steps, "batch": spec.rm_batch_size, "tokens_per_example": round(ar_tokens, 2),
+            "training_flops": {"rm_partial": float(f"{partial_flops:.4g}"),
+                               "rm_autoregressive": float(f"{step_flops * steps:.4g}")}}
 
 
 def matched_rm_config(spec: DefaultWorldSpec, mode: str, rm_init: str, guidance: str, heldout: str, out: str,
@@ -331,19 +322,19 @@ def rm_jobs(spec: DefaultWorldSpec, out: Path, files: dict, batches: dict[str, i
         "rm_eval": ("full", "rm_init", "evaluation_pairs", 3e-3),
         "rm_autoregressive": ("autoregressive", "llm", "guidance_pairs", spec.rm_lr_autoregressive),
     }
+    matched = {"rm_full": (spec.rm_steps, batches["full"]), "rm_partial": (spec.rm_steps, batches["partial"]),
+               "rm_autoregressive": (autoregressive["steps"], autoregressive["batch"])}  # (steps, batch)
     jobs = {}
     for index in range(spec.rm_seeds):
         for i, (name, (mode, init, train_file, lr)) in enumerate(recipes.items()):
             init_path = files["rm_inits"][index] if init == "rm_init" else files[init]
             seed = spec.seed + 10 + i + 100 * index
             path = str(out / seed_key(name, index))
-            if name in ("rm_full", "rm_partial"):
+            if name in matched:
                 cfg = matched_rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr,
-                                        seed, spec.rm_steps, batches[mode])
-            elif name == "rm_autoregressive":
-                cfg = matched_rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr,
-                                        seed, autoregressive["steps"], autoregressive["batch"])
-                cfg["autoregressive_scale"] = spec.rm_autoregressive_scale
+                                        seed, *matched[name])
+                if mode == "autoregressive":
+                    cfg["autoregressive_scale"] = spec.rm_autoregressive_scale
             else:
                 cfg = rm_config(spec, mode, init_path, files[train_file], files["heldout_pairs"], path, lr, seed)
             jobs[(name, index)] = cfg
