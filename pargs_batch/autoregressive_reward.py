@@ -23,6 +23,7 @@ from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.kv_cache import BufferedLayer, left_padded, stack_sessions
 
+LOGIT_POSITIONS = 256  # positions whose vocabulary log-softmax is held at once when a response is re-read
 MARKER = "pargs_batch_reward"  # the checkpoint config's record of what kind of reward model it is
 
 
@@ -68,14 +69,14 @@ class AutoregressiveRewardScorer:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        from pargs_batch.reward import one_kernel_activations, resolve_device
+        from pargs_batch.reward import load_dtype, one_kernel_activations, resolve_device
 
         model_type = AutoConfig.from_pretrained(config.path).model_type
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
             raise ConfigError("reward.backend", config.backend,
                               f"needs a causal language model; {config.path} is {model_type}")
         self.config, self.device = config, resolve_device(config.device)
-        model = AutoModelForCausalLM.from_pretrained(config.path, dtype=getattr(torch, config.dtype))
+        model = AutoModelForCausalLM.from_pretrained(config.path, dtype=load_dtype(config, self.device))
         self.model = one_kernel_activations(model).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(config.path)
         self.vocab = model.config.vocab_size
@@ -94,30 +95,61 @@ class AutoregressiveRewardScorer:
                          use_cache=True, logits_to_keep=keep)
         return torch.log_softmax(out.logits.float(), dim=-1), out.past_key_values
 
+    def _response_logprob(self, hidden, row: int, first: int, targets) -> float:
+        """Σ log π_r of ``targets`` read at positions ``first``, ``first + 1``, ... of ``hidden[row]``:
+        the vocabulary's log-softmax is taken ``LOGIT_POSITIONS`` positions at a time, so a long
+        response never holds its whole (positions x vocabulary) logits."""
+        import torch
+
+        total = 0.0
+        for s in range(0, len(targets), LOGIT_POSITIONS):
+            part = torch.as_tensor(targets[s:s + LOGIT_POSITIONS], device=hidden.device)
+            logp = self._logp(hidden[row, first + s:first + s + len(part)])
+            total += float(logp[torch.arange(len(part), device=hidden.device), part].sum())
+        return total
+
+    def _body(self, ids, mask, positions):
+        """Last hidden states and the KV cache of one encoding (the LM head is applied where needed)."""
+        out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        return out.last_hidden_state, out.past_key_values
+
+    def _logp(self, hidden):
+        """log π_r over the vocabulary at these hidden states (float32)."""
+        import torch
+
+        return torch.log_softmax(self.model.get_output_embeddings()(hidden).float(), dim=-1)
+
     def start(self, sequences: list[list[int]], response_lengths: list[int] | None = None) -> ARSession:
         """Encode each sequence (left-padded) once: a prompt, or - for a row that joins with tokens
         already generated (the fused processor's late or resumed rows) - the prompt and its last
-        ``response_lengths[b]`` tokens of response, whose log-probabilities start its reward."""
+        ``response_lengths[b]`` tokens of response, whose log-probabilities start its reward. Rows are
+        encoded ``reward.batch_tokens`` padded tokens at a time (the memory plan's chunk)."""
+        from pargs_batch.reward import row_chunks
+
+        done = [0] * len(sequences) if response_lengths is None else [int(n) for n in response_lengths]
+        session = None
+        for part in row_chunks([len(s) for s in sequences], self.config.batch_tokens):
+            session = self.merge(session, self._start(sequences[part], done[part]))
+        return session
+
+    def _start(self, sequences: list[list[int]], done: list[int]) -> ARSession:
         import torch
 
         ids, mask = left_padded(sequences, self.pad_id)
         width = ids.shape[1]
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-        done = np.zeros(len(sequences), dtype=np.int64) if response_lengths is None else \
-            np.asarray(response_lengths, dtype=np.int64)
         last = np.zeros(len(sequences), dtype=np.float32)
         with torch.inference_mode():
-            logp, cache = self._forward(ids.to(self.device), mask.long().to(self.device), positions.to(self.device),
-                                        keep=int(done.max()) + 1 if len(done) else 1)
-            for b in np.nonzero(done)[0]:  # its response's tokens, each read at the position before it
-                n = int(done[b])
-                at = torch.arange(logp.shape[1] - 1 - n, logp.shape[1] - 1, device=logp.device)
-                last[b] = float(logp[b, at, ids[b, width - n:].to(logp.device)].sum())
+            hidden, cache = self._body(ids.to(self.device), mask.long().to(self.device), positions.to(self.device))
+            for b, n in enumerate(done):  # its response's tokens, each read at the position before it
+                if n:
+                    last[b] = self._response_logprob(hidden, b, width - 1 - n, ids[b, width - n:].tolist())
+            logp = self._logp(hidden[:, -1])
         for layer in cache.layers:
             layer.__class__ = BufferedLayer
             layer.adopt(spare=64)
         return ARSession(cache, mask.to(self.device), torch.tensor([len(p) for p in sequences], device=self.device),
-                         last, logp[:, -1])
+                         last, logp)
 
     def _flush(self, session: ARSession) -> None:
         """Run the forward of the tokens chosen at the last commit: one token per sequence."""
@@ -211,21 +243,18 @@ class AutoregressiveRewardScorer:
         out = np.zeros(len(prompts), dtype=np.float32)
         with torch.inference_mode():
             for idx in length_sorted_batches([len(prompts[i]) + len(responses[i]) for i in range(len(prompts))],
-                                             self.config.batch_size):
+                                             self.config.batch_size, self.config.batch_tokens):
                 width = max(len(prompts[i]) + len(responses[i]) for i in idx)
                 ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
                 for row, i in enumerate(idx):
                     seq = prompts[i] + responses[i]
                     ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-                logp = torch.log_softmax(self.model(input_ids=ids.to(self.device),
-                                                    attention_mask=mask.to(self.device)).logits.float(), -1)
+                hidden = self.model.base_model(input_ids=ids.to(self.device),
+                                               attention_mask=mask.to(self.device)).last_hidden_state
                 for row, i in enumerate(idx):
-                    p, r = len(prompts[i]), len(responses[i])
-                    if r:
-                        at = torch.arange(p - 1, p + r - 1, device=logp.device)
-                        target = torch.as_tensor(responses[i], device=logp.device)
-                        out[i] = float(logp[row, at, target].sum())
+                    if responses[i]:
+                        out[i] = self._response_logprob(hidden, row, len(prompts[i]) - 1, responses[i])
         return out
 
     def score(self, contexts: list, responses: list[str]) -> np.ndarray:

@@ -62,7 +62,7 @@ class CausalRewardScorer:
             MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         )
 
-        from pargs_batch.reward import one_kernel_activations, resolve_device
+        from pargs_batch.reward import load_dtype, one_kernel_activations, resolve_device
 
         model_type = AutoConfig.from_pretrained(config.path).model_type
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -72,7 +72,7 @@ class CausalRewardScorer:
             raise ConfigError("reward.template", config.template,
                               "the causal backend scores the LLM's own token ids: use {prompt}{response}")
         self.config, self.device = config, resolve_device(config.device)
-        model = AutoModelForSequenceClassification.from_pretrained(config.path, dtype=getattr(torch, config.dtype))
+        model = AutoModelForSequenceClassification.from_pretrained(config.path, dtype=load_dtype(config, self.device))
         self.model = one_kernel_activations(model).to(self.device).eval()
         self.body = model.base_model  # the transformer without its head
         self.head = next(getattr(model, name) for name in ("score", "classifier") if hasattr(model, name))
@@ -90,7 +90,16 @@ class CausalRewardScorer:
     def start(self, prompt_ids: list[list[int]], response_lengths: list[int] | None = None) -> CausalSession:
         """Encode the prompts (left-padded) once - with tokens already generated, for a row that
         joins late (``response_lengths``: a head's reward at the last position needs no more); returns
-        the session the steps continue."""
+        the session the steps continue. Rows are encoded ``reward.batch_tokens`` padded tokens at a
+        time (the memory plan's chunk)."""
+        from pargs_batch.reward import row_chunks
+
+        session = None
+        for part in row_chunks([len(p) for p in prompt_ids], self.config.batch_tokens):
+            session = self.merge(session, self._start(prompt_ids[part]))
+        return session
+
+    def _start(self, prompt_ids: list[list[int]]) -> CausalSession:
         import torch
 
         ids, mask = left_padded(prompt_ids, self.pad_id)
@@ -203,7 +212,7 @@ class CausalRewardScorer:
 
         out = np.zeros(len(sequences), dtype=np.float32)
         with torch.inference_mode():
-            for idx in length_sorted_batches([len(s) for s in sequences], self.config.batch_size):
+            for idx in length_sorted_batches([len(s) for s in sequences], self.config.batch_size, self.config.batch_tokens):
                 width = max(len(sequences[i]) for i in idx)
                 ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
                 for row, i in enumerate(idx):

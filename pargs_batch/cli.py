@@ -1,7 +1,7 @@
 """`pargs-batch`: the command line.
 
 The library's own commands are ``generate``, ``evaluate``, ``compare``, ``serve`` (an
-OpenAI-compatible server) and ``init`` (a starting config); all but ``init`` are thin layers over the Python API
+OpenAI-compatible server), ``plan`` (the memory plan) and ``init`` (a starting config); all but ``init`` are thin layers over the Python API
 (``pargs_batch.api``: config from YAML and overrides in, the API's call, its summary printed). Packages above the library add theirs
 through the ``pargs_batch.commands`` entry-point group (a function that adds a subparser):
 ``rm_training`` adds ``diagnose-rm``; ``experiments`` adds ``world``, ``demo`` and ``bench``. So the
@@ -136,6 +136,21 @@ def _serve(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from pargs_batch.config import GenerateConfig
+    from pargs_batch.configlib import ConfigError, load_config
+    from pargs_batch.memory import plan_memory
+    from pargs_batch.shapes import Devices
+
+    config = load_config(GenerateConfig, args.config, args.overrides)
+    if (args.gpus is None) != (args.gpu_memory is None):
+        raise ConfigError("--gpus" if args.gpus is None else "--gpu-memory", args.gpus or args.gpu_memory,
+                          "give --gpus and --gpu-memory together (or neither: the devices of this machine)")
+    devices = Devices.given(args.gpus, args.gpu_memory) if args.gpus is not None else Devices.detect()
+    console.show(plan_memory(config, devices).table())
+    return 0
+
+
 def _init(args) -> int:
     from pargs_batch.starter import write_starter
 
@@ -198,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("overrides", nargs="*", metavar="key=value",
                      help="dotted overrides, e.g. decode.beta=2.0 model.max_model_len=4096")
     srv.set_defaults(func=_serve)
+
+    pln = sub.add_parser("plan", help="the memory plan of a config: what each GPU holds, the KV cache, what limits "
+                                      "the batch and the settings the plan chooses (reads config.json files only)")
+    pln.add_argument("--config", help="your generate YAML")
+    pln.add_argument("--gpus", type=int, help="plan for N GPUs (with --gpu-memory) instead of this machine's devices")
+    pln.add_argument("--gpu-memory", help="each GPU's memory, e.g. 80GiB, 24GB")
+    pln.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. reward.dtype=bfloat16")
+    pln.set_defaults(func=_plan)
 
     init = sub.add_parser("init", help="write a commented starting config for your LLM, reward model and data")
     init.add_argument("--llm", required=True, help="the LLM: a checkpoint directory or hub id")

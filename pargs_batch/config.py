@@ -26,9 +26,12 @@ class ModelConfig:
     dtype: str = option("weights dtype: auto, float32, float16, bfloat16", "auto")
     max_model_len: int | None = option("context length in tokens; defaults to the model's", None)
     max_logprobs: int = option("largest top-k the engine will return (vLLM max_logprobs)", 20)
+    max_num_seqs: int | None = option("sequences vLLM schedules in one step (vLLM max_num_seqs); on a GPU the "
+                                      "memory plan chooses it (vLLM's default, lowered until a fused reward "
+                                      "model's step and KV state fit), on CPU vLLM's default", None)
     gpu_memory_utilization: float | None = option(
-        "share of device memory vLLM may use (on CPU: share of RAM for the KV cache); "
-        "default 0.9 on GPU, 0.2 on CPU", None)
+        "share of device memory vLLM may use (on CPU: share of RAM for the KV cache); default on a GPU: the "
+        "memory plan's (0.9, less what a reward model beside vLLM on the same GPU needs), 0.2 on CPU", None)
     kv_cache_memory_bytes: int | None = option(
         "fixed KV-cache size in bytes; overrides gpu_memory_utilization", None)
     block_size: int | None = option("KV-cache block size in tokens; prefix caching reuses whole blocks, so the "
@@ -47,6 +50,7 @@ class ModelConfig:
         check_model_path("model.path", self.path)
         one_of("model.dtype", self.dtype, ["auto", "float32", "float16", "bfloat16"])
         positive("model.max_model_len", self.max_model_len)
+        positive("model.max_num_seqs", self.max_num_seqs)
         positive("model.max_logprobs", self.max_logprobs)
         positive("model.kv_cache_memory_bytes", self.kv_cache_memory_bytes)
         positive("model.tensor_parallel_size", self.tensor_parallel_size)
@@ -76,10 +80,16 @@ class RewardConfig:
                         "template")
     template: str = option("how prompt and response prefix are joined for the reward model (reward.input: template)",
                           "{prompt}{response}")
-    batch_size: int = option("candidates per reward-model forward pass (length-sorted)", 64)
+    batch_size: int = option("candidates per reward-model forward pass (length-sorted); the causal and "
+                             "autoregressive backends encode new rows this many at a time; on a GPU the memory plan "
+                             "lowers it until the largest step fits", 64)
+    batch_tokens: int | None = option("most tokens (padded) in one reward-model forward: a batch of long inputs holds "
+                                      "fewer than batch_size; default: unlimited, or on a GPU the memory plan's, so "
+                                      "the largest step fits", None)
     max_length: int | None = option("reward-model input limit in tokens; defaults to the model's", None)
     device: str = option("torch device: auto (cuda if available), cpu, cuda, cuda:N", "auto")
-    dtype: str = option("reward-model dtype: float32, float16, bfloat16", "float32")
+    dtype: str = option("reward-model dtype: auto (the checkpoint's own; a float32 checkpoint runs in bfloat16 on a "
+                        "GPU), float32, float16, bfloat16", "auto")
     models: list[dict] = option("several reward models instead of reward.path, each {path, weight (default 1), and "
                                 "any reward.* key of its own}; the guidance reward is sum_j weight_j * r_j "
                                 "(per prompt from data.weights_column), so score = log pi_ref + beta * sum_j w_j r_j; "
@@ -99,7 +109,8 @@ class RewardConfig:
                               "(prompt then response); use reward.input: template, or reward.backend: hf")
         positive("reward.batch_size", self.batch_size)
         positive("reward.max_length", self.max_length)
-        one_of("reward.dtype", self.dtype, ["float32", "float16", "bfloat16"])
+        positive("reward.batch_tokens", self.batch_tokens)
+        one_of("reward.dtype", self.dtype, ["auto", "float32", "float16", "bfloat16"])
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError("reward.device", self.device, "expected auto, cpu, cuda or cuda:N")
         try:
@@ -283,10 +294,11 @@ class RayConfig:
                                            "default: one per worker", None)
     engine_resources: dict | None = option(
         "Ray resources of each decode worker; default: 1 CPU, and on a cluster with GPUs "
-        "model.tensor_parallel_size GPUs (0.75 of one when it shares it with its reward actor)", None)
+        "model.tensor_parallel_size GPUs (what its reward actor leaves of one when they share it: the memory plan)", None)
     reward_resources: dict | None = option(
-        "Ray resources of each reward actor; default: 1 CPU, and on a cluster with GPUs 0.25 of its "
-        "worker's GPU (a GPU of its own beside a tensor-parallel worker)", None)
+        "Ray resources of each reward actor; default: 1 CPU, and on a cluster with GPUs the share of its worker's "
+        "GPU its reward model needs (the memory plan; a GPU of its own when it needs more than half of one and "
+        "the cluster has one to spare, or beside a tensor-parallel worker)", None)
     inflight_per_worker: int = option("micro-batches in flight per worker (>= 2 overlaps engine and reward)", 2)
     max_retries: int = option("restarts of a dead actor and retries of its micro-batches before error rows", 2)
 

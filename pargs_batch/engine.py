@@ -118,6 +118,8 @@ def engine_args(config: ModelConfig, eager_default: bool = False) -> dict:
         # offset" kills the engine): whole prompts only (vLLM then sizes the step's token budget
         # to hold the longest)
         kwargs["enable_chunked_prefill"] = False
+    if config.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = config.max_num_seqs
     if config.kv_cache_memory_bytes is not None:
         kwargs["kv_cache_memory_bytes"] = config.kv_cache_memory_bytes
     else:

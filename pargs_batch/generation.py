@@ -24,9 +24,10 @@ from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import METHODS
 from pargs_batch.guidance import GuideInfo
 from pargs_batch.io import PromptSource, package_versions
+from pargs_batch.memory import plan_run
 from pargs_batch.models import Models
 from pargs_batch.output import RETRYABLE, RunDir
-from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, init_ray
+from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, cluster_devices, init_ray
 from pargs_batch.reward import check_reward_input
 from pargs_batch.rows import NONFINITE, RowMaker, check_chat_template
 from pargs_batch.scorers import guides_in_engine
@@ -79,6 +80,7 @@ class RunSummary:
     output: str
     finished_ids_bytes: int
     placement: dict | None         # the Ray pool's placement plan (None in this process)
+    memory: dict | None            # the memory plan: devices, KV tokens, the largest step, settings chosen
     guidance: list[GuideInfo] | None  # fused: per engine, its reward model's load and memory reserved
 
     def to_dict(self) -> dict:
@@ -137,10 +139,14 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
     o = config.output
     run = RunDir(o.path, config.identity(), metadata, o.compression, overwrite=o.overwrite,
                  rows_per_file=o.rows_per_file, target_file_mb=o.target_file_mb)
-    records = None
+    records, devices = None, None
     if models is None and config.ray.enabled:
         init_ray(config.ray.address)
         records = source.ray_records()
+        devices = cluster_devices()
+    memory = plan_run(config, devices)
+    # what the plan chose runs; the run's identity stays the config's (a resume on other GPUs matches)
+    planned = memory.apply(config) if memory is not None else config
     pool, startup, guidance = None, 0.0, []
 
     def start_pool():
@@ -148,13 +154,13 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
         nonlocal pool, startup, guidance, models
         started = time.perf_counter()
         if isinstance(models, Models):
-            models = models.for_config(config)
+            models = models.for_config(planned)
         if models is not None:
-            pool = LocalPool(DecodeWorker.from_models(config, *models))
+            pool = LocalPool(DecodeWorker.from_models(planned, *models))
         elif config.ray.enabled:
-            pool = RayPool(config)
+            pool = RayPool(planned, memory)
         else:
-            pool = LocalPool(DecodeWorker(config))
+            pool = LocalPool(DecodeWorker(planned))
         startup = time.perf_counter() - started
         guidance = [g for g in pool.guide_info() if g] if guides_in_engine(config) else []
         return pool
@@ -218,6 +224,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
         output=run.path,
         finished_ids_bytes=run.finished.nbytes(),
         placement=dataclasses.asdict(pool.plan) if isinstance(pool, RayPool) else None,
+        memory=memory.to_dict() if memory is not None else None,
         guidance=guidance or None,
     )
     run.write_summary(summary.to_dict())

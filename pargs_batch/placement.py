@@ -6,9 +6,10 @@ Defaults (``ray.engine_resources`` / ``ray.reward_resources`` left unset):
 
 - on a cluster without GPUs: one CPU each, no GPU;
 - on a cluster with GPUs: each decode worker gets ``model.tensor_parallel_size`` whole GPUs. In
-  stepped mode with reward actors, a worker with one GPU shares it with its reward actor (the
-  worker takes 1 - ``REWARD_GPU_SHARE`` of it, the actor the rest, and vLLM defaults to that share
-  of the GPU's memory); a worker with several GPUs gets a reward actor with a GPU of its own.
+  stepped mode with reward actors, a worker with one GPU shares it with its reward actor, each
+  taking the share the memory plan (``memory.plan_memory``) gives it from the two models' sizes, and
+  vLLM defaults to its share of the GPU's memory; a reward actor that needs more than half a GPU
+  (when the cluster has one to spare), or one beside a worker with several GPUs, gets a GPU of its own.
 
 Each worker and the reward actor it is paired with (worker i with actor i, i < actors) form one
 bundle of a placement group: Ray never splits a bundle across nodes, so a worker's per-token reward
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 
 from pargs_batch.config import GenerateConfig
 
-REWARD_GPU_SHARE = 0.25  # of a worker's GPU its reward actor takes by default (tensor_parallel_size 1)
 PLACEMENT_TIMEOUT_S = 600  # how long to wait for the cluster to fit the pool before saying so
 
 
@@ -49,16 +49,24 @@ class Plan:
             placement_group=group, placement_group_bundle_index=i))
 
 
-def plan(config: GenerateConfig, actors: int, cluster_gpus: float) -> Plan:
+def plan(config: GenerateConfig, actors: int, cluster_gpus: float, memory=None) -> Plan:
     """The resources and bundles of a pool of ``config.ray.num_workers`` workers and ``actors``
-    reward actors on a cluster with ``cluster_gpus`` GPUs in all."""
+    reward actors on a cluster with ``cluster_gpus`` GPUs in all; ``memory``: the run's
+    ``memory.MemoryPlan``, which says how a GPU is shared (needed when one is)."""
     r, tp = config.ray, config.model.tensor_parallel_size
     gpus = cluster_gpus > 0
-    shared = gpus and actors > 0 and tp == 1
+    dedicated = memory is not None and memory.reward_gpu == "dedicated"
+    shared = gpus and actors > 0 and tp == 1 and not dedicated
+    share = None
+    if shared and (r.engine_resources is None or r.reward_resources is None):
+        if memory is None or memory.reward_share is None:
+            raise ValueError("a GPU shared by a decode worker and its reward actor is split by the memory plan: "
+                             "pass it (memory.plan_memory), or set ray.engine_resources and ray.reward_resources")
+        share = memory.reward_share
     engine = r.engine_resources if r.engine_resources is not None else {
-        "num_cpus": 1, "num_gpus": (1 - REWARD_GPU_SHARE if shared else tp) if gpus else 0}
+        "num_cpus": 1, "num_gpus": (round(1 - share, 2) if shared else tp) if gpus else 0}
     reward = r.reward_resources if r.reward_resources is not None else {
-        "num_cpus": 1, "num_gpus": (REWARD_GPU_SHARE if tp == 1 else 1) if gpus else 0}
+        "num_cpus": 1, "num_gpus": (share if shared else 1) if gpus else 0}
     result = Plan(engine=engine, reward=reward, actors=actors)
     share = engine.get("num_gpus", 0)
     if 0 < share < 1:  # a worker on part of a GPU: vLLM must not take the memory its neighbour needs

@@ -147,12 +147,13 @@ class LocalPool:
 class RayPool:
     """N decode-worker actors and M reward actors; at most ``inflight_per_worker`` calls each."""
 
-    def __init__(self, config: GenerateConfig):
+    def __init__(self, config: GenerateConfig, memory=None):
+        """``memory``: the run's ``memory.MemoryPlan`` (its settings already applied to ``config``)."""
         import ray
 
         r = config.ray
         actors = (r.num_reward_actors or r.num_workers) if reward_placement(config, on_ray=True) == "actor" else 0
-        self.plan = placement.plan(config, actors, ray.cluster_resources().get("GPU", 0))
+        self.plan = placement.plan(config, actors, ray.cluster_resources().get("GPU", 0), memory)
         self.group = placement.place(self.plan.bundles) if self.plan.bundles else None
         self.rewards = reward_actors(config.reward, [self.plan.actor_options(i, self.group) for i in range(actors)],
                                      r.max_retries)
@@ -211,6 +212,27 @@ class RayPool:
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(self.group)
+
+
+def cluster_devices():
+    """The devices a Ray run plans for: the cluster's GPUs (their memory read by a one-GPU task on
+    one of them), or this machine's CPU when the cluster has none."""
+    import ray
+
+    from pargs_batch.shapes import Devices
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if not gpus:
+        return Devices.detect()
+
+    def probe():
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return int(props.total_memory), props.name
+
+    size, name = ray.get(ray.remote(num_gpus=1, num_cpus=0)(probe).remote(), timeout=placement.PLACEMENT_TIMEOUT_S)
+    return Devices("cuda", gpus, size, name)
 
 
 def init_ray(address: str | None = None) -> None:

@@ -64,10 +64,37 @@ def check_reward_input(reward: RewardConfig, key: str = "reward") -> None:
                           f"a user turn and an assistant reply: {e}") from None
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first), so padding stays small."""
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+def length_sorted_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small: at
+    most ``batch_size`` inputs and, with ``max_tokens``, at most that many tokens once padded to the
+    batch's longest (one input at least)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out, i = [], 0
+    while i < len(order):
+        n = max(1, min(batch_size, max_tokens // max(int(lengths[order[i]]), 1)))
+        out.append(order[i:i + n])
+        i += n
+    return out
+
+
+def row_chunks(widths: list[int], max_tokens: int | None) -> list[slice]:
+    """Consecutive slices of rows, each padded to its longest at most ``max_tokens`` tokens (one row
+    at least); one slice of all when unlimited. How the causal and autoregressive backends encode
+    new rows within the memory plan, in order."""
+    if max_tokens is None or not widths:
+        return [slice(0, len(widths))]
+    out, start, longest = [], 0, 0
+    for i, width in enumerate(widths):
+        longest_with = max(longest, width)
+        if i > start and longest_with * (i - start + 1) > max_tokens:
+            out.append(slice(start, i))
+            start, longest_with = i, width
+        longest = longest_with
+    out.append(slice(start, len(widths)))
+    return out
 
 
 def resolve_device(device: str) -> str:
@@ -76,6 +103,17 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def load_dtype(config: RewardConfig, device: str):
+    """The torch dtype ``config``'s reward model loads in: ``reward.dtype``, or for ``auto`` the
+    checkpoint's own (a float32 checkpoint runs in bfloat16 on a GPU; ``memory.resolved_dtype``)."""
+    import torch
+
+    from pargs_batch.shapes import checkpoint_dtype, resolved_dtype
+
+    checkpoint = checkpoint_dtype(config.path) if config.dtype == "auto" else config.dtype
+    return getattr(torch, resolved_dtype(config.dtype, checkpoint, str(device).startswith("cuda")))
 
 
 def one_kernel_activations(model):
@@ -107,8 +145,7 @@ class HFRewardScorer:
             log.warning("reward tokenizer %s has no pad token; using its EOS token", config.path)
         tokenizer.padding_side = "right"
         tokenizer.truncation_side = "left"  # cut the prompt's start, keep the response
-        model = AutoModelForSequenceClassification.from_pretrained(
-            config.path, dtype=getattr(torch, config.dtype))
+        model = AutoModelForSequenceClassification.from_pretrained(config.path, dtype=load_dtype(config, self.device))
         if model.config.num_labels != 1:
             log.warning("reward model %s has %d labels; using the first as the reward",
                         config.path, model.config.num_labels)
@@ -176,7 +213,7 @@ class HFRewardScorer:
         enc = self.encode(contexts, responses)
         lengths = [len(x) for x in enc["input_ids"]]
         with torch.inference_mode():
-            for idx in length_sorted_batches(lengths, self.config.batch_size):
+            for idx in length_sorted_batches(lengths, self.config.batch_size, self.config.batch_tokens):
                 batch = self.tokenizer.pad({k: [v[i] for i in idx] for k, v in enc.items()}, return_tensors="pt")
                 logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits
                 out[idx] = logits[:, 0].float().cpu().numpy()

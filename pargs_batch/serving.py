@@ -328,8 +328,11 @@ def server_engine_args(config: GenerateConfig) -> dict:
     from pargs_batch.engine import engine_args
     from pargs_batch.runners.fused import engine_kwargs
 
+    from vllm.platforms import current_platform
+
     m = config.model
-    kwargs = engine_args(m, eager_default=True)
+    # eager only where compiling buys nothing (CPU); a GPU server keeps vLLM's CUDA graphs
+    kwargs = engine_args(m, eager_default=current_platform.is_cpu())
     kwargs.update(engine_kwargs(config.reward if config.reward.members else None, m.tokenizer or m.path))
     kwargs.update(disable_log_stats=False, generation_config="vllm")
     return kwargs
@@ -361,6 +364,10 @@ def serve(config: GenerateConfig, host: str = "127.0.0.1", port: int = 8000, nam
 
     exit_with_parent()  # a Ray Serve replica's server goes with its replica
     check_servable(config)
+    from pargs_batch.memory import plan_run
+
+    memory = plan_run(config)  # said in one line; on a GPU its choices (vLLM's share, max_num_seqs) are taken
+    config = memory.apply(config) if memory is not None else config
     tokenizer = AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.path)
     policy = Policy.of(config, eos_token_ids(config.model.path, tokenizer))
     args = server_args(config, host, port, name)
