@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 VLLM_SHARE = 0.9               # vLLM's own default gpu_memory_utilization
 ENGINE_RUNTIME = 2 * GIB       # vLLM's process outside torch's tensors: CUDA context, CUDA graphs, NCCL
 PROCESS_RUNTIME = GIB // 2     # another process on the GPU (a Ray reward actor): its CUDA context, cuBLAS
+REWARD_FORWARD_TOKENS = 16384  # the most padded tokens a reward forward is planned with: as vLLM's own step
+                               # budget (max_num_batched_tokens), a forward this large already fills a GPU
 LOGIT_POSITIONS = 256         # autoregressive_reward.LOGIT_POSITIONS
 KV_SPARE = 64                  # tokens a causal / autoregressive KV session keeps beyond its rows (kv_cache)
 MIN_CONTEXT = 512              # the shortest context the plan will cap model.max_model_len to
@@ -261,15 +263,15 @@ class _Planner:
         self._refuse(attempt)
 
     def _budgets(self, context: int) -> list[int]:
-        """Padded tokens a reward forward may hold: the user's, else batch_size full-length inputs,
-        halved down to one."""
+        """Padded tokens a reward forward may hold: the user's, else batch_size full-length inputs up
+        to ``REWARD_FORWARD_TOKENS`` (one input at least), halved down to one input."""
         r = self.config.reward
         if not self.rewards:
             return [0]
         if r.batch_tokens:
             return [r.batch_tokens]
         longest = max(self.reward_tokens(context, rw) for rw in self.rewards)
-        return _halvings(r.batch_size * longest, longest)
+        return _halvings(min(r.batch_size * longest, max(longest, REWARD_FORWARD_TOKENS)), longest)
 
     def _contexts(self) -> list[int]:
         m = self.config.model
@@ -396,8 +398,9 @@ class _Planner:
             if self.rewards and r.batch_tokens is None and budget < r.batch_size * longest:
                 settings["reward.batch_tokens"] = budget
                 reasons["reward.batch_tokens"] = (f"{self.chunk_rows(budget, longest, r.batch_size)} inputs of "
-                                                  f"{longest} tokens a forward (of reward.batch_size {r.batch_size}) "
-                                                  "so the largest reward step fits")
+                                                  f"{longest} tokens a forward (of reward.batch_size {r.batch_size}): "
+                                                  f"at most {REWARD_FORWARD_TOKENS} tokens, less where the step "
+                                                  "would not fit")
             if self.rewards and r.max_length is None:
                 own = max(rw.arch.max_positions or 0 for rw in self.rewards)
                 if own > context:

@@ -117,7 +117,7 @@ def test_fused_8b_llm_and_deberta_on_one_h100():
     M = 80 * GIB
     weights = decoder_params(128256, 4096, 32, 4096, 1024, 14336) * 2
     rm_weights = deberta_params(128100, 1024, 24, 4096, 256) * 2  # float32 checkpoint, bfloat16 on a GPU
-    step = deberta_step(64, 512)                                     # 64 inputs of 512 tokens a forward
+    step = deberta_step(32, 512)                                     # 16384 tokens a forward: 32 inputs of 512
     guide = 1024 * 128256 * 4 * 3                                    # 1024 rows x vocabulary, three float32 copies
     assert line(plan, 0, "LLM weights") == weights
     assert line(plan, 0, "LLM activations") == llama8_engine_step(1024)
@@ -127,8 +127,8 @@ def test_fused_8b_llm_and_deberta_on_one_h100():
     kv = int(0.9 * M) - weights - ENGINE_RUNTIME - llama8_engine_step(1024) - rm_weights - step - guide
     assert line(plan, 0, "KV cache") == kv and plan.kv_tokens == kv // (128 * 1024)
     assert plan.settings == {"model.gpu_memory_utilization": 0.9, "model.max_num_seqs": 1024,
-                             "reward.dtype": "bfloat16"}
-    assert plan.largest_step == {"rows": 1024, "k": 10, "tokens": 512, "batch_tokens": 64 * 512}
+                             "reward.batch_tokens": 16384, "reward.dtype": "bfloat16"}
+    assert plan.largest_step == {"rows": 1024, "k": 10, "tokens": 512, "batch_tokens": 16384}
     assert plan.reward_gpu == "engine" and plan.max_model_len == 131072
 
 
@@ -141,16 +141,13 @@ def test_stepped_8b_llm_and_8b_rm_share_each_h100_on_ray():
     def step(inputs):  # inputs of 8192 tokens in one forward: the gated layer's peak and the padding mask
         return inputs * 8192 * (4 * 4096 + 3 * 14336) * 2 + inputs * 8192 * 8192
 
-    # a micro-batch is 64 rows x k 10 candidates: 64 a forward (reward.batch_size) would not fit beside
-    # the LLM's weights, so the plan halves the forward's tokens once
+    # a micro-batch is 64 rows x k 10 candidates, 16384 tokens a forward: 2 inputs of 8192
     weights = decoder_params(128256, 4096, 32, 4096, 1024, 14336) * 2
-    assert weights + ENGINE_RUNTIME + rm_weights + step(64) + PROCESS_RUNTIME > M
-    assert plan.largest_step["batch_tokens"] == 32 * 8192
-    assert plan.settings["reward.batch_tokens"] == 32 * 8192
-    need = rm_weights + step(32) + PROCESS_RUNTIME
+    assert plan.largest_step["batch_tokens"] == plan.settings["reward.batch_tokens"] == 16384
+    need = rm_weights + step(2) + PROCESS_RUNTIME
     share = -(-need * 100 // M) / 100                                # rounded up to a hundredth of the GPU
     util = round(min(0.9, 1 - share - 0.01), 2)
-    assert line(plan, 0, "reward step") == step(32)
+    assert line(plan, 0, "reward step") == step(2)
     assert plan.reward_gpu == "shared" and plan.reward_share == share
     assert plan.settings["model.gpu_memory_utilization"] == util
     assert plan.settings["ray.reward_resources"] == {"num_cpus": 1, "num_gpus": share}

@@ -9,9 +9,12 @@ from helpers import base_config
 
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
-from pargs_batch.placement import REWARD_GPU_SHARE, plan
+from pargs_batch.memory import plan_memory
+from pargs_batch.placement import plan
+from pargs_batch.shapes import Devices
 
 ROOT = Path(__file__).resolve().parents[1]
+ARCH = ROOT / "tests" / "data" / "architectures"
 
 
 def config(world, tmp_path, workers=2, tp=1, **ray):
@@ -26,12 +29,18 @@ def test_on_a_cpu_cluster_every_actor_takes_one_cpu_and_pairs_share_a_bundle(wor
     assert p.bundles == [{"CPU": 2}, {"CPU": 2}] and p.gpu_memory_utilization is None
 
 
-def test_on_gpus_a_worker_shares_its_gpu_with_its_reward_actor(world, tmp_path):
-    p = plan(config(world, tmp_path, workers=8), actors=8, cluster_gpus=8)
-    assert p.engine == {"num_cpus": 1, "num_gpus": 1 - REWARD_GPU_SHARE}
-    assert p.reward == {"num_cpus": 1, "num_gpus": REWARD_GPU_SHARE}
+def test_on_gpus_a_worker_shares_its_gpu_with_its_reward_actor_as_the_memory_plan_says(world, tmp_path):
+    cfg = config(world, tmp_path, workers=8)
+    memory = plan_memory(cfg, Devices.given(8, "24GiB"))
+    share = memory.reward_share  # the tiny reward model and its actor's CUDA context: a few hundredths of a GPU
+    assert memory.reward_gpu == "shared" and 0 < share <= 0.05
+    p = plan(cfg, actors=8, cluster_gpus=8, memory=memory)
+    assert p.engine == {"num_cpus": 1, "num_gpus": round(1 - share, 2)}
+    assert p.reward == {"num_cpus": 1, "num_gpus": share}
     assert p.bundles == [{"CPU": 2, "GPU": 1.0}] * 8  # one device per pair: both actors get its id
-    assert p.gpu_memory_utilization == 0.75           # vLLM leaves the reward model its quarter
+    assert p.gpu_memory_utilization == min(0.9, round(1 - share, 3))
+    with pytest.raises(ValueError, match="memory plan"):  # no fixed guess of how a GPU is split
+        plan(cfg, actors=8, cluster_gpus=8)
 
 
 def test_without_reward_actors_a_worker_gets_whole_gpus_and_no_group(world, tmp_path):
@@ -60,8 +69,18 @@ def test_the_example_cluster_configs_fill_the_clusters_they_are_written_for(name
     raw = yaml.safe_load((ROOT / "jobs" / "configs" / name).read_text())
     if raw["data"]["source"].startswith("/"):  # the cluster's shared storage is not here
         raw["data"]["source"] = world["prompts"]
+    # their checkpoints' shapes, from config.json files with the real models' shapes (nothing downloads)
+    shapes = {"meta-llama/Meta-Llama-3-8B-Instruct": "llama-3.1-8b-instruct",
+              "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct",
+              "OpenAssistant/reward-model-deberta-v3-large-v2": "deberta-v3-large-reward",
+              "Skywork/Skywork-Reward-V2-Llama-3.2-3B": "skywork-reward-v2-llama-3.2-3b"}
     cfg = build(GenerateConfig, raw)
-    p = plan(cfg, actors=cfg.ray.num_workers, cluster_gpus=gpus_per_node * nodes)
+    local = build(GenerateConfig, {**raw, "model": {**raw["model"], "path": str(ARCH / shapes[raw["model"]["path"]])},
+                                   "reward": {**raw["reward"], "path": str(ARCH / shapes[raw["reward"]["path"]])}})
+    memory = plan_memory(local, Devices.given(gpus_per_node * nodes, "80GiB"))
+    assert memory.reward_gpu == "shared" and memory.max_model_len == cfg.model.max_model_len
+    cfg = memory.apply(cfg)
+    p = plan(cfg, actors=cfg.ray.num_workers, cluster_gpus=gpus_per_node * nodes, memory=memory)
     assert all(b["GPU"] <= gpus_per_node for b in p.bundles)  # a bundle fits on one node
     assert sum(b["GPU"] for b in p.bundles) == gpus_per_node * nodes  # and every GPU is used
     assert cfg.reward.input in ("pair", "chat") and cfg.output.path.startswith("/")
