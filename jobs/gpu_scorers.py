@@ -16,6 +16,11 @@ reward scorer takes.
 prefixes 8 and 16, 3 steps: seconds on CPU, where peak memory is reported as null - torch keeps no
 allocator statistics there).
 
+Each timed step is also set beside the memory plan: one more step's peak above what was allocated
+before it (``measure.peak_bytes``: torch's allocator on CUDA; every storage counted on CPU) against
+the plan's estimate of that step from the RM's config.json (``shapes.Architecture.forward_bytes``),
+``plan_over_measured`` - so the first GPU this runs on checks the plan's activation formulas.
+
 Cost at full scale, H200 (~990 TFLOP/s dense bf16, 4.8 TB/s). The largest hf step, 2,560 inputs of
 1,024 tokens through DeBERTa-v3-large (302M parameters besides the embeddings, 24 layers of width
 1,024), would be 2.6M tokens x (2 x 302M + 4 x 24 x 1,024 x 1,024 for attention) ~ 0.71 GFLOP = 1.9
@@ -215,7 +220,9 @@ def time_causal(scorer, s: Scale, dev: Device, base: int | None, weights: int | 
                     finite &= bool(np.isfinite(rewards).all())
             out[str(n)] = {"ms": 1000 * statistics.median(times), "start_ms": 1000 * start[0],
                            "session_mib": mib(held, base, weights),
-                           "peak_over_weights_mib": mib(mem["peak"], base, weights), "finite": finite}
+                           "peak_over_weights_mib": mib(mem["peak"], base, weights), "finite": finite,
+                           **plan_check(scorer.config.path, "causal", s, n,
+                                        lambda: (scorer.score_candidates(session, cands), scorer.commit(session, choice)))}
         except dev.torch.cuda.OutOfMemoryError:
             out[str(n)] = {"error": "out of memory"}
         session = None
@@ -244,6 +251,29 @@ def forward_flops(config, tokens: float, length: float) -> float:
     return tokens * (2 * body + 4 * layers * length * width)
 
 
+def plan_check(path: str, backend: str, s: Scale, n: int, step) -> dict:
+    """The memory plan's estimate of one guided step's activations (``shapes.Architecture``, from the
+    RM's config.json) against the peak one more step holds above what was allocated before it
+    (``measure.peak_bytes``: torch's allocator on CUDA, every storage counted on CPU)."""
+    from pargs_batch.measure import peak_bytes
+    from pargs_batch.shapes import Architecture
+
+    arch = Architecture.read(path, "classifier")
+    if backend == "causal":  # every row's k candidates, attending its n-token session
+        plan = arch.forward_bytes(s.rows, s.k, n + s.k, "bfloat16")
+    else:  # hf_batch texts a forward, each n tokens (the scorer pads a batch to its longest)
+        plan = arch.forward_bytes(min(s.hf_batch, s.rows * s.k), n, n, "bfloat16")
+    measured = peak_bytes(step, "cuda" if _on_cuda() else "cpu")
+    return {"plan_step_mib": mib(plan), "measured_step_mib": mib(measured),
+            "plan_over_measured": round(plan / measured, 3) if measured else None}
+
+
+def _on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def time_hf(scorer, s: Scale, dev: Device, base: int | None, weights: int | None, rng) -> dict:
     """Per prefix length: ms of one guided step of the hf backend - ``score_costed`` of B x k texts of
     that many tokens, re-tokenised as every step does (median of ``s.hf_steps``) - the tokens it read
@@ -267,7 +297,9 @@ def time_hf(scorer, s: Scale, dev: Device, base: int | None, weights: int | None
             out[str(n)] = {"ms": 1000 * seconds, "tokens_read": read,
                            "peak_over_weights_mib": mib(mem["peak"], base, weights),
                            "tflops": forward_flops(scorer.model.config, tokens.sum(), read) / seconds / 1e12,
-                           "finite": finite}
+                           "finite": finite,
+                           **plan_check(scorer.config.path, "hf", s, int(tokens.max()),
+                                        lambda: scorer.score_costed(prompts, responses))}
         except dev.torch.cuda.OutOfMemoryError:
             out[str(n)] = {"error": "out of memory"}
         dev.free()
@@ -429,13 +461,14 @@ def print_scorers(r: dict) -> None:
     print(f"  causal RM {m['causal']['params'] / 1e6:.1f}M params (weights {f(m['causal'].get('weights_mib'))} MiB), "
           f"hf RM {m['hf']['params'] / 1e6:.1f}M (weights {f(m['hf'].get('weights_mib'))} MiB); "
           "peak = the step's peak device memory above the weights, MiB")
-    print(f"  {'prefix':>6} | {'causal ms':>9} {'start ms':>9} {'session':>8} {'peak':>8} | "
-          f"{'hf ms':>9} {'tokens':>6} {'peak':>8} {'TFLOP/s':>7}")
+    print(f"  {'prefix':>6} | {'causal ms':>9} {'start ms':>9} {'session':>8} {'peak':>8} {'plan/meas':>9} | "
+          f"{'hf ms':>9} {'tokens':>6} {'peak':>8} {'TFLOP/s':>7} {'plan/meas':>9}")
     for n in steps["causal"]:
         c, h = steps["causal"][n], steps["hf"].get(n, {})
         print(f"  {n:>6} | {f(c.get('ms'), '.2f'):>9} {f(c.get('start_ms')):>9} {f(c.get('session_mib')):>8} "
-              f"{f(c.get('peak_over_weights_mib')):>8} | {f(h.get('ms'), '.2f'):>9} "
-              f"{f(h.get('tokens_read'), '.0f'):>6} {f(h.get('peak_over_weights_mib')):>8} {f(h.get('tflops')):>7}" +
+              f"{f(c.get('peak_over_weights_mib')):>8} {f(c.get('plan_over_measured'), '.2f'):>9} | "
+              f"{f(h.get('ms'), '.2f'):>9} {f(h.get('tokens_read'), '.0f'):>6} {f(h.get('peak_over_weights_mib')):>8} "
+              f"{f(h.get('tflops')):>7} {f(h.get('plan_over_measured'), '.2f'):>9}" +
               "".join(f"  [{b}: {x['error']}]" for b, x in (("causal", c), ("hf", h)) if "error" in x))
     p = r["processor"]
     print(f"  V2 processor: {p['rows']} rows, vocabulary {p['vocab']}, {p['steps']} steps from each prefix; "

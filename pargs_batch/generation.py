@@ -177,8 +177,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
             candidates = payload.candidates if config.output.keep_all_candidates else []
             totals.add(payload)
         else:
-            rows = row_maker.errors(prompts, f"{RETRYABLE}micro-batch failed after {config.ray.max_retries} "
-                                             f"retries: {payload}")
+            rows = row_maker.errors(prompts, f"{RETRYABLE}micro-batch {payload}")
         t0 = time.perf_counter()
         run.write(rows, candidates)
         totals.phase_s.io += time.perf_counter() - t0

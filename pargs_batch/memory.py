@@ -101,21 +101,19 @@ class MemoryPlan:
 
     def table(self) -> str:
         """Every device's lines in GiB, the settings and why."""
+        width = max([len(line.what) + 2 for d in self.layout for line in d.lines] +
+                    [len(d.name) for d in self.layout] + [24])
         out = [self.summary(), ""]
         for device in self.layout:
-            out.append(f"{device.name:<58} {'GiB':>8}")
-            for line in device.lines:
-                out.append(f"  {line.what:<56} {line.bytes / GIB:>8.2f}")
-            free = device.capacity - device.used
-            out.append(f"  {'free':<56} {free / GIB:>8.2f}")
-            out.append(f"  {'total':<56} {device.capacity / GIB:>8.2f}")
+            out.append(f"{device.name:<{width}} {'GiB':>7}")
+            rows = [(line.what, line.bytes) for line in device.lines]
+            rows += [("free", device.capacity - device.used), ("total", device.capacity)]
+            out += [f"  {what:<{width - 2}} {size / GIB:>7.2f}" for what, size in rows]
         if self.workers > 1:
             out.append(f"(x {self.workers} workers, each alike)")
         if self.settings:
-            out.append("")
-            out.append("settings the plan chose (left unset in the config):")
-            for key, value in self.settings.items():
-                out.append(f"  {key} = {_show(value)}   # {self.reasons.get(key, '')}")
+            out += ["", "settings the plan chose (left unset in the config):"]
+            out += [f"  {key} = {_show(value)}  # {self.reasons.get(key, '')}" for key, value in self.settings.items()]
         return "\n".join(out)
 
     def apply(self, config: GenerateConfig) -> GenerateConfig:
@@ -338,8 +336,8 @@ class _Planner:
             util = m.gpu_memory_utilization or VLLM_SHARE
             kv_bytes = int(util * M) - fixed
         kv_bytes = max(kv_bytes, 0)
-        kv_line = Line(f"KV cache ({kv_bytes // kv_per_token:,} tokens" + (" per rank" if self.tp > 1 else "") + ")",
-                       kv_bytes)
+        kv_line = Line(f"KV cache ({kv_bytes // kv_per_token:,} tokens" + (", its heads' share" if self.tp > 1 else "")
+                       + ")", kv_bytes)
         first = list(engine)
         if self.mode == "engine":
             first += reward_lines

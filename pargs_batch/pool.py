@@ -10,7 +10,8 @@ plain classes with ``ray.remote(...)``, with the resources and placement-group b
 ``placement.plan`` gives them (a worker and its reward actor share a bundle: one node, and by
 default on GPUs one device). Dead actors are restarted and their micro-batches
 retried by Ray up to ``ray.max_retries`` times; after that the driver writes those rows as errors.
-``LocalPool`` is the same interface without Ray.
+A worker whose vLLM engine dies (while the worker lives) replaces the engine itself, up to
+``ray.max_retries`` times, in either pool. ``LocalPool`` is the same interface without Ray.
 """
 
 from __future__ import annotations
@@ -65,25 +66,65 @@ class LockedEngine:
         return self._locked(self.engine.fused_records, keys, last_tokens)
 
 
+def engine_died(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) says vLLM's engine core is dead: its process exited or
+    stopped answering (an out-of-memory error, a hung or killed worker). Such an engine answers every
+    later request the same way; only a new one helps."""
+    while error is not None:
+        if type(error).__name__ == "EngineDeadError":
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class DecodeWorker:
-    """Runs micro-batches through its own engine; thread-safe for concurrent ``generate`` calls."""
+    """Runs micro-batches through its own engine; thread-safe for concurrent ``generate`` calls.
+
+    A micro-batch that finds the engine dead starts a new engine (and, in fused mode, its in-engine
+    guide) and runs again, up to ``ray.max_retries`` restarts of the worker's life; the rows of a
+    micro-batch are made from its prompts alone, so the rerun writes what an uninterrupted run would."""
 
     def __init__(self, config: GenerateConfig, scorer=None):
         """``scorer``: a remote reward scorer; None loads what the config needs in this process."""
         self.config = config
         self.models = Models()  # owned: closed with the worker
+        self.remote = scorer
         self.engine, self.tokenizer, local = self.models.for_config(config, load_scorer=scorer is None)
         self.scorer = scorer or local
         self.lock = threading.Lock()
+        self.restarts = 0
 
     @classmethod
     def from_models(cls, config: GenerateConfig, engine, tokenizer, scorer) -> DecodeWorker:
-        """A worker around models already loaded (tests, the demo and the bench share them)."""
+        """A worker around models already loaded (tests, the demo and the bench share them); it cannot
+        replace an engine it does not own."""
         worker = cls.__new__(cls)
         worker.config, worker.engine, worker.tokenizer, worker.scorer = config, engine, tokenizer, scorer
         worker.models = None  # the caller's: left open
         worker.lock = threading.Lock()
+        worker.restarts = 0
         return worker
+
+    def restart(self, dead) -> None:
+        """Replace the engine ``dead`` with a new one (unless another thread already has): the dead
+        one is shut down, the tokenizer and a local reward scorer are kept."""
+        from pargs_batch.console import console
+
+        with self.lock:
+            if self.engine is not dead:
+                return
+            if self.restarts >= self.config.ray.max_retries:
+                raise RuntimeError(f"the vLLM engine died again after {self.restarts} restart(s); gave up "
+                                   f"(ray.max_retries={self.config.ray.max_retries})")
+            self.restarts += 1
+            console.say(f"generate: the vLLM engine died; starting a new one (restart {self.restarts} of at most "
+                        f"{self.config.ray.max_retries}) and running its micro-batches again")
+            try:
+                self.models.close()  # the dead engine's processes, waited for
+            except Exception:  # noqa: BLE001 - a dead engine may fail its own shutdown
+                self.models.engines.clear()
+            self.engine, self.tokenizer, local = self.models.for_config(self.config, load_scorer=self.remote is None)
+            self.scorer = self.remote or local
 
     def guide_info(self) -> GuideInfo | None:
         """What the engine's fused guidance reports of its start (``Engine.guide_info``)."""
@@ -98,8 +139,18 @@ class DecodeWorker:
         """One micro-batch: its rows, best-of-n candidates, per-phase seconds and token count. Each row
         that reached the engine gets an equal share of the micro-batch's wall seconds as ``wall_s``
         (queueing for the engine included: with several micro-batches in flight the shares sum to
-        more than the run's wall)."""
-        engine = LockedEngine(self.engine, self.lock)
+        more than the run's wall). An engine found dead is replaced and the micro-batch run again."""
+        while True:
+            engine = self.engine
+            try:
+                return self._generate(engine, prompts)
+            except Exception as e:
+                if self.models is None or not engine_died(e):
+                    raise
+                self.restart(engine)
+
+    def _generate(self, current, prompts: list[PromptRow]) -> MicroBatchResult:
+        engine = LockedEngine(current, self.lock)
         t0 = time.perf_counter()
         result = make_runner(self.config, engine, self.tokenizer, self.scorer).run(prompts)
         # shared by the rows that cost something (a prompt refused before generation took no time)
@@ -129,7 +180,7 @@ class LocalPool:
         try:
             self.done.append((key, ("ok", self.worker.generate(prompts))))
         except Exception as e:  # noqa: BLE001 - the driver turns it into error rows
-            self.done.append((key, ("error", f"{type(e).__name__}: {e}")))
+            self.done.append((key, ("error", f"failed: {type(e).__name__}: {e}")))
 
     def pending(self) -> int:
         return len(self.done)
@@ -169,6 +220,7 @@ class RayPool:
         # wait for the models to load, so that start-up is not counted as generation time
         ray.get([w.ready.remote() for w in self.workers] + [a.score.remote([], []) for a in self.rewards])
         self.capacity = r.num_workers * r.inflight_per_worker
+        self.retries = r.max_retries
         self.load = [0] * r.num_workers
         self.inflight: dict = {}  # ObjectRef -> (key, worker index)
 
@@ -192,7 +244,7 @@ class RayPool:
             return key, ("ok", ray.get(ref))
         except ray.exceptions.RayError as e:
             cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            return key, ("error", f"{type(e).__name__}: {cause}")
+            return key, ("error", f"failed after {self.retries} retries: {type(e).__name__}: {cause}")
 
     def guide_info(self) -> list:
         import ray

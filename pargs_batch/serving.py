@@ -39,6 +39,10 @@ from pargs_batch.guidance import GuideArgs
 ROUTES = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> is chat
 TOKENWISE = [name for name, m in METHODS.items() if m.tokenwise]
 OURS = ("method", "beta", "id", "reward_weights", "guidance")  # request fields vLLM does not know
+# sampling penalties and their neutral values: vLLM 0.32's model runners order them differently
+# against logits processors (V2, CUDA: penalties first; V1, CPU: processors first), so guided
+# requests take none
+PENALTIES = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
 class RequestError(ValueError):
@@ -134,6 +138,12 @@ class Policy:
                     raise RequestError(name, ours[name], "not with guidance: false")
             return body, None
 
+        for name, neutral in PENALTIES.items():
+            if body.get(name) is not None and body[name] != neutral:
+                raise RequestError(name, body[name], f"{neutral} (or omitted) with guidance: vLLM's CUDA model runner "
+                                   "applies penalties before the guidance sees the logits and its CPU runner after "
+                                   "it, so a penalised guided request would get other tokens on a GPU than on CPU "
+                                   "(guidance: false takes penalties)")
         method = ours.get("method", d.method)
         if method not in TOKENWISE:
             raise RequestError("method", method, "one of " + ", ".join(TOKENWISE))

@@ -152,10 +152,17 @@ def reward_input(path: str) -> tuple[str, str, str | None]:
 
 
 def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split: str = "train",
-                 output: str | None = None) -> str:
+                 output: str | None = None, memory=None) -> str:
     """The commented config: PARGS (or top-k sampling without a reward model) on ``data``, in this
-    process; every choice ``init`` made says why."""
+    process; every choice ``init`` made says why. ``memory``: the memory plan of the config on this
+    machine, whose model and reward choices (caps, dtypes, vLLM's share) are written as keys."""
     method = "pargs" if reward else "topk"
+    chosen = {} if memory is None else {k: (v, memory.reasons.get(k, "")) for k, v in memory.settings.items()}
+
+    def planned(section: str) -> list[str]:
+        return [f"  {key.split('.', 1)[1]}: {json.dumps(value)}   # memory plan: {why}"
+                for key, (value, why) in chosen.items() if key.startswith(section + ".")]
+
     name = Path(data.split("?")[0]).stem or "run"
     lines = [
         "# Written by `pargs-batch init`: a starting config that runs as written",
@@ -164,6 +171,7 @@ def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split
         f"  path: {json.dumps(llm)}",
         f"  # ends a response: {', '.join(f'{t} ({i})' for t, i in zip(found.eos_tokens, found.eos_ids)) or 'none found'}"
         " (the tokenizer's EOS and the generation config's eos_token_id)",
+        *planned("model"),
     ]
     if reward:
         lines += [
@@ -174,6 +182,8 @@ def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split
             "  backend: autoregressive   # an autoregressive reward model (rm_training mode autoregressive): its "
             "summed token log-probabilities" if found.reward_autoregressive else
             "  # backend: causal   # faster when the reward model is a causal LM sharing the LLM's tokenizer",
+            *(planned("reward") or ["  dtype: auto   # the checkpoint's own (a float32 checkpoint runs in bfloat16 on "
+                                    "a GPU)"]),
         ]
     else:
         lines += ["# reward:            # give a reward model (and decode.method: pargs) for guided decoding",
@@ -208,6 +218,8 @@ def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split
         "  enabled: false       # true: a Ray pool of ray.num_workers engines (a cluster, or a local Ray)",
     ]
     lines += [f"# note: {n}" for n in found.notes]
+    if memory is not None:
+        lines.append(f"# {memory.summary()}   (pargs-batch plan --config <this file> shows every device)")
     return "\n".join(lines) + "\n"
 
 
@@ -220,8 +232,19 @@ def write_starter(out: str | Path, llm: str, reward: str | None, data: str, spli
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError("--out", str(out), "the file exists (--force replaces it)")
+    from pargs_batch.memory import plan_memory
+    from pargs_batch.shapes import Devices
+
     found = inspect(llm, reward, data, split)
     text = starter_yaml(llm, reward, data, found, split)
+    devices = Devices.detect()
+    try:  # the caps and dtypes this machine's devices need, written as keys (on a GPU; a refusal stops here)
+        memory = plan_memory(GenerateConfig.from_dict(yaml.safe_load(text)), devices)
+    except ConfigError as e:
+        if devices.gpu or e.key != "memory plan":
+            raise
+        memory = None
+    text = starter_yaml(llm, reward, data, found, split, memory=memory)
     GenerateConfig.from_dict(yaml.safe_load(text))  # what it writes loads (a failure here is init's bug)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -70,7 +70,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_site_builds_strict_with_every_page(site):
     nav_pages = ["index.md", "quickstart.md", "generating.md", "configuration.md", "serving.md", "methods.md",
-                 "real-models.md", "modes.md", "outputs.md", "ray.md", "evaluation.md", "compare.md", "training.md",
+                 "real-models.md", "gpu.md", "modes.md", "outputs.md", "ray.md", "evaluation.md", "compare.md", "training.md",
                  "world.md", "benchmarks.md", "architecture.md", "testing.md"]
     for page in nav_pages:
         built = site / "index.html" if page == "index.md" else site / page.removesuffix(".md") / "index.html"

@@ -1,8 +1,8 @@
 """The memory plan against hand arithmetic and measured peaks.
 
-Real architectures without their weights: ``tests/data/architectures`` holds the config.json files of
-Llama-3.1-8B-Instruct, Qwen2.5-7B-Instruct, Skywork-Reward-Llama-3.1-8B, a DeBERTa-v3-large reward
-model and Llama-3.2-1B (their real shapes). Every figure the plan prints for them is recomputed here
+Real architectures without their weights: ``tests/data/architectures/<hub id>`` holds the config.json
+files of Llama-3.1-8B-Instruct, Qwen2.5-7B-Instruct, Skywork-Reward-Llama-3.1-8B-v0.2, OpenAssistant's
+DeBERTa-v3-large reward model, Llama-3.2-1B and Skywork-Reward-V2-Llama-3.2-3B (their real shapes). Every figure the plan prints for them is recomputed here
 by hand, on 1 and 8 80 GiB GPUs and on 24 GiB cards; the activation and KV formulas are checked
 against what torch actually holds for small models of each family on CPU (``measure.peak_bytes``).
 No GPU is used: the devices are given, as ``pargs-batch plan --gpus N --gpu-memory X`` gives them.
@@ -23,8 +23,8 @@ from pargs_batch.shapes import GIB, Architecture, Devices, parse_size, resolved_
 
 ARCH = Path(__file__).parent / "data" / "architectures"
 LLAMA8, QWEN7, SKYWORK, DEBERTA, LLAMA1 = (str(ARCH / n) for n in (
-    "llama-3.1-8b-instruct", "qwen2.5-7b-instruct", "skywork-reward-llama-3.1-8b", "deberta-v3-large-reward",
-    "llama-3.2-1b"))
+    "meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2",
+    "OpenAssistant/reward-model-deberta-v3-large-v2", "meta-llama/Llama-3.2-1B"))
 H100, H100x8, L4 = Devices.given(1, "80GiB"), Devices.given(8, "80GiB"), Devices.given(1, "24GiB")
 
 
@@ -320,3 +320,61 @@ def test_kv_state_and_an_lm_heads_log_softmax_against_measured(tmp_path):
     assert cache == rows * tokens * arch.kv_bytes_per_token("float32")  # exact
     estimate = arch.forward_bytes(rows, tokens, tokens, "float32", logits=1, mask=False) + cache
     assert abs(estimate - measured) / measured < 0.15, (estimate, measured)
+
+
+# ------------------------------------------------------------------ the GPU page, run as written
+
+def page_examples() -> tuple[dict, list]:
+    """docs/gpu.md's config files (```yaml title="NAME"```) and its `pargs-batch plan` commands with
+    what they print."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "gpu.md").read_text()
+    files = dict(re.findall(r'```yaml title="([^"]+)"\n(.*?)```', text, re.S))
+    runs = []
+    for block in re.findall(r"```console\n(.*?)```", text, re.S):
+        command, _, printed = block.partition("\n")
+        if command.startswith("$ pargs-batch plan "):
+            runs.append((command[2:].split(), printed.rstrip("\n")))
+    return files, runs
+
+
+def local_shapes(text: str) -> str:
+    """Hub ids of the page's models -> the config.json copies of their shapes in tests/data."""
+    for hub in ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-7B-Instruct",
+                "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2", "OpenAssistant/reward-model-deberta-v3-large-v2"):
+        text = text.replace(hub, str(ARCH / hub))
+    return text
+
+
+def test_the_gpu_pages_plans_print_as_written(tmp_path, capsys, monkeypatch):
+    from pargs_batch.cli import main
+
+    files, runs = page_examples()
+    assert len(files) == 4 and len(runs) == 5  # four worked plans and a refusal
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(local_shapes(text))
+    for argv, printed in runs:
+        code = main([local_shapes(a) for a in argv[1:]] + ["--verbose"])
+        out = capsys.readouterr()
+        assert (out.out + out.err).rstrip("\n") == printed, " ".join(argv)
+        assert code == (2 if printed.startswith("config error") else 0)
+
+
+def test_init_writes_the_caps_and_dtypes_the_plan_chose(world):
+    """On a GPU, `init` writes the plan's model and reward choices as keys (here planned for an 80 GiB
+    card, as `init` does on one); the file loads."""
+    import yaml
+
+    from pargs_batch.starter import inspect, starter_yaml
+
+    found = inspect(world["llm"], world["reward_model"], world["prompts"])
+    plain = starter_yaml(world["llm"], world["reward_model"], world["prompts"], found)
+    assert "  dtype: auto   #" in plain  # no plan: the reward model's dtype is its checkpoint's
+    memory = plan_memory(GenerateConfig.from_dict(yaml.safe_load(plain)), H100)
+    text = starter_yaml(world["llm"], world["reward_model"], world["prompts"], found, memory=memory)
+    loaded = GenerateConfig.from_dict(yaml.safe_load(text))
+    assert loaded.model.gpu_memory_utilization == memory.settings["model.gpu_memory_utilization"] == 0.9
+    assert loaded.model.max_num_seqs == 1024 and loaded.reward.dtype == "bfloat16"  # a float32 RM on a GPU
+    assert "# memory plan: 1 x 80.0 GiB CUDA" in text

@@ -70,10 +70,8 @@ def test_the_example_cluster_configs_fill_the_clusters_they_are_written_for(name
     if raw["data"]["source"].startswith("/"):  # the cluster's shared storage is not here
         raw["data"]["source"] = world["prompts"]
     # their checkpoints' shapes, from config.json files with the real models' shapes (nothing downloads)
-    shapes = {"meta-llama/Meta-Llama-3-8B-Instruct": "llama-3.1-8b-instruct",
-              "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct",
-              "OpenAssistant/reward-model-deberta-v3-large-v2": "deberta-v3-large-reward",
-              "Skywork/Skywork-Reward-V2-Llama-3.2-3B": "skywork-reward-v2-llama-3.2-3b"}
+    shapes = {"meta-llama/Meta-Llama-3-8B-Instruct": "meta-llama/Llama-3.1-8B-Instruct"}  # Llama-3's shapes, 8k
+    shapes = {hub: shapes.get(hub, hub) for hub in (raw["model"]["path"], raw["reward"]["path"])}
     cfg = build(GenerateConfig, raw)
     local = build(GenerateConfig, {**raw, "model": {**raw["model"], "path": str(ARCH / shapes[raw["model"]["path"]])},
                                    "reward": {**raw["reward"], "path": str(ARCH / shapes[raw["reward"]["path"]])}})

@@ -107,6 +107,10 @@ def test_request_fields_map_onto_the_batch_rows_settings(policy):
     assert json.loads(body["vllm_xargs"]["pargs_batch"])["prompt"] == [{"role": "user", "content": "hi"}]
     body, method = policy.translate({"prompt": "x", "guidance": False, "top_k": 5}, chat=False)
     assert method is None and "vllm_xargs" not in body and body["top_k"] == 5  # vLLM's own sampling
+    body, method = policy.translate({"prompt": "x", "guidance": False, "repetition_penalty": 1.3}, chat=False)
+    assert method is None and body["repetition_penalty"] == 1.3  # penalties without guidance are vLLM's
+    body, method = policy.translate({"prompt": "x", "repetition_penalty": 1.0, "presence_penalty": 0}, chat=False)
+    assert method == "pargs"  # neutral values change nothing on either runner
 
 
 @pytest.mark.parametrize("field, value, allowed", [
@@ -123,6 +127,9 @@ def test_request_fields_map_onto_the_batch_rows_settings(policy):
     ("n", 2, "1: one response per request"),
     ("prompt", ["a", "b"], "one prompt string per guided request"),
     ("guidance", "yes", "true (reward guidance, the default) or false"),
+    ("repetition_penalty", 1.2, "1.0 (or omitted) with guidance: vLLM's CUDA model runner applies penalties before"),
+    ("presence_penalty", 0.5, "0.0 (or omitted) with guidance"),
+    ("frequency_penalty", -0.1, "0.0 (or omitted) with guidance"),
 ])
 def test_a_bad_field_is_refused_naming_the_field_the_value_and_what_is_allowed(policy, field, value, allowed):
     with pytest.raises(RequestError) as e:
