@@ -144,7 +144,7 @@ def run_generate(config: GenerateConfig, models=None, progress: bool = True) -> 
         init_ray(config.ray.address)
         records = source.ray_records()
         devices = cluster_devices()
-    memory = plan_run(config, devices)
+    memory = plan_run(config, devices, say=models is None)  # a caller sharing its models has planned them
     # what the plan chose runs; the run's identity stays the config's (a resume on other GPUs matches)
     planned = memory.apply(config) if memory is not None else config
     pool, startup, guidance = None, 0.0, []

@@ -121,7 +121,11 @@ class MemoryPlan:
         return with_settings(config, self.settings)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The plan's decisions (the run summary's ``memory``); the per-device lines are the table's."""
+        d = dataclasses.asdict(self)
+        d.pop("layout")
+        d["devices"] = f"{self.devices.count} x {self.devices.bytes / GIB:.1f} GiB {self.devices.kind}"
+        return d
 
 
 def _show(value) -> str:
@@ -186,7 +190,6 @@ class _Planner:
         self.seqs_default, self.batched = vllm_defaults(devices, self.tp)
         self.k = d.top_k if d.top_k > 0 else 1
         self.whole_vocab = d.top_k == 0
-        self.incremental = bool(rewards) and rewards[0].config.backend != "hf"
 
     # -------------------------------------------------------------- the pieces
 
@@ -335,6 +338,8 @@ class _Planner:
         else:
             util = m.gpu_memory_utilization or VLLM_SHARE
             kv_bytes = int(util * M) - fixed
+        if m.kv_cache_memory_bytes:  # the user's fixed KV cache: vLLM takes it whatever its share
+            kv_bytes = m.kv_cache_memory_bytes
         kv_bytes = max(kv_bytes, 0)
         kv_line = Line(f"KV cache ({kv_bytes // kv_per_token:,} tokens" + (", its heads' share" if self.tp > 1 else "")
                        + ")", kv_bytes)
@@ -377,7 +382,8 @@ class _Planner:
         settings, reasons = {}, {}
         gpu = self.devices.gpu
         if gpu:
-            if m.gpu_memory_utilization is None and attempt["util"] is not None:
+            vllm_sized = m.gpu_memory_utilization is None and m.kv_cache_memory_bytes is None
+            if vllm_sized and attempt["util"] is not None:
                 settings["model.gpu_memory_utilization"] = attempt["util"]
                 reasons["model.gpu_memory_utilization"] = (
                     "vLLM's share of the GPU: what the reward model beside it leaves" if attempt["share"]
@@ -466,10 +472,10 @@ class _Planner:
                           f"GiB, and the KV cache left holds {attempt['kv_tokens']:,} tokens; try {hint}")
 
 
-def plan_run(config: GenerateConfig, devices=None) -> MemoryPlan | None:
-    """The run's memory plan, said in one line (the table goes to the log). On a GPU a plan that does
-    not fit is refused (``ConfigError``); on CPU, where nothing is decided, a checkpoint whose shape
-    cannot be read only loses the plan."""
+def plan_run(config: GenerateConfig, devices=None, say: bool = True) -> MemoryPlan | None:
+    """The run's memory plan, said in one line (``say``; else logged) with the table in the log. On a
+    GPU a plan that does not fit is refused (``ConfigError``); on CPU, where nothing is decided, a
+    checkpoint whose shape cannot be read only loses the plan."""
     from pargs_batch.console import console
 
     devices = devices or Devices.detect()
@@ -480,7 +486,8 @@ def plan_run(config: GenerateConfig, devices=None) -> MemoryPlan | None:
             raise
         log.warning("no memory plan: %s", e)
         return None
-    console.say(plan.summary())
+    if say:
+        console.say(plan.summary())
     log.info("%s", plan.table())
     return plan
 
