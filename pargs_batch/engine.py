@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -146,6 +147,8 @@ class Engine:
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
         # every mode stops on the same set (vLLM's own default would add only generation_config's)
         self.eos_ids = eos_token_ids(config.path, self.llm.get_tokenizer())
+        self.closing = threading.Event()
+        watch_engine_core(self.llm, self.closing)
 
     def topk(self, prefixes: list[list[int]], k: int, prefill: list | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +239,37 @@ class Engine:
     def close(self) -> None:
         """Stop vLLM's engine core (and its processes) now, waiting for them, rather than have vLLM
         force-kill them at interpreter exit."""
+        self.closing.set()
         self.llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_S)
+
+
+def watch_engine_core(llm, closing: threading.Event) -> None:
+    """Wake a call waiting on an engine core that has died. vLLM's own monitor marks such an engine
+    dead and shuts its client down, but a ``generate`` already waiting for the core's output waits
+    forever (the client's output thread exits without a word); this puts vLLM's ``EngineDeadError``
+    where that call waits, so the caller can replace the engine. An engine in this process (the
+    fused CPU layout) has no core process to watch: its death is this process's."""
+    client = llm.llm_engine.engine_core
+    manager = getattr(getattr(client, "resources", None), "engine_manager", None)
+    outputs = getattr(client, "outputs_queue", None)
+    if manager is None or outputs is None:
+        return
+    sentinels = [process.sentinel for process in manager.processes]
+
+    def watch():
+        from multiprocessing.connection import wait
+
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        wait(sentinels)
+        if closing.is_set():
+            return
+        outputs.put_nowait(EngineDeadError())
+        for future in list(getattr(client, "utility_results", {}).values()):  # a collective_rpc waiting
+            if not future.done():
+                future.set_exception(EngineDeadError())
+
+    threading.Thread(target=watch, name="pargs-engine-watch", daemon=True).start()
 
 
 @contextlib.contextmanager
