@@ -70,9 +70,11 @@ def engine_died(error: BaseException) -> bool:
     """Whether ``error`` (or what caused it) says vLLM's engine core is dead: its process exited or
     stopped answering (an out-of-memory error, a hung or killed worker). Such an engine answers every
     later request the same way; only a new one helps."""
-    while error is not None:
+    seen = set()
+    while error is not None and id(error) not in seen:
         if type(error).__name__ == "EngineDeadError":
             return True
+        seen.add(id(error))
         error = error.__cause__ or error.__context__
     return False
 

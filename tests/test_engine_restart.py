@@ -92,3 +92,20 @@ def test_after_max_retries_restarts_the_worker_gives_up_with_a_clear_error(world
     worker.config, worker.engine, worker.restarts, worker.lock = cfg, object(), 0, threading.Lock()
     with pytest.raises(RuntimeError, match=r"died again after 0 restart\(s\); gave up \(ray.max_retries=0\)"):
         worker.restart(worker.engine)
+
+
+def test_engine_death_is_read_through_the_exception_chain():
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from pargs_batch.pool import engine_died
+
+    try:
+        try:
+            raise EngineDeadError()
+        except EngineDeadError as dead:
+            raise RuntimeError("a runner's own error around it") from dead
+    except RuntimeError as wrapped:
+        assert engine_died(wrapped)
+    a, b = ValueError("a"), KeyError("b")
+    a.__context__, b.__context__ = b, a  # a cycle ends the walk
+    assert not engine_died(a) and not engine_died(TimeoutError())
