@@ -62,9 +62,10 @@ def test_a_killed_engine_core_is_replaced_and_every_row_is_written_once(world, t
     if mode == "stepped":  # the session's engine: an uninterrupted run costs no engine start
         run_generate(build(GenerateConfig, reference), models=models, progress=False)
     if mode == "fused":
-        # vLLM's own layout: the engine core in a process of its own, so it can be killed alone
-        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+        # the uninterrupted run in this process (the CPU default: the quickest start); the killed run
+        # in vLLM's own layout, the engine core in a process of its own, so it can be killed alone
         run_generate(build(GenerateConfig, reference), progress=False)
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     cfg = base_config(world, tmp_path, **sections)
     out = tmp_path / "killed"
     cfg["output"]["path"] = str(out)
