@@ -222,7 +222,7 @@ def time_causal(scorer, s: Scale, dev: Device, base: int | None, weights: int | 
                            "session_mib": mib(held, base, weights),
                            "peak_over_weights_mib": mib(mem["peak"], base, weights), "finite": finite,
                            **plan_check(scorer.config.path, "causal", s, n,
-                                        lambda: (scorer.score_candidates(session, cands), scorer.commit(session, choice)))}
+                                        lambda: (scorer.score_candidates(session, cands), scorer.commit(session, choice)), dev)}
         except dev.torch.cuda.OutOfMemoryError:
             out[str(n)] = {"error": "out of memory"}
         session = None
@@ -251,7 +251,7 @@ def forward_flops(config, tokens: float, length: float) -> float:
     return tokens * (2 * body + 4 * layers * length * width)
 
 
-def plan_check(path: str, backend: str, s: Scale, n: int, step) -> dict:
+def plan_check(path: str, backend: str, s: Scale, n: int, step, dev: Device) -> dict:
     """The memory plan's estimate of one guided step's activations (``shapes.Architecture``, from the
     RM's config.json) against the peak one more step holds above what was allocated before it
     (``measure.peak_bytes``: torch's allocator on CUDA, every storage counted on CPU)."""
@@ -263,15 +263,9 @@ def plan_check(path: str, backend: str, s: Scale, n: int, step) -> dict:
         plan = arch.forward_bytes(s.rows, s.k, n + s.k, "bfloat16")
     else:  # hf_batch texts a forward, each n tokens (the scorer pads a batch to its longest)
         plan = arch.forward_bytes(min(s.hf_batch, s.rows * s.k), n, n, "bfloat16")
-    measured = peak_bytes(step, "cuda" if _on_cuda() else "cpu")
+    measured = peak_bytes(step, dev.name)
     return {"plan_step_mib": mib(plan), "measured_step_mib": mib(measured),
             "plan_over_measured": round(plan / measured, 3) if measured else None}
-
-
-def _on_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def time_hf(scorer, s: Scale, dev: Device, base: int | None, weights: int | None, rng) -> dict:
@@ -299,7 +293,7 @@ def time_hf(scorer, s: Scale, dev: Device, base: int | None, weights: int | None
                            "tflops": forward_flops(scorer.model.config, tokens.sum(), read) / seconds / 1e12,
                            "finite": finite,
                            **plan_check(scorer.config.path, "hf", s, int(tokens.max()),
-                                        lambda: scorer.score_costed(prompts, responses))}
+                                        lambda: scorer.score_costed(prompts, responses), dev)}
         except dev.torch.cuda.OutOfMemoryError:
             out[str(n)] = {"error": "out of memory"}
         dev.free()

@@ -22,8 +22,8 @@ import numpy as np
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.kv_cache import BufferedLayer, left_padded, stack_sessions
+from pargs_batch.shapes import LOGIT_POSITIONS
 
-LOGIT_POSITIONS = 256  # positions whose vocabulary log-softmax is held at once when a response is re-read
 MARKER = "pargs_batch_reward"  # the checkpoint config's record of what kind of reward model it is
 
 

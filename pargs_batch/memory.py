@@ -34,7 +34,7 @@ from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import METHODS
 from pargs_batch.scorers import reward_placement
-from pargs_batch.shapes import GIB, Architecture, Devices, resolved_dtype, vllm_defaults
+from pargs_batch.shapes import GIB, LOGIT_POSITIONS, Architecture, Devices, resolved_dtype, vllm_defaults
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ ENGINE_RUNTIME = 2 * GIB       # vLLM's process outside torch's tensors: CUDA co
 PROCESS_RUNTIME = GIB // 2     # another process on the GPU (a Ray reward actor): its CUDA context, cuBLAS
 REWARD_FORWARD_TOKENS = 16384  # the most padded tokens a reward forward is planned with: as vLLM's own step
                                # budget (max_num_batched_tokens), a forward this large already fills a GPU
-LOGIT_POSITIONS = 256         # autoregressive_reward.LOGIT_POSITIONS
 KV_SPARE = 64                  # tokens a causal / autoregressive KV session keeps beyond its rows (kv_cache)
 MIN_CONTEXT = 512              # the shortest context the plan will cap model.max_model_len to
 SAMPLER_COPIES = 2             # vLLM's sampler: float32 logits and their log-softmax, max_num_seqs x vocab
@@ -313,13 +312,13 @@ class _Planner:
         if guide:
             reward_lines.append(Line(f"guide buffers ({seqs} rows x {self.llm.vocab} vocabulary, float32)", guide))
         reward_total = sum(line.bytes for line in reward_lines)
-        kv_per_token = self.llm.kv_bytes_per_token(self._kv_dtype(), self.tp)
+        kv_per_token = self.llm.kv_bytes_per_token(self.llm_dtype, self.tp)
         if not dev.gpu:
             kv_bytes = m.kv_cache_memory_bytes or int((m.gpu_memory_utilization or 0.2) * M)
             lines = engine + reward_lines + [Line(f"KV cache ({kv_bytes // kv_per_token:,} tokens)", kv_bytes)]
             layout = [DevicePlan("CPU memory (this machine)", M, lines)]
             return dict(layout=layout, fits=True, kv_tokens=kv_bytes // kv_per_token, util=None, share=None,
-                        dedicated=False, reward_total=reward_total)
+                        dedicated=False)
         fixed = sum(line.bytes for line in engine)
         runtime = PROCESS_RUNTIME if self.mode == "actor" and self.rewards else 0
         need = reward_total + runtime
@@ -363,8 +362,7 @@ class _Planner:
         fits = util > 0 and kv_tokens >= context and all(p.used <= p.capacity for p in layout)
         if share is not None and given:  # the user's share must hold the reward model
             fits = fits and need <= given * M
-        return dict(layout=layout, fits=fits, kv_tokens=kv_tokens, util=util, share=share, dedicated=dedicated,
-                    reward_total=reward_total)
+        return dict(layout=layout, fits=fits, kv_tokens=kv_tokens, util=util, share=share, dedicated=dedicated)
 
     def _dedicated_room(self) -> bool:
         """Whether the run has a spare GPU for each engine's reward model: a Ray reward actor's (as
@@ -373,9 +371,6 @@ class _Planner:
             return self.devices.count >= self.workers * (self.tp + 1)
         return not self.config.ray.enabled and self.tp == 1 and self.devices.count >= 2 \
             and self.config.reward.device == "auto"
-
-    def _kv_dtype(self) -> str:
-        return self.llm_dtype
 
     def _result(self, attempt: dict, context: int, seqs: int, budget: int) -> MemoryPlan:
         m, r, rr = self.config.model, self.config.reward, self.config.ray

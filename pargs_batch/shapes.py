@@ -21,6 +21,7 @@ from pargs_batch.configlib import ConfigError
 
 GIB = 1 << 30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+LOGIT_POSITIONS = 256  # positions whose vocabulary log-softmax the autoregressive RM holds at once re-reading a response
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ class Architecture:
         family = "encoder" if kind.startswith(("deberta", "bert", "roberta", "electra")) else \
             "gpt2" if kind in ("gpt2", "gpt_bigcode") else "gated"
         intermediate = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
-        dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
         buckets = int(getattr(text, "position_buckets", 0) or 0) if family == "encoder" else 0
         if family == "encoder" and buckets <= 0:
             buckets = int(getattr(text, "max_relative_positions", -1) or -1)
@@ -70,7 +70,7 @@ class Architecture:
                    params=count_params(config, head, trust_remote_code), layers=int(text.num_hidden_layers),
                    hidden=hidden, heads=heads, kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
                    head_dim=int(head_dim), intermediate=int(intermediate), vocab=int(text.vocab_size),
-                   max_positions=getattr(text, "max_position_embeddings", None), dtype=dtype.replace("torch.", ""),
+                   max_positions=getattr(text, "max_position_embeddings", None), dtype=config_dtype(config),
                    position_buckets=buckets)
 
     def weight_bytes(self, dtype: str) -> int:
@@ -131,7 +131,11 @@ def checkpoint_dtype(path: str) -> str:
     """The dtype a checkpoint's config.json records (float32 when it records none)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path)
+    return config_dtype(AutoConfig.from_pretrained(path))
+
+
+def config_dtype(config) -> str:
+    """The dtype a loaded config records, as a DTYPE_BYTES name (float32 when it records none)."""
     dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
     dtype = dtype.replace("torch.", "")
     return dtype if dtype in DTYPE_BYTES else "float32"
