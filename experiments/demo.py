@@ -1,6 +1,6 @@
 """`pargs-batch demo`: the paper's Table 1 in miniature on the default world, offline.
 
-An experiment on top of the library: ``pargs-batch compare`` (``pargs_batch.comparison.compare_runs``)
+An experiment on top of the library: ``pargs-batch compare`` (``pargs_batch.comparison.run.compare_runs``)
 applied to the world, then ``diagnose_models`` and a beta sweep, like any caller.
 
 Builds (or reuses) the default world, generates for its held-out prompts with every method - one
@@ -71,10 +71,10 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
              sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5,
              with_trained_baselines: bool = False, rm_seeds: int | None = None) -> dict:
-    from pargs_batch.comparison import compare_runs, judge_seed_rows, seed_rows
+    from pargs_batch.comparison.run import compare_runs, judge_seed_rows, seed_rows
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     from experiments.world.default import (DefaultWorldSpec, built_world, check_seed_count, ensure_world,
                                             fingerprint_note)
@@ -146,7 +146,7 @@ def compare_plan(world: dict, runs, policies: dict, seeds: int = 1):
     backend), once per reward-model seed (``label seed=i``) when there are several; the fine-tuned
     baselines with their checkpoint as the LLM."""
     from experiments.world.default import reward_seed_paths
-    from pargs_batch.comparison import Run
+    from pargs_batch.comparison.run import Run
 
     plan = []
     for r in runs:
@@ -273,7 +273,7 @@ def format_table(rows: list[dict], beta: float, num_samples: int, seeds: int = 1
 def format_judge_table(rows: list[dict], judged: dict, seeds: int = 1) -> str:
     """Table 2's shape: PARGS against each method, by the gold judge (win/tie/loss summed over the seed
     pairs; the win-tie rate over seeds and prompts), and the paired gold difference likewise."""
-    from pargs_batch.comparison import win_tie_text
+    from pargs_batch.comparison.run import win_tie_text
 
     if not judged:
         return ""
@@ -301,7 +301,7 @@ def orderings(plan, report_dir: Path, runs=DEMO_RUNS, metric: str = "gold") -> l
     method without a reward model against every seed of the other), its 95 % interval over seeds
     and prompts, each seed's difference, and whether the ordering holds (the interval excludes 0)
     or changes sign between seeds."""
-    from pargs_batch.comparison import seed_rows
+    from pargs_batch.comparison.run import seed_rows
 
     labels = [r.label for r in runs]
     out = []
@@ -346,7 +346,7 @@ def diagnose_guidance(world: dict, out: Path, seeds: int = 1) -> dict:
     from experiments.world.default import seed_key
     from pargs_batch.config import RewardConfig
     from pargs_batch.evaluation.scoring import import_callable
-    from pargs_batch.scorers import trained_backend
+    from pargs_batch.rewards.factory import trained_backend
     from rm_training.diagnose import diagnose_models, label_table, seed_spread, seeds_table
 
     models = {seed_key(key, i): RewardConfig(path=world["rm_seeds"][key][i], template=world["template"],

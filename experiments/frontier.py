@@ -2,7 +2,7 @@
 
 On the default world's held-out prompts, every method runs over a grid of budgets (Best-of-N's N,
 PARGS's k, blockwise's block size and K, early rejection's N) with one engine and one scorer per
-reward model - ``pargs-batch compare`` (``pargs_batch.comparison.compare_runs``) applied to the world -
+reward model - ``pargs-batch compare`` (``pargs_batch.comparison.run.compare_runs``) applied to the world -
 and one evaluation job scores every run with the gold reward and the evaluation RM and sums each
 run's cost columns. Each point is placed at the reward-model FLOPs and the wall seconds it
 spent per prompt; the report gives, per method, the least compute at which its mean gold reward
@@ -88,7 +88,7 @@ def rm_flops_per_token(path: str) -> float:
     """2 N: the forward FLOPs of one token through the reward model (N non-embedding parameters,
     and an autoregressive RM's output projection, which its reward needs)."""
     from experiments.bench.flops import flop_params
-    from pargs_batch.scorers import trained_backend
+    from pargs_batch.rewards.factory import trained_backend
 
     return 2.0 * flop_params(path, trained_backend(path) == "autoregressive")
 
@@ -97,7 +97,7 @@ def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
     """Each point as ``compare`` runs: once per seed of its reward model (``label seed=i``) when
     there are several, once without one."""
     from experiments.world.default import reward_seed_paths
-    from pargs_batch.comparison import Run
+    from pargs_batch.comparison.run import Run
 
     runs = []
     for p in points:
@@ -113,7 +113,7 @@ def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
 def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/world", num_prompts: int = 256,
                  max_new_tokens: int = 48, beta: float = 2.0, reduced_world: bool = False,
                  points: list[Point] | None = None, rm_seeds: int | None = None) -> dict:
-    from pargs_batch.comparison import compare_runs, seed_rows
+    from pargs_batch.comparison.run import compare_runs, seed_rows
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
 
@@ -251,7 +251,7 @@ def format_tables(result: dict) -> str:
 def plot(rows: list[dict], out: Path) -> list[str]:
     """Mean gold (± SE over prompts) against RM FLOPs and against wall seconds per prompt, one curve
     a method, Best-of-16 as the reference line (compare's plot with the frontier's axes)."""
-    from pargs_batch.comparison import plot as compare_plot
+    from pargs_batch.comparison.run import plot as compare_plot
 
     return compare_plot(rows, out, REFERENCE, axes=(
         ("rm_flops_per_prompt", "reward-model FLOPs per prompt", "gold_vs_rm_flops.png"),

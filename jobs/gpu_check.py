@@ -143,8 +143,8 @@ def run_check(world_dir: str, out_dir: str, reference: str | None = None, prompt
         return report
 
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
-    from pargs_batch.models import Models
+    from pargs_batch.io.output import read_output
+    from pargs_batch.models.loading import Models
 
     world = json.loads((Path(world_dir) / "world.json").read_text())
     report = {"ran": True, "device": "cpu" if why else "cuda", "why_not_gpu": why, "cases": {}, "checks": [],

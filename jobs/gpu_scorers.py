@@ -77,7 +77,7 @@ def library() -> types.SimpleNamespace:
     from pargs_batch.config import RewardConfig
     from pargs_batch.guidance import GuideArgs, GuideSetup
     from pargs_batch.in_engine.v2 import PargsLogitsProcessorV2
-    from pargs_batch.scorers import make_scorer
+    from pargs_batch.rewards.factory import make_scorer
 
     return types.SimpleNamespace(RewardConfig=RewardConfig, make_scorer=make_scorer, GuideArgs=GuideArgs, GuideSetup=GuideSetup,
                                  ProcessorV2=PargsLogitsProcessorV2)
@@ -255,8 +255,8 @@ def plan_check(path: str, backend: str, s: Scale, n: int, step, dev: Device) -> 
     """The memory plan's estimate of one guided step's activations (``shapes.Architecture``, from the
     RM's config.json) against the peak one more step holds above what was allocated before it
     (``measure.peak_bytes``: torch's allocator on CUDA, every storage counted on CPU)."""
-    from pargs_batch.measure import peak_bytes
-    from pargs_batch.shapes import Architecture
+    from pargs_batch.plan.measure import peak_bytes
+    from pargs_batch.plan.shapes import Architecture
 
     arch = Architecture.read(path, "classifier")
     if backend == "causal":  # every row's k candidates, attending its n-token session

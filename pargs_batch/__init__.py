@@ -19,23 +19,23 @@ _EXPORTS = {
     "compare": "pargs_batch.api",
     "read_output": "pargs_batch.api",
     "serve": "pargs_batch.api",
-    "CompareConfig": "pargs_batch.comparison",
+    "CompareConfig": "pargs_batch.comparison.run",
     "GenerateConfig": "pargs_batch.config",
     "EvalConfig": "pargs_batch.evaluation.config",
     "RunSummary": "pargs_batch.generation",
-    "Models": "pargs_batch.models",
+    "Models": "pargs_batch.models.loading",
     "ConfigError": "pargs_batch.configlib",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from pargs_batch.api import compare, evaluate, generate, read_output, serve
-    from pargs_batch.comparison import CompareConfig
+    from pargs_batch.comparison.run import CompareConfig
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError
     from pargs_batch.evaluation.config import EvalConfig
     from pargs_batch.generation import RunSummary
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pargs_batch.comparison import CompareConfig
+from pargs_batch.comparison.run import CompareConfig
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import Loadable
 from pargs_batch.evaluation.config import EvalConfig
@@ -79,7 +79,7 @@ def compare(config: GenerateConfig | dict | str | Path, spec: CompareConfig | di
     ``ray.enabled`` each run starts its own Ray pool and ``models`` is not used). Returns
     what ``compare.json`` holds: a row per run (rewards ± SE, diversity, cost per prompt, paired
     difference to the reference run), the plots and the report's path."""
-    from pargs_batch.comparison import run_compare
+    from pargs_batch.comparison.run import run_compare
 
     generate_config = as_config(GenerateConfig, config, {})
     return run_compare(generate_config, as_config(CompareConfig, spec or {}, spec_overrides), models=models,
@@ -92,12 +92,12 @@ def serve(config: GenerateConfig | dict | str | Path, *, host: str = "127.0.0.1"
     every request guided as its ``extra_body`` says (method, beta, top_k, temperature, seed, id,
     reward_weights), the config's ``decode`` section the defaults. ``replicas`` > 1 runs that many
     engines behind Ray Serve. ``on_ready(url)`` is called once it answers."""
-    from pargs_batch.serving import check_servable, serve as run
+    from pargs_batch.serving.server import check_servable, serve as run
 
     config = as_config(GenerateConfig, config, overrides)
     check_servable(config)
     if replicas > 1:
-        from pargs_batch.serve_ray import serve_replicas
+        from pargs_batch.serving.replicas import serve_replicas
 
         return serve_replicas(config, host, port, replicas, served_model_name, on_ready=on_ready)
     return run(config, host, port, served_model_name, on_ready=on_ready)
@@ -106,6 +106,6 @@ def serve(config: GenerateConfig | dict | str | Path, *, host: str = "127.0.0.1"
 def read_output(path: str | Path, kind: str = "rows") -> pa.Table:
     """A run's rows (``kind="rows"``) or its best-of-n candidates (``"candidates"``) as one Arrow
     table, finished files and micro-batches not yet compacted alike (``.to_pandas()`` for pandas)."""
-    from pargs_batch import output
+    from pargs_batch.io import output
 
     return output.read_output(path, kind)

@@ -63,7 +63,7 @@ def _compare(args) -> int:
     import yaml
 
     from pargs_batch import api
-    from pargs_batch.comparison import CompareConfig, parse_budget
+    from pargs_batch.comparison.run import CompareConfig, parse_budget
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError, apply_overrides, build, load_config
     from pargs_batch.evaluation.judge import JudgeError
@@ -113,7 +113,7 @@ def _compare(args) -> int:
 def _serve(args) -> int:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError, load_config
-    from pargs_batch.serving import check_servable
+    from pargs_batch.serving.server import check_servable
 
     config = load_config(GenerateConfig, args.config, args.overrides)
     check_servable(config)
@@ -139,8 +139,8 @@ def _serve(args) -> int:
 def _plan(args) -> int:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError, load_config
-    from pargs_batch.memory import plan_memory
-    from pargs_batch.shapes import Devices
+    from pargs_batch.plan.memory import plan_memory
+    from pargs_batch.plan.shapes import Devices
 
     config = load_config(GenerateConfig, args.config, args.overrides)
     if (args.gpus is None) != (args.gpu_memory is None):

@@ -18,19 +18,19 @@ import resource
 import time
 from dataclasses import dataclass, field
 
-from pargs_batch.batch import MicroBatchResult, Phases
+from pargs_batch.io.batch import MicroBatchResult, Phases
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import METHODS
 from pargs_batch.guidance import GuideInfo
-from pargs_batch.io import PromptSource, package_versions
-from pargs_batch.memory import plan_run
-from pargs_batch.models import Models
-from pargs_batch.output import RETRYABLE, RunDir
+from pargs_batch.io.prompts import PromptSource, package_versions
+from pargs_batch.plan.memory import plan_run
+from pargs_batch.models.loading import Models
+from pargs_batch.io.output import RETRYABLE, RunDir
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, cluster_devices, init_ray
-from pargs_batch.reward import check_reward_input
-from pargs_batch.rows import NONFINITE, RowMaker, check_chat_template
-from pargs_batch.scorers import guides_in_engine
+from pargs_batch.rewards.hf import check_reward_input
+from pargs_batch.runners.rows import NONFINITE, RowMaker, check_chat_template
+from pargs_batch.rewards.factory import guides_in_engine
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import threading
 import time
 from dataclasses import replace
 
-from pargs_batch import placement
-from pargs_batch.batch import MicroBatchResult, PromptRow
+from pargs_batch.plan import placement
+from pargs_batch.io.batch import MicroBatchResult, PromptRow
 from pargs_batch.config import GenerateConfig
 from pargs_batch.guidance import GuideInfo
-from pargs_batch.models import Models
+from pargs_batch.models.loading import Models
 from pargs_batch.runners import make_runner
-from pargs_batch.scorers import RemoteScorer, reward_actors, reward_placement
+from pargs_batch.rewards.factory import RemoteScorer, reward_actors, reward_placement
 
 
 class LockedEngine:
@@ -273,7 +273,7 @@ def cluster_devices():
     one of them), or this machine's CPU when the cluster has none."""
     import ray
 
-    from pargs_batch.shapes import Devices
+    from pargs_batch.plan.shapes import Devices
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if not gpus:

@@ -47,7 +47,7 @@ def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Fi
     error naming the flag."""
     from transformers import AutoTokenizer
 
-    from pargs_batch.engine import eos_token_ids
+    from pargs_batch.models.engine import eos_token_ids
 
     check_model_path("--llm", llm)
     if reward:
@@ -72,7 +72,7 @@ def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Fi
     found.id_column = next((c for c in ID_NAMES if c in columns and unique_ids(records, c)), None)
     if reward:
         found.reward_input, found.reward_why, found.reward_template = reward_input(reward)
-        from pargs_batch.autoregressive_reward import is_autoregressive
+        from pargs_batch.rewards.autoregressive import is_autoregressive
 
         found.reward_autoregressive = is_autoregressive(reward)
     return found
@@ -81,7 +81,7 @@ def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Fi
 def first_records(data: str, split: str) -> list[dict]:
     """The first ``SAMPLE_ROWS`` records of a .jsonl/.parquet file or a Hugging Face dataset."""
     from pargs_batch.config import DataConfig
-    from pargs_batch.io import PromptSource
+    from pargs_batch.io.prompts import PromptSource
 
     try:
         config = DataConfig(source=data, split=split)
@@ -114,7 +114,7 @@ def hub_records(config) -> Any:
 def is_conversation(value: Any) -> bool:
     """A list of {role, content} turns that ends with the user's: one to answer (a conversation that
     ends with the assistant's reply is a training example, not a prompt)."""
-    from pargs_batch.io import conversation
+    from pargs_batch.io.prompts import conversation
 
     return conversation(value)[1] is None and value[-1]["role"] == "user"
 
@@ -129,7 +129,7 @@ def reward_input(path: str) -> tuple[str, str, str | None]:
     a segment pair when its tokenizer builds one (type ids or two separators), else joined text."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from pargs_batch.reward import chat_frame
+    from pargs_batch.rewards.hf import chat_frame
 
     trained = getattr(AutoConfig.from_pretrained(path), "pargs_batch_input", None)
     if isinstance(trained, dict) and trained.get("input") in ("template", "pair", "chat"):
@@ -232,8 +232,8 @@ def write_starter(out: str | Path, llm: str, reward: str | None, data: str, spli
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError("--out", str(out), "the file exists (--force replaces it)")
-    from pargs_batch.memory import plan_memory
-    from pargs_batch.shapes import Devices
+    from pargs_batch.plan.memory import plan_memory
+    from pargs_batch.plan.shapes import Devices
 
     found = inspect(llm, reward, data, split)
     text = starter_yaml(llm, reward, data, found, split)

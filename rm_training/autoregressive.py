@@ -6,7 +6,7 @@ trained with the Bradley–Terry loss on that sum,
 (the autoregressive reward model of GenARM, Xu et al., ICLR 2025). One forward per sequence gives
 every token's log-probability, so a pair costs two ordinary LM forwards. The checkpoint is a causal
 LM whose config records ``pargs_batch_reward: {kind: autoregressive, scale}``;
-``reward.backend: autoregressive`` scores with it (``pargs_batch.autoregressive_reward``).
+``reward.backend: autoregressive`` scores with it (``pargs_batch.rewards.autoregressive``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rm_training.causal import pad_pairs
 
-MARKER = "pargs_batch_reward"  # as pargs_batch.autoregressive_reward reads it
+MARKER = "pargs_batch_reward"  # as pargs_batch.rewards.autoregressive reads it
 
 
 @dataclass

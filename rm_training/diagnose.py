@@ -177,7 +177,7 @@ def diagnose_models(reward_models: dict, pairs_file: str, out: str | Path, fmt: 
     (prompts, responses -> floats), also the accuracy of Eq. 5's labels per bucket, under the
     key ``"labels"`` (prefixes cut with the tokenizer of model ``labels_with``, default the last)."""
     from pargs_batch.console import console
-    from pargs_batch.scorers import make_scorer
+    from pargs_batch.rewards.factory import make_scorer
     from rm_training import data as prefs
 
     log = log or console.show
@@ -219,7 +219,7 @@ def _diagnose_command(args) -> int:
     from pargs_batch.config import RewardConfig
     from pargs_batch.console import console
 
-    from pargs_batch.scorers import trained_backend
+    from pargs_batch.rewards.factory import trained_backend
 
     # an autoregressive reward model (rm_training mode autoregressive) is scored as generation scores it
     models = {path: RewardConfig(path=path, template=args.template, backend=trained_backend(path))

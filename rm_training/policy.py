@@ -7,7 +7,7 @@ exactly like every guided run:
 - ``method: dpo``: TRL's ``DPOTrainer`` on the same preference triples the reward models use;
 - ``method: online-rl``: TRL's ``RLOOTrainer`` (TRL 1.x has no PPO trainer) - samples from the
   policy, scores them with a reward model of the user's choice (its own tokenizer allowed, read
-  through ``pargs_batch.reward`` exactly as generation reads it) and subtracts a KL penalty to the
+  through ``pargs_batch.rewards.hf`` exactly as generation reads it) and subtracts a KL penalty to the
   reference policy.
 
 LoRA adapters (peft) by default. The output directory is a merged Hugging Face checkpoint
@@ -79,7 +79,7 @@ def check_reward_fits(cfg: PolicyConfig, triples: list[prefs.Triple]) -> None:
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-    from pargs_batch.reward import check_reward_input
+    from pargs_batch.rewards.hf import check_reward_input
 
     reward, key = cfg.online_rl.reward, "online_rl.reward.path"
     rm_config = AutoConfig.from_pretrained(reward.path)
@@ -161,13 +161,13 @@ def common_args(cfg: PolicyConfig) -> dict:
 
 class RewardModelFunction:
     """A TRL reward function: (prompts, completions) -> one reward each, scored by
-    the scorer ``pargs_batch.scorers.make_scorer`` picks for it - the RM's own tokenizer and the same input rule
+    the scorer ``pargs_batch.rewards.factory.make_scorer`` picks for it - the RM's own tokenizer and the same input rule
     (template, pair or chat) that generation and evaluation use."""
 
     __name__ = "reward_model"
 
     def __init__(self, reward):
-        from pargs_batch.scorers import make_scorer
+        from pargs_batch.rewards.factory import make_scorer
 
         self.scorer = make_scorer(reward)
 

@@ -80,7 +80,7 @@ def load_tokenizer(cfg: TrainConfig):
         tokenizer.pad_token = tokenizer.eos_token
         log.warning("tokenizer has no pad token; using its EOS token %r", tokenizer.eos_token)
     tokenizer.padding_side = "right"
-    tokenizer.truncation_side = "left"  # cut the prompt's start, as pargs_batch.reward does
+    tokenizer.truncation_side = "left"  # cut the prompt's start, as pargs_batch.rewards.hf does
     return tokenizer
 
 
@@ -237,10 +237,10 @@ def ddp_backend_for(deepspeed: str | None) -> str | None:
 # ---------------------------------------------------------------- evaluation
 
 def evaluate_checkpoint(cfg: TrainConfig, out_dir: str, held: list[prefs.Triple], tokenizer) -> dict:
-    """Held-out pairwise accuracy of the saved checkpoint, scored by ``pargs_batch.reward``:
+    """Held-out pairwise accuracy of the saved checkpoint, scored by ``pargs_batch.rewards.hf``:
     whole responses always, and per prefix-length bucket for the partial modes."""
     from pargs_batch.config import RewardConfig
-    from pargs_batch.scorers import make_scorer
+    from pargs_batch.rewards.factory import make_scorer
     from rm_training.diagnose import prefix_accuracy, whole_accuracy
 
     if not held:

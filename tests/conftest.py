@@ -91,7 +91,7 @@ def model_config(world):
 
 @pytest.fixture(scope="session")
 def engine(model_config):
-    from pargs_batch.engine import Engine
+    from pargs_batch.models.engine import Engine
 
     engine = Engine(model_config)
     yield engine
@@ -108,7 +108,7 @@ def tokenizer(world):
 @pytest.fixture(scope="session")
 def scorer(world):
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.rewards.hf import HFRewardScorer
 
     return HFRewardScorer(RewardConfig(path=world["reward_model"], batch_size=16))
 

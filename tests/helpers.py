@@ -40,7 +40,7 @@ def generate_rows(world, tmp_path, models, name="out", **sections):
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
+    from pargs_batch.io.output import read_output
 
     cfg = base_config(world, tmp_path, **sections)
     cfg["output"]["path"] = str(tmp_path / name)

@@ -95,7 +95,7 @@ def test_the_library_imports_nothing_built_on_it():
 
 def test_rm_training_uses_only_the_loader_and_the_scorers():
     # and the terminal helper its commands print through
-    allowed = {"pargs_batch.configlib", "pargs_batch.config", "pargs_batch.scorers", "pargs_batch.reward",
+    allowed = {"pargs_batch.configlib", "pargs_batch.config", "pargs_batch.rewards.factory", "pargs_batch.rewards.hf",
                "pargs_batch.console"}
     for name, targets in import_graph().items():
         if name.startswith("rm_training"):

@@ -56,7 +56,7 @@ def test_training_on_the_reduced_world_raises_held_out_accuracy_clearly_above_ch
     assert low > 0.55, (summary["pairwise_accuracy"], low, high)
     config = json.loads((out / "config.json").read_text())
     assert config["pargs_batch_reward"] == {"kind": "autoregressive", "scale": 0.1}
-    from pargs_batch.autoregressive_reward import is_autoregressive
+    from pargs_batch.rewards.autoregressive import is_autoregressive
 
     assert is_autoregressive(str(out))
 
@@ -69,7 +69,7 @@ def test_lora_adapters_are_merged_into_a_plain_causal_lm_checkpoint(world, tmp_p
     summary = train(build(TrainConfig, train_config(world, out, lora={"enabled": True, "r": 4, "alpha": 8},
                                                     training={"max_steps": 20})))
     assert summary["steps"] == 20 and not (out / "adapter_config.json").exists()
-    from pargs_batch.autoregressive_reward import AutoregressiveRewardScorer
+    from pargs_batch.rewards.autoregressive import AutoregressiveRewardScorer
 
     scorer = AutoregressiveRewardScorer(RewardConfig(path=str(out), backend="autoregressive"))
     assert np.isfinite(scorer.score(["review of the cafe :"], [" food was warm ."])).all()
@@ -101,7 +101,7 @@ def test_lora_adapters_are_merged_into_a_plain_causal_lm_checkpoint(world, tmp_p
 def test_kept_kv_state_gives_the_hand_summed_reward_of_every_candidate(world, tokenizer):
     """Six steps of four prompts (one row dropped after step 2, two new prompts merged in at step 3):
     every candidate's reward is r(x, y) + log π_r(v | x, y) as a whole-sequence forward sums it."""
-    from pargs_batch.autoregressive_reward import AutoregressiveRewardScorer
+    from pargs_batch.rewards.autoregressive import AutoregressiveRewardScorer
 
     rm = world["llm"]  # any causal LM over the LLM's tokenizer is an autoregressive reward model
     scorer = AutoregressiveRewardScorer(RewardConfig(path=rm, backend="autoregressive"))
@@ -135,7 +135,7 @@ def test_kept_kv_state_gives_the_hand_summed_reward_of_every_candidate(world, to
 
 @pytest.fixture(scope="module")
 def ar_models():
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     with Models() as models:
         yield models
@@ -144,7 +144,7 @@ def ar_models():
 @pytest.mark.parametrize("method", ["pargs-greedy", "pargs"])
 def test_stepped_and_fused_agree_and_rewards_are_the_summed_logprobs(world, ar_models, tokenizer, tmp_path, method):
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
+    from pargs_batch.io.output import read_output
 
     rm = world["llm"]  # pi_r over the LLM's tokenizer (trained or not, the mechanics are the same)
     runs = {}
@@ -239,7 +239,7 @@ def test_whole_vocabulary_greedy_is_the_argmax_of_the_product_and_rewards_are_su
     from transformers import AutoModelForCausalLM
 
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
+    from pargs_batch.io.output import read_output
 
     cfg = whole_config(world, tmp_path, small_ar, "pargs-greedy", max_new_tokens=10)
     run_generate(cfg, models=ar_models.for_config(cfg), progress=False)

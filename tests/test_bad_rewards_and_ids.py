@@ -11,7 +11,7 @@ from pargs_batch import decoding
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 
 def test_a_non_finite_reward_never_wins():
@@ -45,7 +45,7 @@ def nan_reward_model(world, tmp_path_factory):
 def test_rows_without_a_finite_reward_end_as_errors_naming_the_model(world, tmp_path, engine, tokenizer,
                                                                      nan_reward_model, method):
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.rewards.hf import HFRewardScorer
 
     cfg = build(GenerateConfig, base_config(world, tmp_path, reward={"path": nan_reward_model},
                                             decode={"method": method}, data={"limit": 6}))
@@ -65,7 +65,7 @@ def test_a_block_candidate_without_a_finite_reward_is_never_kept(world, tmp_path
                                                                   nan_reward_model, beta):
     """Two models, one giving NaN: where it weighs 0 it is not even run; where it weighs, every
     candidate's reward is NaN, so the row is an error - at beta 0 too, where the rule ignores rewards."""
-    from pargs_batch.reward import WeightedScorer
+    from pargs_batch.rewards.hf import WeightedScorer
 
     rows = [json.loads(line) for line in open(world["prompts"])][:6]
     for i, row in enumerate(rows):

@@ -4,7 +4,7 @@ the micro-batch, and writes every candidate where the reader finds them only whe
 import numpy as np
 import pytest
 
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 from helpers import generate_rows as generate
 
@@ -28,7 +28,7 @@ def test_best_of_n_keeps_the_best_candidate_and_is_batch_independent(world, tmp_
         assert np.isclose(row["rewards"][0], scorer.score([row["prompt"]], [row["response"]])[0], atol=1e-4)
         assert len({tuple(c["response_token_ids"]) for c in mine}) > 1  # N real samples
     # candidates are written where the reader finds them, and only when asked for
-    from pargs_batch.output import CANDIDATES
+    from pargs_batch.io.output import CANDIDATES
 
     assert sorted(p.name for p in (tmp_path / "bon64" / CANDIDATES).glob("*.parquet"))
     assert not (tmp_path / "bon5" / CANDIDATES).exists() and not list((tmp_path / "bon5").rglob("cand-*"))

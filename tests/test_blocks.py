@@ -4,7 +4,7 @@ vLLM engine and reward model of the tiny world."""
 import numpy as np
 import pytest
 
-from pargs_batch.batch import PromptRow
+from pargs_batch.io.batch import PromptRow
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 from pargs_batch.runners import make_runner

@@ -11,7 +11,7 @@ from pargs_batch.configlib import ConfigError, build
 
 @pytest.fixture(scope="module")
 def causal(reduced_world):
-    from pargs_batch.causal_reward import CausalRewardScorer
+    from pargs_batch.rewards.causal import CausalRewardScorer
 
     return CausalRewardScorer(RewardConfig(path=reduced_world["rm_partial_causal"], batch_size=64))
 
@@ -55,7 +55,7 @@ def test_incremental_scores_equal_full_recomputation_over_64_steps(causal):
 
 
 def test_causal_backend_refuses_a_bidirectional_model_and_another_template(reduced_world):
-    from pargs_batch.causal_reward import CausalRewardScorer
+    from pargs_batch.rewards.causal import CausalRewardScorer
 
     with pytest.raises(ConfigError, match="reward.backend.*causal reward model"):
         CausalRewardScorer(RewardConfig(path=reduced_world["rm_partial"], backend="causal"))
@@ -69,8 +69,8 @@ def test_causal_backend_refuses_a_bidirectional_model_and_another_template(reduc
 @pytest.mark.slow
 def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world, tmp_path):
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
-    from pargs_batch.models import load_models
+    from pargs_batch.io.output import read_output
+    from pargs_batch.models.loading import load_models
 
     cfg = {
         "model": {"path": reduced_world["llm"], "dtype": "float32", "max_model_len": 256,
@@ -101,7 +101,7 @@ def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world,
             cfg["reward"]["backend"] = backend
             cfg["output"]["path"] = str(tmp_path / f"greedy-{backend}")
             c = build(GenerateConfig, cfg)
-            from pargs_batch.scorers import make_scorer
+            from pargs_batch.rewards.factory import make_scorer
 
             run_generate(c, models=(models[0], tokenizer, make_scorer(c.reward, len(tokenizer))), progress=False)
             greedy[backend] = {r["id"]: r["response_token_ids"] for r in read_output(c.output.path).to_pylist()}
@@ -115,8 +115,8 @@ def test_generation_with_the_causal_backend_records_exact_rewards(reduced_world,
 def test_fused_mode_with_the_causal_backend_matches_stepped(reduced_world, tmp_path):
     """The logits processor keeps the causal RM's KV state across vLLM's batch changes."""
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
-    from pargs_batch.models import load_models
+    from pargs_batch.io.output import read_output
+    from pargs_batch.models.loading import load_models
 
     runs = {}
     for mode in ("stepped", "fused"):

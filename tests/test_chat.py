@@ -11,7 +11,7 @@ from helpers import base_config
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def chat_config(world, chat_world, path, mode, method, **data):
 
 @pytest.fixture(scope="module")
 def chat_models():
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     with Models() as models:
         yield models
@@ -95,7 +95,7 @@ def test_a_chat_reward_model_reads_the_conversation_in_both_modes(world, chat_wo
     """reward.input: chat - the stepped loop and the fused processor (its context travels in the
     request's extra_args) give the same greedy tokens, and each row's rewards re-score its prefixes
     rendered by the RM's chat template."""
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.rewards.hf import HFRewardScorer
 
     runs = {}
     for mode in ("stepped", "fused"):

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pargs_batch.batch import SCHEMA
+from pargs_batch.io.batch import SCHEMA
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 from helpers import base_config
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pargs_batch.detok import IncrementalDetokenizer
+from pargs_batch.models.detok import IncrementalDetokenizer
 
 
 def replay(tokenizer, prompt: str, response: str):

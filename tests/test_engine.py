@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from vllm.logprobs import FlatLogprobs, Logprob
 
-from pargs_batch.engine import topk_arrays
+from pargs_batch.models.engine import topk_arrays
 
 
 def test_topk_arrays_from_dicts_sorts_and_drops_the_extra_sampled_token():
@@ -26,7 +26,7 @@ def test_topk_arrays_from_flat_pairs_breaks_ties_by_token_id_and_pads():
 def test_topk_arrays_reads_vllm_flat_logprobs():
     flat = FlatLogprobs()
     flat.append({11: Logprob(-0.2, 1, None), 12: Logprob(-1.7, 2, None)})
-    from pargs_batch.engine import _flat_positions
+    from pargs_batch.models.engine import _flat_positions
 
     class Out:
         logprobs = flat

@@ -17,7 +17,7 @@ from helpers import base_config
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 
 def engine_cores() -> list:

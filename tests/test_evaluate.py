@@ -106,9 +106,9 @@ def test_report_numbers_match_a_hand_computation(world, runs, tmp_path):
     import pandas as pd
 
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.rewards.hf import HFRewardScorer
 
-    from pargs_batch.output import read_output
+    from pargs_batch.io.output import read_output
 
     # batches of 3 rows: a prompt's two samples are split across batches, and still grouped
     report = run_evaluate(eval_config(world, runs, tmp_path / "eval", batch_rows=3), progress=False)
@@ -185,7 +185,7 @@ def test_judge_parses_shuffles_and_never_pays_twice(world, runs, tmp_path, judge
         orders = {rec["a_first"] for rec in records}
         assert orders == {True, False}  # both positions used
         # the server grades by content, so each outcome must agree with the responses, whatever the order
-        from pargs_batch.output import read_output
+        from pargs_batch.io.output import read_output
 
         a = {r["id"]: r["response"] for r in read_output(runs["pargs3"]).to_pylist() if r["sample_index"] == 0}
         b = {r["id"]: r["response"] for r in read_output(runs["topk"]).to_pylist() if r["sample_index"] == 0}

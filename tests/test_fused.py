@@ -9,14 +9,14 @@ from pargs_batch.config import GenerateConfig
 
 from pargs_batch.configlib import ConfigError, build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def fused_models(world, tmp_path_factory):
-    from pargs_batch.models import load_models
+    from pargs_batch.models.loading import load_models
 
     cfg = build(GenerateConfig, base_config(world, tmp_path_factory.mktemp("f"), engine={"mode": "fused"}))
     models = load_models(cfg)
@@ -118,7 +118,7 @@ def test_a_fused_engine_starts_in_a_process_that_imported_flask(world):
 
     from pargs_batch.config import ModelConfig
     from pargs_batch.guidance import GuideArgs
-    from pargs_batch.models import fused_engine
+    from pargs_batch.models.loading import fused_engine
 
     model = ModelConfig(path=world["llm"], dtype="float32", max_model_len=256, kv_cache_memory_bytes=32 << 20)
     engine = fused_engine(model, None, world["llm"])

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from pargs_batch.config import RewardConfig  # noqa: E402
 from pargs_batch.in_engine.memory import LargestStep, Reservation, run_largest_step  # noqa: E402
-from pargs_batch.scorers import make_scorer  # noqa: E402
+from pargs_batch.rewards.factory import make_scorer  # noqa: E402
 
 
 def test_the_largest_step_is_read_from_the_engines_own_config(engine):

@@ -8,7 +8,7 @@ import pytest
 
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
-from pargs_batch.io import PromptSource
+from pargs_batch.io.prompts import PromptSource
 
 # its Ray Data tests start a local Ray: with the other Ray tests on one xdist worker
 pytestmark = pytest.mark.xdist_group("ray")

@@ -18,8 +18,8 @@ import pytest
 
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError, build
-from pargs_batch.memory import ENGINE_RUNTIME, PROCESS_RUNTIME, plan_memory
-from pargs_batch.shapes import GIB, Architecture, Devices, parse_size, resolved_dtype
+from pargs_batch.plan.memory import ENGINE_RUNTIME, PROCESS_RUNTIME, plan_memory
+from pargs_batch.plan.shapes import GIB, Architecture, Devices, parse_size, resolved_dtype
 
 ARCH = Path(__file__).parent / "data" / "architectures"
 LLAMA8, QWEN7, SKYWORK, DEBERTA, LLAMA1 = (str(ARCH / n) for n in (
@@ -244,7 +244,7 @@ def test_plan_command_prints_the_table_and_refuses_half_a_device(tmp_path):
 def _measured(model, rows, tokens, **kwargs):
     import torch
 
-    from pargs_batch.measure import peak_bytes
+    from pargs_batch.plan.measure import peak_bytes
 
     ids = torch.randint(5, 500, (rows, tokens))
     mask = torch.ones(rows, tokens, dtype=torch.long)
@@ -258,7 +258,7 @@ def _small(family: str, hidden: int, inter: int, kv_heads: int = 2):
     from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, GPT2Config,
                               GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification)
 
-    from pargs_batch.reward import one_kernel_activations
+    from pargs_batch.rewards.hf import one_kernel_activations
 
     torch.manual_seed(0)
     if family == "gated":
@@ -300,7 +300,7 @@ def test_kv_state_and_an_lm_heads_log_softmax_against_measured(tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pargs_batch.measure import peak_bytes
+    from pargs_batch.plan.measure import peak_bytes
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=3,

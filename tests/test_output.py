@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pargs_batch.batch import SCHEMA, ResponseRow
+from pargs_batch.io.batch import SCHEMA, ResponseRow
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import id_hash
-from pargs_batch.output import RETRYABLE, IdSet, RunDir, next_part, part_number, read_output
+from pargs_batch.io.output import RETRYABLE, IdSet, RunDir, next_part, part_number, read_output
 
 
 def response(id, **kw):

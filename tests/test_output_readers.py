@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import base_config
 
-from pargs_batch.batch import CANDIDATE_SCHEMA, SCHEMA
+from pargs_batch.io.batch import CANDIDATE_SCHEMA, SCHEMA
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 # Ray: one local cluster at a time, and `ray stop` in the job test would end any other (one xdist worker runs them all)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]

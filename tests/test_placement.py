@@ -9,9 +9,9 @@ from helpers import base_config
 
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
-from pargs_batch.memory import plan_memory
-from pargs_batch.placement import plan
-from pargs_batch.shapes import Devices
+from pargs_batch.plan.memory import plan_memory
+from pargs_batch.plan.placement import plan
+from pargs_batch.plan.shapes import Devices
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = ROOT / "tests" / "data" / "architectures"

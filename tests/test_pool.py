@@ -21,7 +21,7 @@ from pargs_batch.config import GenerateConfig
 
 from pargs_batch.configlib import build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 from helpers import base_config, pool_config
 
@@ -75,7 +75,7 @@ def test_one_or_two_workers_and_any_batch_size_give_the_same_rows(ray_local, wor
 def test_block_methods_with_several_weighted_reward_models_on_ray_equal_in_process(ray_local, world, tmp_path, models):
     """Early rejection guided by two reward models, each prompt with its own weights: the Ray pool
     (the weighted scorer on a reward actor) writes the rows and costs one process writes."""
-    from pargs_batch.reward import WeightedScorer
+    from pargs_batch.rewards.hf import WeightedScorer
 
     rows = [json.loads(line) for line in open(world["prompts"])][:12]
     for i, row in enumerate(rows):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 from helpers import pool_config
 

@@ -10,7 +10,7 @@ import torch
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def config(world, path, backend, mode, method, tight, **decode):
 
 @pytest.fixture(scope="module")
 def stepped_models(reduced_world, tmp_path_factory):
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     with Models() as models:
         yield models
@@ -52,7 +52,7 @@ def stepped_models(reduced_world, tmp_path_factory):
 @pytest.mark.parametrize("backend", ["hf", "causal"])
 def test_fused_under_preemption_equals_stepped_and_records_exact_rewards(reduced_world, tmp_path, backend,
                                                                          stepped_models):
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     w = reduced_world
     ref_cfg = config(w, tmp_path / "stepped", backend, "stepped", "pargs-greedy", tight=False)

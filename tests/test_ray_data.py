@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pargs_batch.configlib import ConfigError
-from pargs_batch.ray_data import build_processor
+from pargs_batch.io.ray_data import build_processor
 
 from helpers import SMALL_ACTOR, base_config, generate_rows
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from pargs_batch.config import RewardConfig
-from pargs_batch.reward import HFRewardScorer, length_sorted_batches
+from pargs_batch.rewards.hf import HFRewardScorer, length_sorted_batches
 
 
 def direct(scorer, text):

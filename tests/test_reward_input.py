@@ -10,7 +10,7 @@ from helpers import base_config
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build
 from pargs_batch.generation import run_generate
-from pargs_batch.reward import HFRewardScorer
+from pargs_batch.rewards.hf import HFRewardScorer
 
 PROMPT, RESPONSES = "review of the cafe :", [" staff was lovely", " food was stale , music was noisy", ""]
 

@@ -11,7 +11,7 @@ import yaml
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError, build
 from pargs_batch.generation import run_generate
-from pargs_batch.output import read_output
+from pargs_batch.io.output import read_output
 
 from helpers import base_config
 
@@ -35,7 +35,7 @@ def generate(world, tmp_path, models, name, reward=None, data=None, **decode):
 
 @pytest.fixture(scope="module")
 def two_scorer(world):
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     config = build(GenerateConfig, base_config(world, Path("/tmp"), reward={"path": "", **two(world, 1.0, 0.0)}))
     return Models().scorer(config.reward)
@@ -44,7 +44,7 @@ def two_scorer(world):
 @pytest.fixture(scope="module")
 def second_scorer(world):
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.rewards.hf import HFRewardScorer
 
     return HFRewardScorer(RewardConfig(path=world["reward_model_init"], batch_size=16))
 
@@ -76,7 +76,7 @@ def test_weights_one_and_zero_equal_the_first_model_alone(world, tmp_path, model
 
 def test_the_reward_is_the_weighted_sum(world, tmp_path, models, scorer):
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer, WeightedScorer
+    from pargs_batch.rewards.hf import HFRewardScorer, WeightedScorer
 
     engine, tokenizer, _ = models
     config = build(GenerateConfig, base_config(world, tmp_path, reward=two(world, 0.5, -2.0)))
@@ -128,7 +128,7 @@ def test_per_prompt_weights_pick_each_prompts_model(world, tmp_path, models, two
 def test_fused_mode_weights_like_stepped(world, tmp_path, models, second_scorer):
     """A fused engine whose logits processor holds both models: greedy rows equal the stepped
     single-model rows, for the configured weights and for each prompt's own."""
-    from pargs_batch.models import load_models
+    from pargs_batch.models.loading import load_models
 
     source = weighted_prompts(world, tmp_path)
     decode = {"method": "pargs-greedy", "max_new_tokens": 10}

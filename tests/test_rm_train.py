@@ -13,7 +13,7 @@ import torch
 from pargs_batch.config import RewardConfig
 
 from pargs_batch.configlib import build
-from pargs_batch.reward import HFRewardScorer
+from pargs_batch.rewards.hf import HFRewardScorer
 from rm_training.config import TrainConfig
 from rm_training.train import load_tokenizer, main, train
 
@@ -103,7 +103,7 @@ def test_zero3_on_cpu_through_torchrun(mode, preference_file, fresh_deberta, wor
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["deepspeed_zero_stage"] == 3 and summary["steps"] == 3
     assert np.isfinite(summary["train_loss"])
-    from pargs_batch.scorers import make_scorer, trained_backend
+    from pargs_batch.rewards.factory import make_scorer, trained_backend
 
     backend = trained_backend(str(out))
     assert backend == ("autoregressive" if mode == "autoregressive" else "hf")

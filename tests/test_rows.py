@@ -5,10 +5,10 @@ model loads."""
 
 import pytest
 
-from pargs_batch.batch import PromptRow
+from pargs_batch.io.batch import PromptRow
 from pargs_batch.config import DecodeConfig, GenerateConfig
 from pargs_batch.configlib import ConfigError, build
-from pargs_batch.rows import (RowMaker, check_chat_template, first_stop, in_input_order, tokenize_prompts,
+from pargs_batch.runners.rows import (RowMaker, check_chat_template, first_stop, in_input_order, tokenize_prompts,
                               whole_request_jobs)
 
 from helpers import base_config

@@ -7,7 +7,7 @@ import pytest
 
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build
-from pargs_batch.scorers import ScorerActor, guides_in_engine, make_scorer, reward_placement, score_rows
+from pargs_batch.rewards.factory import ScorerActor, guides_in_engine, make_scorer, reward_placement, score_rows
 
 from helpers import base_config
 
@@ -30,7 +30,7 @@ def test_where_the_reward_model_runs(world, tmp_path, method, mode, backend, on_
 
 
 def test_the_factory_picks_the_scorer_the_config_names(world):
-    from pargs_batch.reward import HFRewardScorer, WeightedScorer
+    from pargs_batch.rewards.hf import HFRewardScorer, WeightedScorer
 
     one = make_scorer(RewardConfig(path=world["reward_model"]))
     assert type(one) is HFRewardScorer

@@ -21,7 +21,7 @@ from helpers import Server, base_config, doc_blocks, run_block
 from pargs_batch import decoding
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError, build
-from pargs_batch.serving import Policy, RequestError
+from pargs_batch.serving.server import Policy, RequestError
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("serve")  # one worker: its servers start once

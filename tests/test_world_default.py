@@ -14,7 +14,7 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pargs_batch.config import RewardConfig
-    from pargs_batch.reward import HFRewardScorer
+    from pargs_batch.rewards.hf import HFRewardScorer
     from experiments.world.gold import gold_reward
 
     w = reduced_world
@@ -50,7 +50,7 @@ def test_reduced_world_builds_fast_and_every_artefact_loads(reduced_world):
     assert tokenizers["rm_partial_causal"][1] == len(AutoTokenizer.from_pretrained(w["llm"]))
     assert tokenizers["rm_full"][1] != tokenizers["rm_partial_causal"][1]
     # the autoregressive RM: the LM's architecture and tokenizer, marked as what it is, scored as one
-    from pargs_batch.scorers import make_scorer, trained_backend
+    from pargs_batch.rewards.factory import make_scorer, trained_backend
 
     ar = w["rm_autoregressive"]
     assert trained_backend(ar) == "autoregressive" and trained_backend(w["rm_partial"]) == "hf"

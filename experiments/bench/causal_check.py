@@ -20,7 +20,7 @@ def main(tokenizer_dir: str = "outputs/world/llm", out_dir: str = "outputs/bench
     import torch
 
     from pargs_batch.config import RewardConfig
-    from pargs_batch.scorers import make_scorer
+    from pargs_batch.rewards.factory import make_scorer
 
     from experiments.bench.curve import reward_vs_prefix
     from experiments.bench.models import curve_model

@@ -14,7 +14,7 @@ def reward_vs_prefix(model: str, lengths: list[int], b: int = 64, steps: int = 3
     """Seconds of one reward step (B sequences x k candidates) per backend, by prefix length, on the
     same causal reward model, with the Section 5.3 FLOP count of each step."""
     from pargs_batch.config import RewardConfig
-    from pargs_batch.scorers import make_scorer
+    from pargs_batch.rewards.factory import make_scorer
 
     causal = make_scorer(RewardConfig(path=model, batch_size=1024, backend="causal"))
     hf = make_scorer(RewardConfig(path=model, batch_size=1024, max_length=2048))

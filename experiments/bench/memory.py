@@ -50,8 +50,8 @@ def text_files(out: Path, n: int = 100_000, words: int = 150, tokens: int = 200)
 
     import pyarrow.parquet as pq
 
-    from pargs_batch.batch import ResponseRow
-    from pargs_batch.output import RunDir, read_output
+    from pargs_batch.io.batch import ResponseRow
+    from pargs_batch.io.output import RunDir, read_output
 
     rng = random.Random(0)
     vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]

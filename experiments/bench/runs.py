@@ -1,6 +1,6 @@
 """Timed runs of one model set: plain sampling, stepped and fused guidance, the reference loop,
 and the correctness guard. Every guided row goes through ``run_generate`` with models from
-``pargs_batch.models.Models``, the path `pargs-batch generate` takes."""
+``pargs_batch.models.loading.Models``, the path `pargs-batch generate` takes."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def time_generate(config: dict, models) -> tuple[dict, list]:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
+    from pargs_batch.io.output import read_output
 
     cfg = build(GenerateConfig, config)
     summary = run_generate(cfg, models=models.for_config(cfg), progress=False)
@@ -74,7 +74,7 @@ def check_guard(runs: dict, models) -> dict:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import load_config
     from pargs_batch.generation import run_generate
-    from pargs_batch.output import read_output
+    from pargs_batch.io.output import read_output
 
     result = {}
     for (mode, backend, b), (cfg, rows) in runs.items():
@@ -115,7 +115,7 @@ def run_model_set(ms: ModelSet, world: dict, out: Path, batch_sizes: list[int], 
     configuration once, the order rotated from round to round, so a slow minute of the machine
     falls on different configurations. A row reports the median of its rounds and their range."""
     from pargs_batch.console import console
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     log = log or console.say
 

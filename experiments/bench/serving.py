@@ -72,7 +72,7 @@ def _metrics(base: str) -> dict[str, float]:
 def run_serving(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", reduced_world: bool = False,
                 concurrency=(1, 16, 64), tokens: int = 64, min_requests: int = 8, repeats: int = 3) -> dict:
     from experiments.world.default import ensure_world
-    from pargs_batch.serve_ray import ChildServer
+    from pargs_batch.serving.replicas import ChildServer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ WHOLE = 0
 def reward_step_costs(world: dict, b: int, ks=(2, 10, WHOLE), prefix: int = 32, steps: int = 3) -> dict:
     """Seconds of one guided reward step, per backend and k (None where a backend cannot)."""
     from pargs_batch.config import RewardConfig
-    from pargs_batch.scorers import make_scorer
+    from pargs_batch.rewards.factory import make_scorer
 
     backends = {"hf": world["rm_partial"], "causal": world["rm_partial_causal"], "autoregressive": world["rm_autoregressive"]}
     rng = np.random.default_rng(0)

@@ -28,7 +28,7 @@ BUCKETS = ("whole", "0-25%", "25-50%", "50-75%", "75-100%")
 def accuracies(path: str, template: str, triples) -> dict:
     """Accuracy (and interval) on whole replies and per prefix bucket."""
     from pargs_batch.config import RewardConfig
-    from pargs_batch.scorers import make_scorer
+    from pargs_batch.rewards.factory import make_scorer
     from rm_training.diagnose import diagnose
 
     result = diagnose(make_scorer(RewardConfig(path=path, template=template, max_length=128, batch_size=512)),

@@ -36,7 +36,7 @@ def check_judge(config: EvalConfig, runs: dict[str, dict]) -> None:
 def first_samples(path: str, batch_rows: int, wanted: pa.Array | None = None):
     """Sample 0 of each prompt, where it has no error: without ``wanted``, their ids (an Arrow array,
     in output order); with it, {id: (prompt, response)} for those ids only."""
-    from pargs_batch.output import iter_output
+    from pargs_batch.io.output import iter_output
 
     columns = ["id", "sample_index", "error"] + ([] if wanted is None else ["prompt", "response"])
     ids, texts = [], {}

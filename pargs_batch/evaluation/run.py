@@ -22,7 +22,7 @@ from pargs_batch.evaluation.scoring import pair_labels, paired_runs, score_runs
 
 def load_runs(config: EvalConfig) -> dict[str, dict]:
     """label -> {path, config (from the Parquet metadata), rows}: footers only, no rows are read."""
-    from pargs_batch.output import output_info
+    from pargs_batch.io.output import output_info
 
     runs = {}
     for i, path in enumerate(config.runs):
@@ -42,7 +42,7 @@ def load_runs(config: EvalConfig) -> dict[str, dict]:
 
 
 def check_models(config: EvalConfig, runs: dict[str, dict]) -> None:
-    from pargs_batch.reward import check_reward_input
+    from pargs_batch.rewards.hf import check_reward_input
 
     check_reward_input(config.reward)
     if config.allow_same_model or not config.reward.path:

@@ -60,7 +60,7 @@ class PromptGroups:
 def evaluation_scorer(config: EvalConfig):
     """The evaluation reward model (``scorers``' factory): here, or on Ray reward actors sharing the
     work; None without one."""
-    from pargs_batch.scorers import RemoteScorer, make_scorer, reward_actors
+    from pargs_batch.rewards.factory import RemoteScorer, make_scorer, reward_actors
 
     if not config.reward.path:
         return None
@@ -103,7 +103,7 @@ def score_runs(config: EvalConfig, runs: dict[str, dict], progress: bool) -> dic
 
 def output_columns(path: str) -> list[str]:
     """The column names of a finished output (its first part file's footer)."""
-    from pargs_batch.output import output_files
+    from pargs_batch.io.output import output_files
 
     fs, files = output_files(path)
     return pq.ParquetFile(files[0], filesystem=fs).schema_arrow.names
@@ -112,8 +112,8 @@ def output_columns(path: str) -> list[str]:
 def score_run(label: str, run: dict, scorer, gold, writers, batch_rows: int, bar) -> dict:
     """One run, streamed: each row's scores to ``writers[0]``, each prompt's means to ``writers[1]``;
     the run's cost columns summed over all its rows (error rows spent compute too)."""
-    from pargs_batch.batch import COST_COLUMNS
-    from pargs_batch.output import iter_output
+    from pargs_batch.io.batch import COST_COLUMNS
+    from pargs_batch.io.output import iter_output
 
     writer, prompt_writer = writers
     d = run["config"]["decode"]

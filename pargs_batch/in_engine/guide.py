@@ -30,7 +30,7 @@ import numpy as np
 from pargs_batch import decoding
 from pargs_batch.config import RewardConfig
 from pargs_batch.guidance import GuideArgs, GuideInfo, GuideRecord, GuideSetup
-from pargs_batch.scorers import score_rows
+from pargs_batch.rewards.factory import score_rows
 
 SPECULATIVE_REFUSAL = ("engine.mode=fused does not support speculative decoding (vLLM would hand the guidance one "
                        "logits row per draft token): remove the engine's speculative_config")
@@ -107,14 +107,14 @@ class Guide:
             return
         from transformers import AutoTokenizer
 
-        from pargs_batch.detok import IncrementalDetokenizer
+        from pargs_batch.models.detok import IncrementalDetokenizer
 
         t0 = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(setup.tokenizer)
         self.detok = IncrementalDetokenizer(self.tokenizer)
         if setup.reward:
             from pargs_batch.in_engine.memory import LargestStep, Reservation
-            from pargs_batch.scorers import make_scorer
+            from pargs_batch.rewards.factory import make_scorer
 
             self.scorer = make_scorer(RewardConfig(**setup.reward), len(self.tokenizer))
             self.incremental = getattr(self.scorer, "incremental", False)

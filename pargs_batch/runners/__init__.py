@@ -13,10 +13,10 @@ tokenizer and (except fused, whose reward model lives in the engine) a scorer, a
 
 from __future__ import annotations
 
-from pargs_batch.batch import Runner
+from pargs_batch.io.batch import Runner
 from pargs_batch.config import GenerateConfig
 from pargs_batch.decoding import METHODS
-from pargs_batch.rows import RowMaker
+from pargs_batch.runners.rows import RowMaker
 
 
 def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:

@@ -12,10 +12,10 @@ import time
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import CandidateRow, Cost, MicroBatchResult, Phases, PromptRow
+from pargs_batch.io.batch import CandidateRow, Cost, MicroBatchResult, Phases, PromptRow
 from pargs_batch.config import DecodeConfig
-from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
-from pargs_batch.scorers import score_rows
+from pargs_batch.runners.rows import RowMaker, in_input_order, whole_request_jobs
+from pargs_batch.rewards.factory import score_rows
 
 
 class BestOfN:

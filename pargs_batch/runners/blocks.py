@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import Cost, MicroBatchResult, Phases, PromptRow
+from pargs_batch.io.batch import Cost, MicroBatchResult, Phases, PromptRow
 from pargs_batch.config import DecodeConfig
-from pargs_batch.rows import RowMaker, first_stop, in_input_order, whole_request_jobs
-from pargs_batch.scorers import score_rows
+from pargs_batch.runners.rows import RowMaker, first_stop, in_input_order, whole_request_jobs
+from pargs_batch.rewards.factory import score_rows
 
 
 @dataclass

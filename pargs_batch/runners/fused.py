@@ -16,10 +16,10 @@ from collections import defaultdict
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import Cost, MicroBatchResult, Phases, PromptRow
+from pargs_batch.io.batch import Cost, MicroBatchResult, Phases, PromptRow
 from pargs_batch.config import DecodeConfig, RewardConfig
 from pargs_batch.guidance import GuideArgs, GuideRecord, GuideSetup
-from pargs_batch.rows import RowMaker, in_input_order, whole_request_jobs
+from pargs_batch.runners.rows import RowMaker, in_input_order, whole_request_jobs
 
 
 def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.batch import Cost, MicroBatchResult, Phases, PromptRow, ResponseRow
+from pargs_batch.io.batch import Cost, MicroBatchResult, Phases, PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
-from pargs_batch.detok import DetokState, IncrementalDetokenizer
-from pargs_batch.rows import RowMaker, first_stop, tokenize_prompts
-from pargs_batch.scorers import score_rows
+from pargs_batch.models.detok import DetokState, IncrementalDetokenizer
+from pargs_batch.runners.rows import RowMaker, first_stop, tokenize_prompts
+from pargs_batch.rewards.factory import score_rows
 
 
 @dataclass

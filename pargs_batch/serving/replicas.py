@@ -122,7 +122,7 @@ def serve_replicas(config: GenerateConfig, host: str, port: int, replicas: int, 
     import ray
     from ray import serve
 
-    from pargs_batch.placement import plan
+    from pargs_batch.plan.placement import plan
     from pargs_batch.pool import init_ray
 
     started_here = not ray.is_initialized()

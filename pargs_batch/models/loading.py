@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from pargs_batch.config import GenerateConfig, ModelConfig, RewardConfig
 from pargs_batch.decoding import METHODS
-from pargs_batch.scorers import guides_in_engine, make_scorer
+from pargs_batch.rewards.factory import guides_in_engine, make_scorer
 
 
 class Models:
@@ -27,7 +27,7 @@ class Models:
     def engine(self, model: ModelConfig, fused_reward: RewardConfig | None = None, fused: bool = False):
         """A vLLM engine for ``model``; ``fused`` loads the guidance logits processor into it, with
         ``fused_reward``'s scorer beside it (None: unguided, e.g. top-k in fused mode)."""
-        from pargs_batch.engine import Engine
+        from pargs_batch.models.engine import Engine
 
         tokenizer = model.tokenizer or model.path
         key = engine_key(model, fused_reward, fused)
@@ -93,7 +93,7 @@ def engine_key(model: ModelConfig, fused_reward: RewardConfig | None, fused: boo
 def fused_engine(model: ModelConfig, reward: RewardConfig | None, tokenizer: str):
     """An engine with the guidance processor (one class for either of vLLM's model runners) and its
     reward model inside."""
-    from pargs_batch.engine import Engine
+    from pargs_batch.models.engine import Engine
     from pargs_batch.runners.fused import engine_kwargs
 
     return Engine(model, fused=engine_kwargs(reward, tokenizer))

@@ -1,7 +1,7 @@
 """Guided generation as one stage of a Ray Data pipeline, in the manner of ``ray.data.llm``.
 
     import ray
-    from pargs_batch.ray_data import build_processor
+    from pargs_batch.io.ray_data import build_processor
 
     processor = build_processor("my.yaml", postprocess=lambda row: {**row, "chars": len(row["response"])})
     ds = ray.data.read_parquet("s3://bucket/prompts/")
@@ -37,11 +37,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from pargs_batch.batch import SCHEMA, to_table
+from pargs_batch.io.batch import SCHEMA, to_table
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.generation import check_models
-from pargs_batch.output import IdSet
+from pargs_batch.io.output import IdSet
 
 Row = dict[str, Any]
 
@@ -58,7 +58,7 @@ class GuidedGeneration:
         self.num_weights = len(config.reward.members) if config.data.weights_column else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from pargs_batch.io import check_repeat, prompt_row
+        from pargs_batch.io.prompts import check_repeat, prompt_row
 
         check_columns(self.config, batch.column_names)
         seen = IdSet()
@@ -125,7 +125,7 @@ class Processor:
         pool's plan for a decode worker with its scorer beside it, on this cluster."""
         import ray
 
-        from pargs_batch import placement
+        from pargs_batch.plan import placement
 
         return placement.plan(self.config, 0, ray.cluster_resources().get("GPU", 0))
 

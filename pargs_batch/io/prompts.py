@@ -16,12 +16,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pargs_batch.batch import PromptRow
-from pargs_batch.contexts import prompt_of
+from pargs_batch.io.batch import PromptRow
+from pargs_batch.io.contexts import prompt_of
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import id_hash
-from pargs_batch.output import IdSet, filesystem
+from pargs_batch.io.output import IdSet, filesystem
 
 
 def conversation(messages: Any) -> tuple[str | None, str | None]:

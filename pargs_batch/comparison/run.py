@@ -247,7 +247,7 @@ def check_evaluation(evaluation: EvalConfig, configs: dict[str, GenerateConfig])
     at all, or a guidance reward model as the evaluation one (unless allowed)."""
     import os
 
-    from pargs_batch.reward import check_reward_input
+    from pargs_batch.rewards.hf import check_reward_input
 
     if not evaluation.reward.path and not evaluation.gold_reward:
         raise ConfigError("evaluation.reward.path", evaluation.reward.path,
@@ -278,7 +278,7 @@ def compare_runs(config: GenerateConfig, runs: list[Run], evaluation: dict, out_
     ``{"configs", "summaries", "report", "reference", "seconds"}`` (the report: ``pb.evaluate``'s;
     the reference: the group every other is paired with)."""
     from pargs_batch.generation import check_models, run_generate
-    from pargs_batch.models import Models
+    from pargs_batch.models.loading import Models
 
     out = Path(out_dir)
     reference = reference_group(runs, reference)

@@ -43,14 +43,14 @@ def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
     RM sharing the LLM's tokenizer, KV state kept) or ``autoregressive`` (a causal LM's summed token
     log-probabilities, KV state kept)."""
     if reward.backend == "autoregressive":
-        from pargs_batch.autoregressive_reward import AutoregressiveRewardScorer
+        from pargs_batch.rewards.autoregressive import AutoregressiveRewardScorer
 
         return AutoregressiveRewardScorer(reward, llm_vocab_size)
     if reward.backend == "causal":
-        from pargs_batch.causal_reward import CausalRewardScorer
+        from pargs_batch.rewards.causal import CausalRewardScorer
 
         return CausalRewardScorer(reward, llm_vocab_size)
-    from pargs_batch.reward import HFRewardScorer, WeightedScorer
+    from pargs_batch.rewards.hf import HFRewardScorer, WeightedScorer
 
     return WeightedScorer(reward) if reward.models else HFRewardScorer(reward)
 
@@ -58,7 +58,7 @@ def make_scorer(reward: RewardConfig, llm_vocab_size: int | None = None):
 def trained_backend(path: str) -> str:
     """The backend a checkpoint asks to be scored with: ``autoregressive`` for one `rm_training` made
     in autoregressive mode (its config says so), else ``hf``."""
-    from pargs_batch.autoregressive_reward import is_autoregressive
+    from pargs_batch.rewards.autoregressive import is_autoregressive
 
     return "autoregressive" if is_autoregressive(path) else "hf"
 

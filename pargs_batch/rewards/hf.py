@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pargs_batch.contexts import conversation_of, prompt_of
+from pargs_batch.io.contexts import conversation_of, prompt_of
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
 
@@ -110,7 +110,7 @@ def load_dtype(config: RewardConfig, device: str):
     checkpoint's own (a float32 checkpoint runs in bfloat16 on a GPU; ``memory.resolved_dtype``)."""
     import torch
 
-    from pargs_batch.shapes import checkpoint_dtype, resolved_dtype
+    from pargs_batch.plan.shapes import checkpoint_dtype, resolved_dtype
 
     checkpoint = checkpoint_dtype(config.path) if config.dtype == "auto" else config.dtype
     return getattr(torch, resolved_dtype(config.dtype, checkpoint, str(device).startswith("cuda")))

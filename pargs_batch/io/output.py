@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pargs_batch.batch import CANDIDATE_SCHEMA, SCHEMA, CandidateRow, ResponseRow, candidates_table, to_table
+from pargs_batch.io.batch import CANDIDATE_SCHEMA, SCHEMA, CandidateRow, ResponseRow, candidates_table, to_table
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import id_hash
 

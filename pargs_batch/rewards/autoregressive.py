@@ -21,8 +21,8 @@ import numpy as np
 
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
-from pargs_batch.kv_cache import BufferedLayer, left_padded, stack_sessions
-from pargs_batch.shapes import LOGIT_POSITIONS
+from pargs_batch.rewards.kv_cache import BufferedLayer, left_padded, stack_sessions
+from pargs_batch.plan.shapes import LOGIT_POSITIONS
 
 MARKER = "pargs_batch_reward"  # the checkpoint config's record of what kind of reward model it is
 
@@ -69,7 +69,7 @@ class AutoregressiveRewardScorer:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        from pargs_batch.reward import load_dtype, one_kernel_activations, resolve_device
+        from pargs_batch.rewards.hf import load_dtype, one_kernel_activations, resolve_device
 
         model_type = AutoConfig.from_pretrained(config.path).model_type
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -124,7 +124,7 @@ class AutoregressiveRewardScorer:
         already generated (the fused processor's late or resumed rows) - the prompt and its last
         ``response_lengths[b]`` tokens of response, whose log-probabilities start its reward. Rows are
         encoded ``reward.batch_tokens`` padded tokens at a time (the memory plan's chunk)."""
-        from pargs_batch.reward import row_chunks
+        from pargs_batch.rewards.hf import row_chunks
 
         done = [0] * len(sequences) if response_lengths is None else [int(n) for n in response_lengths]
         session = None
@@ -238,7 +238,7 @@ class AutoregressiveRewardScorer:
         """Σ_t log π_r(y_t | x, y<t) of each response after its prompt, recomputed from scratch."""
         import torch
 
-        from pargs_batch.reward import length_sorted_batches
+        from pargs_batch.rewards.hf import length_sorted_batches
 
         out = np.zeros(len(prompts), dtype=np.float32)
         with torch.inference_mode():

@@ -8,7 +8,7 @@ whole responses to vLLM (best-of-n, fused).
 
 from __future__ import annotations
 
-from pargs_batch.batch import PromptRow, ResponseRow
+from pargs_batch.io.batch import PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig, GenerateConfig
 from pargs_batch.configlib import ConfigError
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
-from pargs_batch.kv_cache import BufferedLayer, left_padded, stack_sessions
+from pargs_batch.rewards.kv_cache import BufferedLayer, left_padded, stack_sessions
 
 
 class CausalSession:
@@ -62,7 +62,7 @@ class CausalRewardScorer:
             MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         )
 
-        from pargs_batch.reward import load_dtype, one_kernel_activations, resolve_device
+        from pargs_batch.rewards.hf import load_dtype, one_kernel_activations, resolve_device
 
         model_type = AutoConfig.from_pretrained(config.path).model_type
         if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -92,7 +92,7 @@ class CausalRewardScorer:
         joins late (``response_lengths``: a head's reward at the last position needs no more); returns
         the session the steps continue. Rows are encoded ``reward.batch_tokens`` padded tokens at a
         time (the memory plan's chunk)."""
-        from pargs_batch.reward import row_chunks
+        from pargs_batch.rewards.hf import row_chunks
 
         session = None
         for part in row_chunks([len(p) for p in prompt_ids], self.config.batch_tokens):
@@ -208,7 +208,7 @@ class CausalRewardScorer:
         """The reward of whole token-id sequences, recomputed from scratch (for checks and Best-of-N)."""
         import torch
 
-        from pargs_batch.reward import length_sorted_batches
+        from pargs_batch.rewards.hf import length_sorted_batches
 
         out = np.zeros(len(sequences), dtype=np.float32)
         with torch.inference_mode():

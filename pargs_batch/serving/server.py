@@ -335,7 +335,7 @@ def server_engine_args(config: GenerateConfig) -> dict:
     """vLLM's engine arguments for a server of ``config``: the fused batch engine's, with vLLM's
     statistics on (its Prometheus metrics) and the model's generation_config.json not turned into
     request defaults (a batch run takes none of them either)."""
-    from pargs_batch.engine import engine_args
+    from pargs_batch.models.engine import engine_args
     from pargs_batch.runners.fused import engine_kwargs
 
     from vllm.platforms import current_platform
@@ -369,12 +369,12 @@ def serve(config: GenerateConfig, host: str = "127.0.0.1", port: int = 8000, nam
 
     from transformers import AutoTokenizer
 
-    from pargs_batch.engine import eos_token_ids
-    from pargs_batch.serve_ray import exit_with_parent
+    from pargs_batch.models.engine import eos_token_ids
+    from pargs_batch.serving.replicas import exit_with_parent
 
     exit_with_parent()  # a Ray Serve replica's server goes with its replica
     check_servable(config)
-    from pargs_batch.memory import plan_run
+    from pargs_batch.plan.memory import plan_run
 
     memory = plan_run(config)  # said in one line; on a GPU its choices (vLLM's share, max_num_seqs) are taken
     config = memory.apply(config) if memory is not None else config
