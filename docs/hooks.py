@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # mkdocs loads this file by path; the configs imp
 ROOTS = (
     ("generate", "pargs-batch generate", "pargs_batch.config:GenerateConfig"),
     ("evaluate", "pargs-batch evaluate", "pargs_batch.evaluation.config:EvalConfig"),
-    ("compare", "pargs-batch compare --compare", "pargs_batch.comparison.run:CompareConfig"),
+    ("compare", "pargs-batch compare --compare", "pargs_batch.comparison.config:CompareConfig"),
     ("train", "python -m rm_training.train", "rm_training.config:TrainConfig"),
     ("policy", "python -m rm_training.policy", "rm_training.policy_config:PolicyConfig"),
 )

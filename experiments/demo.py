@@ -71,7 +71,8 @@ def run_demo(out_dir: str = "outputs/demo", world_dir: str = WORLD_DIR, num_prom
              beta: float = 2.0, max_new_tokens: int = 48, num_samples: int = 2,
              sweep_beta: list[float] | None = None, reduced_world: bool = False, judge_noise: float = 0.5,
              with_trained_baselines: bool = False, rm_seeds: int | None = None) -> dict:
-    from pargs_batch.comparison.run import compare_runs, judge_seed_rows, seed_rows
+    from pargs_batch.comparison.run import compare_runs
+    from pargs_batch.comparison.tables import judge_seed_rows, seed_rows
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
     from pargs_batch.models.loading import Models
@@ -146,7 +147,7 @@ def compare_plan(world: dict, runs, policies: dict, seeds: int = 1):
     backend), once per reward-model seed (``label seed=i``) when there are several; the fine-tuned
     baselines with their checkpoint as the LLM."""
     from experiments.world.default import reward_seed_paths
-    from pargs_batch.comparison.run import Run
+    from pargs_batch.comparison.config import Run
 
     plan = []
     for r in runs:
@@ -273,7 +274,7 @@ def format_table(rows: list[dict], beta: float, num_samples: int, seeds: int = 1
 def format_judge_table(rows: list[dict], judged: dict, seeds: int = 1) -> str:
     """Table 2's shape: PARGS against each method, by the gold judge (win/tie/loss summed over the seed
     pairs; the win-tie rate over seeds and prompts), and the paired gold difference likewise."""
-    from pargs_batch.comparison.run import win_tie_text
+    from pargs_batch.comparison.tables import win_tie_text
 
     if not judged:
         return ""
@@ -301,7 +302,7 @@ def orderings(plan, report_dir: Path, runs=DEMO_RUNS, metric: str = "gold") -> l
     method without a reward model against every seed of the other), its 95 % interval over seeds
     and prompts, each seed's difference, and whether the ordering holds (the interval excludes 0)
     or changes sign between seeds."""
-    from pargs_batch.comparison.run import seed_rows
+    from pargs_batch.comparison.tables import seed_rows
 
     labels = [r.label for r in runs]
     out = []

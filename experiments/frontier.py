@@ -97,7 +97,7 @@ def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
     """Each point as ``compare`` runs: once per seed of its reward model (``label seed=i``) when
     there are several, once without one."""
     from experiments.world.default import reward_seed_paths
-    from pargs_batch.comparison.run import Run
+    from pargs_batch.comparison.config import Run
 
     runs = []
     for p in points:
@@ -113,7 +113,8 @@ def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
 def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/world", num_prompts: int = 256,
                  max_new_tokens: int = 48, beta: float = 2.0, reduced_world: bool = False,
                  points: list[Point] | None = None, rm_seeds: int | None = None) -> dict:
-    from pargs_batch.comparison.run import compare_runs, seed_rows
+    from pargs_batch.comparison.run import compare_runs
+    from pargs_batch.comparison.tables import seed_rows
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import build
 
@@ -251,7 +252,7 @@ def format_tables(result: dict) -> str:
 def plot(rows: list[dict], out: Path) -> list[str]:
     """Mean gold (± SE over prompts) against RM FLOPs and against wall seconds per prompt, one curve
     a method, Best-of-16 as the reference line (compare's plot with the frontier's axes)."""
-    from pargs_batch.comparison.run import plot as compare_plot
+    from pargs_batch.comparison.tables import plot as compare_plot
 
     return compare_plot(rows, out, REFERENCE, axes=(
         ("rm_flops_per_prompt", "reward-model FLOPs per prompt", "gold_vs_rm_flops.png"),

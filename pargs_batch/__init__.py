@@ -30,7 +30,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from pargs_batch.api import compare, evaluate, generate, read_output, serve
-    from pargs_batch.comparison.run import CompareConfig
+    from pargs_batch.comparison.config import CompareConfig
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError
     from pargs_batch.evaluation.config import EvalConfig

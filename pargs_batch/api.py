@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pargs_batch.comparison.run import CompareConfig
+from pargs_batch.comparison.config import CompareConfig
 from pargs_batch.config import GenerateConfig
 from pargs_batch.configlib import Loadable
 from pargs_batch.evaluation.config import EvalConfig

@@ -63,7 +63,7 @@ def _compare(args) -> int:
     import yaml
 
     from pargs_batch import api
-    from pargs_batch.comparison.run import CompareConfig, parse_budget
+    from pargs_batch.comparison.config import CompareConfig, parse_budget
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError, apply_overrides, build, load_config
     from pargs_batch.evaluation.judge import JudgeError

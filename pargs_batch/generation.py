@@ -30,7 +30,7 @@ from pargs_batch.io.output import RETRYABLE, RunDir
 from pargs_batch.pool import DecodeWorker, LocalPool, RayPool, cluster_devices, init_ray
 from pargs_batch.rewards.hf import check_reward_input
 from pargs_batch.runners.rows import NONFINITE, RowMaker, check_chat_template
-from pargs_batch.rewards.factory import guides_in_engine
+from pargs_batch.plan.placement import guides_in_engine
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Workers that turn micro-batches of prompts into rows, in this process or as a Ray actor pool.
 
 ``DecodeWorker`` is a plain class: one vLLM engine, the LLM's tokenizer and a reward scorer that
-may be local or on Ray reward actors (``scorers.reward_placement`` says which). Its engine sits
+may be local or on Ray reward actors (``plan.placement.reward_placement`` says which). Its engine sits
 behind a lock, so when a worker runs two micro-batches at once (two threads of a Ray actor) the
 engine steps one while the reward actor scores the other's candidates.
 
@@ -25,9 +25,9 @@ from pargs_batch.plan import placement
 from pargs_batch.io.batch import MicroBatchResult, PromptRow
 from pargs_batch.config import GenerateConfig
 from pargs_batch.guidance import GuideInfo
-from pargs_batch.models.loading import Models
+from pargs_batch.models.loading import Models, RemoteScorer, reward_actors
 from pargs_batch.runners import make_runner
-from pargs_batch.rewards.factory import RemoteScorer, reward_actors, reward_placement
+from pargs_batch.plan.placement import reward_placement
 
 
 class LockedEngine:

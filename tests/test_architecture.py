@@ -76,9 +76,10 @@ def test_the_import_graph_has_no_cycle():
     graph = import_graph()
     assert len(graph) > 30 and graph["pargs_batch.generation"]  # the walk found the tree and its imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
-    # the longest chain, 14 modules: __main__ -> cli -> api -> comparison (compare sits on generate and
-    # evaluate) -> evaluation.run -> scoring -> pool -> runners -> ... -> configlib; a guard against growth
-    assert depth(graph) <= 14
+    # the longest chain, 15 modules: __main__ -> cli -> api -> comparison.run -> .tables -> .config (compare
+    # sits on generate and evaluate) -> evaluation.scoring -> pool -> runners -> ... -> configlib; a guard
+    # against growth
+    assert depth(graph) <= 15
 
 
 def test_the_cycle_finder_finds_a_cycle():

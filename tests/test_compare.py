@@ -84,7 +84,7 @@ def test_the_docs_python_compare_runs_as_written(world, chat_world, tmp_path):
 
 
 def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, tmp_path):
-    from pargs_batch.comparison.run import CompareConfig, plan_runs, run_configs
+    from pargs_batch.comparison.config import CompareConfig, plan_runs, run_configs
     from pargs_batch.config import GenerateConfig
 
     config = GenerateConfig.from_dict(base_config(world, tmp_path))
@@ -116,7 +116,7 @@ def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, 
 
 
 def test_the_table_of_a_one_prompt_run_says_it_has_no_standard_error():
-    from pargs_batch.comparison.run import format_table
+    from pargs_batch.comparison.tables import format_table
 
     row = {"label": "pargs", "group": "pargs", "reward": {"mean": 0.5, "se": None}, "gold": None, "rouge_l": None, "mean_tokens": 3.0,
            "reward_tokens_per_prompt": 10.0, "wall_s_per_prompt": 0.1, "tokens_per_s": None,
@@ -158,8 +158,8 @@ def test_reward_model_seeds_run_each_guided_method_per_seed_and_the_table_pairs_
     from the evaluation's per-prompt means, and says where a difference changes sign between seeds."""
     import pyarrow as pa
 
-    from pargs_batch.comparison.run import (CompareConfig, format_seed_table, judge_seed_rows, plan_runs,
-                                        reference_group, reference_pairs, run_configs, seed_rows)
+    from pargs_batch.comparison.config import CompareConfig, plan_runs, reference_group, reference_pairs, run_configs
+    from pargs_batch.comparison.tables import format_seed_table, judge_seed_rows, seed_rows
     from pargs_batch.config import GenerateConfig
 
     config = GenerateConfig.from_dict(base_config(world, tmp_path))

@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pargs_batch import decoding  # noqa: E402
-from pargs_batch.in_engine.guide import Row, guided_scores, top_candidates  # noqa: E402
+from pargs_batch.in_engine.rule import guided_scores, top_candidates  # noqa: E402
+from pargs_batch.in_engine.state import Row  # noqa: E402
 from pargs_batch.in_engine.processor import PargsLogitsProcessor  # noqa: E402
 
 

@@ -7,7 +7,9 @@ import pytest
 
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError, build
-from pargs_batch.rewards.factory import ScorerActor, guides_in_engine, make_scorer, reward_placement, score_rows
+from pargs_batch.models.loading import ScorerActor
+from pargs_batch.plan.placement import guides_in_engine, reward_placement
+from pargs_batch.rewards.factory import make_scorer, score_rows
 
 from helpers import base_config
 

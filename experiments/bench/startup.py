@@ -40,7 +40,7 @@ def _child(config_json: str, spawned: float) -> dict:
     from pargs_batch.configlib import build
     from pargs_batch.generation import run_generate
     from pargs_batch.models.loading import Models
-    from pargs_batch.rewards.factory import guides_in_engine
+    from pargs_batch.plan.placement import guides_in_engine
 
     config = build(GenerateConfig, json.loads(config_json))
     imported = time.time()

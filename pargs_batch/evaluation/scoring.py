@@ -60,7 +60,8 @@ class PromptGroups:
 def evaluation_scorer(config: EvalConfig):
     """The evaluation reward model (``scorers``' factory): here, or on Ray reward actors sharing the
     work; None without one."""
-    from pargs_batch.rewards.factory import RemoteScorer, make_scorer, reward_actors
+    from pargs_batch.models.loading import RemoteScorer, reward_actors
+    from pargs_batch.rewards.factory import make_scorer
 
     if not config.reward.path:
         return None

@@ -22,68 +22,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from pargs_batch import decoding
 from pargs_batch.config import RewardConfig
-from pargs_batch.guidance import GuideArgs, GuideInfo, GuideRecord, GuideSetup
+from pargs_batch.guidance import GuideArgs, GuideInfo, GuideSetup
+from pargs_batch.in_engine.rule import guided_scores, top_candidates
+from pargs_batch.in_engine.state import Row
 from pargs_batch.rewards.factory import score_rows
 
 SPECULATIVE_REFUSAL = ("engine.mode=fused does not support speculative decoding (vLLM would hand the guidance one "
                        "logits row per draft token): remove the engine's speculative_config")
-
-
-@dataclass
-class Row:
-    """One request's guidance state, kept under the request's key for as long as vLLM runs it."""
-
-    key: str
-    k: int
-    beta: float
-    guided: bool
-    greedy: bool
-    prompt: Any                   # the reward model's context: prompt text or conversation
-    out_ids: list[int]            # the request's output tokens as vLLM holds them (V1: its live list)
-    prompt_ids: list[int] = field(default_factory=list)
-    detok: object = None          # DetokState (hf backend)
-    alive: bool = True            # still in vLLM's batch
-    in_session: bool = False      # its KV state is in the causal session (causal backend)
-    seen: int = 0                 # output tokens already committed here
-    committed: list[int] = field(default_factory=list)  # those tokens (a resume is checked against them)
-    rewards: list[float] = field(default_factory=list)
-    failed_at: int | None = None  # the step at which no candidate had a finite reward
-    pending: tuple | None = None  # (candidate ids, their rewards, their detok windows) of the last step
-    timings: dict = field(default_factory=lambda: defaultdict(float))
-    reward_tokens: int = 0        # what the reward model read for the row, and the inputs it scored
-    reward_calls: int = 0
-    weights: list[float] | None = None  # its reward models' own weights (data.weights_column)
-    keep: bool = True             # its record waits for the driver (False: dropped when it leaves)
-
-    def record(self, last_token: int | None = None) -> GuideRecord:
-        """What the driver gets of this row (``last_token``: the request's final token, which a
-        whole-vocabulary row's last step can give the reward of)."""
-        if self.pending is None:
-            last = {}
-        elif self.pending[0] is None:  # whole vocabulary: the final token's reward alone
-            reward = self.reward_of(last_token) if last_token is not None and last_token >= 0 else None
-            last = {} if reward is None else {int(last_token): reward}
-        else:
-            last = {int(t): float(r) for t, r in zip(self.pending[0], self.pending[1])}
-        return GuideRecord(rewards=[None if r is None else float(r) for r in self.rewards], last_token_rewards=last,
-                           timings=dict(self.timings), failed_at=self.failed_at, reward_tokens=self.reward_tokens,
-                           reward_calls=self.reward_calls)
-
-    def reward_of(self, token: int) -> float | None:
-        if self.pending is None:
-            return None
-        ids, rewards, _ = self.pending
-        if ids is None:  # whole vocabulary: r(x, y) + log pi_r(v | x, y) for every v
-            return float(rewards[token]) if 0 <= token < rewards.shape[0] else None
-        hit = np.nonzero(ids == token)[0]
-        return float(rewards[hit[0]]) if len(hit) else None
 
 
 class Guide:
@@ -450,35 +400,3 @@ class Guide:
         return scores[[where[id(r)] for r in rows]]
 
 
-def top_candidates(logp, kmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """The kmax most likely tokens of each row of a (B, vocab) torch log-softmax, as (ids, logprobs)
-    numpy arrays in ``decoding.order_candidates``' order: ties, across the k-th place too, go to the
-    lower token id (``torch.topk`` alone picks among tokens tied at the k-th place arbitrarily)."""
-    import torch
-
-    wide = min(kmax + 1, logp.shape[-1])  # one more: a tie across the k-th place shows as its equal
-    top_lp, top_ids = logp.topk(wide, dim=-1)
-    top = top_lp.cpu().numpy()
-    ids, lps = top_ids[:, :kmax].cpu().numpy().astype(np.int64), top[:, :kmax].astype(np.float64)
-    edge = top_lp[:, kmax - 1:kmax]
-    for b in np.nonzero(top[:, kmax] == top[:, kmax - 1])[0] if wide > kmax else ():
-        tied = torch.nonzero(logp[b] >= edge[b]).flatten()
-        ids[b], lps[b] = (x[0] for x in decoding.order_candidates(
-            tied.cpu().numpy()[None].astype(np.int64), logp[b, tied].cpu().numpy()[None].astype(np.float64), kmax))
-    return decoding.order_candidates(ids, lps, kmax)
-
-
-def guided_scores(logprobs: np.ndarray, rewards: np.ndarray, beta: np.ndarray, k: np.ndarray,
-                  greedy: np.ndarray) -> np.ndarray:
-    """What a row's candidates' logits become: ``decoding.scores`` on the first k of each row,
-    -inf beyond k; a greedy row keeps only ``decoding.greedy``'s choice finite, so vLLM's argmax
-    at temperature 0 takes the same token the stepped loop would."""
-    score = decoding.scores(logprobs, rewards, beta)
-    score[np.arange(score.shape[1])[None, :] >= np.asarray(k)[:, None]] = -np.inf
-    rows = np.nonzero(greedy)[0]
-    if len(rows):
-        keep = decoding.greedy(score[rows])
-        chosen = score[rows, keep]
-        score[rows] = -np.inf
-        score[rows, keep] = chosen
-    return score

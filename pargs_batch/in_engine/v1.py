@@ -8,7 +8,8 @@ from __future__ import annotations
 from vllm.v1.sample.logits_processor import MoveDirectionality
 
 from pargs_batch.guidance import GuideArgs
-from pargs_batch.in_engine.guide import Guide, Row
+from pargs_batch.in_engine.guide import Guide
+from pargs_batch.in_engine.state import Row
 
 
 class PargsLogitsProcessorV1:

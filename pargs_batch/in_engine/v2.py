@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from pargs_batch.guidance import GuideArgs
-from pargs_batch.in_engine.guide import Guide, Row
+from pargs_batch.in_engine.guide import Guide
+from pargs_batch.in_engine.state import Row
 
 
 class PargsLogitsProcessorV2:

@@ -134,7 +134,7 @@ class Engine:
 
     def __init__(self, config: ModelConfig, fused: dict | None = None):
         """``fused``: extra ``vllm.LLM`` arguments loading the guidance logits processor and its
-        worker extension (``fused.engine_kwargs``)."""
+        worker extension (``models.loading.engine_kwargs``)."""
         from vllm import LLM
         from vllm.platforms import current_platform
 

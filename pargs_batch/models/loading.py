@@ -1,9 +1,12 @@
-"""Loading the models a run needs: the one home for how engines, tokenizers and scorers are made.
+"""Loading the models a run needs: the one home for how engines, tokenizers and scorers are made,
+following the plan's decisions (``plan.placement.reward_placement``: in the engine, in the worker,
+or on Ray reward actors).
 
 ``Models`` loads each engine, tokenizer and reward scorer once in this process and hands the same
 one to every run that asks for it (the demo's runs share one engine; a bench's runs share engines
 and scorers across batch sizes). A decode worker holds one ``Models``; ``load_models`` is the
-one-off form.
+one-off form. ``engine_kwargs`` is what vLLM needs to load the in-engine guide (and its reward model);
+``reward_actors`` loads a scorer on Ray actors and ``RemoteScorer`` calls them like a local one.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import asdict
 
 from pargs_batch.config import GenerateConfig, ModelConfig, RewardConfig
 from pargs_batch.decoding import METHODS
-from pargs_batch.rewards.factory import guides_in_engine, make_scorer
+from pargs_batch.guidance import GuideSetup
+from pargs_batch.plan.placement import guides_in_engine
+from pargs_batch.rewards.factory import make_scorer
 
 
 class Models:
@@ -94,11 +99,74 @@ def fused_engine(model: ModelConfig, reward: RewardConfig | None, tokenizer: str
     """An engine with the guidance processor (one class for either of vLLM's model runners) and its
     reward model inside."""
     from pargs_batch.models.engine import Engine
-    from pargs_batch.runners.fused import engine_kwargs
-
     return Engine(model, fused=engine_kwargs(reward, tokenizer))
 
 
 def load_models(config: GenerateConfig):
     """(engine, tokenizer, scorer) for one run, loaded in this process."""
     return Models().for_config(config)
+
+
+def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
+    """What ``vllm.LLM`` needs to load the guidance (and its reward model) into the engine: one
+    processor class that either model runner takes, and the records extension."""
+    from dataclasses import asdict
+
+    setup = GuideSetup(tokenizer=tokenizer, reward=asdict(reward) if reward and reward.members else None)
+    return {"logits_processors": ["pargs_batch.in_engine.processor:PargsLogitsProcessor"],
+            "worker_extension_cls": "pargs_batch.in_engine.records.RecordsExtension",
+            "additional_config": setup.to_wire()}
+
+
+
+class ScorerActor:
+    """The body of a Ray reward actor: the scorer ``make_scorer`` picks, loaded in the actor."""
+
+    def __init__(self, reward: RewardConfig):
+        self.scorer = make_scorer(reward)
+
+    def score(self, prompts: list, responses: list[str], weights: list | None = None):
+        return self.score_costed(prompts, responses, weights)[0]
+
+    def score_costed(self, prompts: list, responses: list[str], weights: list | None = None):
+        if weights is None:
+            return self.scorer.score_costed(prompts, responses)
+        return self.scorer.score_costed(prompts, responses, weights=weights)
+
+
+class RemoteScorer:
+    """A reward scorer on one or more Ray actors, called like a local one: a call is split evenly
+    across the actors and the scores come back in input order."""
+
+    def __init__(self, actors: list):
+        self.actors = list(actors)
+
+    def score(self, prompts: list[str], responses: list[str], weights: list | None = None):
+        return self.score_costed(prompts, responses, weights)[0]
+
+    def score_costed(self, prompts: list[str], responses: list[str], weights: list | None = None):
+        """Scores, tokens read and model calls per input, as ``HFRewardScorer.score_costed``
+        (``weights``: per input, for a ``WeightedScorer``)."""
+        import numpy as np
+        import ray
+
+        n = len(self.actors)
+        extra = (lambda i: {}) if weights is None else (lambda i: {"weights": weights[i::n]})
+        if n == 1:
+            return ray.get(self.actors[0].score_costed.remote(prompts, responses, **extra(0)))
+        parts = [a.score_costed.remote(prompts[i::n], responses[i::n], **extra(i)) for i, a in enumerate(self.actors)]
+        out = np.zeros(len(prompts), dtype=np.float32)
+        tokens, calls = np.zeros(len(prompts), dtype=np.int64), np.zeros(len(prompts), dtype=np.int64)
+        for i, (part, part_tokens, part_calls) in enumerate(ray.get(parts)):
+            out[i::n], tokens[i::n], calls[i::n] = part, part_tokens, part_calls
+        return out, tokens, calls
+
+
+def reward_actors(reward: RewardConfig, options: list[dict], max_retries: int = 0) -> list:
+    """One Ray actor per entry of ``options`` (its resources and scheduling), each loading the scorer of
+    ``reward`` through ``make_scorer`` (a first call waits for it)."""
+    import ray
+
+    cls = ray.remote(ScorerActor)
+    return [cls.options(**o, max_restarts=max_retries, max_task_retries=max_retries).remote(reward) for o in options]
+

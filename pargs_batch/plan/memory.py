@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pargs_batch.config import GenerateConfig, RewardConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import METHODS
-from pargs_batch.rewards.factory import reward_placement
+from pargs_batch.plan.placement import reward_placement
 from pargs_batch.plan.shapes import GIB, LOGIT_POSITIONS, Architecture, Devices, resolved_dtype, vllm_defaults
 
 log = logging.getLogger(__name__)

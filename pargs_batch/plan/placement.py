@@ -1,6 +1,18 @@
-"""Where the Ray pool's actors go: the resources of each decode worker and reward actor, and the
-placement group that keeps a worker beside its reward actor. Decided here, once, from the config and
-the cluster (``plan``); ``RayPool`` only follows the plan.
+"""Where each model runs, decided here, once: the reward model's placement, and the Ray pool's actors
+(the resources of each decode worker and reward actor, and the placement group that keeps a worker
+beside its reward actor) from the config and the cluster (``plan``); ``RayPool`` only follows the plan.
+
+The reward model's placement (``reward_placement``):
+
+- ``engine``: fused mode (tokenwise methods) - the scorer lives inside vLLM's process, beside the
+  logits processor that calls it every step;
+- ``worker``: beside the engine in the decode worker - the causal and autoregressive backends (they
+  keep per-sequence KV state between steps, which cannot cross a process boundary every token),
+  best-of-n and the block methods in fused mode, and every run without Ray;
+- ``actor``: a separate Ray reward actor shared round-robin by the decode workers - the ``hf``
+  backend in stepped mode on Ray, so one worker's engine steps while the actor scores.
+
+Methods without a reward (``topk``) have no placement (``None``).
 
 Defaults (``ray.engine_resources`` / ``ray.reward_resources`` left unset):
 
@@ -22,6 +34,7 @@ import math
 from dataclasses import dataclass, field
 
 from pargs_batch.config import GenerateConfig
+from pargs_batch.decoding import METHODS
 
 PLACEMENT_TIMEOUT_S = 600  # how long to wait for the cluster to fit the pool before saying so
 
@@ -101,3 +114,21 @@ def place(bundles: list[dict]):
                            f"({bundles[0]} each) within {PLACEMENT_TIMEOUT_S} s; it has "
                            f"{ray.cluster_resources()}: lower ray.num_workers or the resources") from None
     return group
+
+
+def guides_in_engine(config: GenerateConfig) -> bool:
+    """Whether the run's engine carries the fused logits processor: fused mode, the tokenwise methods
+    (best-of-n and the block methods sample pi_ref through plain requests and score afterwards)."""
+    return config.engine.mode == "fused" and METHODS[config.decode.method].tokenwise
+
+
+def reward_placement(config: GenerateConfig, on_ray: bool) -> str | None:
+    """Where the reward model of ``config`` runs: engine, worker, actor, or None (no reward)."""
+    if not METHODS[config.decode.method].uses_reward:
+        return None
+    if guides_in_engine(config):
+        return "engine"
+    if config.reward.backend != "hf" or config.engine.mode == "fused" or not on_ray:
+        return "worker"
+    return "actor"
+

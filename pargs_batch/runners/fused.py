@@ -17,20 +17,9 @@ import numpy as np
 
 from pargs_batch import decoding
 from pargs_batch.io.batch import Cost, MicroBatchResult, Phases, PromptRow
-from pargs_batch.config import DecodeConfig, RewardConfig
-from pargs_batch.guidance import GuideArgs, GuideRecord, GuideSetup
+from pargs_batch.config import DecodeConfig
+from pargs_batch.guidance import GuideArgs, GuideRecord
 from pargs_batch.runners.rows import RowMaker, in_input_order, whole_request_jobs
-
-
-def engine_kwargs(reward: RewardConfig | None, tokenizer: str) -> dict:
-    """What ``vllm.LLM`` needs to load the guidance (and its reward model) into the engine: one
-    processor class that either model runner takes, and the records extension."""
-    from dataclasses import asdict
-
-    setup = GuideSetup(tokenizer=tokenizer, reward=asdict(reward) if reward and reward.members else None)
-    return {"logits_processors": ["pargs_batch.in_engine.processor:PargsLogitsProcessor"],
-            "worker_extension_cls": "pargs_batch.in_engine.records.RecordsExtension",
-            "additional_config": setup.to_wire()}
 
 
 class FusedRunner:

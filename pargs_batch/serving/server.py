@@ -1,7 +1,7 @@
 """`pargs-batch serve`: vLLM's own OpenAI-compatible server with the reward guidance in its engine.
 
 The engine is the batch engine of ``engine.mode: fused`` (``engine.engine_args`` and
-``runners.fused.engine_kwargs``: the same logits processor, reward model, block size and prefill),
+``models.loading.engine_kwargs``: the same logits processor, reward model, block size and prefill),
 started by vLLM's server code (``AsyncEngineArgs``, ``build_app``, ``init_app_state``,
 ``serve_http``), so completions and chat completions, streaming, aborts on disconnect, the context
 check and vLLM's Prometheus metrics are vLLM's. One ASGI middleware (``GuidanceMiddleware``) stands
@@ -336,7 +336,7 @@ def server_engine_args(config: GenerateConfig) -> dict:
     statistics on (its Prometheus metrics) and the model's generation_config.json not turned into
     request defaults (a batch run takes none of them either)."""
     from pargs_batch.models.engine import engine_args
-    from pargs_batch.runners.fused import engine_kwargs
+    from pargs_batch.models.loading import engine_kwargs
 
     from vllm.platforms import current_platform
 
