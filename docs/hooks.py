@@ -5,13 +5,17 @@
 - ``<!-- config-reference: generate.ray -->``: one section's table, where a page discusses it.
 - ``<!-- test-table -->`` (testing.md): each ``tests/test_*.py`` and the first paragraph of its
   module docstring (every test file opens with what it proves).
+- ``<!-- cli-reference -->`` (cli.md): every ``pargs-batch`` command the installed parser has
+  (``pargs_batch.cli.build_parser()``, entry-point commands included): its usage and a table of its
+  options, made from the parser's own help text.
 
-The generators are plain functions (``config_reference``, ``config_keys``, ``test_table``);
-tests/test_docs.py imports them as ``docs.hooks``.
+The generators are plain functions (``config_reference``, ``config_keys``, ``test_table``,
+``cli_reference``, ``cli_commands``, ``option_name``); tests/test_docs.py imports them as ``docs.hooks``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import importlib
@@ -38,6 +42,8 @@ ROOTS = (
 
 CONFIG_MARKER = re.compile(r"<!--\s*config-reference(?::\s*(?P<root>\w+)\.(?P<section>[\w.]+))?\s*-->")
 TEST_MARKER = "<!-- test-table -->"
+CLI_MARKER = "<!-- cli-reference -->"
+USAGE_WIDTH = 100  # the usage lines are wrapped at this width, whatever the terminal building the site
 
 
 def root_class(name: str) -> type:
@@ -192,6 +198,112 @@ test_table.__test__ = False  # a generator, not a test, should pytest ever colle
 test_files.__test__ = False
 
 
+# ---------------------------------------------------------------------- the command line
+
+
+def cli_commands(parser: argparse.ArgumentParser | None = None, path: tuple[str, ...] = (),
+                 text: str = "") -> list[tuple[tuple[str, ...], argparse.ArgumentParser, str]]:
+    """(command words, parser, its one-line help) of every command below ``parser`` (default:
+    ``pargs_batch.cli.build_parser()``, so whatever the entry points installed add), depth first in
+    the order ``pargs-batch --help`` lists them; a command with sub-commands (``world``) is listed
+    before them."""
+    if parser is None:
+        from pargs_batch.cli import build_parser
+
+        parser = build_parser()
+    found = [(path, parser, text)] if path else []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            for name, child in action.choices.items():
+                found += cli_commands(child, path + (name,), helps.get(name, ""))
+    return found
+
+
+def cli_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The options and positional arguments of one command (``--help`` and sub-command choices left out)."""
+    return [a for a in parser._actions
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+
+
+def option_name(action: argparse.Action) -> str:
+    """How an option is written on the command line: its flags (``--log-file``), or a positional's
+    metavar (``key=value``)."""
+    return ", ".join(action.option_strings) if action.option_strings else (action.metavar or action.dest)
+
+
+def command_anchor(words: tuple[str, ...]) -> str:
+    return "-".join(words)
+
+
+def _argument(action: argparse.Action) -> str:
+    """What an option takes: nothing (a switch), one of its choices, its metavar or its type."""
+    if action.nargs == 0:
+        return "switch"
+    if action.choices:
+        text = "one of " + ", ".join(f"`{c}`" for c in action.choices)
+    elif action.metavar and action.option_strings:
+        text = _code(action.metavar)
+    else:
+        text = {int: "integer", float: "number"}.get(action.type, "text")
+    if action.nargs in ("*", "+"):
+        text = ("zero" if action.nargs == "*" else "one") + " or more, space-separated"
+    if isinstance(action, argparse._AppendAction) and "repeat" not in (action.help or ""):
+        text += " (repeatable)"
+    return text
+
+
+def _default(action: argparse.Action) -> str:
+    if action.required and action.nargs not in ("*", "?"):  # argparse marks every positional required
+        return "required"
+    if action.nargs == 0:
+        return "off"
+    if action.default in (None, [], argparse.SUPPRESS):
+        return "-"
+    return _code(str(action.default))
+
+
+def usage(parser: argparse.ArgumentParser, width: int = USAGE_WIDTH) -> str:
+    """The parser's usage line(s), without the ``usage:`` prefix, wrapped at ``width``."""
+    formatter = parser.formatter_class(prog=parser.prog, width=width)
+    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups, prefix="")
+    return formatter.format_help().strip()
+
+
+def command_reference(words: tuple[str, ...], parser: argparse.ArgumentParser, text: str) -> str:
+    """One command: a heading with a stable anchor, its help, its usage and its options' table."""
+    out = [f"## `pargs-batch {' '.join(words)}` {{#{command_anchor(words)}}}", ""]
+    if text:
+        out += [_cell(text[0].upper() + text[1:]) + ("" if text.endswith((".", "?", "!")) else "."), ""]
+    out += ["```text", usage(parser), "```", ""]
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subs:
+        out += ["Its commands: " + ", ".join(f"[`{name}`](#{command_anchor(words + (name,))})"
+                                             for name in action.choices) + ".", ""]
+    options = cli_options(parser)
+    if options:
+        out += ["| option | takes | default | help |", "| --- | --- | --- | --- |"]
+        for action in options:
+            out.append(f"| {_code(option_name(action))} | {_argument(action)} | {_default(action)} | "
+                       f"{_cell(action.help or '')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def cli_summary(commands) -> str:
+    """``| command | what it does |``, one row per command, each linked to its section."""
+    rows = ["| command | what it does |", "| --- | --- |"]
+    for words, _, text in commands:
+        rows.append(f"| [`{' '.join(words)}`](#{command_anchor(words)}) | {_cell(text)} |")
+    return "\n".join(rows)
+
+
+def cli_reference() -> str:
+    """Markdown for every command of ``pargs-batch``: a summary table, then one section each."""
+    commands = cli_commands()
+    return "\n".join([cli_summary(commands), ""] + [command_reference(*c) for c in commands])
+
+
 def _replace_config(match: re.Match) -> str:
     if match.group("root"):
         return section_reference(match.group("root"), match.group("section"))
@@ -202,4 +314,6 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     markdown = CONFIG_MARKER.sub(_replace_config, markdown)
     if TEST_MARKER in markdown:
         markdown = markdown.replace(TEST_MARKER, test_table())
+    if CLI_MARKER in markdown:
+        markdown = markdown.replace(CLI_MARKER, cli_reference())
     return markdown

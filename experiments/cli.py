@@ -18,23 +18,23 @@ def add_world_command(sub) -> None:
     build.add_argument("--kind", default="default", choices=["default", "reduced", "tiny"],
                        help="default: the demo's trained world; reduced: its test-sized twin; "
                             "tiny: the unit tests' fixed world")
-    build.add_argument("--out", default="outputs/world")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--out", default="outputs/world", help="where the world is written")
+    build.add_argument("--seed", type=int, default=0, help="seed of the corpus, the models and their training")
     build.set_defaults(func=_world, log_default=lambda a: f"{a.out}/build.log")
     judge = world_sub.add_parser("judge-server", help="the default world's gold judge: an OpenAI-compatible "
                                                       "chat endpoint on localhost grading by the gold reward")
-    judge.add_argument("--port", type=int, default=8199)
+    judge.add_argument("--port", type=int, default=8199, help="port of the judge server on 127.0.0.1")
     judge.add_argument("--noise", type=float, default=0.5, help="std of the Gaussian noise added to the gold reward")
-    judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument("--seed", type=int, default=0, help="seed of the judge's noise")
     judge.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
     judge.set_defaults(func=_judge_server, quiet=False)
     compare = world_sub.add_parser("compare-rms", help="the full- and partial-sequence RMs at matched compute "
                                                       "(steps, tokens, learning rate chosen on the evaluation split)")
-    compare.add_argument("--world-dir", default="outputs/world")
-    compare.add_argument("--out", default="outputs/compare-rms")
-    compare.add_argument("--steps", type=int, default=1500)
-    compare.add_argument("--lrs", default="1e-3,3e-3,1e-2", metavar="LR1,LR2,...")
-    compare.add_argument("--seeds", default="0,1,2", metavar="S1,S2,...")
+    compare.add_argument("--world-dir", default="outputs/world", help="the built world whose reward models are compared")
+    compare.add_argument("--out", default="outputs/compare-rms", help="where the trained reward models and the table go")
+    compare.add_argument("--steps", type=int, default=1500, help="optimiser steps of each training run")
+    compare.add_argument("--lrs", default="1e-3,3e-3,1e-2", metavar="LR1,LR2,...", help="learning rates tried")
+    compare.add_argument("--seeds", default="0,1,2", metavar="S1,S2,...", help="training seeds of each learning rate")
     compare.add_argument("--select-limit", type=int, default=600, help="evaluation-split triples scoring the grid")
     compare.set_defaults(func=_compare_rms, log_default=lambda a: f"{a.out}/compare-rms.log")
 
@@ -46,8 +46,8 @@ def add_demo_command(sub) -> None:
     demo.add_argument("--reduced-world", action="store_true", help="the test-sized world (a minute to build)")
     demo.add_argument("--num-prompts", type=int, default=256, help="held-out prompts per method")
     demo.add_argument("--num-samples", type=int, default=2, help="responses per prompt (ROUGE-L needs 2+)")
-    demo.add_argument("--beta", type=float, default=2.0)
-    demo.add_argument("--max-new-tokens", type=int, default=48)
+    demo.add_argument("--beta", type=float, default=2.0, help="guidance weight of the guided methods")
+    demo.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
     demo.add_argument("--sweep-beta", metavar="B1,B2,...",
                       help="also run pargs at each beta (e.g. 0.5,1,1.5,2,2.5,3): Table 4 and its plot")
     demo.add_argument("--judge-noise", type=float, default=0.5,
@@ -64,9 +64,9 @@ def add_demo_command(sub) -> None:
 def add_bench_command(sub) -> None:
     bench = sub.add_parser("bench", help="tokens/s of plain, stepped, fused and the reference loop (make bench)")
     bench.add_argument("--out", default="outputs/bench", help="where bench.json and the plots go")
-    bench.add_argument("--world-dir", default="outputs/world")
+    bench.add_argument("--world-dir", default="outputs/world", help="where the world is cached (built if missing)")
     bench.add_argument("--reduced-world", action="store_true", help="the test-sized world")
-    bench.add_argument("--batch-sizes", default="1,64,256", metavar="B1,B2,...")
+    bench.add_argument("--batch-sizes", default="1,64,256", metavar="B1,B2,...", help="prompts a micro-batch in the step-cost table")
     bench.add_argument("--new-tokens", type=int, default=64, help="tokens per response (EOS ignored)")
     bench.add_argument("--reference-prompts", type=int, default=2, help="prompts the one-at-a-time loop runs")
     bench.add_argument("--prefix-lengths", default="32,64,128,256,512", metavar="L1,L2,...",
@@ -80,11 +80,11 @@ def add_bench_command(sub) -> None:
     bench.add_argument("--memory", action="store_true",
                        help="instead: the driver's peak memory at --memory-sizes prompts (fresh run, resume, evaluation) "
                             "and the part files 100k text rows make")
-    bench.add_argument("--memory-sizes", default="20000,1000000", metavar="N1,N2,...")
+    bench.add_argument("--memory-sizes", default="20000,1000000", metavar="N1,N2,...", help="prompt counts of the --memory runs")
     bench.add_argument("--serve", action="store_true",
                        help="instead: requests/s, tokens/s and p50/p99 latency of `pargs-batch serve` at --serve-clients "
                             "concurrent clients, guided against plain (guidance: false)")
-    bench.add_argument("--serve-clients", default="1,16,64", metavar="C1,C2,...")
+    bench.add_argument("--serve-clients", default="1,16,64", metavar="C1,C2,...", help="concurrent clients of the --serve runs")
     bench.add_argument("--serve-min-requests", type=int, default=8,
                        help="requests per round at each concurrency: this many, or twice the clients")
     bench.set_defaults(func=_bench, log_default=lambda a: f"{a.out}/bench.log")
@@ -97,8 +97,8 @@ def add_frontier_command(sub) -> None:
     frontier.add_argument("--world-dir", default="outputs/world", help="where the world is cached")
     frontier.add_argument("--reduced-world", action="store_true", help="the test-sized world")
     frontier.add_argument("--num-prompts", type=int, default=256, help="held-out prompts per run")
-    frontier.add_argument("--max-new-tokens", type=int, default=48)
-    frontier.add_argument("--beta", type=float, default=2.0)
+    frontier.add_argument("--max-new-tokens", type=int, default=48, help="response length limit")
+    frontier.add_argument("--beta", type=float, default=2.0, help="guidance weight of the guided methods")
     frontier.add_argument("--rm-seeds", type=int, default=None, metavar="N",
                           help="run each guided point with the first N seeds of its reward model (default: all the "
                                "world has, 3; 1: a third of the runs, intervals over prompts only)")

@@ -144,8 +144,9 @@ def _plan(args) -> int:
 
     config = load_config(GenerateConfig, args.config, args.overrides)
     if (args.gpus is None) != (args.gpu_memory is None):
-        raise ConfigError("--gpus" if args.gpus is None else "--gpu-memory", args.gpus or args.gpu_memory,
-                          "give --gpus and --gpu-memory together (or neither: the devices of this machine)")
+        missing = "--gpus" if args.gpus is None else "--gpu-memory"
+        raise ConfigError(missing, None, "give --gpus and --gpu-memory together (or neither: the devices of this "
+                                         "machine)")
     devices = Devices.given(args.gpus, args.gpu_memory) if args.gpus is not None else Devices.detect()
     console.show(plan_memory(config, devices).table())
     return 0
@@ -281,6 +282,29 @@ def main(argv: list[str] | None = None) -> int:
             log.unlink()
         elif log.exists():
             console.say(f"log: {log} (library output; --verbose shows it here)")
+            if argv is None:  # the process is this command's: what it prints as it exits is the libraries'
+                _exit_output_to(log)
+
+
+def _exit_output_to(log: Path) -> None:
+    """At interpreter exit, point file descriptors 1 and 2 at ``log`` again, so that what the libraries
+    print as the process ends goes where the rest of their output went and the terminal ends on the
+    command's own last line. (nanobind's leak report, for one: triton, which torch and vLLM import,
+    holds nanobind objects to the end, and nanobind reports each of them once Python has finished.)"""
+    import atexit
+
+    def redirect() -> None:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        except (OSError, ValueError):
+            return
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    atexit.register(redirect)
 
 
 def _run(args) -> int:

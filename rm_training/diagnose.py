@@ -208,7 +208,8 @@ def add_command(sub) -> None:
     cmd = sub.add_parser("diagnose-rm", help="does a reward model rank partial responses like whole ones?")
     cmd.add_argument("--reward-model", action="append", required=True, help="checkpoint (repeat to compare)")
     cmd.add_argument("--pairs", required=True, help=".jsonl/.parquet preference triples (held out)")
-    cmd.add_argument("--format", default="generic", choices=["generic", "hh", "tldr"])
+    cmd.add_argument("--format", default="generic", choices=["generic", "hh", "tldr"],
+                     help="how the pairs file is laid out (rm_training's data.format)")
     cmd.add_argument("--template", default="{prompt}{response}", help="as reward.template")
     cmd.add_argument("--limit", type=int, default=None, help="use the first N rows")
     cmd.add_argument("--out", default="outputs/diagnose", help="where diagnose.json and the plot go")

@@ -1,11 +1,14 @@
 """The documentation site builds and tells the truth about the code: `mkdocs build --strict` passes
 (every internal link and anchor resolves), the configuration reference lists every key of every
-command's config - and no key the code does not have - and the testing page lists every test file.
+command's config - and no key the code does not have - the command-line reference every command and
+option of `pargs-batch` and no other, the testing page every test file, and the troubleshooting
+page quotes the messages the code prints.
 
 The site is built once, in a subprocess, into a temporary directory; the generated parts come from
 docs/hooks.py, imported here as ``docs.hooks``.
 """
 
+import argparse
 import dataclasses
 import os
 import subprocess
@@ -69,14 +72,15 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_site_builds_strict_with_every_page(site):
-    nav_pages = ["index.md", "quickstart.md", "generating.md", "configuration.md", "serving.md", "methods.md",
-                 "real-models.md", "gpu.md", "modes.md", "outputs.md", "ray.md", "evaluation.md", "compare.md", "training.md",
-                 "world.md", "benchmarks.md", "architecture.md", "testing.md"]
+    nav_pages = ["index.md", "quickstart.md", "generating.md", "configuration.md", "cli.md", "serving.md", "methods.md",
+                 "real-models.md", "gpu.md", "modes.md", "outputs.md", "ray.md", "evaluation.md", "compare.md",
+                 "troubleshooting.md", "training.md", "world.md", "benchmarks.md", "architecture.md", "testing.md"]
     for page in nav_pages:
         built = site / "index.html" if page == "index.md" else site / page.removesuffix(".md") / "index.html"
         assert built.is_file(), f"{page} was not built"
     assert not (site / "hooks.py").exists(), "the hook is code, not a page to publish"
-    for page, marker in (("configuration", "config-reference"), ("ray", "config-reference"), ("testing", "test-table")):
+    for page, marker in (("configuration", "config-reference"), ("ray", "config-reference"), ("testing", "test-table"),
+                         ("cli", "cli-reference")):
         assert marker not in (site / page / "index.html").read_text(), f"{page}: the {marker} marker was not replaced"
 
 
@@ -110,6 +114,141 @@ def test_testing_page_lists_every_test_file(site):
     assert "test_docs.py" in (site / "testing" / "index.html").read_text()
 
 
+class Headings(HTMLParser):
+    """(id, text) of every h2, its permalink sign left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[tuple[str, str]] = []
+        self._text: list[str] | None = None
+        self._link = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "h2":
+            self._text, self._id = [], attrs.get("id", "")
+        elif tag == "a" and "headerlink" in (attrs.get("class") or ""):
+            self._link = True
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._link = False
+        elif tag == "h2" and self._text is not None:
+            self.found.append((self._id, "".join(self._text).strip()))
+            self._text = None
+
+    def handle_data(self, data):
+        if self._text is not None and not self._link:
+            self._text.append(data)
+
+
+def parser_commands(parser: argparse.ArgumentParser, words: tuple = ()) -> dict[tuple, list[str]]:
+    """Every command below ``parser`` -> how each of its options is written (flags, or a positional's
+    metavar), walked here apart from the generator's own walk."""
+    found = {words: [", ".join(a.option_strings) or a.metavar or a.dest for a in parser._actions
+                     if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]} if words else {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found.update(parser_commands(child, words + (name,)))
+    return found
+
+
+def test_cli_page_lists_every_command_and_option_and_no_other(site):
+    from pargs_batch.cli import build_parser
+
+    html = (site / "cli" / "index.html").read_text()
+    commands = parser_commands(build_parser())
+    # the library's commands and those its entry points add
+    assert {"generate", "evaluate", "compare", "serve", "plan", "init", "demo", "bench", "frontier", "diagnose-rm",
+            "world"} <= {words[0] for words in commands}
+    assert ("world", "build") in commands
+    headings = Headings()
+    headings.feed(html)
+    on_page = {text: anchor for anchor, text in headings.found if text.startswith("pargs-batch ")}
+    assert set(on_page) == {"pargs-batch " + " ".join(words) for words in commands}, "commands differ"
+    rows = first_cells(html)
+    for words, options in commands.items():
+        anchor = on_page["pargs-batch " + " ".join(words)]
+        listed = [cell for h2, _, cell in rows if h2 == anchor]
+        missing = sorted(set(options) - set(listed))
+        stale = sorted(set(listed) - set(options))
+        assert not missing, f"{' '.join(words)}: options of the parser not on the page: {missing}"
+        assert not stale, f"{' '.join(words)}: options on the page the parser lacks: {stale}"
+        assert len(listed) == len(set(listed)), f"{' '.join(words)}: an option is listed twice"
+    assert "--log-file" in commands[("generate",)] and "key=value" in commands[("generate",)]
+
+
+def test_cli_generator_shows_each_kind_of_option():
+    parser = argparse.ArgumentParser(prog="tool")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run it")
+    run.add_argument("--config", help="a | file")
+    run.add_argument("--port", type=int, default=8000, help="a port")
+    run.add_argument("--fast", action="store_true", help="go fast")
+    run.add_argument("--kind", choices=["a", "b"], default="a")
+    run.add_argument("--budget", action="append", default=[], metavar="M.K=V1,V2", help="a budget")
+    run.add_argument("--data", required=True, help="the data")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="overrides")
+    group = sub.add_parser("group", help="a group")
+    group.add_subparsers(dest="inner", required=True).add_parser("leaf", help="a leaf?")
+    commands = hooks.cli_commands(parser)
+    assert [words for words, _, _ in commands] == [("run",), ("group",), ("group", "leaf")]
+    text = hooks.command_reference(*commands[0])
+    assert "## `pargs-batch run` {#run}" in text and "Run it." in text
+    assert "tool run [-h]" in text and "[key=value ...]" in text
+    assert r"| `--config` | text | - | a \| file |" in text
+    assert "| `--port` | integer | `8000` | a port |" in text
+    assert "| `--fast` | switch | off | go fast |" in text
+    assert "| `--kind` | one of `a`, `b` | `a` |  |" in text
+    assert "| `--budget` | `M.K=V1,V2` (repeatable) | - | a budget |" in text
+    assert "| `--data` | text | required | the data |" in text
+    assert "| `key=value` | zero or more, space-separated | - | overrides |" in text
+    inner = hooks.command_reference(*commands[1])
+    assert "[`leaf`](#group-leaf)" in inner and "| option |" not in inner
+    assert "## `pargs-batch group leaf` {#group-leaf}" in hooks.command_reference(*commands[2])
+    assert "A leaf?\n" in hooks.command_reference(*commands[2])
+
+
+def test_the_troubleshooting_pages_messages_are_the_codes(tmp_path):
+    """The messages the page quotes, made by the code that prints them (those a test can make without
+    a model: config errors, a run directory holding another run, the server's 400s)."""
+    from pargs_batch.config import DecodeConfig, GenerateConfig
+    from pargs_batch.configlib import ConfigError, load_config
+    from pargs_batch.io.output import RunDir
+    from pargs_batch.serving.server import Policy, RequestError, check_servable
+
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    here = f"model.path={ROOT}"
+
+    def refusal(*overrides) -> str:
+        with pytest.raises(ConfigError) as e:
+            load_config(GenerateConfig, None, list(overrides))
+        return str(e.value)
+
+    made = [refusal("decode.bogus=1").split("; known keys")[0],
+            refusal("foo"),
+            refusal(here, "decode.method=pargs"),
+            refusal(here, "decode.method=topk", "decode.top_k=50"),
+            refusal("model.path=./llm")]
+    with pytest.raises(ConfigError) as e:
+        check_servable(load_config(GenerateConfig, None, [here, f"reward.path={ROOT}", "decode.method=best-of-n"]))
+    made.append(str(e.value))
+    RunDir(str(tmp_path / "run"), {"decode": {"seed": 0, "top_k": 10}}, {}, "zstd")
+    with pytest.raises(ConfigError) as e:
+        RunDir(str(tmp_path / "run"), {"decode": {"seed": 3, "top_k": 5}}, {}, "zstd")
+    made.append(str(e.value).replace(repr(str(tmp_path / "run")), "'outputs/run'"))
+    guided = Policy(decode=DecodeConfig(), eos_ids=[0], max_logprobs=20, reward_models=1)
+    unguided = Policy(decode=DecodeConfig(method="topk"), eos_ids=[0], max_logprobs=20, reward_models=0)
+    for policy, body in [(guided, {"top_k": 64}), (unguided, {"method": "pargs"}), (guided, {"method": "beam"}),
+                         (guided, {"n": 4}), (guided, {"reward_weights": [1, 2]})]:
+        with pytest.raises(RequestError) as e:
+            policy.translate({"prompt": "x", **body}, chat=False)
+        made.append(str(e.value))
+    for message in made:
+        assert message in page, f"the troubleshooting page does not quote: {message}"
+
+
 @dataclasses.dataclass
 class _Inner:
     """An inner section."""
@@ -141,9 +280,10 @@ def test_generator_shows_yaml_values_types_and_nested_keys():
 
 
 def test_marker_replacement_leaves_no_marker():
-    page = "a\n<!-- config-reference: generate.decode -->\nb\n<!-- test-table -->\n"
+    page = "a\n<!-- config-reference: generate.decode -->\nb\n<!-- test-table -->\n<!-- cli-reference -->\n"
     out = hooks.on_page_markdown(page, None, None, None)
     assert "<!--" not in out and "`decode.beta`" in out and "`tests/test_docs.py`" in out
+    assert "## `pargs-batch generate` {#generate}" in out
 
 
 def test_the_documented_world_is_the_one_the_demo_compares_with():
