@@ -132,11 +132,11 @@ def fresh_deberta(world):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A real local Ray with two CPUs, for one test module (shut down before the next, so that
-    `ray start` / `ray stop` in the job-submission test never meet it)."""
+    """A real local Ray with two CPUs, this process's own, for one test module (shut down before the next).
+    ``address="local"``: always a new one, never a cluster found on the machine."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}})
     yield ray
     ray.shutdown()

@@ -22,10 +22,11 @@ from pargs_batch.evaluation.run import run_evaluate
 from pargs_batch.generation import run_generate
 from experiments.world.tiny import sentiment
 
-from helpers import base_config
+from helpers import base_config, free_port
 
-# Ray: one local cluster at a time, and `ray stop` in the job test would end any other (one xdist worker runs them all)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+# Ray: each test process starts its own local Ray (conftest's ray_local, or the run's own); two xdist
+# workers may each run one at once, and a test touches only the Ray it started
+pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "pargs-batch")
 GOOD_WORDS = ("lovely", "friendly", "bright", "calm", "clever", "warm", "quick", "fresh", "kind")
 
@@ -312,7 +313,7 @@ def test_cli_evaluate_prints_the_table_and_exits_2_on_bad_config(world, runs, tm
     path.write_text(yaml.safe_dump({"runs": [runs["pargs3"], runs["topk"]], "output_dir": str(tmp_path / "out"),
                                     "reward": {"path": world["reward_model_init"]}}))
     result = subprocess.run([CLI, "evaluate", "--config", str(path), "--no-progress"], capture_output=True,
-                            text=True, timeout=300)
+                            text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| pargs beta=3 | pargs | 3 | 20 | 0 |" in result.stdout
     bad = subprocess.run([CLI, "evaluate", "--config", str(path), "runs=[]"], capture_output=True, text=True)
@@ -334,22 +335,24 @@ def test_vllm_serve_judge_replies_that_do_not_parse_count_as_invalid(world, runs
                                eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     (tmp_path / "chat.jinja").write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
-    port = 8131
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path / "m"), "--host", "127.0.0.1",
-         "--port", str(port), "--served-model-name", "tiny-judge", "--chat-template", str(tmp_path / "chat.jinja"),
-         "--max-model-len", "4096", "--kv-cache-memory-bytes", str(128 << 20), "--dtype", "float32"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "VLLM_API_KEY": "test-key"})
+    port = free_port()
+    log = tmp_path / "vllm-serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path / "m"),
+             "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-judge",
+             "--chat-template", str(tmp_path / "chat.jinja"), "--max-model-len", "4096",
+             "--kv-cache-memory-bytes", str(128 << 20), "--dtype", "float32"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_API_KEY": "test-key"})
     try:
         import urllib.request
 
-        deadline = time.time() + 300
-        while True:
+        while True:  # however long its start takes on this machine, while it runs
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except OSError:
-                assert server.poll() is None and time.time() < deadline, "vllm serve did not start"
+                assert server.poll() is None, f"vllm serve exited ({server.returncode}):\n{log.read_text()[-3000:]}"
                 time.sleep(1)
         cfg = eval_config(world, runs, tmp_path / "eval",
                           judge={**judge(f"http://127.0.0.1:{port}/v1", max_prompts=3, parse_retries=0),
@@ -361,7 +364,11 @@ def test_vllm_serve_judge_replies_that_do_not_parse_count_as_invalid(world, runs
         assert pq.read_table(tmp_path / "eval" / "judge.parquet")["score_a"].null_count == 3
     finally:
         server.terminate()
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # cleanup only: a server slow to stop is not what this tests
+            server.kill()
+            server.wait()
 
 
 def test_scoring_on_ray_actors_equals_scoring_here(world, runs, tmp_path, ray_local):

@@ -10,8 +10,6 @@ from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.io.prompts import PromptSource
 
-# its Ray Data tests start a local Ray: with the other Ray tests on one xdist worker
-pytestmark = pytest.mark.xdist_group("ray")
 
 RECORDS = [{"uid": "a", "text": "hello"}, {"uid": "b", "text": ""}, {"uid": "c", "text": 42},
            {"uid": "a", "text": "again"}, {"uid": None, "text": "no id"}, {"uid": "f", "text": "fine"}]

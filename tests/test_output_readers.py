@@ -14,8 +14,9 @@ from pargs_batch.configlib import build
 from pargs_batch.generation import run_generate
 from pargs_batch.io.output import read_output
 
-# Ray: one local cluster at a time, and `ray stop` in the job test would end any other (one xdist worker runs them all)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+# Ray: each test process starts its own local Ray (conftest's ray_local, or the run's own); two xdist
+# workers may each run one at once, and a test touches only the Ray it started
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

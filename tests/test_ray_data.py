@@ -13,7 +13,9 @@ from pargs_batch.io.ray_data import build_processor
 
 from helpers import SMALL_ACTOR, base_config, generate_rows
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+# Ray: each test process starts its own local Ray (conftest's ray_local, or the run's own); two xdist
+# workers may each run one at once, and a test touches only the Ray it started
+pytestmark = pytest.mark.slow
 ACTORS = {"num_workers": 1, "engine_resources": SMALL_ACTOR}
 COMPARED = ["response", "response_token_ids", "num_tokens", "finish_reason", "error", "prompt", "method",
             "beta", "k", "seed", "llm", "reward_model", "llm_prefill_tokens", "llm_decode_tokens"]
