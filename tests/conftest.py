@@ -65,7 +65,7 @@ def reduced_world(tmp_path_factory):
     def build(out):
         cli = str(Path(sys.executable).parent / "pargs-batch")
         result = subprocess.run([cli, "world", "build", "--kind", "reduced", "--out", str(out)],
-                                capture_output=True, text=True, timeout=300, check=False)
+                                capture_output=True, text=True, timeout=1800, check=False)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "LM held-out perplexity" in result.stderr and "world: built in" in result.stderr
         return json.loads(result.stdout)

@@ -33,7 +33,7 @@ def test_generate_writes_the_full_schema_with_config_metadata(world, tmp_path, m
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     result = subprocess.run([CLI, "generate", "--config", str(path), "decode.beta=1.5"],
-                            capture_output=True, text=True, timeout=400)
+                            capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generate pargs: 32row" in result.stderr  # the progress bar reached every row
     # the engine is closed, not killed: the log line is the last thing on the terminal, and vLLM had
@@ -74,7 +74,7 @@ def test_bad_bytes_are_bad_rows_and_too_many_errors_exit_3(world, tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     result = subprocess.run([CLI, "generate", "--config", str(path), "--no-progress"], capture_output=True,
-                            text=True, timeout=400)
+                            text=True, timeout=1800)
     assert result.returncode == 3, result.stderr[-3000:]
     assert (  # then the log line: vLLM's warnings went to the log
         "generate: 2 of 6 rows are errors (33.3% > output.max_error_fraction 0.25; 0 retryable by a rerun)"
@@ -88,7 +88,7 @@ def test_bad_bytes_are_bad_rows_and_too_many_errors_exit_3(world, tmp_path):
 def test_diagnose_rm_reports_whole_and_prefix_accuracy(world, tmp_path):
     result = subprocess.run([CLI, "diagnose-rm", "--reward-model", world["reward_model"], "--reward-model",
                              world["reward_model_init"], "--pairs", world["preferences"], "--limit", "40",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "diagnose.json").read_text())
     trained = report["reward_models"][world["reward_model"]]
@@ -100,5 +100,5 @@ def test_diagnose_rm_reports_whole_and_prefix_accuracy(world, tmp_path):
 
 def test_world_build_reuses_a_built_world(world):
     world_dir = str(Path(world["llm"]).parent)
-    result = subprocess.run([CLI, "world", "build", "--kind", "tiny", "--out", world_dir], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([CLI, "world", "build", "--kind", "tiny", "--out", world_dir], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0 and json.loads(result.stdout)["llm"] == world["llm"]

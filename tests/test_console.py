@@ -24,7 +24,7 @@ def test_quiet_sends_library_and_child_output_to_the_log_and_keeps_the_terminal(
         with quiet({str(log)!r}):
             raise RuntimeError("boom")
     """)
-    result = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 1
     assert result.stdout == "result table\nafter quiet\n"
     assert result.stderr.startswith("WARNING pargs_batch.generation: our own warning\nstage line\n")

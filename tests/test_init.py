@@ -29,7 +29,7 @@ def test_init_on_the_chat_model_names_its_conversations_end_ids_and_chat_reward_
     data = four_prompts(world, tmp_path / "chats.jsonl", messages=True)
     out = tmp_path / "pargs.yaml"
     made = subprocess.run([CLI, "init", "--llm", chat_world["llm"], "--reward", chat_world["reward_model"],
-                           "--data", data, "--out", str(out)], capture_output=True, text=True, timeout=120)
+                           "--data", data, "--out", str(out)], capture_output=True, text=True, timeout=1800)
     assert made.returncode == 0, made.stderr[-2000:]
     text = out.read_text()
     cfg = yaml.safe_load(text)

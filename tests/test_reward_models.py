@@ -184,7 +184,7 @@ def test_weights_column_needs_a_list_of_models_and_exits_2(world, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cli = str(Path(sys.executable).parent / "pargs-batch")
-    result = subprocess.run([cli, "generate", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([cli, "generate", "--config", str(path)], capture_output=True, text=True, timeout=1800)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("config error: data.weights_column='no_such_column'") and "available" in lines[0]
