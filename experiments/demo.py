@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from statistics import fmean
 import time
 from dataclasses import dataclass
@@ -212,12 +213,40 @@ def table_rows(report: dict, summaries: dict, plan, over: dict, runs=DEMO_RUNS, 
     return rows
 
 
+WORLD_DOCS = Path(__file__).resolve().parents[1] / "docs" / "world.md"
+_GOLD_HEADER = "gold mean [95% CI]"
+_GOLD_CELL = re.compile(r"\s(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]")
+
+
+def documented_gold(text: str) -> dict[str, tuple[float, float]]:
+    """The gold intervals the demo tables in ``text`` (docs/world.md) print, by method: each table whose
+    header has a "gold mean [95% CI]" column, each row's first "mean [lo, hi]" cell. A method printed
+    by several tables must have the same interval in each (they are the same documented world); a
+    ValueError names one that does not."""
+    out: dict[str, tuple[float, float]] = {}
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("method") and _GOLD_HEADER in line:
+            in_table = True
+            continue
+        if not in_table or not line.strip() or line.startswith("("):
+            in_table = False
+            continue
+        cell = _GOLD_CELL.search(line)
+        if cell is None:
+            in_table = False
+            continue
+        method, interval = line.split()[0], (float(cell[2]), float(cell[3]))
+        if out.setdefault(method, interval) != interval:
+            raise ValueError(f"docs/world.md prints two gold intervals for {method}: {out[method]} and {interval}")
+    return out
+
+
 # the documented world's gold means over its three reward-model seeds, 95 % intervals over seeds and
-# prompts (docs/world.md; `make demo` on the world with DOCUMENTED_FINGERPRINT's spec): a run on another
-# CPU builds other reward models, and its means should fall inside these
-DOCUMENTED_GOLD = {"topk": (-0.579, -0.316), "args": (1.733, 2.207), "pargs-greedy": (1.797, 2.687),
-                   "pargs": (0.802, 1.052), "pargs-causal-rm": (0.411, 0.947), "pargs-ar": (0.954, 5.263),
-                   "best-of-n": (1.252, 1.437)}
+# prompts, read from the tables docs/world.md prints (`make demo` on the world with
+# DOCUMENTED_FINGERPRINT's spec): a run on another CPU builds other reward models, and its means
+# should fall inside these. Empty where the docs are not beside the package (an install from a wheel).
+DOCUMENTED_GOLD = documented_gold(WORLD_DOCS.read_text()) if WORLD_DOCS.exists() else {}
 
 
 def documented_intervals(world: dict, seeds: int) -> dict | None:

@@ -2,8 +2,9 @@
 log-probabilities. Trained with real TRL in `rm_training` mode ``autoregressive`` (held-out accuracy
 well above chance, full weights and LoRA); scored by ``reward.backend: autoregressive``, whose kept KV
 state gives each candidate's reward as the hand-summed log-probabilities (through steps, dropped rows
-and merged sessions); the stepped loop and the fused processor agree token for token; a reward model
-with another tokenizer is refused before any model loads."""
+and merged sessions); the stepped loop and the fused processor agree token for token when greedy
+and in distribution when sampled; a reward model with another tokenizer is refused before any model
+loads."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def test_lora_adapters_are_merged_into_a_plain_causal_lm_checkpoint(world, tmp_p
     cli = str(Path(sys.executable).parent / "pargs-batch")
     done = subprocess.run([cli, "diagnose-rm", "--reward-model", str(out), "--reward-model", world["reward_model"],
                            "--pairs", world["preferences"], "--limit", "40", "--out", str(tmp_path / "diag")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads((tmp_path / "diag" / "diagnose.json").read_text())["reward_models"]
     assert set(found) == {str(out), world["reward_model"]}
@@ -141,30 +142,82 @@ def ar_models():
         yield models
 
 
-@pytest.mark.parametrize("method", ["pargs-greedy", "pargs"])
-def test_stepped_and_fused_agree_and_rewards_are_the_summed_logprobs(world, ar_models, tokenizer, tmp_path, method):
+def generate_both_modes(world, ar_models, tmp_path, rm, decode: dict, limit: int) -> dict[str, list[dict]]:
+    """The same config in stepped and in fused mode, with the autoregressive backend: each mode's rows."""
     from pargs_batch.generation import run_generate
     from pargs_batch.io.output import read_output
 
-    rm = world["llm"]  # pi_r over the LLM's tokenizer (trained or not, the mechanics are the same)
     runs = {}
     for mode in ("stepped", "fused"):
         cfg = build(GenerateConfig, base_config(world, tmp_path / mode, engine={"mode": mode},
                                                 reward={"path": rm, "backend": "autoregressive"},
-                                                decode={"method": method, "max_new_tokens": 24}, data={"limit": 12}))
+                                                decode=decode, data={"limit": limit}))
         run_generate(cfg, models=ar_models.for_config(cfg), progress=False)
         runs[mode] = read_output(cfg.output.path).to_pylist()
+        assert all(r["error"] is None for r in runs[mode]), mode
+    return runs
+
+
+def test_greedy_stepped_and_fused_give_the_same_rows_and_rewards_are_the_summed_logprobs(world, ar_models, tokenizer,
+                                                                                          tmp_path):
+    rm = world["llm"]  # pi_r over the LLM's tokenizer (trained or not, the mechanics are the same)
+    runs = generate_both_modes(world, ar_models, tmp_path, rm, {"method": "pargs-greedy", "max_new_tokens": 24}, 12)
     stepped, fused = runs["stepped"], runs["fused"]
-    assert all(r["error"] is None for r in stepped + fused)
-    if method == "pargs-greedy":  # greedy: the same tokens and rewards (sampled modes draw other streams)
-        assert [r["response_token_ids"] for r in stepped] == [r["response_token_ids"] for r in fused]
-        assert np.allclose([x for r in stepped for x in r["rewards"]], [x for r in fused for x in r["rewards"]],
-                           atol=1e-4)
+    # greedy: the same tokens and rewards, row for row
+    assert [r["response_token_ids"] for r in stepped] == [r["response_token_ids"] for r in fused]
+    assert np.allclose([x for r in stepped for x in r["rewards"]], [x for r in fused for x in r["rewards"]], atol=1e-4)
     for r in stepped[:2] + fused[:2]:  # the rewards column: each chosen prefix's summed log-probability under pi_r
         ids = r["response_token_ids"]
         prompt = tokenizer(r["prompt"])["input_ids"]
         assert r["rewards"][-1] == pytest.approx(hand_summed(rm, prompt, ids), abs=1e-3)
         assert r["rewards"][0] == pytest.approx(hand_summed(rm, prompt, ids[:1]), abs=1e-4)
+
+
+def test_sampled_stepped_and_fused_draw_from_the_same_tilted_distribution_and_rewards_are_the_summed_logprobs(
+        world, small_ar, ar_models, tokenizer, tmp_path):
+    """Sampled PARGS draws other streams in the two modes (stepped: the keyed counter RNG of (seed, id,
+    sample, step); fused: vLLM's sampler seeded by (seed, id, sample); docs/modes.md), so rows are not
+    equal token for token; what both promise is the rule's distribution. 400 first tokens of one prompt
+    in each mode fit softmax(log π_ref + β log π_r) over π_ref's top 3 (chi-square), the two modes'
+    counts agree with each other, and every row's reward is log π_r of its token; longer sampled rows'
+    rewards are their summed log-probabilities in both modes."""
+    from scipy import stats
+    from transformers import AutoModelForCausalLM
+
+    beta, k, n = 1.5, 3, 400
+    runs = generate_both_modes(world, ar_models, tmp_path / "first", small_ar,
+                               {"method": "pargs", "top_k": k, "beta": beta, "max_new_tokens": 1, "num_samples": n}, 1)
+    prompt = runs["stepped"][0]["prompt"]
+    ids = tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        def next_logp(path):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
+
+        ref, r = next_logp(world["llm"]), next_logp(small_ar)
+    top = np.argsort(-ref)[:k]
+    expected = np.exp(ref[top] + beta * r[top] - np.logaddexp.reduce(ref[top] + beta * r[top]))
+    counts = {}
+    for mode, rows in runs.items():
+        assert len(rows) == n and all(row["prompt"] == prompt for row in rows), mode
+        first = [row["response_token_ids"][0] for row in rows]
+        assert set(first) <= set(top.tolist()), mode  # only π_ref's top k are candidates
+        counts[mode] = np.array([first.count(int(t)) for t in top])
+        assert stats.chisquare(counts[mode], expected * n)[1] > 1e-3, (mode, counts[mode], expected * n)
+        for row in rows[:: n // 8]:  # the reward of a one-token reply: log π_r of that token
+            assert row["rewards"] == [pytest.approx(r[row["response_token_ids"][0]], abs=1e-4)], mode
+    table = np.array([counts["stepped"], counts["fused"]])
+    assert stats.chi2_contingency(table[:, table.sum(axis=0) > 0])[1] > 1e-3, table  # the modes agree
+    # and the tilt is visible: π_ref's own top-3 shares are not what either mode drew
+    plain = np.exp(ref[top] - np.logaddexp.reduce(ref[top]))
+    assert stats.chisquare(counts["stepped"] + counts["fused"], plain * 2 * n)[1] < 1e-6
+    longer = generate_both_modes(world, ar_models, tmp_path / "longer", small_ar,
+                                 {"method": "pargs", "beta": beta, "max_new_tokens": 16}, 4)
+    for mode, rows in longer.items():
+        for row in rows[:2]:
+            prompt_ids = tokenizer(row["prompt"])["input_ids"]
+            assert row["rewards"][-1] == pytest.approx(hand_summed(small_ar, prompt_ids, row["response_token_ids"]),
+                                                       abs=1e-3), mode
 
 
 def test_a_reward_model_with_another_tokenizer_is_refused_before_any_model_loads(world, tmp_path):

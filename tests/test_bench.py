@@ -17,7 +17,7 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
                              "--batch-sizes", "2,4", "--new-tokens", "6", "--reference-prompts", "1",
                              "--prefix-lengths", "8,32", "--model-sets", "world", "--repeats", "2",
                              "--startup-modes", "fused"],
-                            capture_output=True, text=True, timeout=600, check=False)
+                            capture_output=True, text=True, timeout=1800, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "×plain" in result.stdout and "meas/bound" in result.stdout and "targets:" in result.stdout
     bench = json.loads((tmp_path / "bench.json").read_text())
@@ -60,7 +60,7 @@ def test_bench_serve_times_guided_and_plain_requests_at_each_concurrency(reduced
     world_dir = str(Path(reduced_world["llm"]).parent)
     result = subprocess.run([CLI, "bench", "--serve", "--reduced-world", "--world-dir", world_dir, "--out", str(tmp_path),
                              "--serve-clients", "1,4", "--serve-min-requests", "4", "--new-tokens", "6",
-                             "--repeats", "2"], capture_output=True, text=True, timeout=600, check=False)
+                             "--repeats", "2"], capture_output=True, text=True, timeout=1800, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "×plain" in result.stdout and "p99 s" in result.stdout
     bench = json.loads((tmp_path / "bench_serve.json").read_text())
@@ -73,3 +73,66 @@ def test_bench_serve_times_guided_and_plain_requests_at_each_concurrency(reduced
     # the guided rounds went through the reward model (the server's own metrics), the plain ones did not
     assert len(bench["guidance"]) == 4 and all(g["steps"] > 0 and g["reward_s_per_step"] > 0 for g in bench["guidance"])
     assert (tmp_path / "serving.png").exists()
+
+
+def test_bench_memory_refuses_sizes_that_measure_no_growth_before_running_anything(tmp_path):
+    """One size (or the same twice) gives no growth per prompt to judge: a config error, exit 2, nothing run."""
+    for sizes in ("8", "8,8", "0,8"):
+        result = subprocess.run([CLI, "bench", "--memory", "--memory-sizes", sizes, "--out", str(tmp_path)],
+                                capture_output=True, text=True, timeout=1800, check=False)
+        assert result.returncode == 2, (sizes, result.stdout, result.stderr[-2000:])
+        assert f"config error: --memory-sizes='{sizes}' is not allowed: at least two different prompt counts" in result.stderr
+        assert not (tmp_path / "memory.json").exists() and not (tmp_path / "memory").exists()
+
+
+def test_bench_memory_fails_on_a_missing_figure_instead_of_passing_it():
+    from experiments.bench.memory import MissingMeasurement, TARGET_BYTES_PER_PROMPT, figure, growth_per_prompt, verdict
+
+    def row(n, fresh=300.0, resume=290.0, evaluate=200.0):
+        return {"prompts": n, "fresh_peak_rss_mb": fresh, "resume_peak_rss_mb": resume, "evaluate_peak_rss_mb": evaluate}
+
+    growth = growth_per_prompt([row(1000, 300.0), row(2000, 300.0 + 16 * 1000 / (1 << 20), 290.0 + 64 * 1000 / (1 << 20))])
+    assert growth["fresh"] == pytest.approx(16) and growth["resume"] == pytest.approx(64) and growth["evaluate"] == 0
+    assert verdict(growth) == {"fresh": True, "resume": False} and TARGET_BYTES_PER_PROMPT == 32
+    with pytest.raises(MissingMeasurement, match="no resume_peak_rss_mb"):
+        growth_per_prompt([row(1000), row(2000, resume=None)])
+    with pytest.raises(MissingMeasurement, match="no growth to measure"):
+        growth_per_prompt([row(1000), row(1000)])
+    for missing in ({"fresh": 1.0}, {"fresh": 1.0, "resume": float("nan")}, {}):
+        with pytest.raises(MissingMeasurement, match="no driver growth per prompt"):
+            verdict(missing)
+    with pytest.raises(MissingMeasurement, match="the fresh run of 8 prompts reported no driver_peak_rss_mb"):
+        figure({"rows": 8}, "driver_peak_rss_mb", "the fresh run of 8 prompts")
+
+
+@pytest.mark.slow
+def test_bench_memory_prints_the_table_and_writes_every_figure_at_tiny_sizes(world, tmp_path, capsys):
+    """`bench --memory`'s function at 8 and 24 prompts (the CLI's sizes are 20,000 and 1,000,000; its
+    text-file check writes 100,000 rows): real `generate`, resume and `evaluate` subprocesses, each
+    figure in memory.json and in the table printed."""
+    from experiments.bench.memory import TARGET_BYTES_PER_PROMPT, run_memory
+
+    result = run_memory(str(tmp_path), sizes=(8, 24), micro_batch=8, text_rows=200, world=world)
+    printed = capsys.readouterr().out
+    on_disk = json.loads((tmp_path / "memory.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert [r["prompts"] for r in on_disk["rows"]] == [8, 24]
+    for r in on_disk["rows"]:
+        n = r["prompts"]
+        assert r["fresh_peak_rss_mb"] > 0 and r["resume_peak_rss_mb"] > 0 and r["evaluate_peak_rss_mb"] > 0, r
+        assert r["resumed_rows"] == n and r["finished_ids_bytes"] >= 8 * n  # a 64-bit hash an id
+        assert r["files"] == len(r["file_mb"]) == len(r["row_groups"]) >= 1
+        line = next(x for x in printed.splitlines() if x.split()[:1] == [str(n)] and "prompts:" not in x)
+        assert line.split()[1:4] == [f"{r[f'{k}_peak_rss_mb']:.0f}" for k in ("fresh", "resume", "evaluate")], line
+    assert printed.count(" prompts: driver peak ") == 2 and "fresh MB" in printed and "evaluate MB" in printed
+    growth = on_disk["bytes_per_prompt"]
+    assert set(growth) == {"fresh", "resume", "evaluate"}
+    rows = {r["prompts"]: r for r in on_disk["rows"]}
+    for kind in growth:  # the growth is the peaks' difference over the 16 prompts between the sizes
+        expected = (rows[24][f"{kind}_peak_rss_mb"] - rows[8][f"{kind}_peak_rss_mb"]) * (1 << 20) / 16
+        assert growth[kind] == pytest.approx(expected)
+    assert on_disk["target_met"] == {k: growth[k] <= TARGET_BYTES_PER_PROMPT for k in ("fresh", "resume")}
+    for kind in ("fresh", "resume"):
+        assert f"driver growth per prompt ({kind}): {growth[kind]:.1f} bytes " \
+               f"[{'met' if on_disk['target_met'][kind] else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]" in printed
+    assert on_disk["text_files"]["rows"] == 200 and "200 text rows" in printed

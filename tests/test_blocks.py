@@ -47,9 +47,26 @@ def test_early_rejection_drops_the_worst_share_at_every_check(world, tmp_path, m
 def test_early_rejection_without_rejection_keeps_the_best_of_all_n(world, tmp_path, models, scorer):
     run = runner(world, tmp_path, models, method="early-rejection", n_candidates=4, reject_fraction=0.0,
                  block_tokens=4, max_new_tokens=12)
+    finals = {}  # what the runner held when it wrote each row: the kept track and all N candidates
+    write_row = run._row
+
+    def spy(job, track, rows, error=None):
+        finals[(job.prompt.id, job.sample_index)] = track, list(job.tracks), list(job.live)
+        return write_row(job, track, rows, error)
+
+    run._row = spy
     (row,) = run.run(prompts(world, 1)).rows
     assert run.checks[(row.id, 0)] in ([], [4], [4, 4], [4, 4, 4])  # nobody dropped
     assert row.reward_calls >= 4
+    kept, candidates, live = finals[(row.id, 0)]
+    assert live == [0, 1, 2, 3] and len(candidates) == 4 and all(c.reason for c in candidates)
+    texts = [c.text for c in candidates]
+    assert len(set(texts)) > 1, texts  # the candidates differ: which one is kept means something
+    # every finished candidate scored afresh: the written response is the one the reward model ranks first
+    fresh = scorer.score([row.prompt] * 4, texts)
+    assert row.response == kept.text == texts[int(np.argmax(fresh))], (texts, fresh)
+    assert np.isclose(row.rewards[-1], fresh.max(), atol=1e-4)
+    assert all(np.isclose(c.reward, f, atol=1e-4) for c, f in zip(candidates, fresh))
 
 
 def test_blockwise_blocks_and_their_rewards(world, tmp_path, models, scorer):

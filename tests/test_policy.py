@@ -45,16 +45,52 @@ def test_dpo_steps_change_the_weights_and_move_the_heldout_margin(reduced_world,
     assert on_disk["train_seconds"] > 0 and on_disk["config"]["lora"]["r"] == 16
 
 
+def gold_per_prompt(model_dir: str, prompts: list[str], samples: int, max_new_tokens: int):
+    """The world's gold reward of ``samples`` replies a prompt sampled from ``model_dir`` (temperature 1,
+    no top-k, a fixed seed), each prompt's replies averaged."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from experiments.world.gold import gold_reward
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                             num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id)
+    replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    gold = gold_reward([p for p in prompts for _ in range(samples)], replies)
+    return np.asarray(gold, dtype=np.float64).reshape(len(prompts), samples).mean(axis=1)
+
+
 @pytest.mark.slow
-def test_online_rl_steps_raise_the_heldout_reward(reduced_world, tmp_path):
+def test_online_rl_steps_raise_the_heldout_gold_reward(reduced_world, tmp_path):
+    """RLOO against rm_full, judged by the world's gold reward rather than by rm_full: a policy can game
+    the reward model it is trained on (experiments/world/policies.py: at a weak KL penalty it learned to
+    answer " ." - rm_full's favourite, gold -0.5), so only the gold reward says it got better."""
+    import numpy as np
+
     cfg = build(PolicyConfig, policy_config(reduced_world, "online-rl", tmp_path, reduced=True))
     summary = train_policy(cfg)
     assert summary["label"] == "online RL (RLOO)" and summary["algorithm"] == "RLOO" and summary["steps"] == 40
-    before, after = summary["heldout_reward"]["before"], summary["heldout_reward"]["after"]
-    assert before["prompts"] == after["prompts"] == 64
-    # the reward model's mean on held-out prompts rises by more than twice its standard error
-    assert after["mean"] - before["mean"] > 2 * (before["se"] ** 2 + after["se"] ** 2) ** 0.5, (before, after)
+    assert summary["heldout_reward"]["before"]["prompts"] == summary["heldout_reward"]["after"]["prompts"] == 64
     assert_merged_and_changed(tmp_path / "online-rl", reduced_world["llm"])
+    # the 64 held-out prompts the summary's figures used, 16 replies each (with 4 the sampling noise hides a
+    # gain of 0.1), as long as training's completions
+    rows = [json.loads(line) for line in Path(reduced_world["preferences"]["heldout"]).read_text().splitlines()]
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))[:64]
+    length = cfg.online_rl.max_completion_length
+    before = gold_per_prompt(reduced_world["llm"], prompts, 16, length)
+    after = gold_per_prompt(str(tmp_path / "online-rl"), prompts, 16, length)
+    # paired on prompt: the policy's gold mean is above the LM's by more than twice the difference's SE
+    diff = after - before
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert diff.mean() > 2 * se, (before.mean(), after.mean(), se)
 
 
 @pytest.mark.slow
@@ -74,7 +110,7 @@ def test_dpo_with_lora_under_zero3_through_torchrun(reduced_world, tmp_path):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     result = subprocess.run([torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29562",
                              "-m", "rm_training.policy", "--config", str(tmp_path / "z3.yaml")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            cwd=ROOT, capture_output=True, text=True, timeout=1800,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "dpo" / "training_summary.json").read_text())

@@ -242,8 +242,8 @@ def test_a_client_that_disconnects_mid_stream_is_aborted_and_its_row_freed(serve
             chunks = response.iter_lines()
             got = [next(chunks) for _ in range(4)]  # two tokens in: then the client goes away
             assert all(line.startswith("data: ") or not line for line in got)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.metrics()[running] > 0:
+    # no deadline: aborted or not, the requests end (at 240 tokens at most), and the count below tells which
+    while server.metrics()[running] > 0:
         time.sleep(0.2)
     m = server.metrics()
     assert m[running] == 0

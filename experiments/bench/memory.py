@@ -77,15 +77,82 @@ def text_files(out: Path, n: int = 100_000, words: int = 150, tokens: int = 200)
     return result
 
 
-def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_batch: int = 1024) -> dict:
+class MissingMeasurement(RuntimeError):
+    """A figure ``bench --memory`` needs did not come out of its runs: the bench fails rather than
+    judge what it did not measure."""
+
+
+KINDS = ("fresh", "resume", "evaluate")  # the runs whose peak each size measures
+JUDGED = ("fresh", "resume")              # the ones held to TARGET_BYTES_PER_PROMPT
+
+
+def check_sizes(sizes) -> list[int]:
+    """The prompt counts to measure at: at least two different ones, each at least 1 (growth per prompt
+    is a difference between two sizes: one size alone measures none)."""
+    from pargs_batch.configlib import ConfigError
+
+    sizes = [int(n) for n in sizes]
+    if len(set(sizes)) < 2 or min(sizes) < 1:
+        raise ConfigError("--memory-sizes", ",".join(map(str, sizes)),
+                          "at least two different prompt counts, each >= 1: the growth per prompt is measured "
+                          "between the smallest and the largest")
+    return sizes
+
+
+def figure(summary: dict, key: str, what: str) -> float:
+    """``summary[key]``, a positive number, or MissingMeasurement saying which run did not report it."""
+    value = summary.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise MissingMeasurement(f"bench --memory: {what} reported no {key} (got {value!r}); its summary has "
+                                 f"{sorted(summary)}")
+    return float(value)
+
+
+def growth_per_prompt(rows: list[dict]) -> dict[str, float]:
+    """Bytes of peak RSS per prompt, fresh / resume / evaluate, between the smallest and the largest
+    size; MissingMeasurement where a row lacks a peak or there is no span to divide by."""
+    small, large = min(rows, key=lambda r: r["prompts"]), max(rows, key=lambda r: r["prompts"])
+    span = large["prompts"] - small["prompts"]
+    if span <= 0:
+        raise MissingMeasurement(f"bench --memory: no growth to measure between {small['prompts']} and "
+                                 f"{large['prompts']} prompts (two different sizes are needed)")
+    out = {}
+    for kind in KINDS:
+        key = f"{kind}_peak_rss_mb"
+        peaks = [figure(r, key, f"the {kind} row of {r['prompts']} prompts") for r in (small, large)]
+        out[kind] = (peaks[1] - peaks[0]) * (1 << 20) / span
+    return out
+
+
+def verdict(growth: dict[str, float]) -> dict[str, bool]:
+    """Whether each judged run's growth per prompt is within TARGET_BYTES_PER_PROMPT; MissingMeasurement
+    where one was not measured (a missing figure never passes)."""
+    import math
+
+    out = {}
+    for kind in JUDGED:
+        b = growth.get(kind)
+        if not isinstance(b, (int, float)) or not math.isfinite(b):
+            raise MissingMeasurement(f"bench --memory: no driver growth per prompt for the {kind} run (got {b!r})")
+        out[kind] = b <= TARGET_BYTES_PER_PROMPT
+    return out
+
+
+def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_batch: int = 1024,
+               text_rows: int = 100_000, world: dict | None = None) -> dict:
+    """Peak memory of each run at each of ``sizes`` prompts (at least two different ones), the growth
+    per prompt and whether it meets the target, and the part files ``text_rows`` rows of text make;
+    prints the table and writes OUT/memory.json. ``world``: a built tiny world to reuse (default: build
+    one under OUT/memory). A figure missing from a run's summary raises MissingMeasurement."""
     import pyarrow.parquet as pq
     import yaml
 
     from experiments.world.tiny import build_tiny_world
 
+    sizes = check_sizes(sizes)
     out = Path(out_dir) / "memory"
     out.mkdir(parents=True, exist_ok=True)
-    world = build_tiny_world(out / "tiny-world")
+    world = world or build_tiny_world(out / "tiny-world")
     rows = []
     for n in sizes:
         prompts = out / f"prompts-{n}.jsonl"
@@ -106,9 +173,13 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
         eval_config.write_text(yaml.safe_dump({"runs": [str(out / f"out-{n}")], "output_dir": str(out / f"eval-{n}"),
                                                "gold_reward": "experiments.world.tiny:gold_reward"}))
         evaluation = generate(eval_config, out / f"eval-{n}.log", "evaluate")
+        if resume.get("resumed_rows") != n:  # else the resume row measures a second fresh run
+            raise MissingMeasurement(f"bench --memory: the resume of {n} prompts resumed {resume.get('resumed_rows')!r} "
+                                     f"rows, not {n}: it measured no resume")
         parts = sorted((out / f"out-{n}").glob("part-*.parquet"))
-        row = {"prompts": n, "fresh_peak_rss_mb": fresh["driver_peak_rss_mb"],
-               "resume_peak_rss_mb": resume["driver_peak_rss_mb"], "evaluate_peak_rss_mb": evaluation["peak_rss_mb"],
+        row = {"prompts": n, "fresh_peak_rss_mb": figure(fresh, "driver_peak_rss_mb", f"the fresh run of {n} prompts"),
+               "resume_peak_rss_mb": figure(resume, "driver_peak_rss_mb", f"the resume of {n} prompts"),
+               "evaluate_peak_rss_mb": figure(evaluation, "peak_rss_mb", f"the evaluation of {n} prompts"),
                "fresh_s": fresh["command_s"], "resume_s": resume["command_s"], "evaluate_s": evaluation["command_s"],
                "files": fresh["files"], "finished_ids_bytes": resume["finished_ids_bytes"],
                "resumed_rows": resume["resumed_rows"],
@@ -119,12 +190,10 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
                      f"{row['resume_peak_rss_mb']:.0f} MB resuming ({row['resume_s']} s), evaluation "
                      f"{row['evaluate_peak_rss_mb']:.0f} MB ({row['evaluate_s']} s); {row['files']} file(s) of "
                      f"{', '.join(map(str, row['file_mb']))} MB")
-    small, large = rows[0], rows[-1]
-    span = large["prompts"] - small["prompts"]
-    growth = {kind: (large[f"{kind}_peak_rss_mb"] - small[f"{kind}_peak_rss_mb"]) * (1 << 20) / span
-              for kind in ("fresh", "resume", "evaluate")} if span else {}
+    growth = growth_per_prompt(rows)
+    met = verdict(growth)
     result = {"rows": rows, "bytes_per_prompt": growth, "target_bytes_per_prompt": TARGET_BYTES_PER_PROMPT,
-              "text_files": text_files(out)}
+              "target_met": met, "text_files": text_files(out, text_rows)}
     console.show(f"\n{'prompts':>10} {'fresh MB':>10} {'resume MB':>10} {'evaluate MB':>12} {'fresh s':>9} {'resume s':>9} "
                  f"{'evaluate s':>11}")
     for r in rows:
@@ -135,6 +204,6 @@ def run_memory(out_dir: str = "outputs/bench", sizes=(20_000, 1_000_000), micro_
             console.show(f"evaluation growth per row: {b:.1f} bytes (streamed in record batches)")
             continue
         console.show(f"driver growth per prompt ({kind}): {b:.1f} bytes "
-                     f"[{'met' if b <= TARGET_BYTES_PER_PROMPT else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]")
+                     f"[{'met' if met[kind] else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]")
     (Path(out_dir) / "memory.json").write_text(json.dumps(result, indent=2))
     return result
