@@ -182,19 +182,13 @@ def test_sampled_stepped_and_fused_draw_from_the_same_tilted_distribution_and_re
     counts agree with each other, and every row's reward is log π_r of its token; longer sampled rows'
     rewards are their summed log-probabilities in both modes."""
     from scipy import stats
-    from transformers import AutoModelForCausalLM
 
     beta, k, n = 1.5, 3, 400
     runs = generate_both_modes(world, ar_models, tmp_path / "first", small_ar,
                                {"method": "pargs", "top_k": k, "beta": beta, "max_new_tokens": 1, "num_samples": n}, 1)
     prompt = runs["stepped"][0]["prompt"]
     ids = tokenizer(prompt)["input_ids"]
-    with torch.no_grad():
-        def next_logp(path):
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
-
-        ref, r = next_logp(world["llm"]), next_logp(small_ar)
+    ref, r = next_token_logp(world["llm"], ids), next_token_logp(small_ar, ids)
     top = np.argsort(-ref)[:k]
     expected = np.exp(ref[top] + beta * r[top] - np.logaddexp.reduce(ref[top] + beta * r[top]))
     counts = {}
@@ -256,19 +250,13 @@ def test_whole_vocabulary_draws_follow_pi_ref_times_pi_r_to_the_beta(world, smal
     """10,000 first tokens drawn by vLLM's sampler under the processor (top_k 0) fit
     softmax(log π_ref + β log π_r) over every token of the vocabulary (chi-square)."""
     from scipy import stats
-    from transformers import AutoModelForCausalLM
 
     from pargs_batch.guidance import GuideArgs
 
     engine, _, _ = ar_models.for_config(whole_config(world, tmp_path, small_ar, "pargs"))
     prompt, beta, n = "review of the cafe : food was", 1.5, 10000
     ids = tokenizer(prompt)["input_ids"]
-    with torch.no_grad():
-        def next_logp(path):
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
-
-        ref, r = next_logp(world["llm"]), next_logp(small_ar)
+    ref, r = next_token_logp(world["llm"], ids), next_token_logp(small_ar, ids)
     expected = np.exp(ref + beta * r - np.logaddexp.reduce(ref + beta * r))
     extra = [GuideArgs(key=f"whole/{i}", k=0, beta=beta, guided=True, greedy=False, prompt=prompt).to_wire()
              for i in range(n)]
@@ -326,3 +314,13 @@ def test_the_whole_vocabulary_is_refused_where_it_cannot_run(world, tmp_path):
     cfg["reward"] = {"path": world["reward_model"]}
     with pytest.raises(ConfigError, match="decode.top_k=0.*reward.backend: autoregressive"):
         build(GenerateConfig, cfg)
+
+
+def next_token_logp(path: str, ids: list[int]):
+    """log p(next token | ids) over the vocabulary, from a plain forward of the checkpoint at ``path``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
