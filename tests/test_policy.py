@@ -13,6 +13,8 @@ from pargs_batch.configlib import ConfigError, build
 from rm_training.policy import main, train_policy
 from rm_training.policy_config import PolicyConfig
 
+from helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -108,7 +110,7 @@ def test_dpo_with_lora_under_zero3_through_torchrun(reduced_world, tmp_path):
                             "deepspeed": str(ROOT / "rm_training/configs/zero3.json")})
     (tmp_path / "z3.yaml").write_text(yaml.safe_dump(cfg))
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    result = subprocess.run([torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29562",
+    result = subprocess.run([torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                              "-m", "rm_training.policy", "--config", str(tmp_path / "z3.yaml")],
                             cwd=ROOT, capture_output=True, text=True, timeout=1800,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -17,6 +17,8 @@ from pargs_batch.rewards.hf import HFRewardScorer
 from rm_training.config import TrainConfig
 from rm_training.train import load_tokenizer, main, train
 
+from helpers import free_port
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +97,7 @@ def test_zero3_on_cpu_through_torchrun(mode, preference_file, fresh_deberta, wor
     torchrun = str(Path(sys.executable).parent / "torchrun")
     result = subprocess.run(
         [torchrun, "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
-         "--master_port", str(29561 if mode == "partial" else 29563),  # the two may run at once (xdist)
+         "--master_port", str(free_port()),  # a free one: the two may run at once (xdist)
          "-m", "rm_training.train", "--config", str(cfg_path),
          f"training.deepspeed={ROOT / 'rm_training/configs/zero3.json'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
