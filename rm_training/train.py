@@ -172,7 +172,7 @@ def make_trainer(cfg: TrainConfig, model, tokenizer, train_ds, eval_ds):
         gradient_checkpointing=t.gradient_checkpointing, deepspeed=t.deepspeed, report_to=t.report_to,
         max_length=None,  # sequences are cut here already (from the left), never dropped
         save_strategy="no", eval_strategy="no", disable_tqdm=False,
-        ddp_backend=ddp_backend_for(t.deepspeed),
+        ddp_backend=ddp_backend_for(t.deepspeed), use_cpu=several_processes_on_cpu(),
     )
     if cfg.mode == "autoregressive":
         return autoregressive_trainer(cfg, model, tokenizer, args, train_ds, eval_ds)
@@ -232,6 +232,17 @@ def ddp_backend_for(deepspeed: str | None) -> str | None:
 
     distributed = deepspeed is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1
     return "gloo" if distributed and not torch.cuda.is_available() else None
+
+
+def several_processes_on_cpu() -> bool:
+    """Several processes (torchrun's or Ray Train's workers) and no GPU. accelerate counts such a run
+    as distributed only when told it is on CPU (``use_cpu``): otherwise each process trains on its shard
+    of the data alone, no gradient all-reduced, and DeepSpeed's batch-size check fails (world size 1)."""
+    import os
+
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------- evaluation
@@ -315,6 +326,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_pairs": len(train_ds), "identical_prefix_pairs_skipped": identical,
         "eval_pairs": len(eval_ds) if eval_ds is not None else 0,
         "steps": result.global_step, "train_loss": result.training_loss,
+        "world_size": trainer.args.world_size,  # data-parallel processes (torchrun's or Ray Train's workers)
         "deepspeed_zero_stage": zero_stage(trainer),
         "eval_loss_before": before, "eval_loss_after": after,
         "train_seconds": round(fit_seconds, 2), "pairs_per_second": round(pairs_seen / fit_seconds, 1),
