@@ -1,7 +1,8 @@
 """`pargs-batch`: the command line.
 
 The library's own commands are ``generate``, ``evaluate``, ``compare``, ``serve`` (an
-OpenAI-compatible server), ``plan`` (the memory plan) and ``init`` (a starting config); all but ``init`` are thin layers over the Python API
+OpenAI-compatible server), ``plan`` (the memory plan), ``export`` (a run in another tool's format) and
+``init`` (a starting config); all but ``init`` and ``export`` are thin layers over the Python API
 (``pargs_batch.api``: config from YAML and overrides in, the API's call, its summary printed). Packages above the library add theirs
 through the ``pargs_batch.commands`` entry-point group (a function that adds a subparser):
 ``rm_training`` adds ``diagnose-rm``; ``experiments`` adds ``world``, ``demo`` and ``bench``. So the
@@ -136,6 +137,22 @@ def _serve(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from pargs_batch.io.export import export
+
+    done = export(args.run_dir, args.format, args.out, args.generator, args.sample)
+    if args.sample is None and done.samples_per_prompt > 1:
+        console.say(f"export: the run has {done.samples_per_prompt} samples per prompt; exported sample 0 "
+                    "(--sample N for another)")
+    if done.left_out:
+        shown = ", ".join(done.left_out[:5]) + (", ..." if len(done.left_out) > 5 else "")
+        console.say(f"export: left out {len(done.left_out)} row(s) with an error (AlpacaEval needs an output for "
+                    f"every instruction): {shown}")
+    console.say(f"export: wrote {done.records} outputs of {args.run_dir} as generator {done.generator!r} to "
+                f"{args.out if args.out not in (None, '-') else 'stdout'}")
+    return 0
+
+
 def _plan(args) -> int:
     from pargs_batch.config import GenerateConfig
     from pargs_batch.configlib import ConfigError, load_config
@@ -237,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     pln.add_argument("--gpu-memory", help="each GPU's memory, e.g. 80GiB, 24GB")
     pln.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. reward.dtype=bfloat16")
     pln.set_defaults(func=_plan)
+
+    exp = sub.add_parser("export", help="write a run's rows in another tool's format (AlpacaEval's model outputs)")
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory that generate wrote (its output.path)")
+    exp.add_argument("--format", required=True, choices=["alpaca-eval"],
+                     help="alpaca-eval: a JSON array of {instruction, output, generator}, for alpaca_eval "
+                          "--model_outputs")
+    exp.add_argument("--out", help="the file to write (default: stdout)")
+    exp.add_argument("--generator", help="the generator name AlpacaEval shows (default: the LLM's name, the method, "
+                                         "beta and k)")
+    exp.add_argument("--sample", type=int, help="which of a prompt's decode.num_samples responses (default 0)")
+    exp.set_defaults(func=_export, quiet=False)
 
     init = sub.add_parser("init", help="write a commented starting config for your LLM, reward model and data")
     init.add_argument("--llm", required=True, help="the LLM: a checkpoint directory or hub id")
