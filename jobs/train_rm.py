@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,10 @@ def absolute_paths(cfg) -> None:
     """Relative paths of ``cfg`` made absolute from the driver's directory (the job's working_dir), as
     torchrun's processes would read them: a Ray worker's own directory is another. A hub id (no such
     local path) stays as it is; the output directory is always made absolute."""
+    if not Path(cfg.training.output_dir).is_absolute() and "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        print(f"train_rm: training.output_dir {cfg.training.output_dir!r} is relative: this Ray job writes it under its "
+              f"working directory on the head node, {Path(cfg.training.output_dir).resolve()}, which Ray may delete "
+              "after the job; give an absolute path every node sees", file=sys.stderr)
     for section, key in PATH_KEYS:
         owner = getattr(cfg, section) if section else cfg
         value = getattr(owner, key)
@@ -74,8 +79,6 @@ def preflight(cfg) -> None:
 
 def train_worker(loop_config: dict) -> None:
     """One Ray Train worker: the torch.distributed group and its environment are set up already."""
-    import os
-
     from rm_training.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

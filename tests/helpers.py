@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 SMALL_ACTOR = {"num_cpus": 0.25}  # two CPUs must hold every actor of a Ray test
@@ -163,3 +167,80 @@ class Server:
 
         root = psutil.Process(self.proc.pid)
         return [root, *root.children(recursive=True)]
+
+
+# ---------------------------------------------------------------------- a Ray head node of a test's own
+
+RAY_PORTS = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+
+
+def alive(p: psutil.Process) -> bool:
+    """Running (a zombie has exited: its parent, or init, has yet to reap it)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class HeadNode:
+    """``ray start --head --block`` in a session of its own, on free ports and in its own temp dir: every
+    process of the cluster is in that session (or names the temp dir), so stopping it (SIGTERM to
+    ``ray start``, which stops the processes it started, then whatever of the session is left) stops
+    this cluster alone - unlike `ray stop`, which stops every Ray on the machine."""
+
+    def __init__(self, log: Path, env: dict):
+        # Ray's socket paths live under the temp dir and must stay under 108 characters: a short one in /tmp
+        self.temp_dir = tempfile.mkdtemp(prefix="pargs-ray-")
+        self.ports = {name: free_port() for name in RAY_PORTS}
+        self.dashboard = f"http://127.0.0.1:{self.ports['dashboard-port']}"
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                [Path(sys.executable).parent / "ray", "start", "--head", "--block", "--num-cpus", "2",
+                 "--temp-dir", self.temp_dir, "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+                 *[arg for name, port in self.ports.items() for arg in (f"--{name}", str(port))]],
+                env=env | {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},  # nothing to drain when it stops
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_started(self) -> None:
+        """Until `ray start` says it is up (what it says where, without --block, it returns), however long
+        that takes; fails if it exits first."""
+        while "will now block forever" not in self.log.read_text():
+            try:
+                self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            raise AssertionError(f"ray start exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+
+    def processes(self) -> list[psutil.Process]:
+        """The live processes of this cluster: those in `ray start`'s session, and any naming its temp dir."""
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                mine = os.getsid(p.pid) == self.proc.pid or self.temp_dir in " ".join(p.info["cmdline"] or [])
+            except (OSError, psutil.Error):
+                continue
+            if mine and alive(p):
+                found.append(p)
+        return found
+
+    def stop(self) -> None:
+        """Stop this cluster and only it: SIGTERM to `ray start` (it stops the processes it started,
+        then exits), then SIGKILL to whatever of its cluster is still there, waited for."""
+        try:
+            started = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()
+        left = [p for p in {p.pid: p for p in [*started, *self.processes()]}.values() if alive(p)]
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        while any(alive(p) for p in left):  # SIGKILLed: gone at once, but not necessarily yet
+            time.sleep(0.1)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
