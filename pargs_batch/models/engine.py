@@ -142,6 +142,8 @@ class Engine:
         self.in_process = fused is not None and current_platform.is_cpu() and config.tensor_parallel_size == 1
         kwargs = engine_args(config, self.in_process)
         self.config, self.fused = config, fused is not None
+        if current_platform.is_cpu():
+            keep_compiled_models()
         with in_process_layout() if self.in_process else contextlib.nullcontext():
             self.llm = LLM(**kwargs, **(fused or {}))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
@@ -288,7 +290,6 @@ def in_process_layout():
     this process (a deterministic world build, a trainer) still can.
     """
     import torch
-    import vllm.envs as envs
 
     set_num_threads = torch.set_num_threads
     hidden = unscannable_modules()
@@ -297,18 +298,54 @@ def in_process_layout():
     cores = sorted(os.sched_getaffinity(0))
     values = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
               "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+    try:
+        with vllm_environment(values):
+            yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        sys.modules.update(hidden)
+
+
+def keep_compiled_models() -> None:
+    """Have vLLM compile a CPU model once per machine, not at every start.
+
+    vLLM 0.32 compiles a CPU model with Inductor and saves it as an AOT artefact that it cannot load
+    back ("'function' object has no attribute 'finalize_loading'"), so every start compiled again: 2-3
+    minutes for SmolLM2's 30 layers on two cores. Without AOT compilation vLLM calls torch.compile as
+    before and Inductor's own on-disk caches serve every later start: the same compiled code, so the
+    same tokens. The setting stays for the process (an engine built in it reads it at every call, and
+    an engine's processes inherit it); a value the user set wins. CUDA engines never get here: they
+    load their AOT artefacts."""
+    import vllm.envs as envs
+
+    if "VLLM_USE_AOT_COMPILE" not in os.environ:
+        os.environ["VLLM_USE_AOT_COMPILE"] = "0"
+        if hasattr(envs.__getattr__, "cache_clear"):
+            envs.__getattr__.cache_clear()
+
+
+@contextlib.contextmanager
+def vllm_environment(values: dict[str, str]):
+    """vLLM settings that exist only as environment variables, set while one engine is built (a value
+    the user set wins) and restored after it. The engine's processes inherit them when they start; vLLM's
+    cache of its environment (which an in-process engine turns on) is cleared on both sides, so this
+    build reads them and an engine built later gets vLLM's defaults again."""
+    import vllm.envs as envs
+
+    def forget():
+        if hasattr(envs.__getattr__, "cache_clear"):
+            envs.__getattr__.cache_clear()
+
     before = {name: os.environ.get(name) for name in values}
     os.environ.update({name: value for name, value in values.items() if before[name] is None})
+    forget()
     try:
         yield
     finally:
         for name, value in before.items():
             if value is None:
                 os.environ.pop(name, None)
-        if hasattr(envs.__getattr__, "cache_clear"):
-            envs.__getattr__.cache_clear()
-        torch.set_num_threads = set_num_threads
-        sys.modules.update(hidden)
+        forget()
 
 
 def unscannable_modules() -> dict:
