@@ -81,7 +81,8 @@ def train_worker(loop_config: dict) -> None:
     """One Ray Train worker: the torch.distributed group and its environment are set up already."""
     from rm_training.train import train
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Ray Train's root logger shows the worker's log and its print()s (a handler of our own would repeat them)
+    logging.getLogger("rm_training").setLevel(logging.INFO)
     logging.getLogger("rm_training").info("worker rank %s of %s", os.environ["RANK"], os.environ["WORLD_SIZE"])
     train(loop_config["config"])
 
