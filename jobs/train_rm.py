@@ -81,7 +81,7 @@ def train_worker(loop_config: dict) -> None:
     """One Ray Train worker: the torch.distributed group and its environment are set up already."""
     from rm_training.train import train
 
-    # Ray Train's root logger shows the worker's log and its print()s (a handler of our own would repeat them)
+    # Ray Train's root logger already shows a worker's log records: only their level is ours to set
     logging.getLogger("rm_training").setLevel(logging.INFO)
     logging.getLogger("rm_training").info("worker rank %s of %s", os.environ["RANK"], os.environ["WORLD_SIZE"])
     train(loop_config["config"])
