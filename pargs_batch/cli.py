@@ -177,10 +177,23 @@ def _convert_gguf(args) -> int:
         raise ConfigError("--gguf", args.gguf, "give a .gguf file with --gguf or an installed package with --package")
     gguf = args.gguf or packaged_gguf(args.package)
     console.say(f"convert-gguf: reading {gguf}")
-    summary = convert_gguf(gguf, args.out, args.dtype, args.force)
+    summary = convert_gguf(gguf, args.out, args.dtype, args.force, args.layers)
     console.say(f"convert-gguf: wrote {args.out} ({summary['architecture'][0]}, {summary['parameters']:,} parameters, "
                 f"vocabulary {summary['vocab_size']:,}, {summary['dtype']}, end ids {summary['eos_token_ids']}); "
                 f"use it as model.path")
+    return 0
+
+
+def _pairs(args) -> int:
+    from pargs_batch.evaluation.pairs import make_pairs
+
+    done = make_pairs(args.run_dir, args.gold, args.out, args.prompt, args.heldout_fraction, args.heldout_out,
+                      args.min_margin)
+    for name, path in (("train", args.out), ("heldout", args.heldout_out)):
+        if name in done.pairs:
+            console.say(f"pairs: wrote {done.pairs[name]} pairs of {done.prompts[name]} prompts to {path}")
+    console.say(f"pairs: {done.samples_per_prompt} samples a prompt; {done.tied_prompts} prompts had no two samples "
+                f"apart by more than --min-margin {args.min_margin:g}; {done.error_rows} error rows left out")
     return 0
 
 
@@ -283,7 +296,24 @@ def build_parser() -> argparse.ArgumentParser:
     cvt.add_argument("--dtype", default="bfloat16", help="weights dtype of the checkpoint: bfloat16 (default), "
                                                          "float32, float16")
     cvt.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    cvt.add_argument("--layers", type=int, help="keep only the first N transformer layers (a small model over the "
+                                                "same tokenizer, e.g. to start a reward model from)")
     cvt.set_defaults(func=_convert_gguf)
+
+    prs = sub.add_parser("pairs", help="preference pairs (rm_training's generic format) from a run's samples, "
+                                       "ordered by a gold measure")
+    prs.add_argument("run_dir", metavar="RUN_DIR", help="a run that generate wrote, several samples a prompt")
+    prs.add_argument("--gold", required=True, help="a 'module:function' scoring (prompts, responses) -> floats")
+    prs.add_argument("--out", required=True, help="the JSON-lines file of pairs to write")
+    prs.add_argument("--prompt", default="user", choices=["user", "rendered"],
+                     help="the pairs' prompt: the user's text (default), or the text the LLM read, its chat "
+                          "template applied (for a reward model on the LLM's own token ids: causal, autoregressive)")
+    prs.add_argument("--heldout-fraction", type=float, default=0.0,
+                     help="share of the prompts whose pairs go to --heldout-out instead (by a hash of the id)")
+    prs.add_argument("--heldout-out", help="the JSON-lines file of the held-out prompts' pairs")
+    prs.add_argument("--min-margin", type=float, default=0.0,
+                     help="pair two samples only when their gold differs by more than this (default 0)")
+    prs.set_defaults(func=_pairs, quiet=False)
 
     for command in sorted(entry_points(group=COMMANDS), key=lambda c: c.name):
         command.load()(sub)

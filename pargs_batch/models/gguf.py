@@ -39,9 +39,10 @@ def packaged_gguf(package: str) -> Path:
 
 
 def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "bfloat16",
-                 force: bool = False) -> dict:
+                 force: bool = False, layers: int | None = None) -> dict:
     """Write ``gguf`` as a checkpoint directory at ``out``; returns what was written (also saved as
-    ``out/conversion.json``)."""
+    ``out/conversion.json``). ``layers``: keep only the first N transformer layers (a small model
+    over the same tokenizer, e.g. the start of a reward model that reads the LLM's own token ids)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
 
@@ -50,6 +51,8 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "
         raise ConfigError("--gguf", str(gguf), "no such .gguf file")
     if dtype not in DTYPES:
         raise ConfigError("--dtype", dtype, "one of " + ", ".join(DTYPES))
+    if layers is not None and layers < 1:
+        raise ConfigError("--layers", layers, "an integer >= 1")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError("--out", str(out), "exists and is not empty (add --force to replace it)")
     folder, name = str(gguf.parent), gguf.name
@@ -59,6 +62,8 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
+    if layers is not None:
+        _keep_layers(model, layers)
     model.config.dtype = getattr(torch, dtype)
     gen = model.generation_config
     ends = _end_ids(tokenizer, gen.eos_token_id)
@@ -70,7 +75,7 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "
                [type(model).__name__], "vocab_size": model.config.vocab_size,
                "parameters": sum(p.numel() for p in model.parameters()),
                "chat_template": tokenizer.chat_template is not None,
-               "eos_token_ids": ends}
+               "eos_token_ids": ends, "layers": model.config.num_hidden_layers}
     (out / "conversion.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -81,3 +86,15 @@ def _end_ids(tokenizer, eos) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+def _keep_layers(model, layers: int) -> None:
+    """Cut ``model`` to its first ``layers`` decoder layers (its config says so too)."""
+    body = model.base_model
+    total = len(body.layers)
+    if layers > total:
+        raise ConfigError("--layers", layers, f"at most the model's {total} layers")
+    body.layers = body.layers[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
