@@ -200,7 +200,7 @@ def _pairs(args) -> int:
 def _init(args) -> int:
     from pargs_batch.starter import write_starter
 
-    out, found = write_starter(args.out, args.llm, args.reward, args.data, args.split, args.force)
+    out, found = write_starter(args.out, args.llm, args.reward, args.data, args.split, args.force, args.format)
     console.show(out.read_text())
     console.say(f"init: wrote {out} (checked: it loads); run it with: pargs-batch generate --config {out}")
     return 0
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--reward", help="the guidance reward model (omit for top-k sampling)")
     init.add_argument("--data", required=True, help="prompts: a .jsonl/.parquet file or a Hugging Face dataset name")
     init.add_argument("--split", default="train", help="dataset split (Hugging Face datasets)")
+    init.add_argument("--format", default="prompts", choices=["prompts", "hh"],
+                      help="how rows hold prompts: prompts (a text or messages column, found by init) or hh "
+                           "(HH-RLHF transcripts in a chosen column)")
     init.add_argument("--out", default="pargs.yaml", help="where the config goes (default: pargs.yaml)")
     init.add_argument("--force", action="store_true", help="replace an existing --out file")
     init.set_defaults(func=_init)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pargs_batch.configlib import ConfigError, Loadable, check_model_path, one_of, option, positive
 from pargs_batch.decoding import METHODS
 
+_WARNED: set = set()  # warnings already given in this process
+
 @dataclass
 class ModelConfig:
     """The frozen LLM, served by vLLM."""
@@ -74,10 +76,13 @@ class RewardConfig:
                           "tokenizer whose reward is the sum of its token log-probabilities: every next token's "
                           "reward from one forward, one token a step whatever k; rm_training mode "
                           "autoregressive)", "hf")
-    input: str = option("what the reward model reads: template (reward.template's text), pair (prompt and response "
+    input: str = option("what the reward model reads: auto (what the checkpoint says: the input rm_training recorded "
+                        "when it trained it, else chat when its tokenizer has a chat template, pair when it encodes "
+                        "segment pairs, else template), template (reward.template's text), pair (prompt and response "
                         "as a segment pair, tokenizer(prompt, response), as OpenAssistant's DeBERTa RMs were "
-                        "trained), chat (the user/assistant turns rendered by the RM tokenizer's chat template)",
-                        "template")
+                        "trained), chat (the user/assistant turns rendered by the RM tokenizer's chat template), hh "
+                        "(the conversation as an Anthropic HH transcript, '\\n\\nHuman: ... \\n\\nAssistant:', then "
+                        "the response, as rm_training's hh format trains)", "auto")
     template: str = option("how prompt and response prefix are joined for the reward model (reward.input: template)",
                           "{prompt}{response}")
     batch_size: int = option("candidates per reward-model forward pass (length-sorted); the causal and "
@@ -103,8 +108,8 @@ class RewardConfig:
         # checked once here; a config is not changed after it is built (dataclasses.replace builds anew)
         self._members = [self._member(i, entry) for i, entry in enumerate(self.models)]
         one_of("reward.backend", self.backend, BACKENDS)
-        one_of("reward.input", self.input, ["template", "pair", "chat"])
-        if self.backend != "hf" and self.input != "template":
+        one_of("reward.input", self.input, ["auto", "template", "pair", "chat", "hh"])
+        if self.backend != "hf" and self.input not in ("auto", "template"):
             raise ConfigError("reward.input", self.input, f"the {self.backend} backend reads the LLM's own token ids "
                               "(prompt then response); use reward.input: template, or reward.backend: hf")
         positive("reward.batch_size", self.batch_size)
@@ -213,16 +218,24 @@ class DecodeConfig:
 class DataConfig:
     """Where prompts come from."""
 
-    source: str = option("a .jsonl or .parquet file (a local path or a pyarrow.fs URI: s3://, gs://, file://), "
-                         "or a Hugging Face dataset name", "")
+    source: str = option("a .jsonl, .json (JSON Lines, or one JSON array of objects as AlpacaEval ships) or .parquet "
+                         "file (a local path or a pyarrow.fs URI: s3://, gs://, file://), or a Hugging Face dataset "
+                         "name", "")
     subset: str | None = option("dataset configuration name (Hugging Face datasets only)", None)
     split: str = option("dataset split (Hugging Face datasets only)", "train")
-    prompt_column: str = option("column holding the prompt text", "prompt")
+    format: str = option("how a row holds its prompt: prompts (a text column, prompt_column, or a conversation, "
+                         "messages_column) or hh (Anthropic HH-RLHF transcripts, '\\n\\nHuman: ... \\n\\nAssistant: "
+                         "...', in prompt_column, default chosen: the prompt is the conversation before the last "
+                         "assistant reply, rendered with the LLM's chat template)", "prompts")
+    prompt_column: str = option("column holding the prompt text (format hh: the transcript; default chosen)", "prompt")
     messages_column: str | None = option("column holding a conversation (a list of {role, content}) to render with "
-                                         "the LLM tokenizer's chat template instead of prompt_column; the stored "
-                                         "prompt is its last user message", None)
+                                         "the LLM tokenizer's chat template instead of prompt_column; assistant turns "
+                                         "at its end (a reply to regenerate) are left out; the stored prompt is its "
+                                         "last user message", None)
     chat_template: bool = option("render each prompt as one user turn with the LLM tokenizer's chat template "
-                                 "(generation prompt added); implied by messages_column", False)
+                                 "(generation prompt added); implied by messages_column and format hh", False)
+    system_prompt: str | None = option("a system message put first in every conversation that has none (chat runs: "
+                                       "chat_template, messages_column or format hh)", None)
     id_column: str | None = option("column holding a stable row id; default: the row index", None)
     weights_column: str | None = option("column holding each prompt's reward-model weights (a list of numbers, one per "
                                         "entry of reward.models, in order); rows without one use the configured "
@@ -236,6 +249,16 @@ class DataConfig:
         if local and not os.access(self.source, os.R_OK):
             raise ConfigError("data.source", self.source, "the file is not readable (permissions)")
         positive("data.limit", self.limit)
+        one_of("data.format", self.format, ["prompts", "hh"])
+        if self.format == "hh":
+            if self.messages_column:
+                raise ConfigError("data.messages_column", self.messages_column,
+                                  "format hh reads transcripts from prompt_column; leave messages_column unset")
+            if self.prompt_column == "prompt":  # the default names HH-RLHF's column
+                self.prompt_column = "chosen"
+        if self.system_prompt is not None and not self.chat:
+            raise ConfigError("data.system_prompt", self.system_prompt, "needs a chat run: data.chat_template: true, "
+                              "data.messages_column or data.format: hh")
 
     @property
     def is_file(self) -> bool:
@@ -244,7 +267,7 @@ class DataConfig:
 
     @property
     def chat(self) -> bool:
-        return self.chat_template or self.messages_column is not None
+        return self.chat_template or self.messages_column is not None or self.format == "hh"
 
 
 @dataclass
@@ -313,6 +336,17 @@ class RayConfig:
                 _resources(f"ray.{key}", getattr(self, key))
         positive("ray.inflight_per_worker", self.inflight_per_worker)
         positive("ray.max_retries", self.max_retries, allow_zero=True)
+        if not self.enabled:
+            pool = ("address", "num_workers", "num_reward_actors", "engine_resources", "reward_resources")
+            set_keys = [f"ray.{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                        if f.name in pool and getattr(self, f.name) != f.default]
+            if set_keys and tuple(set_keys) not in _WARNED:  # once: configs are rebuilt (compare, replace)
+                import logging
+
+                _WARNED.add(tuple(set_keys))
+                logging.getLogger("pargs_batch.config").warning(
+                    "ray.enabled is false, so %s %s no effect: everything runs in this process on one engine "
+                    "(set ray.enabled=true for the Ray pool)", ", ".join(set_keys), "has" if len(set_keys) == 1 else "have")
 
 
 MODES = ("stepped", "fused")

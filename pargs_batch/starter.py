@@ -34,6 +34,7 @@ class Findings:
     rows_read: int
     prompt_column: str | None = None
     messages_column: str | None = None
+    format: str = "prompts"                 # prompts | hh (HH-RLHF transcripts)
     id_column: str | None = None
     reward_input: str | None = None
     reward_why: str = ""
@@ -42,9 +43,13 @@ class Findings:
     notes: list[str] = field(default_factory=list)
 
 
-def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Findings:
+PREFERENCE_SIDES = ("chosen", "rejected")  # a preference dataset's answers: never a prompt
+
+
+def inspect(llm: str, reward: str | None, data: str, split: str = "train", fmt: str = "prompts") -> Findings:
     """Tokenizers, the LLM's end ids and the data's first rows; a path that does not load is a config
-    error naming the flag."""
+    error naming the flag. ``fmt``: hh reads HH-RLHF transcripts (the prompt is the conversation
+    before the last assistant reply)."""
     from transformers import AutoTokenizer
 
     from pargs_batch.models.engine import eos_token_ids
@@ -58,7 +63,10 @@ def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Fi
     columns = list(records[0]) if records else []
     found = Findings(llm_chat_template=bool(getattr(tokenizer, "chat_template", None)), eos_ids=eos,
                      eos_tokens=tokenizer.convert_ids_to_tokens(eos), columns=columns, rows_read=len(records))
-    found.messages_column = next((c for c in columns if all(is_conversation(r.get(c)) for r in records)), None)
+    if fmt == "hh":
+        return _hh_findings(found, records, data, reward)
+    found.messages_column = next((c for c in columns if c not in PREFERENCE_SIDES
+                                  and all(is_conversation(r.get(c)) for r in records)), None)
     if found.messages_column and not found.llm_chat_template:
         found.notes.append(f"column {found.messages_column!r} holds conversations, but the LLM's tokenizer has no "
                            "chat template: prompts are read from a text column instead")
@@ -66,12 +74,45 @@ def inspect(llm: str, reward: str | None, data: str, split: str = "train") -> Fi
     if not found.messages_column:
         text = [c for c in columns if all(isinstance(r.get(c), str) for r in records)]
         found.prompt_column = next((c for c in PROMPT_NAMES if c in text), text[0] if text else None)
+        if found.prompt_column in PREFERENCE_SIDES:
+            hh = all(str(r.get(found.prompt_column, "")).lstrip(" ").startswith("\n\nHuman:") for r in records)
+            raise ConfigError("--data", data, f"its only text column for prompts is {found.prompt_column!r}, a "
+                              "preference answer (the whole reply included), not a prompt: "
+                              + ("these are HH-RLHF transcripts, read them with data.format: hh (pargs-batch init "
+                                 "--format hh)" if hh else "give a file or dataset with a prompt or messages column "
+                                 "(data.prompt_column / data.messages_column)"))
         if found.prompt_column is None:
             raise ConfigError("--data", data, "no column holds text in every row read (columns: "
                               + ", ".join(columns) + ")")
-    found.id_column = next((c for c in ID_NAMES if c in columns and unique_ids(records, c)), None)
+    return _ids_and_reward(found, records, reward)
+
+
+def _hh_findings(found: Findings, records: list[dict], data: str, reward: str | None) -> Findings:
+    """``--format hh``: transcripts in ``chosen`` (the prompt: the turns before its last reply)."""
+    from pargs_batch.io.contexts import hh_prompt
+
+    if "chosen" not in found.columns:
+        raise ConfigError("--format", "hh", f"reads HH-RLHF transcripts from a 'chosen' column; {data} has "
+                          + ", ".join(found.columns))
+    try:
+        for r in records:
+            hh_prompt(r["chosen"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ConfigError("--format", "hh", f"column 'chosen' of {data} does not hold HH transcripts ({e})") from None
+    if not found.llm_chat_template:
+        raise ConfigError("--format", "hh", "renders each conversation with the LLM's chat template; the LLM's "
+                          "tokenizer has none")
+    found.format, found.prompt_column = "hh", "chosen"
+    return _ids_and_reward(found, records, reward)
+
+
+def _ids_and_reward(found: Findings, records: list[dict], reward: str | None) -> Findings:
+    found.id_column = next((c for c in ID_NAMES if c in found.columns and unique_ids(records, c)), None)
     if reward:
-        found.reward_input, found.reward_why, found.reward_template = reward_input(reward)
+        from pargs_batch.rewards.reading import detect
+
+        reading = detect(reward)
+        found.reward_input, found.reward_why, found.reward_template = reading.input, reading.why, reading.template
         from pargs_batch.rewards.autoregressive import is_autoregressive
 
         found.reward_autoregressive = is_autoregressive(reward)
@@ -112,43 +153,16 @@ def hub_records(config) -> Any:
 
 
 def is_conversation(value: Any) -> bool:
-    """A list of {role, content} turns that ends with the user's: one to answer (a conversation that
-    ends with the assistant's reply is a training example, not a prompt)."""
+    """A list of {role, content} turns with a user turn to answer (assistant turns at its end, the
+    reply a chat dataset stores, are left out when generating)."""
     from pargs_batch.io.prompts import conversation
 
-    return conversation(value)[1] is None and value[-1]["role"] == "user"
+    return conversation(value)[1] is None and any(m["role"] == "user" for m in value)
 
 
 def unique_ids(records: list[dict], column: str) -> bool:
     values = [r.get(column) for r in records]
     return all(v is not None for v in values) and len({str(v) for v in values}) == len(values)
-
-
-def reward_input(path: str) -> tuple[str, str, str | None]:
-    """How the reward model should read (prompt, response), and why: its tokenizer's chat template,
-    a segment pair when its tokenizer builds one (type ids or two separators), else joined text."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from pargs_batch.rewards.hf import chat_frame
-
-    trained = getattr(AutoConfig.from_pretrained(path), "pargs_batch_input", None)
-    if isinstance(trained, dict) and trained.get("input") in ("template", "pair", "chat"):
-        return trained["input"], "as it was trained (rm_training wrote it into its config.json)", trained.get("template")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if getattr(tokenizer, "chat_template", None):
-        try:
-            chat_frame(tokenizer, "a prompt")
-            return "chat", "its tokenizer has a chat template that renders a user turn and an assistant reply", None
-        except Exception:  # noqa: BLE001 - a template that cannot render the pair is not used
-            pass
-    single = tokenizer("a prompt")
-    pair = tokenizer("a prompt", "a reply")
-    types = pair.get("token_type_ids")
-    sep = tokenizer.sep_token_id
-    if (types and any(types)) or (sep is not None and pair["input_ids"].count(sep) > single["input_ids"].count(sep)):
-        return "pair", ("its tokenizer encodes a (prompt, response) segment pair, as the hub's DeBERTa reward models "
-                        "were trained; a model trained on joined text wants input: template"), None
-    return "template", "its tokenizer has no chat template and no pair encoding: prompt and response are joined", None
 
 
 def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split: str = "train",
@@ -200,7 +214,11 @@ def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split
     ]
     if split != "train":
         lines.append(f"  split: {json.dumps(split)}")
-    if found.messages_column:
+    if found.format == "hh":
+        lines += ["  format: hh   # HH-RLHF transcripts: the prompt is the conversation before the last reply, "
+                  "rendered with the LLM's chat template",
+                  f"  prompt_column: {json.dumps(found.prompt_column)}"]
+    elif found.messages_column:
         lines.append(f"  messages_column: {json.dumps(found.messages_column)}   # conversations, rendered with the "
                      "LLM's chat template")
     else:
@@ -224,7 +242,7 @@ def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split
 
 
 def write_starter(out: str | Path, llm: str, reward: str | None, data: str, split: str = "train",
-                  force: bool = False) -> tuple[Path, Findings]:
+                  force: bool = False, fmt: str = "prompts") -> tuple[Path, Findings]:
     """Inspect, write the config to ``out`` (an existing file only with ``force``) and check that it
     loads; returns the path and what was found."""
     from pargs_batch.config import GenerateConfig
@@ -235,7 +253,7 @@ def write_starter(out: str | Path, llm: str, reward: str | None, data: str, spli
     from pargs_batch.plan.memory import plan_memory
     from pargs_batch.plan.shapes import Devices
 
-    found = inspect(llm, reward, data, split)
+    found = inspect(llm, reward, data, split, fmt)
     text = starter_yaml(llm, reward, data, found, split)
     devices = Devices.detect()
     try:  # the caps and dtypes this machine's devices need, written as keys (on a GPU; a refusal stops here)

@@ -17,14 +17,17 @@ class PreferenceData:
     """Where the preference triples come from."""
 
     source: str = option("a .jsonl/.parquet file or a Hugging Face dataset name", "")
-    format: str = option("row layout: hh (HH-RLHF), tldr (summarize-from-feedback comparisons), generic", "generic")
+    format: str = option("row layout: hh (HH-RLHF transcripts), tldr (summarize-from-feedback comparisons), generic "
+                         "(prompt/chosen/rejected strings), conversational (TRL's: chosen/rejected as lists of "
+                         "messages, the prompt a string, a list of messages or the turns both share, as "
+                         "UltraFeedback stores them)", "generic")
     subset: str | None = option("dataset configuration name (e.g. 'comparisons')", None)
     split: str = option("dataset split", "train")
     eval_source: str | None = option("held-out file or dataset; default: a share of `source`", None)
     eval_split: str | None = option("held-out split of `source` (e.g. 'validation'), instead of a share", None)
     eval_fraction: float = option("share of triples held out when no eval source/split is given", 0.1)
-    prompt_column: str = option("generic layout: prompt column", "prompt")
-    chosen_column: str = option("generic/hh layout: preferred response column", "chosen")
+    prompt_column: str = option("generic/conversational layout: prompt column (conversational: optional)", "prompt")
+    chosen_column: str = option("generic/hh/conversational layout: preferred response column", "chosen")
     rejected_column: str = option("generic/hh layout: other response column", "rejected")
     limit: int | None = option("read only the first N rows", None)
     max_malformed_fraction: float = option("stop when more than this share of rows is malformed", 0.05)

@@ -5,6 +5,12 @@
 - ``tldr``: the comparisons of "Learning to summarize from human feedback" (Stiennon et al.):
   ``info`` (post, title, subreddit), ``summaries`` (two, each with ``text``), ``choice`` (0 or 1).
 - ``generic``: any table with prompt / chosen / rejected columns (names configurable).
+- ``conversational``: TRL's conversational preference format, as UltraFeedback stores it:
+  ``chosen`` / ``rejected`` are lists of ``{role, content}`` messages, with the prompt either in a
+  ``prompt`` column (a string or a list of messages) or as the turns both share (TRL's implicit
+  prompt); each side must end in one assistant reply. How the conversation becomes the reward
+  model's text depends on its tokenizer (``reading``): its chat template where it has one, else an
+  HH transcript.
 
 Each comes from a ``.jsonl`` / ``.parquet`` file or a Hugging Face dataset name. Malformed rows are
 counted per reason and left out of training, never silently: the counts go into the report and
@@ -18,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-FORMATS = ("hh", "tldr", "generic")
+FORMATS = ("hh", "tldr", "generic", "conversational")
 ASSISTANT = "\n\nAssistant:"
 TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
 
@@ -111,9 +117,82 @@ def from_generic(row: dict, columns: dict) -> Triple:
                          _text(row, columns["rejected"])))
 
 
-ADAPTERS = {"hh": from_hh, "tldr": from_tldr, "generic": from_generic}
+def _messages(value: Any, key: str) -> list[dict]:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, list) or not value or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value):
+        raise MalformedRow(f"{key} is not a list of messages")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def conversation_sides(row: dict, columns: dict) -> tuple[list[dict], str, str]:
+    """(the prompt's turns, the chosen reply, the rejected reply) of a conversational row."""
+    chosen, rejected = _messages(row.get(columns["chosen"]), "chosen"), _messages(row.get(columns["rejected"]), "rejected")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt = row.get(columns["prompt"])
+    if prompt is None or shared:
+        turns = chosen[:shared]          # TRL's implicit prompt, or the prompt repeated in both sides
+    elif isinstance(prompt, str):
+        turns = [{"role": "user", "content": prompt}]
+    else:
+        turns = _messages(prompt, "prompt")
+    replies = chosen[shared:], rejected[shared:]
+    if any(len(r) != 1 or r[0]["role"] != "assistant" for r in replies):
+        raise MalformedRow("a side does not end in one assistant reply")
+    if not any(t["role"] == "user" for t in turns):
+        raise MalformedRow("no user turn in the prompt")
+    return turns, replies[0][0]["content"], replies[1][0]["content"]
+
+
+def from_conversational(row: dict, columns: dict, render=None) -> Triple:
+    """``render(turns, reply) -> (prompt text, response text)``: how the reward model will read it."""
+    turns, chosen, rejected = conversation_sides(row, columns)
+    render = render or hh_render
+    prompt, chosen_text = render(turns, chosen)
+    _, rejected_text = render(turns, rejected)
+    return _check(Triple(prompt, chosen_text, rejected_text))
+
+
+def hh_render(turns: list[dict], reply: str) -> tuple[str, str]:
+    from pargs_batch.rewards.reading import hh_reply, hh_transcript
+
+    return hh_transcript(turns), hh_reply(reply)
+
+
+def reading(fmt: str, mode: str, tokenizer=None, template: str = "{prompt}{response}") -> dict:
+    """How the trained model reads (prompt, response) - recorded in its config.json, so a run reads
+    it the same way (``reward.input: auto``) - and, for the conversational format, how a row is
+    rendered (``render``) and the training text's template. ``hh`` transcripts are read as HH
+    transcripts; conversations through the tokenizer's chat template where it renders one, else as
+    HH transcripts. The causal modes read the LLM's token ids and take the template's text as it is."""
+    whole = mode in ("full", "partial")
+    if fmt == "hh" and whole:
+        return {"input": "hh", "template": "{prompt}{response}"}
+    if fmt != "conversational":
+        return {"input": "template", "template": template}
+    if whole and tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        from pargs_batch.rewards.reading import chat_frame
+
+        try:
+            _, tail = chat_frame(tokenizer, "a prompt")
+        except Exception:  # noqa: BLE001 - a template that cannot render a reply verbatim is not used
+            tail = None
+        if tail is not None:
+            def render(turns, reply):
+                return chat_frame(tokenizer, turns)[0], reply
+            # the text after the reply (an end-of-turn token) is part of every input, as when scoring
+            escaped = tail.replace("{", "{{").replace("}", "}}")
+            return {"input": "chat", "template": "{prompt}{response}" + escaped, "render": render,
+                    "special_tokens": False}
+    return {"input": "hh" if whole else "template", "template": "{prompt}{response}", "render": hh_render}
+
+
+ADAPTERS = {"hh": from_hh, "tldr": from_tldr, "generic": from_generic, "conversational": from_conversational}
 REQUIRED = {"hh": ("chosen", "rejected"), "tldr": ("info", "summaries", "choice"),
-            "generic": ("prompt", "chosen", "rejected")}
+            "generic": ("prompt", "chosen", "rejected"), "conversational": ("chosen", "rejected")}
 
 
 def required_columns(fmt: str, columns: dict) -> list[str]:
@@ -133,10 +212,15 @@ def read_rows(source: str, subset: str | None = None, split: str = "train") -> t
     return ds, list(ds.column_names)
 
 
-def to_triples(rows: Iterable[dict], fmt: str, columns: dict, limit: int | None = None
+def to_triples(rows: Iterable[dict], fmt: str, columns: dict, limit: int | None = None, render=None
                ) -> tuple[list[Triple], DataReport]:
-    """Convert rows with the adapter of ``fmt``; malformed ones are counted by reason."""
+    """Convert rows with the adapter of ``fmt``; malformed ones are counted by reason. ``render``:
+    how a conversational row becomes text (``reading``'s)."""
     adapter = ADAPTERS[fmt]
+    if fmt == "conversational":
+        from functools import partial
+
+        adapter = partial(from_conversational, render=render)
     report, triples = DataReport(), []
     for row in rows:
         if limit is not None and report.rows >= limit:

@@ -33,7 +33,7 @@ log = logging.getLogger("rm_training")
 
 # ---------------------------------------------------------------- data
 
-def _read(cfg: TrainConfig, source: str, split: str) -> tuple[list[prefs.Triple], prefs.DataReport]:
+def _read(cfg: TrainConfig, source: str, split: str, render=None) -> tuple[list[prefs.Triple], prefs.DataReport]:
     d = cfg.data
     try:
         rows, columns = prefs.read_rows(source, d.subset, split)
@@ -43,7 +43,7 @@ def _read(cfg: TrainConfig, source: str, split: str) -> tuple[list[prefs.Triple]
     if missing:
         raise ConfigError("data.format", d.format, f"needs column(s) {', '.join(missing)}; "
                           f"{source} has {', '.join(columns)}")
-    triples, report = prefs.to_triples(rows, d.format, d.columns, d.limit)
+    triples, report = prefs.to_triples(rows, d.format, d.columns, d.limit, render)
     if report.malformed_fraction > d.max_malformed_fraction:
         reasons = ", ".join(f"{k}: {v}" for k, v in report.malformed.most_common())
         raise ConfigError("data.max_malformed_fraction", d.max_malformed_fraction,
@@ -51,12 +51,17 @@ def _read(cfg: TrainConfig, source: str, split: str) -> tuple[list[prefs.Triple]
     return triples, report
 
 
-def load_triples(cfg: TrainConfig):
-    """Train and held-out triples, with a per-source report of rows, triples and malformed rows."""
+def load_triples(cfg: TrainConfig, tokenizer=None):
+    """Train and held-out triples, with a per-source report of rows, triples and malformed rows.
+    ``tokenizer``: the reward model's, which decides how conversations become text (read from
+    ``cfg`` when not given)."""
     d = cfg.data
-    train, train_report = _read(cfg, d.source, d.split)
+    render = None
+    if d.format == "conversational":
+        render = prefs.reading(d.format, cfg.mode, tokenizer or load_tokenizer(cfg), cfg.template).get("render")
+    train, train_report = _read(cfg, d.source, d.split, render)
     if d.eval_source or d.eval_split:
-        held, eval_report = _read(cfg, d.eval_source or d.source, d.eval_split or d.split)
+        held, eval_report = _read(cfg, d.eval_source or d.source, d.eval_split or d.split, render)
     else:
         train, held = prefs.split_triples(train, d.eval_fraction, cfg.training.seed)
         eval_report = None
@@ -105,14 +110,18 @@ def check_architecture(cfg: TrainConfig) -> None:
 
 # ---------------------------------------------------------------- examples
 
-def encode(tokenizer, template: str, prompt: str, response: str, max_length: int) -> list[int]:
+def encode(tokenizer, template: str, prompt: str, response: str, max_length: int,
+           special_tokens: bool = True) -> list[int]:
+    """(a chat template's text carries its own special tokens: ``special_tokens`` False, as when scoring)"""
     return tokenizer(template.format(prompt=prompt, response=response), truncation=True,
-                     max_length=max_length)["input_ids"]
+                     max_length=max_length, add_special_tokens=special_tokens)["input_ids"]
 
 
 def text_examples(cfg: TrainConfig, tokenizer, triples: list[prefs.Triple], partial: bool):
     """Tokenised (chosen_ids, rejected_ids) pairs: whole responses, or prefix pairs with their fraction."""
     p, rng, max_len = cfg.prefixes, random.Random(cfg.prefixes.seed), cfg.training.max_length
+    read = prefs.reading(cfg.data.format, cfg.mode, tokenizer, cfg.template)
+    template, special = read["template"], read.get("special_tokens", True)
     rows, identical = [], 0
     for t in triples:
         if partial:
@@ -123,8 +132,8 @@ def text_examples(cfg: TrainConfig, tokenizer, triples: list[prefs.Triple], part
         else:
             sides = [(t.chosen, t.rejected, 1.0)]
         for c, r, fraction in sides:
-            rows.append({"chosen_ids": encode(tokenizer, cfg.template, t.prompt, c, max_len),
-                         "rejected_ids": encode(tokenizer, cfg.template, t.prompt, r, max_len),
+            rows.append({"chosen_ids": encode(tokenizer, template, t.prompt, c, max_len, special),
+                         "rejected_ids": encode(tokenizer, template, t.prompt, r, max_len, special),
                          "fraction": fraction})
     return rows, identical
 
@@ -257,7 +266,10 @@ def evaluate_checkpoint(cfg: TrainConfig, out_dir: str, held: list[prefs.Triple]
     if not held:
         return {}
     backend = "autoregressive" if cfg.mode == "autoregressive" else "hf"
-    scorer = make_scorer(RewardConfig(path=out_dir, template=cfg.template, max_length=cfg.training.max_length,
+    # the held-out triples are text as trained (an HH transcript or a rendered chat already): read as such
+    template = prefs.reading(cfg.data.format, cfg.mode, tokenizer, cfg.template)["template"]
+    scorer = make_scorer(RewardConfig(path=out_dir, input="template", template=template,
+                                      max_length=cfg.training.max_length,
                                       batch_size=cfg.training.per_device_eval_batch_size, backend=backend))
     whole = whole_accuracy(scorer, held)
     result = {"pairwise_accuracy": whole["accuracy"], "pairwise_interval": whole["interval"], "eval_triples": len(held)}
@@ -275,8 +287,8 @@ def train(cfg: TrainConfig) -> dict:
 
     start = time.perf_counter()
     check_architecture(cfg)
-    train_triples, held, reports = load_triples(cfg)
     tokenizer = load_tokenizer(cfg)
+    train_triples, held, reports = load_triples(cfg, tokenizer)
     train_ds, identical = build_examples(cfg, tokenizer, train_triples)
     eval_ds, _ = build_examples(cfg, tokenizer, held) if held else (None, 0)
     log.info("mode %s: %d training pairs (%d identical prefix pairs skipped), %d held-out triples",
@@ -293,7 +305,9 @@ def train(cfg: TrainConfig) -> dict:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     # how the model read (prompt, response) in training, for `pargs-batch init` to read back
-    model.config.pargs_batch_input = {"input": "template", "template": cfg.template}
+    read = prefs.reading(cfg.data.format, cfg.mode, tokenizer, cfg.template)
+    model.config.pargs_batch_input = {"input": read["input"], "template": cfg.template if read["input"] == "template"
+                                      else "{prompt}{response}"}
     trainer = make_trainer(cfg, model, tokenizer, train_ds, eval_ds)
     # (under DeepSpeed an evaluation before training would leave the engine in inference mode)
     before = trainer.evaluate()["eval_loss"] if eval_ds is not None and not cfg.training.deepspeed else None

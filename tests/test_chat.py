@@ -113,3 +113,41 @@ def test_a_chat_reward_model_reads_the_conversation_in_both_modes(world, chat_wo
         ids = r["response_token_ids"]
         prefixes = [tok.decode(ids[:n], skip_special_tokens=True) for n in range(1, len(ids) + 1)]
         assert np.allclose(r["rewards"], scorer.score([r["prompt"]] * len(ids), prefixes), atol=1e-4)
+
+
+def test_hh_transcripts_are_answered_as_conversations_and_an_hh_reward_model_reads_them_whole(
+        world, chat_world, chat_models, tmp_path):
+    """data.format: hh - the prompt is the conversation before the last reply, rendered by the LLM's chat
+    template - and a reward model that records it was trained on HH transcripts (as rm_training's hh
+    format writes) is read with reward.input auto as an HH transcript of the whole conversation."""
+    import shutil
+
+    from pargs_batch.io.contexts import hh_prompt
+    from pargs_batch.rewards.reading import hh_reply, hh_transcript
+    from pargs_batch.rewards.hf import HFRewardScorer
+
+    prompts = [json.loads(line)["prompt"] for line in open(world["prompts"])][:4]
+    transcripts = [f"\n\nHuman: hello\n\nAssistant: hi !\n\nHuman: {p}\n\nAssistant: a stored reply ." for p in prompts]
+    source = tmp_path / "hh.jsonl"
+    source.write_text("".join(json.dumps({"chosen": t, "rejected": t + " no"}) + "\n" for t in transcripts))
+    rm = tmp_path / "hh-rm"
+    shutil.copytree(world["reward_model"], rm)
+    config = json.loads((rm / "config.json").read_text())
+    config["pargs_batch_input"] = {"input": "hh", "template": "{prompt}{response}"}
+    (rm / "config.json").write_text(json.dumps(config))
+
+    cfg = chat_config(world, chat_world, tmp_path / "out", "stepped", "pargs-greedy", source=str(source),
+                      format="hh", chat_template=False, system_prompt="be brief", limit=None)
+    cfg = build(GenerateConfig, {**cfg.to_dict(), "reward": {"path": str(rm), "batch_size": 16}})
+    run_generate(cfg, models=chat_models.for_config(cfg), progress=False)
+    rows = read_output(cfg.output.path).to_pylist()
+    assert len(rows) == 8 and all(r["error"] is None for r in rows)
+    assert sorted({r["prompt"] for r in rows}) == sorted(prompts)  # the last human turn, not the transcript
+    as_trained = HFRewardScorer(RewardConfig(path=str(rm), input="template"))  # the text it was trained on
+    tok = chat_models.tokenizer(chat_world["llm"])
+    for r in rows[:4]:
+        conversation = hh_prompt(transcripts[prompts.index(r["prompt"])])
+        ids = r["response_token_ids"]
+        prefixes = [tok.decode(ids[:n], skip_special_tokens=True) for n in range(1, len(ids) + 1)]
+        texts = [hh_transcript(conversation) + hh_reply(p) for p in prefixes]
+        assert np.allclose(r["rewards"], as_trained.score(texts, [""] * len(texts)), atol=1e-4)

@@ -58,11 +58,12 @@ def test_init_on_a_plain_model_picks_the_prompt_column_and_runs(world, tmp_path,
     assert pb.GenerateConfig.from_yaml(path).decode.method == "topk" and "# reward:" in path.read_text()
 
 
-def test_a_conversation_is_one_that_ends_with_the_users_turn():
+def test_a_conversation_is_one_with_a_user_turn_to_answer():
     from pargs_batch.starter import is_conversation
 
-    user = {"role": "user", "content": "hi"}
-    assert is_conversation([user]) and not is_conversation([user, {"role": "assistant", "content": "hello"}])
+    user, reply = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
+    # a chat dataset's stored reply at the end is left out when generating
+    assert is_conversation([user]) and is_conversation([user, reply]) and not is_conversation([reply])
     assert not is_conversation([]) and not is_conversation("hi") and not is_conversation([{"role": "user"}])
 
 

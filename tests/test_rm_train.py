@@ -166,3 +166,58 @@ def test_tokenizer_without_pad_token_gets_eos(world, tmp_path, preference_file, 
         loaded = load_tokenizer(cfg)
     assert loaded.pad_token == loaded.eos_token == "<|endoftext|>"
     assert "no pad token; using its EOS token" in caplog.text
+
+
+@pytest.mark.parametrize("layout, model_key, reads", [
+    ("hh", "deberta", "hh"),                        # HH-RLHF transcripts
+    ("conversational", "deberta", "hh"),            # UltraFeedback's message lists, no chat template: HH transcripts
+    ("conversational", "chat", "chat"),             # ... through the reward tokenizer's own chat template
+])
+def test_hh_and_conversational_data_train_and_record_how_the_model_reads(layout, model_key, reads, preference_file,
+                                                                         fresh_deberta, chat_world, tmp_path):
+    """The data people have trains without code, and the checkpoint says how it read (prompt, response),
+    so a run's reward.input auto reads it the same way: scored from a conversation, it gives what it
+    gives on the text it was trained on."""
+    from pargs_batch.rewards.reading import hh_reply, hh_transcript
+    from pargs_batch.rewards.reading import chat_frame
+    from pargs_batch.rewards.reading import detect
+
+    records = [json.loads(line) for line in open(preference_file)]
+    data = tmp_path / f"{layout}.jsonl"
+    with open(data, "w") as f:
+        for r in records:
+            if layout == "hh":
+                row = {side: f"\n\nHuman: {r['prompt']}\n\nAssistant:{r[side]}" for side in ("chosen", "rejected")}
+            else:
+                user = {"role": "user", "content": r["prompt"]}
+                row = {"prompt": r["prompt"], **{side: [user, {"role": "assistant", "content": r[side].strip()}]
+                                                 for side in ("chosen", "rejected")}}
+            f.write(json.dumps(row) + "\n")
+    model = fresh_deberta if model_key == "deberta" else chat_world["reward_model"]
+    cfg = config(data, model, tmp_path / "rm", "full", num_train_epochs=6)
+    cfg["data"]["format"] = layout
+    summary = train(build(TrainConfig, cfg))
+    assert summary["data"]["train"]["malformed"] == {}
+    assert detect(str(tmp_path / "rm")).input == reads
+    if model_key == "deberta":
+        assert summary["pairwise_accuracy"] > 0.7
+
+    conversation = [{"role": "user", "content": "review of the cafe :"}]
+    replies = ["staff was lovely , food was warm .", "staff was rude , food was stale ."]
+    auto = HFRewardScorer(RewardConfig(path=str(tmp_path / "rm")))
+    if reads == "hh":
+        texts = [hh_transcript(conversation) + hh_reply(r) for r in replies]
+    else:
+        tok = load_tokenizer(build(TrainConfig, cfg))
+        head, tail = chat_frame(tok, conversation)
+        texts = [head + r + tail for r in replies]
+    as_text = HFRewardScorer(RewardConfig(path=str(tmp_path / "rm"), input="template"))
+    expected = as_text.score(texts, [""] * 2) if reads == "hh" else None
+    got = auto.score([conversation] * 2, replies)
+    if expected is not None:
+        assert np.allclose(got, expected, atol=1e-5)
+    else:  # a chat template writes its own special tokens: compare with the text tokenised as such
+        ids = tok(texts, add_special_tokens=False)["input_ids"]
+        assert [auto.tokenizer(t, add_special_tokens=False)["input_ids"] for t in auto.texts([conversation] * 2, replies)] == ids
+    if model_key == "deberta":
+        assert got[0] > got[1]

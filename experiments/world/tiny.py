@@ -21,7 +21,7 @@ from pathlib import Path
 
 from experiments.world.builders import new_deberta_rm, new_llm, train_llm, train_llm_tokenizer, train_rm_tokenizer
 
-WORLD_VERSION = 2  # bump when the files a world holds change, so cached worlds are rebuilt
+WORLD_VERSION = 3  # 3: the reward model records how it reads; bump when the files a world holds change, so cached worlds are rebuilt
 
 _SUBJECTS = ["the cafe", "this hotel", "the movie", "my phone", "the train", "our guide",
              "the garden", "this book", "the concert", "the museum", "the bakery", "that game"]
@@ -150,6 +150,9 @@ def build_tiny_world(out_dir: str | Path, spec: TinyWorldSpec = TinyWorldSpec())
     rm.save_pretrained(out / "reward_model_init")  # untrained: a starting point for rm_training
     rm_tok.save_pretrained(out / "reward_model_init")
     rm_loss = _train_rm(rm, rm_tok, pairs, spec)
+    # trained on joined text (prompt + response prefix): recorded as rm_training records it, so
+    # reward.input: auto reads it that way rather than as the segment pair its tokenizer could build
+    rm.config.pargs_batch_input = {"input": "template", "template": "{prompt}{response}"}
     rm.save_pretrained(out / "reward_model")
     rm_tok.save_pretrained(out / "reward_model")
 

@@ -21,6 +21,10 @@ DEFAULT_METHODS = ["topk", "args", "pargs-greedy", "pargs", "best-of-n"]
 BUDGET_KEYS = ("top_k", "n_candidates", "block_tokens", "reject_fraction", "beta", "temperature")
 
 
+# a reward model given to compare by its path alone: read as its checkpoint says, not with the config's keys
+OWN_READING = {"input": "auto", "template": "{prompt}{response}", "dtype": "auto"}
+
+
 @dataclass
 class CompareConfig(Loadable):
     """What to compare: methods, budgets and the evaluation; the models and prompts come from the generate config."""
@@ -30,9 +34,11 @@ class CompareConfig(Loadable):
     budgets: dict = option("per method, decode keys and the values to run it at, e.g. {pargs: {top_k: [2, 5, 10]}, "
                            "best-of-n: {n_candidates: [4, 16]}}; several keys run every combination; keys: "
                            + ", ".join(BUDGET_KEYS), factory=dict)
-    rewards: dict = option("per method, a guidance reward model other than the config's: a path, or a mapping of "
-                           "reward.* keys, e.g. {args: path/to/full-sequence-rm} (ARGS is defined with a "
-                           "full-sequence one); a list of them: that model's seeds", factory=dict)
+    rewards: dict = option("per method, a guidance reward model other than the config's: a path (read as its "
+                           "checkpoint says: reward.input auto, its own dtype), or a mapping of reward.* keys, e.g. "
+                           "{args: path/to/full-sequence-rm} (ARGS is defined with a full-sequence one); a list of "
+                           "them: that model's seeds. Best-of-N, which scores whole responses, takes ARGS's when it "
+                           "has none of its own", factory=dict)
     reward_seeds: list[str] = option("other seeds of the config's reward model (its recipe trained again with "
                                      "another initialisation and data order): every run it guides runs once per "
                                      "seed, and the table reports each method over seeds and prompts", factory=list)
@@ -111,14 +117,17 @@ def plan_runs(config: GenerateConfig, spec: CompareConfig) -> list[Run]:
     runs = []
     for name in spec.methods:
         given = spec.rewards.get(name)
+        if given is None and name == "best-of-n":  # whole responses: the full-sequence model where given
+            given = spec.rewards.get("args")
         # another model replaces the config's (its path or its ensemble), scored by the hf backend unless
-        # the entry says otherwise; the config's other reward keys (input, template, ...) stay
+        # the entry says otherwise; one given by its path is read as its checkpoint says (its input, its
+        # template, its dtype), not with the config's keys for another model
         if not METHODS[name].uses_reward:
             seeds = [None]
         elif given is None:
             seeds = own_seeds
         else:
-            seeds = [{"models": [], "backend": "hf", **({"path": g} if isinstance(g, str) else g)}
+            seeds = [{"models": [], "backend": "hf", **({"path": g, **OWN_READING} if isinstance(g, str) else g)}
                      for g in (given if isinstance(given, list) else [given])]
         grid = spec.budgets.get(name)
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]

@@ -20,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+from pargs_batch.decoding import METHODS
 from pargs_batch.comparison.config import (CompareConfig, Run, check_planned_evaluation, evaluation_config, plan_runs,
                                            reference_group, reference_pairs, run_configs)
 from pargs_batch.comparison.tables import (format_seed_table, format_table, group_points, judge_seed_rows, plot,
@@ -59,7 +60,11 @@ def compare_runs(config: GenerateConfig, runs: list[Run], evaluation: dict, out_
     started = set()
     try:
         for i, label in enumerate(order, 1):
-            console.say(f"compare: run {i}/{len(configs)}: {label}")
+            c = configs[label]
+            guided = METHODS[c.decode.method].uses_reward
+            rm = (c.reward.path or f"{len(c.reward.models)} weighted models") if guided else "no reward model"
+            console.say(f"compare: run {i}/{len(configs)}: {label} (guided by {rm})" if guided
+                        else f"compare: run {i}/{len(configs)}: {label} ({rm})")
             summaries[label] = run_generate(configs[label], models=shared, progress=progress)
             if shared is not None:
                 started |= set(shared.engines)

@@ -20,3 +20,34 @@ def prompt_of(context: Any) -> str:
         return context
     users = [m["content"] for m in context if m["role"] == "user"]
     return users[-1] if users else context[-1]["content"]
+
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+def hh_turns(transcript: str) -> list[dict]:
+    """An Anthropic HH transcript (``\\n\\nHuman: … \\n\\nAssistant: …``) as chat turns, in order;
+    raises ValueError when it holds no human turn or text comes before the first one."""
+    turns, rest = [], transcript
+    if not rest.startswith(HUMAN):
+        raise ValueError("an HH transcript starts with '\\n\\nHuman:'")
+    while rest:
+        role, marker = ("user", HUMAN) if rest.startswith(HUMAN) else ("assistant", ASSISTANT)
+        if not rest.startswith(marker):
+            raise ValueError("an HH transcript alternates '\\n\\nHuman:' and '\\n\\nAssistant:' turns")
+        body = rest[len(marker):]
+        nxt = [i for i in (body.find(HUMAN), body.find(ASSISTANT)) if i >= 0]
+        end = min(nxt) if nxt else len(body)
+        turns.append({"role": role, "content": body[:end].strip()})
+        rest = body[end:]
+    return turns
+
+
+def hh_prompt(transcript: str) -> list[dict]:
+    """The conversation an HH transcript answers: its turns before the last assistant reply."""
+    turns = hh_turns(transcript)
+    while turns and turns[-1]["role"] == "assistant":
+        turns.pop()
+    if not turns:
+        raise ValueError("an HH transcript with no human turn")
+    return turns

@@ -1,4 +1,4 @@
-"""Prompt readers (.jsonl, .parquet, Hugging Face datasets); the writer is ``output.RunDir``.
+"""Prompt readers (.jsonl, .json arrays, .parquet, Hugging Face datasets); the writer is ``output.RunDir``.
 
 Readers yield ``PromptRow``s in micro-batches and never drop a row: an unusable prompt (missing,
 not a string, empty, a repeated id) keeps its place with an ``error``. Column names are checked
@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pargs_batch.io.batch import PromptRow
-from pargs_batch.io.contexts import prompt_of
+from pargs_batch.io.contexts import hh_prompt, prompt_of
 from pargs_batch.config import DataConfig
 from pargs_batch.configlib import ConfigError
 from pargs_batch.decoding import id_hash
@@ -26,11 +26,26 @@ from pargs_batch.io.output import IdSet, filesystem
 
 def conversation(messages: Any) -> tuple[str | None, str | None]:
     """(the last user message, why the cell is not a conversation) of a messages cell."""
+    if hasattr(messages, "tolist"):  # a numpy array of dicts from a Parquet list column
+        messages = messages.tolist()
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in messages):
         return None, "messages must be a non-empty list of {role, content} strings"
     return prompt_of(messages), None
+
+
+def to_answer(messages: list[dict], system_prompt: str | None) -> tuple[list[dict] | None, str | None]:
+    """(the turns a reply is generated for, why there are none): assistant turns at the end (the
+    reply a chat dataset stores) are left out, and ``system_prompt`` goes first where no system turn is."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    while turns and turns[-1]["role"] == "assistant":
+        turns.pop()
+    if not any(m["role"] == "user" for m in turns):
+        return None, "the conversation has no user turn to answer"
+    if system_prompt is not None and turns[0]["role"] != "system":
+        turns.insert(0, {"role": "system", "content": system_prompt})
+    return turns, None
 
 
 def prompt_error(prompt: Any) -> str | None:
@@ -71,6 +86,8 @@ class PromptSource:
         if config.is_file:
             self.kind = "parquet" if src.split("?")[0].endswith(".parquet") else "jsonl"
             self.fs, self.path = _open_fs(src)
+            if self.kind == "jsonl" and src.split("?")[0].endswith(".json") and self._starts_array():
+                self.kind = "json-array"
             if self.kind == "parquet":
                 self.columns = list(pq.ParquetFile(self.path, filesystem=self.fs).schema_arrow.names)
             else:
@@ -88,10 +105,30 @@ class PromptSource:
 
     def _jsonl_columns(self) -> list[str]:
         """The keys of the first record that parses (bad lines before it become error rows later)."""
-        for record in self._jsonl_records():
+        for record in self.records():
             if "__error__" not in record:
                 return list(record)
         return []
+
+    def _starts_array(self) -> bool:
+        """Whether the file is one JSON array (AlpacaEval's ``alpaca_eval.json``) rather than JSON Lines."""
+        with self.fs.open_input_stream(self.path) as stream:
+            head = stream.read(4096).lstrip()
+        return head.startswith(b"[")
+
+    def _json_array_records(self) -> Iterator[dict]:
+        """The elements of a JSON array file, in order; an element that is not an object is a record
+        holding only why (``__error__``)."""
+        with self.fs.open_input_stream(self.path) as stream:
+            data = stream.read()
+        try:
+            items = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError("data.source", self.config.source,
+                              f"starts as a JSON array but does not parse as one ({e.__class__.__name__})") from None
+        for number, item in enumerate(items, start=1):
+            # (no __line__: an element keeps its index as its id, as a row of any table does)
+            yield item if isinstance(item, dict) else {"__error__": f"not a JSON object (element {number})"}
 
     def _jsonl_records(self) -> Iterator[dict]:
         """Each non-blank line as a record; a line that is not UTF-8 or not a JSON object becomes a
@@ -116,6 +153,8 @@ class PromptSource:
         holding only why (``__error__``) and where (``__line__``)."""
         if self.kind == "jsonl":
             yield from self._jsonl_records()
+        elif self.kind == "json-array":
+            yield from self._json_array_records()
         elif self.kind == "parquet":
             for batch in pq.ParquetFile(self.path, filesystem=self.fs).iter_batches(batch_size=1024):
                 yield from batch.to_pylist()
@@ -128,7 +167,7 @@ class PromptSource:
         bad row, where Ray Data's text reader fails the whole file."""
         import ray
 
-        if self.kind == "jsonl":
+        if self.kind in ("jsonl", "json-array"):
             yield from self.records()
             return
         ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -183,13 +222,26 @@ def prompt_row(config: DataConfig, record: dict, index: int | None, num_weights:
     messages, error = None, record.get("__error__")
     if c.messages_column:
         messages = record.get(c.messages_column)
-        prompt, bad = conversation(messages)
+        _, bad = conversation(messages)
+        if bad is None:
+            messages, bad = to_answer(list(messages), c.system_prompt)
+        prompt = prompt_of(messages) if bad is None else None
         error = error or bad or prompt_error(prompt)
+    elif c.format == "hh":
+        transcript, prompt = record.get(c.prompt_column), None
+        error = error or prompt_error(transcript)
+        if error is None:
+            try:
+                messages, bad = to_answer(hh_prompt(transcript), c.system_prompt)
+            except ValueError as e:
+                messages, bad = None, f"{c.prompt_column}: {e}"
+            prompt = prompt_of(messages) if bad is None else None
+            error = bad or prompt_error(prompt)
     else:
         prompt = record.get(c.prompt_column)
         error = error or prompt_error(prompt)
         if c.chat_template and error is None:
-            messages = [{"role": "user", "content": prompt}]
+            messages, _ = to_answer([{"role": "user", "content": prompt}], c.system_prompt)
     weights = None
     if c.weights_column and record.get(c.weights_column) is not None:
         weights, bad = row_weights(record[c.weights_column], num_weights)

@@ -11,7 +11,9 @@ conversation (a list of ``{role, content}``). ``reward.input`` says how the mode
   other cross-encoders were trained (``[CLS] prompt [SEP] response [SEP]``);
 - ``chat``: the conversation plus an assistant turn holding the response, rendered by the RM
   tokenizer's chat template. The template runs once per conversation: its text around the
-  response is cached, and each step fills in the new prefix.
+  response is cached, and each step fills in the new prefix;
+- ``hh``: the conversation as an Anthropic HH transcript, then the response after one space;
+- ``auto``: what the checkpoint says (``rewards.reading``), decided when the scorer is built.
 
 Inputs longer than the reward model allows are cut from the left: the start of the prompt goes
 first, the response is kept.
@@ -19,38 +21,40 @@ first, the response is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
 
 import numpy as np
 
-from pargs_batch.io.contexts import conversation_of, prompt_of
+from pargs_batch.io.contexts import prompt_of
 from pargs_batch.config import RewardConfig
 from pargs_batch.configlib import ConfigError
+from pargs_batch.rewards.reading import chat_frame, hh_reply, hh_transcript
 
 log = logging.getLogger(__name__)
 
-_SLOT = "\ue000pargs-response\ue001"  # stands for the response while a chat template renders
+_SAID: set = set()                      # (key, path) whose input was said
 _CACHE_LIMIT = 1 << 16                  # rendered conversations kept (cleared when full: memory stays flat)
 
 
-def chat_frame(tokenizer, context: Any) -> tuple[str, str]:
-    """(text before, text after) the assistant's reply when the chat template renders ``context``
-    followed by an assistant turn; raises ValueError when the template does not pass the reply
-    through unchanged exactly once."""
-    text = tokenizer.apply_chat_template(conversation_of(context) + [{"role": "assistant", "content": _SLOT}],
-                                         tokenize=False)
-    if text.count(_SLOT) != 1:
-        raise ValueError("its chat template does not render an assistant turn's content verbatim once")
-    head, tail = text.split(_SLOT)
-    return head, tail
-
-
 def check_reward_input(reward: RewardConfig, key: str = "reward") -> None:
-    """``reward.input: chat`` needs an RM tokenizer whose chat template renders a user turn and an
-    assistant reply: checked (tokenizer only) before any model loads."""
-    if reward.input != "chat" or not reward.path:
+    """How the reward model reads is decided (``input: auto``) and said; ``chat`` needs an RM
+    tokenizer whose chat template renders a user turn and an assistant reply: checked (tokenizer
+    only) before any model loads."""
+    if not reward.path or reward.backend != "hf":
+        return
+    if reward.input == "auto":
+        from pargs_batch.console import console
+        from pargs_batch.rewards.reading import detect
+
+        reading = detect(reward.path)
+        if (key, reward.path) not in _SAID:  # once a model: compare checks every run's config
+            _SAID.add((key, reward.path))
+            console.say(f"{key}: {reward.path} reads input {reading.input} ({reading.why})")
+        reward = dataclasses.replace(reward, input=reading.input)
+    if reward.input != "chat":
         return
     from transformers import AutoTokenizer
 
@@ -137,7 +141,9 @@ class HFRewardScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.config = config
+        from pargs_batch.rewards.reading import resolved
+
+        self.config = config = resolved(config)
         self.device = resolve_device(config.device)
         tokenizer = AutoTokenizer.from_pretrained(config.path)
         if tokenizer.pad_token is None:
@@ -166,6 +172,8 @@ class HFRewardScorer:
         """The text the model reads for each (context, response) - template and chat inputs."""
         if self.config.input == "chat":
             return [head + r + tail for (head, tail), r in zip(map(self._frame, contexts), responses)]
+        if self.config.input == "hh":
+            return [hh_transcript(c) + hh_reply(r) for c, r in zip(contexts, responses)]
         return [self.config.template.format(prompt=prompt_of(c), response=r) for c, r in zip(contexts, responses)]
 
     def _frame(self, context: Any) -> tuple[str, str]:
