@@ -82,6 +82,9 @@ class Training:
     warmup_ratio: float = option("share of updates spent warming up the learning rate", 0.0)
     weight_decay: float = option("AdamW weight decay", 0.0)
     max_length: int = option("reward-model input limit in tokens (prompts are cut from the left)", 512)
+    eval_prefix_stride: int = option("held-out accuracy per prefix-length bucket (partial modes): every n-th prefix "
+                                     "length of each held-out pair (1: every one; each is scored whole, so the "
+                                     "cost grows with the square of the reply length)", 1)
     logging_steps: int = option("log every N updates", 10)
     seed: int = option("seed of initialisation, shuffling and the held-out split", 0)
     bf16: bool = option("train in bfloat16", False)
@@ -94,6 +97,7 @@ class Training:
         positive("training.learning_rate", self.learning_rate)
         positive("training.per_device_train_batch_size", self.per_device_train_batch_size)
         positive("training.per_device_eval_batch_size", self.per_device_eval_batch_size)
+        positive("training.eval_prefix_stride", self.eval_prefix_stride)
         positive("training.gradient_accumulation_steps", self.gradient_accumulation_steps)
         positive("training.num_train_epochs", self.num_train_epochs)
         positive("training.max_length", self.max_length)

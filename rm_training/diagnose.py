@@ -44,12 +44,14 @@ def whole_accuracy(scorer, triples) -> dict:
     return {"accuracy": float(np.mean(correct)), "interval": cluster_interval(correct, prompts)}
 
 
-def bucketed_prefixes(triples, tokenizer) -> dict[str, tuple[list, list, list]]:
+def bucketed_prefixes(triples, tokenizer, stride: int = 1) -> dict[str, tuple[list, list, list]]:
     """(prompts, chosen prefixes, rejected prefixes) per prefix-length bucket, every prefix length
-    of each triple (the pairs Eq. 5 labels with the whole responses' preference)."""
+    of each triple (every ``stride``-th, and the whole) (the pairs Eq. 5 labels with the whole
+    responses' preference)."""
     groups = {bucket_name(lo, hi): ([], [], []) for lo, hi in BUCKETS}
     for t in triples:
-        for pair in prefix_pairs(t.chosen, t.rejected, tokenizer, "every")[0]:
+        pairs = prefix_pairs(t.chosen, t.rejected, tokenizer, "every" if stride == 1 else "stride", stride=stride)[0]
+        for pair in pairs:
             lo, hi = next(b for b in BUCKETS if pair.fraction <= b[1])
             prompts, chosen, rejected = groups[bucket_name(lo, hi)]
             prompts.append(t.prompt)
@@ -58,10 +60,10 @@ def bucketed_prefixes(triples, tokenizer) -> dict[str, tuple[list, list, list]]:
     return groups
 
 
-def prefix_accuracy(scorer, triples) -> dict:
+def prefix_accuracy(scorer, triples, stride: int = 1) -> dict:
     """Accuracy, its 95 % cluster-bootstrap interval and the pair count per prefix-length bucket."""
     out = {}
-    for name, (p, c, r) in bucketed_prefixes(triples, scorer.tokenizer).items():
+    for name, (p, c, r) in bucketed_prefixes(triples, scorer.tokenizer, stride).items():
         if p:
             correct = scorer.score(p, c) > scorer.score(p, r)
             out[name] = {"accuracy": float(np.mean(correct)), "interval": cluster_interval(correct, p), "pairs": len(p)}

@@ -274,7 +274,7 @@ def evaluate_checkpoint(cfg: TrainConfig, out_dir: str, held: list[prefs.Triple]
     whole = whole_accuracy(scorer, held)
     result = {"pairwise_accuracy": whole["accuracy"], "pairwise_interval": whole["interval"], "eval_triples": len(held)}
     if cfg.mode != "full":
-        result["prefix_accuracy"] = prefix_accuracy(scorer, held)
+        result["prefix_accuracy"] = prefix_accuracy(scorer, held, cfg.training.eval_prefix_stride)
     return result
 
 

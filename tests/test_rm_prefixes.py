@@ -76,3 +76,22 @@ def test_shared_opening_is_skipped_and_counted(world):
     assert identical == 2  # "staff", "staff was"
     assert [p.length for p in pairs] == [3, 4]
     assert pairs[0].chosen == " staff was lovely" and pairs[0].rejected == " staff was rude"
+
+
+def test_the_held_out_prefix_evaluation_can_take_every_nth_length(world):
+    """training.eval_prefix_stride: every n-th prefix length of a held-out pair, and its whole replies."""
+    from transformers import AutoTokenizer
+
+    from rm_training.data import Triple
+    from rm_training.diagnose import bucketed_prefixes
+
+    tokenizer = AutoTokenizer.from_pretrained(world["reward_model"])
+    triple = Triple("review of the cafe :", " staff was lovely , food was warm , we will be back soon .",
+                    " staff was rude , food was stale , we will never come back .")
+    every = bucketed_prefixes([triple], tokenizer)
+    strided = bucketed_prefixes([triple], tokenizer, stride=4)
+    count = lambda groups: sum(len(p) for p, _, _ in groups.values())  # noqa: E731
+    assert count(strided) < count(every) / 2
+    assert (triple.chosen, triple.rejected) in zip(strided["75-100%"][1], strided["75-100%"][2])
+    for name, (_, chosen, _) in strided.items():
+        assert set(chosen) <= set(every[name][1])  # the same prefixes, fewer of them
