@@ -137,7 +137,7 @@ def test_hh_transcripts_are_answered_as_conversations_and_an_hh_reward_model_rea
     (rm / "config.json").write_text(json.dumps(config))
 
     cfg = chat_config(world, chat_world, tmp_path / "out", "stepped", "pargs-greedy", source=str(source),
-                      format="hh", chat_template=False, system_prompt="be brief", limit=None)
+                      format="hh", chat_template=False, system_prompt="be brief", limit=None, id_column=None)
     cfg = build(GenerateConfig, {**cfg.to_dict(), "reward": {"path": str(rm), "batch_size": 16}})
     run_generate(cfg, models=chat_models.for_config(cfg), progress=False)
     rows = read_output(cfg.output.path).to_pylist()

@@ -98,6 +98,8 @@ def test_a_plan_is_each_method_at_the_configs_settings_or_at_each_budget(world, 
                                        "blockwise block_tokens=8 n_candidates=4"]
     configs = run_configs(config, runs, tmp_path / "cmp", overwrite=False)
     assert configs["args"].reward.path == world["reward_model_init"]
+    # given by its path, read as its checkpoint says, not with the config's keys for another model
+    assert (configs["args"].reward.input, configs["args"].reward.dtype) == ("auto", "auto")
     assert configs["topk"].reward.path == "" and configs["topk"].data.weights_column is None  # unguided: no RM
     last = configs["blockwise block_tokens=8 n_candidates=4"]
     assert (last.decode.block_tokens, last.decode.n_candidates, last.reward.batch_size) == (8, 4, 8)
@@ -245,3 +247,21 @@ def test_pb_compare_over_two_reward_model_seeds_end_to_end(world, tmp_path):
     diff = over["topk"]["reference_minus_this"]
     assert diff["seeds"] == 2 and len(diff["seed_diffs"]) == 2 and diff["interval"] is not None
     assert "seed means" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_best_of_n_takes_the_full_sequence_model_given_for_args_unless_it_has_its_own(world, tmp_path):
+    from pargs_batch.comparison.config import CompareConfig, plan_runs, run_configs
+    from pargs_batch.config import GenerateConfig
+
+    config = GenerateConfig.from_dict(base_config(world, tmp_path, reward={"input": "template", "dtype": "float32"}))
+    gold = {"gold_reward": "experiments.world.tiny:gold_reward"}
+    spec = CompareConfig.from_dict({"methods": ["pargs", "args", "best-of-n"], "evaluation": gold,
+                                    "rewards": {"args": world["reward_model_init"]}})
+    configs = run_configs(config, plan_runs(config, spec), tmp_path / "a", overwrite=False)
+    assert configs["best-of-n"].reward.path == configs["args"].reward.path == world["reward_model_init"]
+    assert configs["pargs"].reward.path == config.reward.path
+    assert (configs["pargs"].reward.input, configs["pargs"].reward.dtype) == ("template", "float32")  # the config's
+    spec = CompareConfig.from_dict({"methods": ["args", "best-of-n"], "evaluation": gold,
+                                    "rewards": {"args": world["reward_model_init"], "best-of-n": world["reward_model"]}})
+    configs = run_configs(config, plan_runs(config, spec), tmp_path / "b", overwrite=False)
+    assert configs["best-of-n"].reward.path == world["reward_model"]

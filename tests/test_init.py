@@ -47,9 +47,11 @@ def test_init_on_a_plain_model_picks_the_prompt_column_and_runs(world, tmp_path,
     data = four_prompts(world, tmp_path / "prompts.jsonl")
     path, found = write_starter(tmp_path / "plain.yaml", world["llm"], world["reward_model"], data)
     assert (found.llm_chat_template, found.prompt_column, found.id_column) == (False, "prompt", "id")
-    assert found.reward_input == "pair"  # the DeBERTa tokenizer builds segment pairs
+    # trained on joined text, and its config.json says so: read as trained, not as the segment pair its
+    # DeBERTa tokenizer could build (tests/test_data_formats.py: an unrecorded one reads as a pair)
+    assert found.reward_input == "template" and "as it was trained" in found.reward_why
     config = pb.GenerateConfig.from_yaml(path, [f"output.path={tmp_path / 'run'}"])
-    assert not config.data.chat and config.ray.enabled is False and config.reward.input == "pair"
+    assert not config.data.chat and config.ray.enabled is False and config.reward.input == "template"
     summary = pb.generate(config, models=models, progress=False)
     assert summary.rows == 4 and summary.error_rows == 0
 
