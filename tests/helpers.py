@@ -244,3 +244,13 @@ class HeadNode:
         while any(alive(p) for p in left):  # SIGKILLed: gone at once, but not necessarily yet
             time.sleep(0.1)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def send_json(handler, obj, status: int = 200) -> None:
+    """Answer an http.server request with ``obj`` as JSON (the stand-in OpenAI servers' replies)."""
+    data = json.dumps(obj).encode()
+    handler.send_response(status)
+    for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(data)))):
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BLOCK, SKIP, Server, free_port, generate_rows, reader_dir, run_block
+from helpers import BLOCK, SKIP, Server, free_port, generate_rows, reader_dir, run_block, send_json
 
 from pargs_batch.cli import main
 
@@ -149,12 +149,7 @@ class StandIn:
                                        "message": {"role": "assistant", "content": "m"},
                                        "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}],
                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, answer)
 
             def log_message(self, *args):
                 pass

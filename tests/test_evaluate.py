@@ -22,7 +22,7 @@ from pargs_batch.evaluation.run import run_evaluate
 from pargs_batch.generation import run_generate
 from experiments.world.tiny import sentiment
 
-from helpers import base_config, free_port
+from helpers import base_config, free_port, send_json
 
 # Ray: each test process starts its own local Ray (conftest's ray_local, or the run's own); two xdist
 # workers may each run one at once, and a test touches only the Ray it started
@@ -53,12 +53,7 @@ class JudgeServer:
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": content}}],
                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, reply)
 
             def log_message(self, *args):
                 pass
