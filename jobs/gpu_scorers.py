@@ -429,8 +429,9 @@ def scorer_check(out_dir: str, scale: str = "auto") -> dict:
         for backend, timer in (("causal", time_causal), ("hf", time_hf)):
             dev.free()
             base = dev.allocated()
-            scorer = lib.make_scorer(lib.RewardConfig(path=paths[backend], backend=backend, dtype="bfloat16",
-                                                      device=dev.name, batch_size=s.hf_batch))
+            # the DeBERTa built here records nothing: read as joined text, the inputs the figures assume
+            scorer = lib.make_scorer(lib.RewardConfig(path=paths[backend], backend=backend, input="template",
+                                                      dtype="bfloat16", device=dev.name, batch_size=s.hf_batch))
             weights = None if base is None else dev.allocated() - base
             report["models"][backend]["weights_mib"] = mib(weights)
             report["reward_step"][backend] = timer(scorer, s, dev, base, weights, rng)

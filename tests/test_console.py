@@ -35,13 +35,13 @@ def test_quiet_sends_library_and_child_output_to_the_log_and_keeps_the_terminal(
     assert "stage line" not in text and "result table" not in text
 
 
-def test_every_command_takes_verbose_and_log_file_except_the_judge_server():
+def test_every_command_takes_verbose_and_log_file_except_the_light_ones():
     from pargs_batch.cli import _leaves, build_parser, log_path
 
     parser = build_parser()
     for leaf in _leaves(parser):
         options = {o for a in leaf._actions for o in a.option_strings}
-        if leaf.prog.endswith("judge-server"):
+        if leaf.prog.endswith("judge-server") or leaf.get_default("quiet") is False:  # light: nothing to hide
             assert "--verbose" not in options
         else:
             assert {"--verbose", "--log-file"} <= options, leaf.prog

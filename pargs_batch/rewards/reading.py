@@ -88,11 +88,14 @@ def detect(path: str) -> Reading:
 
 def resolved(reward: "config.RewardConfig") -> "config.RewardConfig":  # (not imported: config stays off this chain)
     """``reward`` with ``input: auto`` replaced by what the checkpoint says (and, where rm_training
-    recorded one, its template); the causal and autoregressive backends read the LLM's token ids
+    recorded one and none other was given, its template); the causal and autoregressive backends read the LLM's token ids
     and always take the template."""
     if reward.input != "auto" or not reward.path:
         return reward
     if reward.backend != "hf":
         return dataclasses.replace(reward, input="template")
     reading = detect(reward.path)
-    return dataclasses.replace(reward, input=reading.input, template=reading.template or reward.template)
+    # the recorded template unless one was given (a template other than the default is a choice)
+    given = reward.template != "{prompt}{response}"
+    return dataclasses.replace(reward, input=reading.input,
+                               template=reward.template if given or not reading.template else reading.template)
