@@ -21,7 +21,6 @@ first, the response is kept.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from typing import Any
@@ -47,13 +46,13 @@ def check_reward_input(reward: RewardConfig, key: str = "reward") -> None:
         return
     if reward.input == "auto":
         from pargs_batch.console import console
-        from pargs_batch.rewards.reading import detect
+        from pargs_batch.rewards.reading import detect, resolved
 
-        reading = detect(reward.path)
         if (key, reward.path) not in _SAID:  # once a model: compare checks every run's config
             _SAID.add((key, reward.path))
+            reading = detect(reward.path)
             console.say(f"{key}: {reward.path} reads input {reading.input} ({reading.why})")
-        reward = dataclasses.replace(reward, input=reading.input)
+        reward = resolved(reward)
     if reward.input != "chat":
         return
     from transformers import AutoTokenizer

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-
 from typing import Any
 
 from pargs_batch.io.contexts import ASSISTANT, HUMAN, conversation_of
@@ -47,8 +46,6 @@ def hh_transcript(context: Any) -> str:
 def hh_reply(response: str) -> str:
     """A reply as it follows ``\\n\\nAssistant:`` in an HH transcript: after one space."""
     return response if response[:1].isspace() or not response else " " + response
-
-
 
 
 @dataclasses.dataclass(frozen=True)
