@@ -192,6 +192,16 @@ class DecodeConfig:
     block_tokens: int = option("blockwise: tokens per block; early-rejection: tokens between two reward checks", 8)
     reject_fraction: float = option("early-rejection: share of the candidates still alive dropped at each check "
                                     "(the worst by the reward model; at least one is kept), in [0, 1)", 0.5)
+    n_particles: int = option("smc: partial responses per (prompt, sample) (N)", 16)
+    smc_proposal: str = option("smc: how a particle's next token is drawn: ref (top-k sampling of pi_ref) or guided "
+                               "(the PARGS rule, softmax((log pi_ref + beta * r) / temperature) over the top k, "
+                               "importance-corrected)", "guided")
+    resampling: str = option("smc: multinomial (N independent draws by weight) or systematic (N evenly spaced "
+                             "points of one draw: less variance)", "systematic")
+    ess_threshold: float = option("smc: resample at a block boundary when the effective sample size is below "
+                                  "ess_threshold * N; 1.0: at every boundary, 0: never", 0.5)
+    smc_return: str = option("smc: the response written: sample (drawn by final weight, the consistent choice) or "
+                             "best (the highest final reward)", "sample")
     micro_batch_size: int = option("prompts stepped together through engine and reward model", 64)
 
     def __post_init__(self):
@@ -210,6 +220,14 @@ class DecodeConfig:
             raise ConfigError("decode.block_tokens", self.block_tokens, "must be an integer >= 1")
         if not 0 <= self.reject_fraction < 1:
             raise ConfigError("decode.reject_fraction", self.reject_fraction, "must be in [0, 1)")
+        if isinstance(self.n_particles, bool) or not isinstance(self.n_particles, int) or not 1 <= self.n_particles < 2**20:
+            raise ConfigError("decode.n_particles", self.n_particles, "must be an integer in [1, 1048576)")
+        one_of("decode.smc_proposal", self.smc_proposal, ["ref", "guided"])
+        one_of("decode.resampling", self.resampling, ["multinomial", "systematic"])
+        one_of("decode.smc_return", self.smc_return, ["sample", "best"])
+        if isinstance(self.ess_threshold, bool) or not isinstance(self.ess_threshold, (int, float)) or \
+                not 0 <= self.ess_threshold <= 1:
+            raise ConfigError("decode.ess_threshold", self.ess_threshold, "must be a number in [0, 1]")
         if any(not s for s in self.stop):
             raise ConfigError("decode.stop", self.stop, "stop strings must be non-empty")
 

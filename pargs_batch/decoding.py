@@ -24,7 +24,7 @@ class Method:
     uses_reward: bool
     greedy: bool
     help: str
-    runner: str = "token"  # token (stepped or fused), best-of-n, blockwise, early-rejection
+    runner: str = "token"  # token (stepped or fused), best-of-n, blockwise, early-rejection, smc
 
     @property
     def tokenwise(self) -> bool:
@@ -45,6 +45,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "the one with the highest log pi_ref(block) + beta * r kept", "blockwise"),
     Method("early-rejection", True, True, "N = n_candidates samples of pi_ref grown together; every block_tokens "
            "tokens the worst reject_fraction is dropped by the RM; the best survivor kept", "early-rejection"),
+    Method("smc", True, False, "sequential Monte Carlo: n_particles partial responses grown by smc_proposal, "
+           "weighted by the RM's increments every block_tokens tokens and resampled when their ESS < "
+           "ess_threshold * N; one returned (smc_return); targets pi_ref * exp(beta * r)", "smc"),
 ]}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -62,6 +62,10 @@ class ResponseRow:
     llm: str = column(pa.string())
     reward_model: str | None = column(pa.string())
     error: str | None = column(pa.string(), default=None)
+    # smc only (null otherwise): the estimate of log Z = log sum_y pi_ref(y) exp(beta r(y)), resamplings, final ESS
+    log_z: float | None = column(pa.float64(), default=None)
+    resamples: int | None = column(pa.int32(), default=None)
+    ess: float | None = column(pa.float64(), default=None)
     # what the row cost (see ``Cost``)
     llm_prefill_tokens: int = column(pa.int64(), default=0)
     llm_decode_tokens: int = column(pa.int64(), default=0)

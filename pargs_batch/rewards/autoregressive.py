@@ -201,10 +201,11 @@ class AutoregressiveRewardScorer:
         session.rewards = session.candidates = session.pending = None
 
     def keep(self, session: ARSession, rows: list[int]) -> None:
-        """Drop every row not in ``rows`` (finished sequences), and columns no row needs any more."""
+        """Keep ``rows`` in that order - dropping finished sequences, copying a row that repeats - and drop
+        columns no row needs any more."""
         import torch
 
-        if len(rows) == session.rows:
+        if list(rows) == list(range(session.rows)):  # rows may repeat (smc's copies): only the identity is a no-op
             return
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         mask = session.mask[idx]

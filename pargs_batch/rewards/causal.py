@@ -164,10 +164,11 @@ class CausalRewardScorer:
         session.pending = session.rewards = None
 
     def keep(self, session: CausalSession, rows: list[int]) -> None:
-        """Drop every row not in ``rows`` (finished sequences), and columns no row needs any more."""
+        """Keep ``rows`` in that order - dropping finished sequences, copying a row that repeats - and drop
+        columns no row needs any more."""
         import torch
 
-        if len(rows) == session.rows:
+        if list(rows) == list(range(session.rows)):  # rows may repeat (smc's copies): only the identity is a no-op
             return
         with torch.inference_mode():
             self._keep(session, rows)

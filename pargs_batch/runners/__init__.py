@@ -5,7 +5,8 @@ tokenizer and (except fused, whose reward model lives in the engine) a scorer, a
 - ``stepped``: Algorithm 1's token-at-a-time loop, the reward model outside the engine;
 - ``fused``: the driver's side of guidance inside vLLM (``pargs_batch.in_engine``);
 - ``best_of_n``: N whole responses, the reward model keeps one;
-- ``blocks``: blockwise and early-rejection, the reward model between blocks of tokens.
+- ``blocks``: blockwise and early-rejection, the reward model between blocks of tokens;
+- ``smc``: sequential Monte Carlo, particles weighted by the reward model and resampled.
 
 ``make_runner`` picks one for a config; where the runner runs (this process, a Ray actor) is
 ``pool``'s business.
@@ -20,7 +21,7 @@ from pargs_batch.runners.rows import RowMaker
 
 
 def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
-    """The runner of ``config``: best-of-n, a block method, fused (guidance inside vLLM) or stepped."""
+    """The runner of ``config``: best-of-n, a block method, smc, fused (guidance inside vLLM) or stepped."""
     rows = RowMaker(config.decode, config.model.path, config.reward.label or None)
     runner = METHODS[config.decode.method].runner
     if runner == "best-of-n":
@@ -32,6 +33,10 @@ def make_runner(config: GenerateConfig, engine, tokenizer, scorer) -> Runner:
 
         cls = Blockwise if runner == "blockwise" else EarlyRejection
         return cls(engine, tokenizer, config.decode, rows, scorer)
+    if runner == "smc":
+        from pargs_batch.runners.smc import SMC
+
+        return SMC(engine, tokenizer, config.decode, rows, scorer)
     if config.engine.mode == "fused":
         from pargs_batch.runners.fused import FusedRunner
 
