@@ -103,6 +103,9 @@ def add_frontier_command(sub) -> None:
     frontier.add_argument("--rm-seeds", type=int, default=None, metavar="N",
                           help="run each guided point with the first N seeds of its reward model (default: all the "
                                "world has, 3; 1: a third of the runs, intervals over prompts only)")
+    frontier.add_argument("--curves", default=None, metavar="NAMES",
+                          help="comma-separated: only the curves whose name starts with one of these, e.g. "
+                               "smc,pargs (Best-of-N, the reference, always runs)")
     frontier.set_defaults(func=_frontier, log_default=lambda a: f"{a.out}/frontier.log")
 
 
@@ -111,7 +114,7 @@ def _frontier(args) -> int:
 
     run_frontier(out_dir=args.out, world_dir=args.world_dir, num_prompts=args.num_prompts,
                  max_new_tokens=args.max_new_tokens, beta=args.beta, reduced_world=args.reduced_world,
-                 rm_seeds=args.rm_seeds)
+                 rm_seeds=args.rm_seeds, curves=args.curves.split(",") if args.curves else None)
     return 0
 
 

@@ -67,7 +67,21 @@ def grid(beta: float, max_new_tokens: int = 48) -> list[Point]:
     # requests cost in wall time against vLLM generating each candidate in one go
     points.append(Point("early-rejection, one block", f"N=16 m={max_new_tokens}",
                         {"method": "early-rejection", "n_candidates": 16, "block_tokens": max_new_tokens}))
-    return points
+    return points + smc_points(beta)
+
+
+SMC_RMS = (("rm_partial", "hf"), ("rm_partial_causal", "causal"), ("rm_autoregressive", "autoregressive"))
+
+
+def smc_points(beta: float) -> list[Point]:
+    """SMC at N in {4, 16, 64} particles, blocks of m in {1, 8} tokens, both proposals, with each of the
+    world's three guidance reward models (the partial DeBERTa, the partial causal one keeping KV state,
+    the autoregressive one); resampled when the ESS falls below N/2, the response drawn by final weight.
+    One curve per (proposal, reward model), ordered by N then m within it."""
+    return [Point(f"smc-{proposal} ({backend})", f"N={n} m={m}",
+                  {"method": "smc", "n_particles": n, "block_tokens": m, "smc_proposal": proposal, "beta": beta},
+                  rm, backend)
+            for rm, backend in SMC_RMS for proposal in ("ref", "guided") for n in (4, 16, 64) for m in (8, 1)]
 
 
 def point_config(world: dict, point: Point, out: Path, num_prompts: int, max_new_tokens: int) -> dict:
@@ -112,7 +126,9 @@ def frontier_runs(world: dict, points: list[Point], seeds: int) -> list:
 
 def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/world", num_prompts: int = 256,
                  max_new_tokens: int = 48, beta: float = 2.0, reduced_world: bool = False,
-                 points: list[Point] | None = None, rm_seeds: int | None = None) -> dict:
+                 points: list[Point] | None = None, rm_seeds: int | None = None, curves: list[str] | None = None) -> dict:
+    """``curves``: run only the points whose curve (the table's method column) starts with one of these
+    (``best-of-n`` is always run: it is the reference)."""
     from pargs_batch.comparison.run import compare_runs
     from pargs_batch.comparison.tables import seed_rows
     from pargs_batch.config import GenerateConfig
@@ -128,6 +144,8 @@ def run_frontier(out_dir: str = "outputs/frontier", world_dir: str = "outputs/wo
     seeds = rm_seeds or len(world["rm_seeds"]["rm_full"])
     out = Path(out_dir)
     points = points or grid(beta, max_new_tokens)
+    if curves:
+        points = [p for p in points if p.method == "best-of-n" or any(p.method.startswith(c) for c in curves)]
     # every run is the base config with its own decode keys and RM (as each point's config alone was)
     base = build(GenerateConfig, point_config(world, Point("", "", {"method": "topk"}, None), out, num_prompts, max_new_tokens))
     runs = frontier_runs(world, points, seeds)

@@ -55,7 +55,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
+def splitmix(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         z = x + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _M1
@@ -75,9 +75,9 @@ def id_hashes(ids: list[str]) -> np.ndarray:
 
 def keyed_uniforms(seed: int, id_hash: np.ndarray, sample_index: np.ndarray, step: np.ndarray) -> np.ndarray:
     """One uniform in [0, 1) per row, a pure function of (seed, id, sample index, step)."""
-    h = _splitmix(np.full(len(id_hash), seed % 2**64, dtype=np.uint64))
+    h = splitmix(np.full(len(id_hash), seed % 2**64, dtype=np.uint64))
     for part in (id_hash, sample_index, step):
-        h = _splitmix(h ^ np.asarray(part).astype(np.uint64))
+        h = splitmix(h ^ np.asarray(part).astype(np.uint64))
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 

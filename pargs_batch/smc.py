@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pargs_batch.decoding import _splitmix, keyed_uniforms, scores, softmax
+from pargs_batch.decoding import keyed_uniforms, scores, softmax, splitmix
 
 RULES = ("multinomial", "systematic")
 PROPOSALS = ("ref", "guided")
@@ -32,7 +32,7 @@ def particle_hashes(id_hash: np.uint64, n: int) -> np.ndarray:
     """The key of each of a (prompt, sample)'s n particle slots: slot 0 keeps the prompt's own id hash
     (one particle draws the tokens top-k sampling draws), the others a mix of it and the slot."""
     slots = np.arange(n, dtype=np.uint64)
-    mixed = _splitmix(np.full(n, id_hash, dtype=np.uint64) ^ _splitmix(slots))
+    mixed = splitmix(np.full(n, id_hash, dtype=np.uint64) ^ splitmix(slots))
     return np.where(slots == 0, np.uint64(id_hash), mixed)
 
 

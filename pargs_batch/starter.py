@@ -204,7 +204,7 @@ def starter_yaml(llm: str, reward: str | None, data: str, found: Findings, split
                   "#   path: my/reward-model"]
     lines += [
         "decode:",
-        f"  method: {method}      # topk | args | pargs-greedy | pargs | best-of-n | blockwise | blockwise-greedy | early-rejection",
+        f"  method: {method}      # topk | args | pargs-greedy | pargs | best-of-n | blockwise | blockwise-greedy | early-rejection | smc",
         "  beta: 1.0            # score = log pi_ref + beta * reward",
         "  top_k: 10            # candidates per step",
         "  max_new_tokens: 64",

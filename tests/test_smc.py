@@ -209,3 +209,41 @@ def test_bad_smc_settings_fail_before_any_model_loads(world, tmp_path):
         with pytest.raises(ConfigError, match=rf"decode.{key}.*{value}") as err:
             build(GenerateConfig, base_config(world, tmp_path, decode={"method": "smc", key: value}))
         assert allowed in str(err.value)
+
+
+def test_smc_on_the_ray_pool_writes_what_one_process_writes(ray_local, world, tmp_path, models):
+    """The pool's worker runs the same runner (its reward calls on the reward actor): rows, population
+    columns and costs equal an in-process run's."""
+    from helpers import pool_config
+
+    from pargs_batch.generation import run_generate
+    from pargs_batch.io.output import read_output
+
+    def config(name, on_ray):
+        cfg = pool_config(world, tmp_path, name, batch=5, limit=10)
+        cfg["ray"]["enabled"] = on_ray
+        cfg["decode"].update(method="smc", n_particles=4, block_tokens=2, max_new_tokens=8, ess_threshold=1.0)
+        return build(GenerateConfig, cfg)
+
+    run_generate(config("here", False), models=models, progress=False)
+    summary = run_generate(config("ray", True), progress=False)
+    assert summary.rows == 10 and summary.placement is not None
+    columns = ["response_token_ids", "resamples", "llm_decode_tokens", "reward_calls"]
+    got = {r["id"]: [r[c] for c in columns] + [round(r["log_z"], 4)] for r in read_output(tmp_path / "ray").to_pylist()}
+    want = {r["id"]: [r[c] for c in columns] + [round(r["log_z"], 4)] for r in read_output(tmp_path / "here").to_pylist()}
+    assert got == want and all(v[1] > 0 for v in got.values())
+
+
+def test_compare_runs_smc_at_each_budget(world, tmp_path):
+    from pargs_batch.comparison.config import CompareConfig, plan_runs, run_configs
+
+    config = GenerateConfig.from_dict(base_config(world, tmp_path))
+    spec = CompareConfig.from_dict({"methods": ["best-of-n", "smc"],
+                                    "budgets": {"smc": {"n_particles": [4, 16], "smc_proposal": ["ref", "guided"]}},
+                                    "evaluation": {"gold_reward": "experiments.world.tiny:gold_reward"}})
+    runs = plan_runs(config, spec)
+    assert [r.label for r in runs][1:] == [f"smc n_particles={n} smc_proposal={p}" for n in (4, 16)
+                                           for p in ("ref", "guided")]
+    configs = run_configs(config, runs, tmp_path / "cmp", overwrite=False)
+    last = configs["smc n_particles=16 smc_proposal=guided"]
+    assert (last.decode.method, last.decode.n_particles, last.decode.smc_proposal) == ("smc", 16, "guided")

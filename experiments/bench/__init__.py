@@ -31,6 +31,7 @@ from experiments.bench.flops import K, machine_flops
 from experiments.bench.models import ModelSet, curve_model, paper_ratio_set, smollm2_set, world_set
 from experiments.bench.report import format_startup, format_table, fused_targets, targets
 from experiments.bench.runs import generate_config, run_model_set, write_prompts
+from experiments.bench.smc_cache import format_smc_cache, smc_prefix_cache
 from experiments.bench.startup import measure_startup
 from experiments.bench.step_cost import flat_in_k, format_step_costs, reward_step_costs
 from pargs_batch.console import console
@@ -63,6 +64,9 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
     if "smollm2" in sets:  # the same run on SmolLM2 as `generate` starts it: the library's defaults
         startup.update({f"smollm2 {mode}": measure_startup(defaults_startup_config(
             sets["smollm2"], prompts, out / "runs" / f"startup-smollm2-{mode}", mode), repeats) for mode in startup_modes})
+    first = sets[model_sets[0]]
+    smc_cache = {"model_set": first.name, **smc_prefix_cache(first, write_prompts(world, out / "prompts-smc.jsonl", 64),
+                                                              out, min(64, max(batch_sizes)))}
     curve = reward_vs_prefix(curve_model(out / "curve-rm", world), list(prefix_lengths))
     plot_reward_vs_prefix(curve, out / "reward_vs_prefix.png")
     step_costs = reward_step_costs(world, max(batch_sizes))
@@ -73,6 +77,7 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
     console.show("\n" + format_table(rows))
     console.show(f"\nstart-up, seconds (median and range over {repeats} fresh processes; one prompt, one token; "
                  "world models eager, smollm2 with the library's defaults):\n" + format_startup(startup))
+    console.show("\n" + format_smc_cache(smc_cache))
     console.show(f"\nreward step of {curve['model']} (d_model {curve['shape']['d_model']}), B={curve['b']}, k={K}, "
                  f"ms by prefix length:\n  {'prefix':<8}" + "".join(f"{x:>9}" for x in curve["hf"]))
     for backend in ("hf", "causal"):
@@ -86,7 +91,7 @@ def run_bench(out_dir: str = "outputs/bench", world_dir: str = "outputs/world", 
                      + (f" ({g['config']})" if "config" in g else ""))
     result = {"k": K, "new_tokens": tokens, "batch_sizes": list(batch_sizes), "machine_flops": flops,
               "repeats": repeats, "startup": startup, "models": shapes, "rows": rows, "reward_vs_prefix": curve, "reward_step_by_k": step_costs,
-              "reward_step_by_k_by_models": other_step_costs, "targets": goals, "guard": guards}
+              "reward_step_by_k_by_models": other_step_costs, "smc_prefix_cache": smc_cache, "targets": goals, "guard": guards}
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
     console.show(f"\nwritten: {out / 'bench.json'}, {out / 'reward_vs_prefix.png'}")
     return result

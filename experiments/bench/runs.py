@@ -91,11 +91,21 @@ def check_guard(runs: dict, models) -> dict:
     return result
 
 
+# the population methods, timed at the largest B only: their decode keys beside the method
+POPULATION = {
+    "blockwise": {"method": "blockwise", "block_tokens": 8, "n_candidates": 4},
+    "smc": {"method": "smc", "n_particles": 4, "block_tokens": 8, "smc_proposal": "guided", "ess_threshold": 0.5},
+}
+
+
 def timed_configs(batch_sizes: list[int]) -> list[tuple[str, str, str, int]]:
-    """(method, mode, backend, B) of every timed row of a model set."""
-    return [(method, mode, backend, b) for b in batch_sizes
+    """(method, mode, backend, B) of every timed row of a model set: plain and PARGS at every B, then
+    blockwise (m = 8, K = 4) and SMC (N = 4 particles, m = 8, the guided proposal) at the largest."""
+    rows = [(method, mode, backend, b) for b in batch_sizes
             for method, mode, backend in (("plain", "-", "-"), ("pargs", "stepped", "hf"), ("pargs", "stepped", "causal"),
                                           ("pargs", "fused", "hf"), ("pargs", "fused", "causal"))]
+    return rows + [("blockwise", "stepped", "hf", max(batch_sizes)), ("smc", "stepped", "hf", max(batch_sizes)),
+                   ("smc", "stepped", "causal", max(batch_sizes))]
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -129,8 +139,10 @@ def run_model_set(ms: ModelSet, world: dict, out: Path, batch_sizes: list[int], 
     n_ctx = float(np.mean([len(p.split()) for p in prompt_texts])) + tokens / 2
     rows, guard = [], {}
 
-    def config(b, mode, backend, name, n_tokens=tokens):
-        return generate_config(ms, prompts_file, out / "runs" / name, b, mode, backend, n_tokens)
+    def config(b, mode, backend, name, n_tokens=tokens, method="pargs"):
+        cfg = generate_config(ms, prompts_file, out / "runs" / name, b, mode, backend, n_tokens)
+        cfg["decode"].update(POPULATION.get(method, {}))
+        return cfg
 
     configs = timed_configs(batch_sizes)
     with Models() as models:
@@ -146,10 +158,11 @@ def run_model_set(ms: ModelSet, world: dict, out: Path, batch_sizes: list[int], 
                 if method == "plain":
                     runs[(method, mode, backend, b)].append(time_plain(engine, tokenizer, prompt_texts[:b], tokens))
                     continue
-                cfg = config(b, mode, backend, f"{ms.name}-{mode}-{backend}-{b}")
+                cfg = config(b, mode, backend, f"{ms.name}-{method}-{mode}-{backend}-{b}", method=method)
                 result, out_rows = time_generate(cfg, models)
                 runs[(method, mode, backend, b)].append(result)
-                timed[(mode, backend, b)] = (cfg, out_rows)
+                if method == "pargs":  # the guard compares PARGS's modes
+                    timed[(mode, backend, b)] = (cfg, out_rows)
             log(f"  {ms.name}: round {round_ + 1} of {repeats} timed")
         for method, mode, backend, b in configs:
             rm = shapes[backend] if method != "plain" else None

@@ -18,7 +18,8 @@ from pargs_batch.evaluation.config import EvalConfig
 
 DEFAULT_METHODS = ["topk", "args", "pargs-greedy", "pargs", "best-of-n"]
 # the decode keys a budget may vary: what changes how much a method computes (or, for beta, what it buys)
-BUDGET_KEYS = ("top_k", "n_candidates", "block_tokens", "reject_fraction", "beta", "temperature")
+BUDGET_KEYS = ("top_k", "n_candidates", "block_tokens", "reject_fraction", "beta", "temperature", "n_particles",
+               "smc_proposal", "ess_threshold")
 
 
 # a reward model given to compare by its path alone: read as its checkpoint says, not with the config's keys

@@ -199,7 +199,15 @@ class _Planner:
             return seqs
         if self.method.tokenwise:
             return d.micro_batch_size * d.num_samples
+        if self.method.runner == "smc":  # every particle is a row of the step
+            return d.micro_batch_size * d.num_samples * d.n_particles
         return d.micro_batch_size * d.num_samples * (d.n_candidates or d.top_k or 1)
+
+    @property
+    def scores_candidates(self) -> bool:
+        """Whether a step's reward reads each row's k candidates (not one response per row)."""
+        guided_smc = self.method.runner == "smc" and self.config.decode.smc_proposal == "guided"
+        return self.method.tokenwise or guided_smc
 
     def rows_alive(self, seqs: int) -> int:
         """Rows whose reward KV state is held at once (fused: the engine's; Ray: every micro-batch in flight)."""
@@ -221,7 +229,7 @@ class _Planner:
         rows, t = self.step_rows(seqs), self.reward_tokens(context, reward)
         a, dtype, size = reward.arch, reward.dtype, self.config.reward.batch_size
         if reward.config.backend == "hf":
-            inputs = rows * (self.k if self.method.tokenwise else 1)
+            inputs = rows * (self.k if self.scores_candidates else 1)
             return a.forward_bytes(self.chunk_rows(budget, t, min(size, inputs)), t, t, dtype)
         start = a.forward_bytes(self.chunk_rows(budget, t, rows), t, t, dtype)
         if reward.config.backend == "causal":  # new rows encoded; then every row's k candidates at once

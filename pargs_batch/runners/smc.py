@@ -33,7 +33,7 @@ from pargs_batch import decoding, smc
 from pargs_batch.io.batch import CandidateRow, MicroBatchResult, PromptRow
 from pargs_batch.models.detok import DetokState
 from pargs_batch.rewards.factory import score_rows
-from pargs_batch.runners.stepped import Stepper, _Sequence
+from pargs_batch.runners.stepped import Sequence, Stepper
 
 
 @dataclass(eq=False)
@@ -60,7 +60,7 @@ class Particle:
 class Job:
     """One (prompt, sample) and its particles."""
 
-    seq: _Sequence
+    seq: Sequence
     slots: np.ndarray             # the particle slots' keys (smc.particle_hashes)
     particles: list[Particle]
     log_z: float = 0.0
@@ -79,9 +79,9 @@ class SMC(Stepper):
         self.guided = decode.smc_proposal == "guided"
         self.rule = "pargs" if self.guided else "topk"
         self.incremental = getattr(scorer, "incremental", False)
-        # vLLM prefix-cache use: prompt tokens of the requests made right after a resampling, and of
-        # those served from the cache (also over every request)
-        self.cache = {"after_resample": [0, 0], "all": [0, 0]}
+        # vLLM prefix-cache use: [prompt tokens, of them served from the cache, requests, particles] of
+        # the steps right after a resampling and of every step
+        self.cache = {"after_resample": [0, 0, 0, 0], "all": [0, 0, 0, 0]}
 
     # ------------------------------------------------------------------------------------------- steps
     def _topk(self, live: list[tuple[Job, Particle]]) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +100,10 @@ class SMC(Stepper):
             for name in ("all", "after_resample") if job.fresh else ("all",):
                 self.cache[name][0] += len(prefix)
                 self.cache[name][1] += len(prefix) - computed
+                self.cache[name][2] += 1
+        for job, _ in live:
+            for name in ("all", "after_resample") if job.fresh else ("all",):
+                self.cache[name][3] += 1
         at = np.array([index[(job.prompt_key, tuple(p.token_ids))] for job, p in live])
         return ids[at], lps[at]
 

@@ -22,7 +22,9 @@ from pargs_batch.rewards.factory import score_rows
 
 
 @dataclass
-class _Sequence:
+class Sequence:
+    """One (prompt, sample) being generated: its prompt, its response so far, its cost."""
+
     id: str
     sample_index: int
     prompt: str
@@ -53,7 +55,7 @@ class Stepper:
         self.incremental = self.method.uses_reward and getattr(scorer, "incremental", False)
         self.session = None
 
-    def _start(self, prompts: list[PromptRow]) -> tuple[list[_Sequence], list[tuple[tuple[int, int], ResponseRow]]]:
+    def _start(self, prompts: list[PromptRow]) -> tuple[list[Sequence], list[tuple[tuple[int, int], ResponseRow]]]:
         """Tokenise the prompts; rows that cannot be generated become error rows at once, each keyed by
         (position, sample) as finished rows are."""
         seqs, errors = [], []
@@ -64,11 +66,11 @@ class Stepper:
                 if error is not None:
                     errors.append(((position, s), self.rows.error(p, s, error)))
                 else:
-                    seqs.append(_Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash,
+                    seqs.append(Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash,
                                           self.detok.start(prompt_ids), p.weights, position))
         return seqs, errors
 
-    def _finish_reason(self, seq: _Sequence, token: int, old_len: int) -> str | None:
+    def _finish_reason(self, seq: Sequence, token: int, old_len: int) -> str | None:
         if token in self.eos_ids and not self.decode.ignore_eos:
             return "eos"
         if self.decode.stop:
@@ -82,7 +84,7 @@ class Stepper:
             return "length"
         return None
 
-    def _step(self, active: list[_Sequence]) -> tuple[np.ndarray, np.ndarray]:
+    def _step(self, active: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
         """One token for every active sequence; returns the chosen token ids, and which rows had no
         candidate with a finite reward (their token is meaningless: they end as errors)."""
         d, k, clock = self.decode, self.decode.top_k, time.perf_counter
