@@ -3,12 +3,20 @@
 ``RowMaker`` fills the columns a run's rows share (method, beta, k, models, ...), so a runner
 names only what differs per row. ``tokenize_prompts`` turns a micro-batch into token ids and says
 which prompts cannot be generated; ``whole_request_jobs`` does the same for runners that hand
-whole responses to vLLM (best-of-n, fused).
+whole responses to vLLM (best-of-n, fused), ``start_sequences`` for those that grow responses a
+token at a time (stepped, smc), which end where ``finish_reason`` says.
 """
 
 from __future__ import annotations
 
-from pargs_batch.io.batch import PromptRow, ResponseRow
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pargs_batch import decoding
+from pargs_batch.io.batch import Cost, PromptRow, ResponseRow
+from pargs_batch.models.detok import DetokState
 from pargs_batch.config import DecodeConfig, GenerateConfig
 from pargs_batch.configlib import ConfigError
 
@@ -44,6 +52,60 @@ class RowMaker:
     def errors(self, prompts: list[PromptRow], error: str) -> list[ResponseRow]:
         """Rows for prompts that could not be generated at all (every sample)."""
         return [self.error(p, s, error) for p in prompts for s in range(self.decode.num_samples)]
+
+
+@dataclass
+class Sequence:
+    """One (prompt, sample) being grown a token at a time: its prompt, its response so far, its cost."""
+
+    id: str
+    sample_index: int
+    prompt: str
+    context: Any                  # what the reward model is told the prompt was (PromptRow.context)
+    prompt_ids: list[int]
+    id_hash: np.uint64
+    detok: DetokState
+    weights: list[float] | None = None  # its reward models' own weights
+    position: int = 0             # its prompt's place in the micro-batch (ids may repeat)
+    token_ids: list[int] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+
+
+def start_sequences(prompts: list[PromptRow], tokenizer, max_model_len: int, rows: RowMaker, detok
+                    ) -> tuple[list[Sequence], list[tuple[tuple[int, int], ResponseRow]]]:
+    """Tokenise the prompts into one ``Sequence`` per (prompt, sample) (``detok``: an
+    ``IncrementalDetokenizer``); rows that cannot be generated become error rows at once, each keyed
+    by (position, sample) as finished rows are."""
+    seqs, errors = [], []
+    usable = tokenize_prompts(prompts, tokenizer, max_model_len)
+    hashes = decoding.id_hashes([p.id for p, _, _ in usable])
+    for position, ((p, prompt_ids, error), id_hash) in enumerate(zip(usable, hashes)):
+        for s in range(rows.decode.num_samples):
+            if error is not None:
+                errors.append(((position, s), rows.error(p, s, error)))
+            else:
+                seqs.append(Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash, detok.start(prompt_ids),
+                                     p.weights, position))
+    return seqs, errors
+
+
+def finish_reason(seq, token: int, old_len: int, decode: DecodeConfig, eos_ids, max_model_len: int) -> str | None:
+    """Why a sequence (anything with ``prompt_ids``, ``token_ids`` and a ``detok`` state) that has just
+    taken ``token`` ends - ``eos``, ``stop`` (its text cut at the stop string) or ``length`` - or None.
+    ``old_len``: its text's length before the token."""
+    if token in eos_ids and not decode.ignore_eos:
+        return "eos"
+    if decode.stop:
+        cut = first_stop(seq.detok.text, old_len, decode.stop)
+        if cut >= 0:
+            seq.detok.text = seq.detok.text[:cut]
+            return "stop"
+    if len(seq.token_ids) >= decode.max_new_tokens:
+        return "length"
+    if len(seq.prompt_ids) + len(seq.token_ids) >= max_model_len:
+        return "length"
+    return None
 
 
 def first_stop(text: str, start: int, stops: list[str]) -> int:

@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pargs_batch import decoding, smc
-from pargs_batch.io.batch import CandidateRow, MicroBatchResult, PromptRow
-from pargs_batch.models.detok import DetokState
+from pargs_batch.config import DecodeConfig
+from pargs_batch.io.batch import CandidateRow, MicroBatchResult, Phases, PromptRow
+from pargs_batch.models.detok import DetokState, IncrementalDetokenizer
 from pargs_batch.rewards.factory import score_rows
-from pargs_batch.runners.stepped import Sequence, Stepper
+from pargs_batch.runners.rows import RowMaker, Sequence, finish_reason, start_sequences
 
 
 @dataclass(eq=False)
@@ -71,11 +72,17 @@ class Job:
     done: bool = False
 
 
-class SMC(Stepper):
+class SMC:
     """Particles stepped through the engine and reward model; see the module docstring."""
 
-    def __init__(self, engine, tokenizer, decode, rows, scorer):
-        super().__init__(engine, tokenizer, decode, rows, scorer)
+    def __init__(self, engine, tokenizer, decode: DecodeConfig, rows: RowMaker, scorer):
+        if scorer is None:
+            raise ValueError("method smc needs a reward scorer")
+        self.engine, self.tokenizer, self.decode, self.rows, self.scorer = engine, tokenizer, decode, rows, scorer
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.timings = Phases()
+        self.tokens_generated = 0
+        self.session = None
         self.guided = decode.smc_proposal == "guided"
         self.rule = "pargs" if self.guided else "topk"
         self.incremental = getattr(scorer, "incremental", False)
@@ -181,7 +188,7 @@ class SMC(Stepper):
                 p.rewards.append(p.r_now)
             else:
                 p.stale = True
-            p.reason = self._finish_reason(p, int(tokens[b]), old_lens[b])
+            p.reason = finish_reason(p, int(tokens[b]), old_lens[b], d, self.engine.eos_ids, self.engine.max_model_len)
         self.tokens_generated += len(live)
         self.timings.decode += (t3 - t2) + (clock() - t4)
 
@@ -251,7 +258,7 @@ class SMC(Stepper):
     def run(self, prompts: list[PromptRow]) -> MicroBatchResult:
         """``num_samples`` rows per prompt, each SMC's returned response."""
         d, n = self.decode, self.decode.n_particles
-        seqs, errors = self._start(prompts)
+        seqs, errors = start_sequences(prompts, self.tokenizer, self.engine.max_model_len, self.rows, self.detok)
         rows = dict(errors)
         jobs = [Job(s, smc.particle_hashes(s.id_hash, n),
                     [Particle(s.prompt_ids, dataclasses.replace(s.detok, tokens=list(s.detok.tokens)), i) for i in range(n)])

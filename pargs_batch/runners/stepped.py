@@ -8,35 +8,15 @@ string, ``max_new_tokens`` or the LLM's context length, and come out as ``Respon
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from pargs_batch import decoding
-from pargs_batch.io.batch import Cost, MicroBatchResult, Phases, PromptRow, ResponseRow
+from pargs_batch.io.batch import MicroBatchResult, Phases, PromptRow, ResponseRow
 from pargs_batch.config import DecodeConfig
-from pargs_batch.models.detok import DetokState, IncrementalDetokenizer
-from pargs_batch.runners.rows import RowMaker, first_stop, tokenize_prompts
+from pargs_batch.models.detok import IncrementalDetokenizer
+from pargs_batch.runners.rows import RowMaker, Sequence, finish_reason, start_sequences
 from pargs_batch.rewards.factory import score_rows
-
-
-@dataclass
-class Sequence:
-    """One (prompt, sample) being generated: its prompt, its response so far, its cost."""
-
-    id: str
-    sample_index: int
-    prompt: str
-    context: Any                  # what the reward model is told the prompt was (PromptRow.context)
-    prompt_ids: list[int]
-    id_hash: np.uint64
-    detok: DetokState
-    weights: list[float] | None = None  # its reward models' own weights
-    position: int = 0             # its prompt's place in the micro-batch (ids may repeat)
-    token_ids: list[int] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    cost: Cost = field(default_factory=Cost)
 
 
 class Stepper:
@@ -56,33 +36,10 @@ class Stepper:
         self.session = None
 
     def _start(self, prompts: list[PromptRow]) -> tuple[list[Sequence], list[tuple[tuple[int, int], ResponseRow]]]:
-        """Tokenise the prompts; rows that cannot be generated become error rows at once, each keyed by
-        (position, sample) as finished rows are."""
-        seqs, errors = [], []
-        usable = tokenize_prompts(prompts, self.tokenizer, self.engine.max_model_len)
-        hashes = decoding.id_hashes([p.id for p, _, _ in usable])
-        for position, ((p, prompt_ids, error), id_hash) in enumerate(zip(usable, hashes)):
-            for s in range(self.decode.num_samples):
-                if error is not None:
-                    errors.append(((position, s), self.rows.error(p, s, error)))
-                else:
-                    seqs.append(Sequence(p.id, s, p.prompt, p.context, prompt_ids, id_hash,
-                                          self.detok.start(prompt_ids), p.weights, position))
-        return seqs, errors
+        return start_sequences(prompts, self.tokenizer, self.engine.max_model_len, self.rows, self.detok)
 
     def _finish_reason(self, seq: Sequence, token: int, old_len: int) -> str | None:
-        if token in self.eos_ids and not self.decode.ignore_eos:
-            return "eos"
-        if self.decode.stop:
-            cut = first_stop(seq.detok.text, old_len, self.decode.stop)
-            if cut >= 0:
-                seq.detok.text = seq.detok.text[:cut]
-                return "stop"
-        if len(seq.token_ids) >= self.decode.max_new_tokens:
-            return "length"
-        if len(seq.prompt_ids) + len(seq.token_ids) >= self.engine.max_model_len:
-            return "length"
-        return None
+        return finish_reason(seq, token, old_len, self.decode, self.eos_ids, self.engine.max_model_len)
 
     def _step(self, active: list[Sequence]) -> tuple[np.ndarray, np.ndarray]:
         """One token for every active sequence; returns the chosen token ids, and which rows had no
