@@ -26,6 +26,13 @@ def test_bench_prints_the_table_writes_json_and_passes_its_correctness_guard(red
         assert {("plain", "-", "-", b), ("pargs", "stepped", "hf", b), ("pargs", "stepped", "causal", b),
                 ("pargs", "fused", "hf", b), ("pargs", "fused", "causal", b)} <= kinds
     assert {("reference", "loop", "hf", 1), ("reference", "loop", "causal", 1)} <= kinds
+    # the population methods at the largest B, timed on the responses they write
+    assert {("blockwise", "stepped", "hf", 4), ("smc", "stepped", "hf", 4), ("smc", "stepped", "causal", 4)} <= kinds
+    smc_row = next(r for r in bench["rows"] if r["method"] == "smc" and r["backend"] == "hf")
+    assert smc_row["llm_tokens"] == 4 * smc_row["tokens"]  # N = 4 particles, every one 6 tokens
+    cache = bench["smc_prefix_cache"]
+    assert cache["after_resample"]["particle_steps"] > 0 and 0 <= cache["after_resample"]["cached_share"] <= 1
+    assert cache["all"]["requests"] <= cache["all"]["particle_steps"] and "prefix cache" in result.stdout
     for r in bench["rows"]:  # timed rows: the median of 2 interleaved rounds and their range
         if r["method"] != "reference":
             assert r["repeats"] == 2 and len(r["runs_tokens_per_s"]) == 2

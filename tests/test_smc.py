@@ -115,12 +115,17 @@ def test_exp_log_z_is_unbiased_for_z(world, tmp_path, engine, tokenizer, target,
     assert z.std() > 0  # an estimate, not a constant
 
 
-def test_one_ref_particle_is_top_k_sampling_row_for_row(world, tmp_path, models):
+@pytest.mark.parametrize("proposal,method", [("ref", "topk"), ("guided", "pargs")])
+def test_one_particle_is_its_proposals_method_row_for_row(world, tmp_path, models, proposal, method):
+    """N = 1: the ref proposal is top-k sampling, the guided one PARGS - the same tokens, row for row."""
     smc_rows, _ = generate_rows(world, tmp_path, models, "smc", data={"limit": 12},
-                                decode={"method": "smc", "n_particles": 1, "smc_proposal": "ref"})
-    topk_rows, _ = generate_rows(world, tmp_path, models, "topk", data={"limit": 12}, decode={"method": "topk"})
-    assert [r["response_token_ids"] for r in smc_rows] == [r["response_token_ids"] for r in topk_rows]
+                                decode={"method": "smc", "n_particles": 1, "smc_proposal": proposal})
+    plain, _ = generate_rows(world, tmp_path, models, method, data={"limit": 12}, decode={"method": method})
+    assert [r["response_token_ids"] for r in smc_rows] == [r["response_token_ids"] for r in plain]
     assert all(r["resamples"] == 0 and r["ess"] == 1.0 for r in smc_rows)
+    if method == "pargs":  # the same rewards along the way
+        np.testing.assert_allclose([x for r in smc_rows for x in r["rewards"]],
+                                   [x for r in plain for x in r["rewards"]], rtol=1e-5)
 
 
 def test_no_resampling_with_best_is_best_of_n_on_the_same_samples(world, tmp_path, engine, tokenizer, scorer):
@@ -247,3 +252,12 @@ def test_compare_runs_smc_at_each_budget(world, tmp_path):
     configs = run_configs(config, runs, tmp_path / "cmp", overwrite=False)
     last = configs["smc n_particles=16 smc_proposal=guided"]
     assert (last.decode.method, last.decode.n_particles, last.decode.smc_proposal) == ("smc", 16, "guided")
+
+
+def test_serve_refuses_smc_in_one_line(world, tmp_path):
+    from pargs_batch.serving.server import check_servable
+
+    config = build(GenerateConfig, base_config(world, tmp_path, decode={"method": "smc"}))
+    with pytest.raises(ConfigError, match=r"decode.method.*smc.*token by token") as err:
+        check_servable(config)
+    assert "\n" not in str(err.value)

@@ -61,8 +61,11 @@ def time_generate(config: dict, models) -> tuple[dict, list]:
     cfg = build(GenerateConfig, config)
     summary = run_generate(cfg, models=models.for_config(cfg), progress=False)
     rows = read_output(cfg.output.path).to_pylist()
-    return {"tokens": summary.tokens, "seconds": summary.wall_s, "tokens_per_s": summary.tokens_per_s,
-            "split": phase_shares(vars(summary.phase_s))}, rows
+    # tokens of the responses written (what a user gets), so that a population method (blockwise's K
+    # candidates, SMC's N particles) is timed on the same footing; the LLM's own count beside it
+    written = sum(r["num_tokens"] for r in rows)
+    return {"tokens": written, "seconds": summary.wall_s, "tokens_per_s": written / summary.wall_s if summary.wall_s else 0.0,
+            "llm_tokens": summary.tokens, "split": phase_shares(vars(summary.phase_s))}, rows
 
 
 def check_guard(runs: dict, models) -> dict:

@@ -234,14 +234,17 @@ def plot(rows: list[dict], out: Path, reference: str | None, axes=AXES, title: s
     ref = next((r for r in usable if r["label"] == reference or r.get("group") == reference), None)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     names = []
-    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in usable))}  # alike in every plot
+    methods = list(dict.fromkeys(r["method"] for r in usable))
+    # alike in every plot; past ten curves the colours repeat, so the markers change with each ten
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    markers = {m: "os^Dv"[(i // 10) % 5] for i, m in enumerate(methods)}
     for key, xlabel, name in axes:
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for method in colors:
             mine = sorted((r for r in usable if r["method"] == method), key=lambda r: r[key])
             if all(r[key] > 0 for r in mine):
                 ax.errorbar([r[key] for r in mine], [r[metric]["mean"] for r in mine],
-                            yerr=[r[metric]["se"] or 0.0 for r in mine], marker="o", capsize=3, label=method,
+                            yerr=[r[metric]["se"] or 0.0 for r in mine], marker=markers[method], capsize=3, label=method,
                             color=colors[method])
                 for r in mine:
                     if r["budget"]:

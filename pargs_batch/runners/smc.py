@@ -111,6 +111,8 @@ class SMC:
         for job, _ in live:
             for name in ("all", "after_resample") if job.fresh else ("all",):
                 self.cache[name][3] += 1
+        for job, _ in live:
+            job.fresh = False  # only the first step after a resampling counts as "after" it
         at = np.array([index[(job.prompt_key, tuple(p.token_ids))] for job, p in live])
         return ids[at], lps[at]
 
@@ -214,7 +216,6 @@ class SMC:
                 if np.isfinite(p.logw):
                     p.logw += d.beta * (p.r_now - p.r_last) + p.pending
                 p.r_last, p.pending = p.r_now, 0.0
-            job.fresh = False
             logw = np.array([p.logw for p in job.particles])
             growing = any(p.reason is None for p in job.particles)
             if growing and smc.should_resample(logw, d.ess_threshold):
