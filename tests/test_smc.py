@@ -261,3 +261,51 @@ def test_serve_refuses_smc_in_one_line(world, tmp_path):
     with pytest.raises(ConfigError, match=r"decode.method.*smc.*token by token") as err:
         check_servable(config)
     assert "\n" not in str(err.value)
+
+
+def test_several_reward_models_weighted_one_and_zero_are_the_first_alone(world, tmp_path, engine, tokenizer, scorer):
+    from pargs_batch.rewards.hf import WeightedScorer
+
+    decode = dict(method="smc", n_particles=4, block_tokens=2, max_new_tokens=8, ess_threshold=1.0)
+    prompts = [PromptRow(id=f"p{i}", prompt=p) for i, p in enumerate(["review of the cafe :", "the food was"])]
+    one = make_runner(build(GenerateConfig, base_config(world, tmp_path, decode=decode)), engine, tokenizer,
+                      scorer).run(prompts)
+    cfg = base_config(world, tmp_path, decode=decode)
+    cfg["reward"] = {"batch_size": 16, "models": [{"path": world["reward_model"], "weight": 1.0},
+                                                  {"path": world["reward_model_init"], "weight": 0.0}]}
+    config = build(GenerateConfig, cfg)
+    mixed = make_runner(config, engine, tokenizer, WeightedScorer(config.reward)).run(prompts)
+    assert [r.response_token_ids for r in mixed.rows] == [r.response_token_ids for r in one.rows]
+    assert [r.reward_calls for r in mixed.rows] == [r.reward_calls for r in one.rows]  # weight 0 never ran
+    np.testing.assert_allclose([r.log_z for r in mixed.rows], [r.log_z for r in one.rows], rtol=1e-5)
+
+
+class FailAfter:
+    """The session's reward scorer, failing from its ``calls``-th call on: a run whose last micro-batch
+    fails on every try (its rows are written as retryable errors) after the others are written."""
+
+    def __init__(self, scorer, calls: int):
+        self.scorer, self.left = scorer, calls
+
+    def score_costed(self, contexts, responses):
+        self.left -= 1
+        if self.left <= 0:
+            raise RuntimeError("stopped part-way")
+        return self.scorer.score_costed(contexts, responses)
+
+
+def test_a_run_stopped_part_way_resumes_exactly_once(world, tmp_path, models):
+    """Micro-batches written before the failure are kept, not made again; the failed one is made again
+    on the rerun; every row equals a run that never failed, and is written once."""
+    decode = {"method": "smc", "n_particles": 4, "block_tokens": 2, "max_new_tokens": 8, "ignore_eos": True,
+              "micro_batch_size": 3}
+    whole, _ = generate_rows(world, tmp_path, models, "whole", data={"limit": 9}, decode=decode)
+    engine, tokenizer, scorer = models
+    # 8 steps (one reward call each) a micro-batch: the third micro-batch fails, on every retry too
+    failed, first = generate_rows(world, tmp_path, (engine, tokenizer, FailAfter(scorer, 8 * 2 + 3)), "resumed",
+                                  data={"limit": 9}, decode=decode)
+    assert first.retryable_error_rows == 3 and sum(r["error"] is None for r in failed) == 6
+    resumed, summary = generate_rows(world, tmp_path, models, "resumed", data={"limit": 9}, decode=decode)
+    key = lambda r: (r["id"], r["response_token_ids"], r["resamples"], r["error"])  # noqa: E731
+    assert sorted(map(key, resumed)) == sorted(map(key, whole)) and len(resumed) == 9
+    assert summary.resumed_rows == 6 and summary.retried_rows == 3
