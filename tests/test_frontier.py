@@ -79,9 +79,15 @@ def test_frontier_runs_every_method_over_its_budgets_and_plots_them(reduced_worl
         r = rows[f"pargs-ar (fused) {budget}"]
         assert r["reward_calls_per_prompt"] == pytest.approx(r["mean_tokens"]), budget
     assert rows["pargs k=10"]["reward_calls_per_prompt"] == pytest.approx(10 * rows["pargs k=10"]["mean_tokens"], rel=0.01)
+    smc_curves = [f"smc-{p} ({b})" for b in ("hf", "causal", "autoregressive") for p in ("ref", "guided")]
     assert [m["method"] for m in report["reach"]] == ["topk", "best-of-n", "pargs", "pargs k=2, other β",
                                                       "pargs-ar (fused)", "blockwise", "early-rejection",
-                                                      "early-rejection, one block"]
+                                                      "early-rejection, one block"] + smc_curves
+    # SMC: every particle's tokens are counted, and the ref proposal at m = 8 reads the RM once a block
+    llm = [rows[f"smc-ref (hf) N={n} m=8"]["llm_tokens_per_prompt"] for n in (4, 16, 64)]
+    assert llm == sorted(llm) and llm[2] >= 4 * llm[0]
+    ref_calls = [rows[f"smc-ref (hf) N={n} m=8"]["reward_calls_per_prompt"] for n in (4, 16, 64)]
+    assert ref_calls == sorted(ref_calls) and ref_calls[0] <= 4 * 2  # 12 tokens: at most 2 readings a particle
     # each method's reach, by hand from the rows: its cheapest budget whose gold is at least Best-of-16's
     ref_gold = rows[REFERENCE]["gold"]["mean"]
     assert f"reaches {REFERENCE}'s ({ref_gold:.3f})" in result.stdout
