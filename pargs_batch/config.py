@@ -15,7 +15,7 @@ import string
 from dataclasses import dataclass
 
 from pargs_batch.configlib import ConfigError, Loadable, check_model_path, one_of, option, positive
-from pargs_batch.decoding import METHODS
+from pargs_batch.decoding import METHODS, SMC_PROPOSALS, SMC_RESAMPLING, SMC_RETURNS
 
 _WARNED: set = set()  # warnings already given in this process
 
@@ -222,9 +222,9 @@ class DecodeConfig:
             raise ConfigError("decode.reject_fraction", self.reject_fraction, "must be in [0, 1)")
         if isinstance(self.n_particles, bool) or not isinstance(self.n_particles, int) or not 1 <= self.n_particles < 2**20:
             raise ConfigError("decode.n_particles", self.n_particles, "must be an integer in [1, 1048576)")
-        one_of("decode.smc_proposal", self.smc_proposal, ["ref", "guided"])
-        one_of("decode.resampling", self.resampling, ["multinomial", "systematic"])
-        one_of("decode.smc_return", self.smc_return, ["sample", "best"])
+        one_of("decode.smc_proposal", self.smc_proposal, SMC_PROPOSALS)
+        one_of("decode.resampling", self.resampling, SMC_RESAMPLING)
+        one_of("decode.smc_return", self.smc_return, SMC_RETURNS)
         if isinstance(self.ess_threshold, bool) or not isinstance(self.ess_threshold, (int, float)) or \
                 not 0 <= self.ess_threshold <= 1:
             raise ConfigError("decode.ess_threshold", self.ess_threshold, "must be a number in [0, 1]")

@@ -50,6 +50,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "ess_threshold * N; one returned (smc_return); targets pi_ref * exp(beta * r)", "smc"),
 ]}
 
+# smc's choices (pargs_batch.smc does the maths; the config validates against these)
+SMC_PROPOSALS = ("ref", "guided")
+SMC_RESAMPLING = ("multinomial", "systematic")
+SMC_RETURNS = ("sample", "best")
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)

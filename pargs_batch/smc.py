@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pargs_batch.decoding import keyed_uniforms, scores, softmax, splitmix
+from pargs_batch.decoding import SMC_PROPOSALS, SMC_RESAMPLING, SMC_RETURNS, keyed_uniforms, scores, softmax, splitmix
 
-RULES = ("multinomial", "systematic")
-PROPOSALS = ("ref", "guided")
-RETURNS = ("sample", "best")
+RULES, PROPOSALS, RETURNS = SMC_RESAMPLING, SMC_PROPOSALS, SMC_RETURNS
 
 # keyed-uniform steps no decode step reaches: resampling after t tokens, and the returned particle
 RESAMPLE_STEP = 2**61

@@ -53,8 +53,13 @@ class Particle:
     row: int = -1                 # its row in the reward model's KV session (stateful backends)
 
     def copy(self) -> Particle:
-        return dataclasses.replace(self, detok=dataclasses.replace(self.detok, tokens=list(self.detok.tokens)),
-                                   token_ids=list(self.token_ids), rewards=list(self.rewards))
+        return dataclasses.replace(self, detok=own_detok(self.detok), token_ids=list(self.token_ids),
+                                   rewards=list(self.rewards))
+
+
+def own_detok(state: DetokState) -> DetokState:
+    """A detokenisation state of its own (its token window not shared with ``state``'s)."""
+    return dataclasses.replace(state, tokens=list(state.tokens))
 
 
 @dataclass(eq=False)
@@ -93,13 +98,14 @@ class SMC:
     # ------------------------------------------------------------------------------------------- steps
     def _topk(self, live: list[tuple[Job, Particle]]) -> tuple[np.ndarray, np.ndarray]:
         """The top-k of every live particle, one request per distinct (prompt, response) prefix."""
-        index, unique, owner = {}, [], []
+        index, unique, owner, at = {}, [], [], []
         for job, p in live:
             key = (job.prompt_key, tuple(p.token_ids))
             if key not in index:
                 index[key] = len(unique)
                 unique.append(p.prompt_ids + p.token_ids)
                 owner.append(job)
+            at.append(index[key])
         prefill: list[int] = []
         ids, lps = self.engine.topk(unique, self.decode.top_k, prefill=prefill)
         for job, prefix, computed in zip(owner, unique, prefill):
@@ -113,7 +119,6 @@ class SMC:
                 self.cache[name][3] += 1
         for job, _ in live:
             job.fresh = False  # only the first step after a resampling counts as "after" it
-        at = np.array([index[(job.prompt_key, tuple(p.token_ids))] for job, p in live])
         return ids[at], lps[at]
 
     def _candidate_rewards(self, live, cand_ids: np.ndarray) -> tuple[np.ndarray, list | None]:
@@ -262,7 +267,7 @@ class SMC:
         seqs, errors = start_sequences(prompts, self.tokenizer, self.engine.max_model_len, self.rows, self.detok)
         rows = dict(errors)
         jobs = [Job(s, smc.particle_hashes(s.id_hash, n),
-                    [Particle(s.prompt_ids, dataclasses.replace(s.detok, tokens=list(s.detok.tokens)), i) for i in range(n)])
+                    [Particle(s.prompt_ids, own_detok(s.detok), i) for i in range(n)])
                 for s in seqs]
         prompt_keys, context_keys = {}, {}
         for job in jobs:
@@ -296,6 +301,5 @@ class SMC:
                 self._keep_session(active)
                 self.timings.reward += time.perf_counter() - t0
         self.session = None
-        result = MicroBatchResult([rows[key] for key in sorted(rows)], candidates=candidates, phase_s=self.timings,
-                                  tokens=self.tokens_generated)
-        return result
+        return MicroBatchResult([rows[key] for key in sorted(rows)], candidates=candidates, phase_s=self.timings,
+                                tokens=self.tokens_generated)
